@@ -1,0 +1,1 @@
+"""Checkpoint -> runnable GGUF bundle (LLM GGUF + audio tower + manifest)."""

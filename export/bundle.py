@@ -1,0 +1,90 @@
+"""Checkpoint -> bundle: the LLM GGUF(s), the tower (mmproj GGUF and/or torch folder), a manifest.
+
+Everything is written into a temporary folder beside the output and renamed into place at the
+end, so a failed or interrupted export never leaves a half-written bundle behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from finetune.checkpoint import (
+    ADAPTOR_FILE, META_FILE, WHISPER_DIR, WHISPER_WEIGHTS, CheckpointMeta, llm_config, load_tower, read_meta,
+)
+from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
+from llasm_cli.errors import CheckpointError
+
+from .llm_gguf import write_llm_gguf
+from .tower_gguf import write_tower_gguf
+
+OUT_TYPES = ("f32", "f16")
+
+
+def export_bundle(
+    ckpt: Path, out: Path, types: tuple[str, ...] = ("f16",), name: str | None = None,
+    progress: Callable[[str], None] = lambda step: None, overwrite: bool = False,
+) -> Manifest:
+    """Export checkpoint ``ckpt`` to bundle ``out`` with one LLM/tower file per type."""
+    ckpt, out = Path(ckpt), Path(out)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint not found: {ckpt}")
+    bad = [t for t in types if t not in OUT_TYPES]
+    if bad or not types:
+        raise CheckpointError(f"unknown output type(s) {bad}; choose from {OUT_TYPES}")
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} already exists; pass --force to replace it")
+    meta = read_meta(ckpt)
+    progress("loading the audio tower")
+    tower = load_tower(ckpt, meta)
+    llm_dim = llm_config(ckpt).hidden_size
+    if meta.adaptor.llm_dim != llm_dim:
+        raise CheckpointError(f"adaptor outputs {meta.adaptor.llm_dim} but the LLM is {llm_dim} wide")
+    name = name or ckpt.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        llm_files, tower_files = {}, {}
+        for t in types:
+            progress(f"writing the LLM ({t})")
+            llm_files[t] = f"llm.{t}.gguf"
+            write_llm_gguf(ckpt / "llm", tmp / llm_files[t], t, name=name)
+            if meta.adaptor.type == "stack-swiglu":
+                progress(f"writing the audio tower ({t})")
+                tower_files[t] = f"tower.{t}.gguf"
+                write_tower_gguf(tower, tmp / tower_files[t], t, name=f"{name}-tower")
+        progress("writing the torch tower")
+        _write_torch_tower(ckpt, meta, tmp / TORCH_TOWER_DIR)
+        manifest = Manifest(
+            name=name, adaptor=meta.adaptor.type, llm_dim=llm_dim, n_mels=tower.n_mels,
+            tokens_per_window=meta.adaptor.tokens_per_window(),
+            stack_factor=meta.adaptor.stack_factor if meta.adaptor.type == "stack-swiglu" else 0,
+            audio_start=meta.audio_start, audio_end=meta.audio_end, system_prompt=meta.system_prompt,
+            llm_files=llm_files, tower_files=tower_files, torch_tower=TORCH_TOWER_DIR,
+        )
+        (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_torch_tower(ckpt: Path, meta: CheckpointMeta, dest: Path) -> None:
+    """The tower part of the checkpoint, same layout, so finetune.checkpoint.load_tower reads it."""
+    (dest / WHISPER_DIR).mkdir(parents=True)
+    shutil.copy(ckpt / WHISPER_DIR / "config.json", dest / WHISPER_DIR / "config.json")
+    from finetune.checkpoint import whisper_state
+
+    state = whisper_state(ckpt / WHISPER_DIR)
+    if meta.adaptor.type == "stack-swiglu":
+        state = {k: v for k, v in state.items() if k.startswith("encoder.")}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dest / WHISPER_DIR / WHISPER_WEIGHTS))
+    shutil.copy(ckpt / ADAPTOR_FILE, dest / ADAPTOR_FILE)
+    shutil.copy(ckpt / META_FILE, dest / META_FILE)

@@ -1,0 +1,183 @@
+"""The LLaSM model: Whisper encoder -> modal adaptor -> LLaMA, in plain PyTorch modules.
+
+Two adaptor types share one interface (mel windows in, LLM-space embeddings out):
+
+- ``stack-swiglu``: k Whisper encoder frames stacked -> RMSNorm -> Linear -> SwiGLU -> RMSNorm
+  -> Linear. llama.cpp's mtmd runs this exact layout as projector type ``ultravox``.
+- ``llasm-v1``: the original LLaSM release. The full Whisper encoder-decoder runs with 64
+  copies of ``<|startoftranscript|>`` fed to the decoder; its last hidden state goes through one
+  ``nn.Linear`` with bias. Always 64 embeddings per window.
+
+The audio span in the LLM sequence is ``<au_start>`` + adaptor outputs + ``<au_end>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaForCausalLM, WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
+
+AdaptorType = Literal["stack-swiglu", "llasm-v1"]
+ADAPTOR_TYPES: tuple[str, ...] = ("stack-swiglu", "llasm-v1")
+N_ENCODER_FRAMES = 1500  # Whisper encoder frames per 30 s window
+AUDIO_START = "<au_start>"
+AUDIO_END = "<au_end>"
+AUDIO_PLACEHOLDER = "<|audio|>"
+
+
+@dataclass
+class AdaptorConfig:
+    """Sizes of the modal adaptor; saved as ``llasm.json`` next to a checkpoint."""
+
+    type: AdaptorType = "stack-swiglu"
+    encoder_dim: int = 512  # Whisper d_model
+    llm_dim: int = 4096  # LLM hidden size
+    stack_factor: int = 5  # stack-swiglu: frames stacked per embedding; must divide 1500
+    hidden_dim: int = 4096  # stack-swiglu: width of the first Linear (halved by SwiGLU)
+    n_queries: int = 64  # llasm-v1: decoder positions, one embedding each
+    decoder_token_id: int = 50258  # llasm-v1: <|startoftranscript|>
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.type not in ADAPTOR_TYPES:
+            raise ValueError(f"unknown adaptor type {self.type!r}; expected one of {ADAPTOR_TYPES}")
+        if self.type == "stack-swiglu":
+            if N_ENCODER_FRAMES % self.stack_factor:
+                raise ValueError(f"stack_factor {self.stack_factor} must divide {N_ENCODER_FRAMES}")
+            if self.hidden_dim % 2:
+                raise ValueError(f"hidden_dim {self.hidden_dim} must be even (SwiGLU halves it)")
+
+    def tokens_per_window(self) -> int:
+        """Embeddings one full 30 s window produces."""
+        if self.type == "llasm-v1":
+            return self.n_queries
+        return N_ENCODER_FRAMES // self.stack_factor
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AdaptorConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown adaptor config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with eps 1e-6, as mtmd's ultravox projector computes it."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+class StackSwiGLUAdaptor(nn.Module):
+    """Stack k encoder frames, then RMSNorm -> Linear -> SwiGLU -> RMSNorm -> Linear (no biases)."""
+
+    def __init__(self, cfg: AdaptorConfig) -> None:
+        super().__init__()
+        self.k = cfg.stack_factor
+        self.norm_pre = RMSNorm(cfg.encoder_dim * cfg.stack_factor)
+        self.linear_1 = nn.Linear(cfg.encoder_dim * cfg.stack_factor, cfg.hidden_dim, bias=False)
+        self.norm_mid = RMSNorm(cfg.hidden_dim // 2)
+        self.linear_2 = nn.Linear(cfg.hidden_dim // 2, cfg.llm_dim, bias=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t, c = frames.shape  # (B, T, C) encoder frames
+        pad = (-t) % self.k
+        if pad:
+            frames = F.pad(frames, (0, 0, 0, pad))
+        x = frames.reshape(b, (t + pad) // self.k, c * self.k)  # (B, T/k, C*k)
+        x = self.linear_1(self.norm_pre(x))
+        half = x.shape[-1] // 2
+        x = x[..., :half] * F.silu(x[..., half:])  # SwiGLU with the gate on the second half
+        return self.linear_2(self.norm_mid(x))  # (B, T/k, llm_dim)
+
+
+class LlasmV1Adaptor(nn.Module):
+    """The original LLaSM projector: one Linear with bias on the Whisper decoder's last state."""
+
+    def __init__(self, cfg: AdaptorConfig) -> None:
+        super().__init__()
+        self.mm_projector = nn.Linear(cfg.encoder_dim, cfg.llm_dim, bias=True)
+
+    def forward(self, decoder_states: torch.Tensor) -> torch.Tensor:
+        return self.mm_projector(decoder_states)  # (B, 64, llm_dim)
+
+
+class AudioTower(nn.Module):
+    """Mel windows in, LLM-space embeddings out: the one contract both backends keep."""
+
+    def __init__(self, whisper: WhisperConfig, cfg: AdaptorConfig) -> None:
+        super().__init__()
+        self.whisper_config = whisper
+        self.cfg = cfg
+        self.encoder = WhisperEncoder(whisper)
+        if cfg.type == "llasm-v1":
+            self.decoder = WhisperDecoder(whisper)
+            self.adaptor: nn.Module = LlasmV1Adaptor(cfg)
+        else:
+            self.decoder = None
+            self.adaptor = StackSwiGLUAdaptor(cfg)
+
+    @property
+    def n_mels(self) -> int:
+        return self.whisper_config.num_mel_bins
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel: (B, n_mels, 3000) -> (B, tokens_per_window, llm_dim)."""
+        frames = self.encoder(mel).last_hidden_state  # (B, 1500, d_model)
+        if self.decoder is None:
+            return self.adaptor(frames)
+        queries = torch.full(
+            (mel.shape[0], self.cfg.n_queries), self.cfg.decoder_token_id, dtype=torch.long, device=mel.device
+        )
+        states = self.decoder(input_ids=queries, encoder_hidden_states=frames).last_hidden_state
+        return self.adaptor(states)  # (B, 64, llm_dim)
+
+
+@dataclass
+class AudioSpan:
+    """Where one clip's embeddings go: they replace ``length`` positions starting at ``start``."""
+
+    start: int
+    length: int
+
+
+class LlasmModel(nn.Module):
+    """Audio tower + causal LLM; audio embeddings are spliced into the LLM's input embeddings."""
+
+    def __init__(self, tower: AudioTower, llm: LlamaForCausalLM, audio_start_id: int, audio_end_id: int) -> None:
+        super().__init__()
+        self.tower = tower
+        self.llm = llm
+        self.audio_start_id = audio_start_id
+        self.audio_end_id = audio_end_id
+
+    def splice(self, input_ids: torch.Tensor, audio: list[torch.Tensor], spans: list[AudioSpan]) -> torch.Tensor:
+        """Input embeddings of one sequence with each span replaced by its audio embeddings."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (T, C)
+        parts, cursor = [], 0
+        for emb, span in zip(audio, spans, strict=True):
+            if emb.shape[0] != span.length:
+                raise ValueError(f"span of {span.length} positions got {emb.shape[0]} embeddings")
+            parts += [embeds[cursor : span.start], emb.to(embeds.dtype)]
+            cursor = span.start + span.length
+        parts.append(embeds[cursor:])
+        return torch.cat(parts, dim=0)
+
+    def forward(self, inputs_embeds: torch.Tensor, labels: torch.Tensor | None = None):
+        return self.llm(inputs_embeds=inputs_embeds, labels=labels)

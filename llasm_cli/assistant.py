@@ -1,0 +1,129 @@
+"""One loaded model answering questions: bundle -> engine + tower -> prompt -> streamed answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .bundle import Bundle, check_widths, load_bundle, validate_llm
+from .chat import FALLBACK_TEMPLATE, Message, render, segments, user_content
+from .engine import Engine, Sampler, Sampling, TextStream
+from .towers import AudioTower, open_tower
+
+
+@dataclass
+class TurnStats:
+    """Timings of one answer, in milliseconds unless named otherwise."""
+
+    audio_seconds: float = 0.0
+    encode_ms: float = 0.0
+    prefill_ms: float = 0.0
+    first_token_ms: float = 0.0  # end of input -> first answer token (encode + prefill + 1st sample)
+    prompt_tokens: int = 0
+    answer_tokens: int = 0
+    decode_tokens_per_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+class Assistant:
+    """Loads a bundle once; answers any number of single-turn questions."""
+
+    def __init__(
+        self, model: str | Path | Bundle, backend: str = "auto", llm_variant: str | None = None,
+        tower_variant: str | None = None, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
+    ) -> None:
+        self.bundle = model if isinstance(model, Bundle) else load_bundle(model)
+        m = self.bundle.manifest
+        llm_path = self.bundle.llm_path(llm_variant)
+        info = validate_llm(llm_path)  # llama.cpp aborts the process on a malformed file
+        arch = info.fields["general.architecture"]
+        check_widths(m.llm_dim, int(info.fields[f"{arch}.embedding_length"]), "manifest")
+        self.engine = Engine(llm_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+        self._tower: AudioTower | None = None
+        if tower_variant is None and llm_variant in m.tower_files:
+            tower_variant = llm_variant  # same precision for both halves unless told otherwise
+        self._tower_args = (backend, tower_variant, n_threads)
+        self.audio_start = self.engine.token_id(m.audio_start)
+        self.audio_end = self.engine.token_id(m.audio_end)
+        self.template = self.engine.meta("tokenizer.chat_template") or FALLBACK_TEMPLATE
+        self.system_prompt = m.system_prompt
+        self.stats = TurnStats()
+
+    @property
+    def tower(self) -> AudioTower:
+        """Opened on first use, so text-only questions never load the audio encoder."""
+        if self._tower is None:
+            backend, variant, threads = self._tower_args
+            self._tower = open_tower(self.bundle, backend, self.engine, variant, threads)
+        return self._tower
+
+    def messages(self, audio_embd: np.ndarray | None, text: str | None, after: str | None, system: str | None) -> list[Message]:
+        system = self.system_prompt if system is None else system
+        msgs = [Message("system", system)] if system else []
+        clips = [audio_embd] if audio_embd is not None else []
+        msgs.append(Message("user", user_content(text, audio_embd is not None, after), clips))
+        return msgs
+
+    def prompt(self, msgs: list[Message], add_generation_prompt: bool = True) -> list:
+        """Token/embedding segments of a whole conversation, BOS included."""
+        eos = self.engine.detokenize([self.engine.eos])
+        text = render(self.template, msgs, bos_token="", eos_token=eos, add_generation_prompt=add_generation_prompt)
+        clips = [c for m in msgs for c in m.clips]
+        return segments(self.engine, text, clips, self.audio_start, self.audio_end, self.engine.add_bos)
+
+    def ask(
+        self, audio: np.ndarray | None = None, text: str | None = None, after: str | None = None,
+        system: str | None = None, sampling: Sampling | None = None, max_tokens: int | None = None,
+    ) -> Iterator[str]:
+        """Stream the answer to one question (speech, text, or both) as text pieces."""
+        sampling = sampling or Sampling(temperature=self.bundle.manifest.temperature)
+        max_tokens = max_tokens or self.bundle.manifest.max_tokens
+        self.stats = st = TurnStats()
+        t0 = time.perf_counter()
+        embd = None
+        if audio is not None:
+            st.audio_seconds = audio.size / SAMPLE_RATE
+            embd = self.tower.encode(audio)
+        t1 = time.perf_counter()
+        segs = self.prompt(self.messages(embd, text, after, system))
+        st.prompt_tokens = sum(len(s) for s in segs)
+        self.engine.reset()
+        logits = self.engine.eval(segs)
+        t2 = time.perf_counter()
+        st.encode_ms, st.prefill_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        yield from self._stream(logits, Sampler(sampling), max_tokens, t0)
+
+    def _stream(self, logits: np.ndarray, sampler: Sampler, max_tokens: int, t0: float) -> Iterator[str]:
+        st, stream = self.stats, TextStream()
+        t_first = None
+        for tok in self.engine.generate(logits, sampler, max_tokens):
+            if t_first is None:
+                t_first = time.perf_counter()
+                st.first_token_ms = (t_first - t0) * 1e3
+            st.answer_tokens += 1
+            piece = stream.push(self.engine.piece(tok))
+            if piece:
+                yield piece
+        tail = stream.flush()
+        if tail:
+            yield tail
+        if t_first is not None and st.answer_tokens > 1:
+            st.decode_tokens_per_s = (st.answer_tokens - 1) / max(time.perf_counter() - t_first, 1e-9)
+
+    def greedy_tokens(self, segs: list, max_tokens: int) -> list[int]:
+        """Greedy token ids for prepared segments (what the parity tests compare)."""
+        self.engine.reset()
+        logits = self.engine.eval(segs)
+        return list(self.engine.generate(logits, Sampler(Sampling(temperature=0.0)), max_tokens))
+
+    def close(self) -> None:
+        if self._tower is not None:
+            self._tower.close()
+        self.engine.close()

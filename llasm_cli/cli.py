@@ -1,0 +1,179 @@
+"""The ``llasm`` command: thin Typer commands over importable functions.
+
+Every user error is one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .errors import LlasmError
+
+app = typer.Typer(
+    name="llasm",
+    help="Talk to a local speech-and-language model (LLaSM-style) run by llama.cpp.\n\n"
+    "Quick start:\n\n  llasm ask question.wav --model BUNDLE\n\n"
+    "  llasm export CHECKPOINT BUNDLE",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+ModelOpt = typer.Option(
+    None, "--model", "-m", envvar="LLASM_MODEL", help="Bundle directory (from `llasm export`). Env: LLASM_MODEL."
+)
+BackendOpt = typer.Option("auto", "--backend", help="Audio tower backend: auto, ggml (llama.cpp) or torch.")
+VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle's files to run, e.g. f16 or f32.")
+ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores, up to 8).")
+CtxOpt = typer.Option(4096, "--ctx", help="LLM context length in tokens.")
+GpuOpt = typer.Option(0, "--gpu-layers", help="LLM layers to offload to the GPU (-1: all).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llasm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Talk to a local speech-and-language model."""
+
+
+def _need_model(model: Optional[Path]) -> Path:
+    if model is None:
+        raise LlasmError("no model given: pass --model BUNDLE (make one with `llasm export`) or set LLASM_MODEL")
+    return model
+
+
+@app.command()
+def ask(
+    audio: Optional[Path] = typer.Argument(None, help="Spoken question: wav, flac, ogg or mp3, any rate and channels."),
+    text: Optional[str] = typer.Option(None, "--text", help="Typed text placed before the spoken part."),
+    after: Optional[str] = typer.Option(None, "--after", help="Typed text placed after the spoken part."),
+    model: Optional[Path] = ModelOpt,
+    backend: str = BackendOpt,
+    variant: Optional[str] = VariantOpt,
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the bundle's; '' for none)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 for greedy (default: the bundle's)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Longest answer in tokens."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    threads: Optional[int] = ThreadsOpt,
+    ctx: int = CtxOpt,
+    gpu_layers: int = GpuOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, timings) instead of text."),
+    stats: bool = typer.Option(False, "--stats", help="Print timings after the answer."),
+) -> None:
+    """Answer one spoken (and/or typed) question.
+
+    Examples:
+
+      llasm ask question.wav -m my-bundle
+
+      llasm ask sentence.wav --text "Translate this to Chinese:" -m my-bundle
+
+      llasm ask --text "What is seven plus five?" -m my-bundle --json
+    """
+    from .assistant import Assistant
+    from .audio import load_audio
+    from .engine import Sampling
+    from .ui import console, stats_table, stream_answer
+
+    if audio is None and not (text or after):
+        raise LlasmError("nothing to ask: give an audio file, --text, or both")
+    samples = load_audio(audio) if audio is not None else None
+    bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers)
+    try:
+        sampling = Sampling(temperature=bot.bundle.manifest.temperature if temperature is None else temperature, seed=seed)
+        pieces = bot.ask(samples, text=text, after=after, system=system, sampling=sampling, max_tokens=max_tokens)
+        if as_json:
+            answer = "".join(pieces).strip()
+            typer.echo(json.dumps({"answer": answer, "timings": bot.stats.to_dict()}, ensure_ascii=False))
+            return
+        stream_answer(pieces)
+        if stats:
+            console.print(stats_table(bot.stats.to_dict()))
+    finally:
+        bot.close()
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="llasm checkpoint directory (llasm.json, llm/, whisper/, adaptor)."),
+    out: Path = typer.Argument(..., help="Bundle directory to create."),
+    types: list[str] = typer.Option(["f16"], "--type", help="Precision(s) to write: f16, f32 (repeat for several)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name stored in the bundle."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+) -> None:
+    """Convert a training checkpoint into a runnable bundle (GGUF LLM + audio tower + manifest).
+
+    Example:
+
+      llasm export runs/stage2/final my-bundle --type f16 --type f32
+    """
+    try:
+        from export.bundle import export_bundle
+    except ImportError as exc:
+        raise LlasmError(f"exporting needs the training extras ({exc.name} is missing): pip install 'llasm[train]'") from None
+    from .ui import err_console
+
+    with err_console.status("exporting") as status:
+        manifest = export_bundle(checkpoint, out, tuple(types), name=name, overwrite=force, progress=lambda s: status.update(s))
+    files = [*manifest.llm_files.values(), *manifest.tower_files.values(), manifest.torch_tower or ""]
+    err_console.print(f"wrote {out}: " + ", ".join(f for f in files if f))
+
+
+@app.command()
+def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help="Bundle directory.")) -> None:
+    """Show what a bundle holds and check every file in it."""
+    from .bundle import load_bundle, validate_llm, validate_tower
+    from .ui import console
+
+    bundle = load_bundle(_need_model(model))
+    m = bundle.manifest
+    console.print(f"[bold]{m.name}[/]  adaptor {m.adaptor}, LLM width {m.llm_dim}, {m.tokens_per_window} embeddings / 30 s")
+    for variant in m.llm_files:
+        path = bundle.llm_path(variant)
+        validate_llm(path)
+        console.print(f"  llm   {variant:5} {path.name:24} {path.stat().st_size / 1e6:9.1f} MB  ok")
+    for variant in m.tower_files:
+        path = bundle.tower_path(variant)
+        validate_tower(path, m.llm_dim)
+        console.print(f"  tower {variant:5} {path.name:24} {path.stat().st_size / 1e6:9.1f} MB  ok")
+    if m.torch_tower:
+        console.print(f"  tower torch {bundle.torch_tower_path().name}/")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning LlasmError into one line + exit code."""
+    from .ui import error
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except LlasmError as exc:
+        error(str(exc))
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(130) from None
+        raise

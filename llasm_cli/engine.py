@@ -1,0 +1,280 @@
+"""The llama.cpp context: token and embedding injection, logits, sampling, KV state.
+
+Text goes in as token ids, audio as float rows through ``llama_batch.embd``; both land in the
+same sequence (seq 0) at consecutive positions, so the KV cache holds the whole conversation.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from . import native
+from .errors import ContextOverflowError, ModelFileError
+
+# Architectures whose graph scales token embeddings (and not injected rows) by sqrt(n_embd).
+EMBED_SCALE_ARCHS = {"gemma", "gemma2", "gemma3", "gemma3n"}
+
+Segment = Sequence[int] | np.ndarray  # token ids, or embeddings of shape (n, n_embd)
+
+
+@dataclass
+class Sampling:
+    """Sampling settings; temperature 0 means greedy."""
+
+    temperature: float = 0.2
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int = 0
+
+
+class Sampler:
+    """Temperature / top-k / top-p sampling on numpy logits (greedy at temperature 0)."""
+
+    def __init__(self, s: Sampling) -> None:
+        self.s = s
+        self.rng = np.random.default_rng(s.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self.s.temperature <= 0:
+            return int(np.argmax(logits))
+        k = min(self.s.top_k, logits.size) if self.s.top_k > 0 else logits.size
+        top = np.argpartition(logits, -k)[-k:]
+        top = top[np.argsort(logits[top])[::-1]]
+        z = logits[top].astype(np.float64) / self.s.temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        keep = int(np.searchsorted(np.cumsum(p), self.s.top_p) + 1)
+        p = p[:keep] / p[:keep].sum()
+        return int(top[self.rng.choice(keep, p=p)])
+
+
+class Engine:
+    """One llama.cpp model + context holding one conversation (sequence 0)."""
+
+    def __init__(
+        self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
+        n_gpu_layers: int = 0, n_batch: int = 512,
+    ) -> None:
+        native.init()
+        self.path = Path(model_path)
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self.model:
+            raise ModelFileError(f"llama.cpp could not load {self.path}: {native.last_log()}")
+        threads = n_threads or native.default_threads()
+        cparams = llama_cpp.llama_context_default_params()
+        train_ctx = llama_cpp.llama_model_n_ctx_train(self.model)
+        cparams.n_ctx = min(n_ctx, train_ctx) if train_ctx > 0 else n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise ModelFileError(f"llama.cpp could not create a context for {self.path}: {native.last_log()}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = llama_cpp.llama_model_n_embd_inp(self.model)
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.n_batch = n_batch
+        self.n_past = 0
+        self.arch = self.meta("general.architecture") or ""
+        self.embed_scale = math.sqrt(self.n_embd) if self.arch in EMBED_SCALE_ARCHS else 1.0
+        self._tok_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._emb_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
+        self._closed = False
+
+    # --- metadata and vocabulary --------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    @property
+    def bos(self) -> int:
+        return llama_cpp.llama_vocab_bos(self.vocab)
+
+    @property
+    def eos(self) -> int:
+        return llama_cpp.llama_vocab_eos(self.vocab)
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text`` without BOS; ``special`` parses control tokens like <au_start>."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
+        if n < 0:
+            buf = (llama_cpp.llama_token * -n)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, -n, False, special)
+        return list(buf[:n])
+
+    def token_id(self, piece: str) -> int:
+        """The id of a single special token such as ``<au_start>``; error if it is not one token."""
+        ids = self.tokenize(piece, special=True)
+        if len(ids) != 1:
+            raise ModelFileError(f"{self.path.name}: the vocabulary has no single token {piece!r}")
+        return ids[0]
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    def _check_room(self, n: int) -> None:
+        if self.n_past + n > self.n_ctx:
+            raise ContextOverflowError(
+                f"the input needs {self.n_past + n} positions but the context holds {self.n_ctx}; "
+                "use a shorter recording or a larger --ctx"
+            )
+
+    def eval_tokens(self, tokens: Sequence[int], logits: bool = True) -> None:
+        """Append token ids to the sequence; with ``logits`` the last one's logits are kept."""
+        self._check_room(len(tokens))
+        b = self._tok_batch
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            last = start + len(chunk) == len(tokens)
+            for i, tok in enumerate(chunk):
+                b.token[i] = tok
+                b.pos[i] = self.n_past + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = logits and last and i == len(chunk) - 1
+            b.n_tokens = len(chunk)
+            self._decode(b)
+            self.n_past += len(chunk)
+
+    def eval_embeddings(self, embd: np.ndarray, logits: bool = True) -> None:
+        """Append rows of input embeddings (n, n_embd) to the sequence, batched by n_batch."""
+        embd = np.ascontiguousarray(embd, dtype=np.float32)
+        if embd.ndim != 2 or embd.shape[1] != self.n_embd:
+            raise ModelFileError(f"embeddings of shape {embd.shape} do not fit an LLM {self.n_embd} wide")
+        self._check_room(embd.shape[0])
+        b = self._emb_batch
+        for start in range(0, embd.shape[0], self.n_batch):
+            chunk = embd[start : start + self.n_batch]
+            n = chunk.shape[0]
+            last = start + n == embd.shape[0]
+            ctypes.memmove(b.embd, chunk.ctypes.data, chunk.nbytes)
+            for i in range(n):
+                b.pos[i] = self.n_past + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = logits and last and i == n - 1
+            b.n_tokens = n
+            self._decode(b)
+            self.n_past += n
+
+    def eval(self, segments: Sequence[Segment]) -> np.ndarray:
+        """Evaluate token and embedding segments in order; returns the last position's logits."""
+        segments = [s for s in segments if len(s)]
+        if not segments:
+            raise ValueError("nothing to evaluate")
+        for i, seg in enumerate(segments):
+            last = i == len(segments) - 1
+            if isinstance(seg, np.ndarray) and seg.ndim == 2:
+                self.eval_embeddings(seg, logits=last)
+            else:
+                self.eval_tokens(list(seg), logits=last)
+        return self.logits()
+
+    def _decode(self, batch) -> None:
+        rc = llama_cpp.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise ContextOverflowError(f"llama_decode failed (code {rc}): {native.last_log()}")
+
+    def logits(self) -> np.ndarray:
+        """A copy of the logits of the last evaluated position that asked for them."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def token_embeddings(self, tokens: Sequence[int], table: np.ndarray) -> np.ndarray:
+        """Rows of the token-embedding ``table`` as the first layer sees them (arch scale applied)."""
+        return (table[np.asarray(tokens)] * self.embed_scale).astype(np.float32)
+
+    # --- KV state -----------------------------------------------------------------------
+
+    def truncate(self, n_keep: int) -> None:
+        """Forget every position from ``n_keep`` on (e.g. to rewind to the end of the system prompt)."""
+        mem = llama_cpp.llama_get_memory(self.ctx)
+        llama_cpp.llama_memory_seq_rm(mem, 0, n_keep, -1)
+        self.n_past = min(self.n_past, n_keep)
+
+    def reset(self) -> None:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        self.n_past = 0
+
+    # --- generation ---------------------------------------------------------------------
+
+    def generate(self, first_logits: np.ndarray, sampler: Sampler, max_tokens: int) -> Iterator[int]:
+        """Sample, yield and feed back tokens until end-of-generation, max_tokens or a full context."""
+        logits = first_logits
+        for _ in range(max_tokens):
+            tok = sampler(logits)
+            if self.is_eog(tok):
+                return
+            yield tok
+            if self.n_past >= self.n_ctx:
+                return
+            self.eval_tokens([tok])
+            logits = self.logits()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        llama_cpp.llama_batch_free(self._tok_batch)
+        llama_cpp.llama_batch_free(self._emb_batch)
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TextStream:
+    """Bytes of token pieces in, complete UTF-8 text out (multi-byte characters span tokens)."""
+
+    def __init__(self) -> None:
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, piece: bytes) -> str:
+        return self._dec.decode(piece)
+
+    def flush(self) -> str:
+        return self._dec.decode(b"", final=True)

@@ -1,0 +1,51 @@
+"""One exception per failure a user can cause.
+
+The library raises these; only the CLI turns them into a one-line message and an exit code.
+Each message says what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class LlasmError(Exception):
+    """Base of every error a user can cause; the CLI prints it without a traceback."""
+
+    exit_code = 1
+
+
+class AudioFileError(LlasmError):
+    """An audio file is missing, unreadable, corrupt or silent-empty."""
+
+    exit_code = 2
+
+
+class BundleError(LlasmError):
+    """A bundle directory or its manifest cannot be read."""
+
+    exit_code = 3
+
+
+class ModelFileError(BundleError):
+    """A GGUF file in a bundle does not match what the manifest and llama.cpp expect."""
+
+
+class TowerMismatchError(BundleError):
+    """The audio tower's output width differs from the LLM's embedding width."""
+
+
+class BackendUnavailableError(LlasmError):
+    """The requested audio-tower backend cannot run here (missing package or unsupported model)."""
+
+    exit_code = 4
+
+
+class CheckpointError(LlasmError):
+    """A training checkpoint directory cannot be exported."""
+
+    exit_code = 5
+
+
+class ContextOverflowError(LlasmError):
+    """The conversation does not fit into the LLM context window."""
+
+    exit_code = 6

@@ -1,0 +1,53 @@
+"""The torch backend: the finetune module runs the tower (any adaptor, CUDA/MPS/CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..audio import log_mel_spectrogram
+from ..bundle import Bundle, check_widths
+from ..errors import BackendUnavailableError
+from . import AudioTower
+
+
+def pick_device(torch) -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class TorchTower(AudioTower):
+    def __init__(self, bundle: Bundle, n_threads: int | None = None, device: str | None = None, dtype: str = "float32") -> None:
+        super().__init__()
+        try:
+            import torch
+
+            from finetune.checkpoint import load_tower
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"the torch backend needs PyTorch and transformers ({exc.name} is missing): "
+                "pip install 'llasm[train]', or use --backend ggml"
+            ) from None
+        self.torch = torch
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        self.device = device or pick_device(torch)
+        self.dtype = getattr(torch, dtype)
+        self.module = load_tower(bundle.torch_tower_path()).to(self.device, self.dtype)
+        m = bundle.manifest
+        check_widths(self.module.cfg.llm_dim, m.llm_dim, bundle.torch_tower_path().name)
+        self.n_embd = self.module.cfg.llm_dim
+        self.adaptor = m.adaptor
+        self.stack_factor = m.stack_factor
+        self.tokens_per_window = m.tokens_per_window
+        self.n_mels = self.module.n_mels
+
+    def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        torch = self.torch
+        mel = np.stack([log_mel_spectrogram(w, self.n_mels) for w in windows])
+        with torch.inference_mode():
+            x = torch.from_numpy(mel).to(self.device, self.dtype)
+            out = self.module(x).float().cpu().numpy()  # (W, tokens_per_window, n_embd)
+        return list(out)

@@ -1,0 +1,45 @@
+"""Terminal rendering with rich: streamed answers, Markdown at the end, stats tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def stream_answer(pieces: Iterable[str], out: Console = console) -> str:
+    """Show text as it streams; on a terminal re-render it as Markdown when it ends."""
+    answer = ""
+    if not out.is_terminal:
+        for piece in pieces:
+            if not answer:
+                piece = piece.lstrip()
+            answer += piece
+            out.file.write(piece)
+            out.file.flush()
+        out.file.write("\n")
+        return answer
+    with Live(Text(""), console=out, refresh_per_second=20, transient=False, vertical_overflow="visible") as live:
+        for piece in pieces:
+            answer = (answer + piece).lstrip()
+            live.update(Text(answer))
+        live.update(Markdown(answer) if answer.strip() else Text("(no answer)", style="dim"))
+    return answer
+
+
+def stats_table(stats: dict, title: str = "timings") -> Table:
+    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    for key, value in stats.items():
+        table.add_row(key.replace("_", " "), f"{value:.1f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
