@@ -63,7 +63,7 @@ def map_adaptor_name(name: str) -> str:
 
 def tensor_type(gguf_name: str, data: np.ndarray, ftype: str) -> type:
     """F16 for matrices in an f16 file; norms, biases and position table stay F32."""
-    if ftype == "f16" and data.ndim >= 2 and "position_embd" not in gguf_name:
+    if ftype == "f16" and data.ndim >= 2 and gguf_name.endswith(".weight") and "position_embd" not in gguf_name:
         return np.float16
     return np.float32
 

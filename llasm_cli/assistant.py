@@ -45,7 +45,10 @@ class Assistant:
         info = validate_llm(llm_path)  # llama.cpp aborts the process on a malformed file
         arch = info.fields["general.architecture"]
         check_widths(m.llm_dim, int(info.fields[f"{arch}.embedding_length"]), "manifest")
-        self.engine = Engine(llm_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+        # the f32 variant is the exact reference: f32 KV cache, no (F16-rounding) flash attention
+        self.engine = Engine(
+            llm_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, exact=llm_variant == "f32"
+        )
         self._tower: AudioTower | None = None
         if tower_variant is None and llm_variant in m.tower_files:
             tower_variant = llm_variant  # same precision for both halves unless told otherwise

@@ -136,6 +136,7 @@ class GGUFInfo:
     path: Path
     fields: dict[str, object]
     tensors: dict[str, tuple[int, ...]]  # name -> shape in numpy order (outermost first)
+    types: dict[str, str]  # name -> ggml type name ("F32", "F16", "Q8_0", ...)
 
 
 def read_gguf(path: Path) -> GGUFInfo:
@@ -146,16 +147,18 @@ def read_gguf(path: Path) -> GGUFInfo:
         reader = gguf.GGUFReader(str(path))
         fields = {name: _field_value(f) for name, f in reader.fields.items()}
         tensors: dict[str, tuple[int, ...]] = {}
+        types: dict[str, str] = {}
         size = path.stat().st_size
         for t in reader.tensors:
             if t.data_offset + t.n_bytes > size:
                 raise ValueError(f"tensor {t.name} runs past the end of the file (truncated download?)")
             tensors[t.name] = tuple(int(d) for d in reversed(t.shape.tolist()))
+            types[t.name] = t.tensor_type.name
     except ModelFileError:
         raise
     except Exception as exc:  # GGUFReader raises ValueError/IndexError/struct errors on junk
         raise ModelFileError(f"{path} is not a readable GGUF file: {exc}") from None
-    return GGUFInfo(Path(path), fields, tensors)
+    return GGUFInfo(Path(path), fields, tensors, types)
 
 
 def _field_value(field) -> object:
@@ -286,7 +289,10 @@ def validate_tower(path: Path, llm_dim: int) -> GGUFInfo:
     if hidden == 0 or hidden % 2:
         raise ModelFileError(f"{path.name}: tensor 'mm.a.mlp.1.weight' is missing or has an odd width")
     _check_tensors(info, expected)
-    if f"a.blk.0.attn_k.bias" in info.tensors:
+    for name, ttype in info.types.items():
+        if (name.endswith(".bias") or "norm" in name or "ln" in name.split(".")[-2]) and ttype != "F32":
+            raise ModelFileError(f"{path.name}: tensor {name!r} is {ttype}; biases and norms must be F32")
+    if "a.blk.0.attn_k.bias" in info.tensors:
         raise ModelFileError(f"{path.name}: Whisper has no key bias, but 'a.blk.0.attn_k.bias' is present")
     check_widths(out_dim, llm_dim, path.name)
     return info

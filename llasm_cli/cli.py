@@ -30,7 +30,7 @@ ModelOpt = typer.Option(
     None, "--model", "-m", envvar="LLASM_MODEL", help="Bundle directory (from `llasm export`). Env: LLASM_MODEL."
 )
 BackendOpt = typer.Option("auto", "--backend", help="Audio tower backend: auto, ggml (llama.cpp) or torch.")
-VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle's files to run, e.g. f16 or f32.")
+VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle's files to run, e.g. f16 or f32 (f32 also runs attention and the KV cache in f32).")
 ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores, up to 8).")
 CtxOpt = typer.Option(4096, "--ctx", help="LLM context length in tokens.")
 GpuOpt = typer.Option(0, "--gpu-layers", help="LLM layers to offload to the GPU (-1: all).")
