@@ -23,6 +23,8 @@ MANIFEST_FILE = "llasm-bundle.json"
 BUNDLE_FORMAT = "llasm-bundle"
 BUNDLE_VERSION = 1
 TORCH_TOWER_DIR = "tower-torch"
+# With no --variant, the first of these a bundle has runs: smallest that keeps quality first.
+PREFERRED_VARIANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16", "f32")
 
 
 @dataclass
@@ -98,7 +100,7 @@ class Bundle:
 
     def _pick(self, files: dict[str, str], variant: str | None, what: str) -> Path:
         if variant is None:
-            variant = next(iter(files))
+            variant = next((v for v in PREFERRED_VARIANTS if v in files), next(iter(files)))
         if variant not in files:
             raise BundleError(f"bundle has no {what} variant {variant!r}; it has {sorted(files)}")
         path = self.root / files[variant]

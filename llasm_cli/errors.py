@@ -49,3 +49,9 @@ class ContextOverflowError(LlasmError):
     """The conversation does not fit into the LLM context window."""
 
     exit_code = 6
+
+
+class MicrophoneError(LlasmError):
+    """No usable microphone: none found, busy, not permitted, or PortAudio missing."""
+
+    exit_code = 7

@@ -1,0 +1,171 @@
+"""Bad input: one clear error line and a non-zero exit, never a traceback or a native abort."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llasm_cli.bundle import MANIFEST_FILE
+
+
+def run_llasm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llasm_cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def assert_clean_error(res: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    """Exit code as documented (not a signal), exactly one line on stderr, no traceback."""
+    assert res.returncode == code, (res.returncode, res.stderr)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def patch_u32(path: Path, key: str, value: int) -> None:
+    """Rewrite one UINT32 key in a GGUF header in place (a file that disagrees with itself)."""
+    data = bytearray(path.read_bytes())
+    needle = struct.pack("<Q", len(key)) + key.encode()
+    at = data.index(needle) + len(needle)
+    assert struct.unpack_from("<I", data, at)[0] == 4  # GGUF value type UINT32
+    struct.pack_into("<I", data, at + 4, value)
+    path.write_bytes(bytes(data))
+
+
+def rename_tensor(path: Path, old: str, new: str) -> None:
+    assert len(old) == len(new)
+    data = path.read_bytes()
+    assert data.count(old.encode()) == 1
+    path.write_bytes(data.replace(old.encode(), new.encode()))
+
+
+@pytest.fixture(scope="module")
+def bundle(swiglu) -> Path:
+    return swiglu[1]
+
+
+def test_missing_audio(bundle, tmp_path):
+    assert_clean_error(run_llasm("ask", str(tmp_path / "nope.wav"), "-m", str(bundle)), 2, "not found")
+
+
+def test_corrupt_audio(bundle, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF" + np.random.default_rng(0).bytes(4000))
+    assert_clean_error(run_llasm("ask", str(bad), "-m", str(bundle)), 2, "cannot read audio")
+
+
+def test_empty_audio(bundle, tmp_path):
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    assert_clean_error(run_llasm("ask", str(empty), "-m", str(bundle)), 2, "no samples")
+
+
+def test_no_model(question_wav, monkeypatch):
+    monkeypatch.delenv("LLASM_MODEL", raising=False)
+    assert_clean_error(run_llasm("ask", str(question_wav)), 1, "--model")
+
+
+def test_not_a_bundle(question_wav, tmp_path):
+    assert_clean_error(run_llasm("ask", str(question_wav), "-m", str(tmp_path)), 3, MANIFEST_FILE)
+
+
+def test_malformed_manifest(bundle, question_wav, tmp_path):
+    b = copy_bundle(bundle, tmp_path / "b")
+    (b / MANIFEST_FILE).write_text("{not json")
+    assert_clean_error(run_llasm("ask", str(question_wav), "-m", str(b)), 3, "cannot read")
+
+
+def test_missing_llm_file(bundle, question_wav, tmp_path):
+    b = copy_bundle(bundle, tmp_path / "b")
+    (b / "llm.f16.gguf").unlink()
+    assert_clean_error(run_llasm("ask", str(question_wav), "-m", str(b)), 3, "llm.f16.gguf is missing")
+
+
+def test_truncated_llm(bundle, question_wav, tmp_path):
+    b = copy_bundle(bundle, tmp_path / "b")
+    data = (b / "llm.f16.gguf").read_bytes()
+    (b / "llm.f16.gguf").write_bytes(data[: len(data) // 2])
+    assert_clean_error(run_llasm("ask", str(question_wav), "-m", str(b)), 3, "llm.f16.gguf")
+
+
+def test_junk_llm(bundle, question_wav, tmp_path):
+    b = copy_bundle(bundle, tmp_path / "b")
+    (b / "llm.f16.gguf").write_bytes(b"GGUF" + bytes(100))
+    assert_clean_error(run_llasm("ask", str(question_wav), "-m", str(b)), 3, "not a readable GGUF")
+
+
+def test_llm_tensor_name_mismatch(bundle, question_wav, tmp_path):
+    b = copy_bundle(bundle, tmp_path / "b")
+    rename_tensor(b / "llm.f16.gguf", "blk.1.ffn_up.weight", "blk.1.ffn_xx.weight")
+    assert_clean_error(run_llasm("ask", str(question_wav), "-m", str(b)), 3, "'blk.1.ffn_up.weight' is missing")
+
+
+def test_llm_shape_mismatch(bundle, question_wav, tmp_path):
+    b = copy_bundle(bundle, tmp_path / "b")
+    patch_u32(b / "llm.f16.gguf", "llama.feed_forward_length", 96)
+    assert_clean_error(run_llasm("ask", str(question_wav), "-m", str(b)), 3, "has shape", "expected")
+
+
+def test_tower_shape_mismatch(bundle, question_wav, tmp_path):
+    b = copy_bundle(bundle, tmp_path / "b")
+    patch_u32(b / "tower.f16.gguf", "clip.audio.feed_forward_length", 96)
+    res = run_llasm("ask", str(question_wav), "-m", str(b), "--backend", "ggml")
+    assert_clean_error(res, 3, "tower.f16.gguf", "has shape")
+
+
+def test_tower_stack_factor_that_would_abort(bundle, question_wav, tmp_path):
+    """k = 8 does not divide 1500: mtmd would abort the process; we refuse first."""
+    b = copy_bundle(bundle, tmp_path / "b")
+    patch_u32(b / "tower.f16.gguf", "clip.audio.projector.stack_factor", 8)
+    res = run_llasm("ask", str(question_wav), "-m", str(b), "--backend", "ggml")
+    assert_clean_error(res, 3, "stack factor 8")
+
+
+def test_manifest_width_disagrees_with_llm(bundle, question_wav, tmp_path):
+    b = copy_bundle(bundle, tmp_path / "b")
+    manifest = json.loads((b / MANIFEST_FILE).read_text())
+    manifest["llm_dim"] = 48
+    (b / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert_clean_error(run_llasm("ask", str(question_wav), "-m", str(b)), 3, "48", "64")
+
+
+def test_tower_width_differs_from_llm(bundle, question_wav, tmp_path, workdir):
+    """A tower exported from a 48-wide model next to a 64-wide LLM."""
+    from export.bundle import export_bundle
+    from finetune.tiny import build_tiny
+
+    other = export_bundle(build_tiny(tmp_path / "ck48", llm_dim=48), tmp_path / "b48", ("f16",))
+    assert other.llm_dim == 48
+    b = copy_bundle(bundle, tmp_path / "b")
+    shutil.copy(tmp_path / "b48" / "tower.f16.gguf", b / "tower.f16.gguf")
+    res = run_llasm("ask", str(question_wav), "-m", str(b), "--backend", "ggml")
+    assert_clean_error(res, 3, "48-wide", "expects 64")
+    shutil.rmtree(b / "tower-torch")
+    shutil.copytree(tmp_path / "b48" / "tower-torch", b / "tower-torch")
+    res = run_llasm("ask", str(question_wav), "-m", str(b), "--backend", "torch")
+    assert_clean_error(res, 3, "48-wide", "expects 64")
+
+
+def test_unknown_backend(bundle, question_wav):
+    res = run_llasm("ask", str(question_wav), "-m", str(bundle), "--backend", "cuda-magic")
+    assert_clean_error(res, 4, "unknown backend")
+
+
+def test_export_errors(tmp_path, swiglu):
+    ckpt, bundle = swiglu
+    assert_clean_error(run_llasm("export", str(tmp_path / "nope"), str(tmp_path / "out")), 5, "not found")
+    assert_clean_error(run_llasm("export", str(ckpt), str(bundle)), 5, "already exists")
+    assert not (tmp_path / "out").exists()
