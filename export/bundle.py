@@ -67,6 +67,7 @@ def export_bundle(
             llm_files=llm_files, tower_files=tower_files, torch_tower=TORCH_TOWER_DIR,
         )
         (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

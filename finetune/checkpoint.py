@@ -95,6 +95,7 @@ def save_checkpoint(model: LlasmModel, tokenizer, meta: CheckpointMeta, out: Pat
         adaptor_state = {k: v.contiguous() for k, v in model.tower.adaptor.state_dict().items()}
         save_file(adaptor_state, str(tmp / ADAPTOR_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

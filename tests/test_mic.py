@@ -1,0 +1,158 @@
+"""The real capture path on a machine without a sound card: PulseAudio with a null sink.
+
+espeak-ng speech is played into the sink with paplay and recorded from its monitor through
+PortAudio's 'pulse' device, then endpointed. Durations are compared on the recorded signal,
+because opening a stream takes a variable moment and wall-clock times mean nothing.
+A sound server that does not start is a failure, not a skip: this is the only test of --mic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llasm_cli.audio import SAMPLE_RATE, resample
+from llasm_cli.endpoint import Endpointer, Event, SpeechEnd
+from llasm_cli.errors import MicrophoneError
+from llasm_cli.mic import Microphone, list_input_devices, rescan_devices, resolve_device
+from tests.conftest import espeak
+from tests.test_endpointing import speech_bounds, turns
+
+TOL = 0.3
+APT = "apt-get install pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 (.ci/run does this)"
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def pulse(tmp_path_factory) -> dict[str, str]:
+    """A private PulseAudio daemon whose default source is the monitor of null sink 'vmic'."""
+    missing = [t for t in ("pulseaudio", "pactl", "paplay") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: {APT}")
+    runtime = tmp_path_factory.mktemp("xdg-runtime")
+    runtime.chmod(0o700)
+    env = {k: v for k, v in os.environ.items() if k != "PULSE_SERVER"}
+    env["XDG_RUNTIME_DIR"] = str(runtime)
+    started = _run(
+        ["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n",
+         "--load=module-null-sink sink_name=vmic", "--load=module-native-protocol-unix",
+         "--load=module-always-sink"],
+        env,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"PulseAudio did not start (exit {started.returncode}): {started.stderr.strip()}")
+    socket = runtime / "pulse" / "native"
+    env["PULSE_SERVER"] = f"unix:{socket}"
+    deadline = time.monotonic() + 10
+    while _run(["pactl", "info"], env).returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"PulseAudio started but does not answer on {socket}")
+        time.sleep(0.1)
+    for cmd in (["pactl", "set-default-sink", "vmic"], ["pactl", "set-default-source", "vmic.monitor"]):
+        done = _run(cmd, env)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+    saved = {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "PULSE_SERVER")}
+    os.environ.update(XDG_RUNTIME_DIR=env["XDG_RUNTIME_DIR"], PULSE_SERVER=env["PULSE_SERVER"])
+    rescan_devices()  # PortAudio may have initialised (and listed devices) before the daemon ran
+    try:
+        yield env
+    finally:
+        _run(["pulseaudio", "--kill"], env)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _collect(mic: Microphone, seconds: float, ep: Endpointer | None = None) -> tuple[list[np.ndarray], list[Event]]:
+    """Read `seconds` of audio (by sample count), stopping early once ep reports a SpeechEnd."""
+    chunks: list[np.ndarray] = []
+    events: list[Event] = []
+    got, deadline = 0, time.monotonic() + seconds + 10
+    while got < seconds * SAMPLE_RATE and time.monotonic() < deadline:
+        chunk = mic.read(timeout=0.5)
+        chunks.append(chunk)
+        got += chunk.size
+        if ep is not None:
+            events += ep.push(chunk)
+            if any(isinstance(e, SpeechEnd) for e in events):
+                break
+    return chunks, events
+
+
+def test_pulse_is_an_input_device(pulse):
+    devices = list_input_devices()
+    pulse_dev = [d for d in devices if d["name"] == "pulse"]
+    assert pulse_dev, f"no 'pulse' input device in {devices}"
+    assert pulse_dev[0]["channels"] > 0 and pulse_dev[0]["default_samplerate"] > 0
+    assert sum(d["is_default"] for d in devices) == 1
+    assert resolve_device("PULSE") == pulse_dev[0]["index"]
+    assert resolve_device(pulse_dev[0]["index"]) == pulse_dev[0]["index"]
+    assert resolve_device(str(pulse_dev[0]["index"])) == pulse_dev[0]["index"]
+    assert resolve_device(None) in {d["index"] for d in devices}
+
+
+def test_bogus_device_is_a_microphone_error(pulse):
+    with pytest.raises(MicrophoneError, match="no input device matches 'no-such-mic-xyz'.*pulse"):
+        resolve_device("no-such-mic-xyz")
+    with pytest.raises(MicrophoneError, match="there is no input device 9999"):
+        resolve_device(9999)
+    assert MicrophoneError.exit_code == 7
+
+
+def test_recorded_speech_is_one_turn_of_the_right_length(pulse, workdir):
+    wav = espeak("Please tell me a short story about a friendly robot.", workdir / "mic.wav")
+    data, rate = sf.read(str(wav), dtype="float32")
+    on, off = speech_bounds(resample(data, rate))
+    ep = Endpointer()
+    with Microphone("pulse") as mic:
+        assert not mic.closed and mic.samplerate > 0
+        chunks, events = _collect(mic, 0.5, ep)  # capture is running before anything plays
+        player = subprocess.Popen(["paplay", str(wav)], env=pulse, stderr=subprocess.PIPE, text=True)
+        more, events2 = _collect(mic, 3.0 + (off - on) + 3.0, ep)
+        assert player.wait(timeout=20) == 0, player.stderr.read() if player.stderr else ""
+    assert mic.closed and mic.stream.closed
+    recorded = np.concatenate(chunks + more)
+    [(start, end)] = turns(events + events2)
+    rec_on, rec_off = speech_bounds(recorded)
+    assert abs((end.t - start) - (off - on)) <= TOL
+    assert abs(start - rec_on) <= TOL and abs(end.t - rec_off) <= TOL
+    assert abs((rec_off - rec_on) - (off - on)) <= 0.05  # the capture neither lost nor added audio
+
+
+def test_stream_is_closed_when_the_body_raises(pulse):
+    with pytest.raises(ZeroDivisionError):
+        with Microphone("pulse") as mic:
+            assert mic.read(timeout=2.0).size > 0
+            1 / 0
+    assert mic.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        mic.read()
+
+
+def test_missing_portaudio_is_a_microphone_error(tmp_path):
+    """Hide libportaudio from ctypes' library search in a fresh interpreter, as on a machine
+    without the package: importing sounddevice raises OSError, which must become advice."""
+    code = (
+        "import ctypes.util; ctypes.util.find_library = lambda name: None\n"
+        "from llasm_cli.errors import MicrophoneError\n"
+        "from llasm_cli.mic import list_input_devices\n"
+        "try:\n    list_input_devices()\nexcept MicrophoneError as e:\n    print('MicrophoneError:', e)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert "MicrophoneError: the PortAudio library is missing" in done.stdout, done.stdout + done.stderr
+    assert "libportaudio2" in done.stdout
