@@ -381,6 +381,13 @@ def ct2_to_hf_state(
 # vocabulary, generation config, folder writer
 
 
+def _readable(folder: Path) -> None:
+    """mkdtemp makes 0700 folders (and safetensors 0600 files); published models are world-readable."""
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+
+
 def read_vocabulary(src_dir: Path) -> list[str] | None:
     """Token strings by id from ``vocabulary.txt`` / ``vocabulary.json`` / ``tokenizer.json``."""
     txt, js, tok = src_dir / "vocabulary.txt", src_dir / "vocabulary.json", src_dir / "tokenizer.json"
@@ -472,6 +479,7 @@ def import_ct2_whisper(
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         if (src / "tokenizer.json").is_file():
             shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
+        _readable(tmp)
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
@@ -568,6 +576,7 @@ def find_packaged_whisper(name: str) -> Path:
         for extra in ("config.json", "tokenizer.json", "vocabulary.txt", "preprocessor_config.json"):
             if (folder / extra).is_file():
                 shutil.copyfile(folder / extra, tmp / extra)
+        _readable(tmp)
         if target.exists():  # a stale or broken earlier assembly
             shutil.rmtree(target)
         tmp.rename(target)

@@ -83,7 +83,12 @@ def silero_scorer() -> tuple[FrameScorer, Callable[[], None]]:
 
 
 class Endpointer:
-    """Turns a 16 kHz mono float32 stream, pushed in chunks of any length, into turn events."""
+    """Turns a 16 kHz mono float32 stream, pushed in chunks of any length, into turn events.
+
+    Decisions are made per 32 ms frame, so results do not depend on how the stream is chunked.
+    SpeechStart is reported once min_speech of speech is heard, with t at the speech's first
+    frame. `scorer` replaces Silero with another (frame -> probability, reset) pair.
+    """
 
     level = staticmethod(level)
 
