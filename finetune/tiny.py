@@ -58,7 +58,8 @@ def train_tokenizer(folder: Path, vocab_size: int = 400) -> Path:
 
 
 def build_tiny(
-    out: Path, adaptor: str = "stack-swiglu", seed: int = 0, llm_dim: int = 64, stack_factor: int = 5
+    out: Path, adaptor: str = "stack-swiglu", seed: int = 0, llm_dim: int = 64, stack_factor: int = 5,
+    max_positions: int = 4096,
 ) -> Path:
     """Write a tiny random checkpoint to ``out`` and return its path."""
     torch.manual_seed(seed)
@@ -70,7 +71,7 @@ def build_tiny(
         llm_cfg = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=llm_dim, intermediate_size=2 * llm_dim,
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+            max_position_embeddings=max_positions, rms_norm_eps=1e-5, rope_theta=10000.0,
             bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, initializer_range=0.2,
         )
         llm = LlamaForCausalLM(llm_cfg)

@@ -107,6 +107,95 @@ def ask(
 
 
 @app.command()
+def chat(
+    model: Optional[Path] = ModelOpt,
+    mic: Optional[bool] = typer.Option(
+        None, "--mic/--no-mic", help="Listen on the microphone (default: on when an input device exists)."
+    ),
+    ptt: bool = typer.Option(False, "--ptt", help="Push-to-talk: Enter starts and stops recording."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Input device index or name (see `llasm devices`)."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Audio file for a scripted first turn."),
+    text: Optional[str] = typer.Option(None, "--text", help="Typed text sent with the first spoken turn."),
+    silence: float = typer.Option(0.6, "--silence", help="Seconds of silence that end a spoken turn."),
+    max_turn: float = typer.Option(30.0, "--max-turn", help="Longest spoken turn in seconds."),
+    backend: str = BackendOpt,
+    variant: Optional[str] = VariantOpt,
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the bundle's)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 for greedy (default: the bundle's)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Longest answer in tokens."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep answering past end-of-text, up to --max-tokens."),
+    threads: Optional[int] = ThreadsOpt,
+    ctx: int = CtxOpt,
+    gpu_layers: int = GpuOpt,
+    stats: bool = typer.Option(False, "--stats", help="Show audio length, encode time, time to first token, tokens/s."),
+) -> None:
+    """Talk with the model, turn after turn: speech from the mic or files, typed text, or both.
+
+    In the chat: [bold]/file PATH \\[text][/], [bold]/reset[/], [bold]/save FILE[/], [bold]/system TEXT[/],
+    [bold]/stats[/], [bold]/help[/], [bold]/quit[/].
+
+    A typed line ending with ':' waits for your next spoken turn (e.g. "Translate this to Chinese:"
+    then speak). Ctrl-C stops an answer; Ctrl-C when idle, or Ctrl-D, quits.
+
+    Examples:
+
+      llasm chat -m my-bundle
+
+      llasm chat -m my-bundle --ptt --device "USB"
+
+      llasm chat -m my-bundle --no-mic --file question.wav
+    """
+    from .assistant import Assistant
+    from .conversation import Conversation
+    from .engine import Sampling
+    from .repl import ChatApp, ChatSettings
+    from .ui import console
+
+    if mic is None:
+        mic = _has_input_device()
+    mode = "ptt" if ptt and mic is not False else ("mic" if mic else "text")
+    bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers)
+    try:
+        temp = bot.bundle.manifest.temperature if temperature is None else temperature
+        settings = ChatSettings(
+            mode=mode, device=_device_spec(device), trailing_silence=silence, max_turn=max_turn, stats=stats,
+            sampling=Sampling(temperature=temp, seed=seed, ignore_eos=ignore_eos), max_tokens=max_tokens,
+        )
+        ChatApp(Conversation(bot, system=system), settings, console).run(first_file=file, first_text=text)
+    finally:
+        bot.close()
+
+
+@app.command()
+def devices() -> None:
+    """List audio input devices (use the index or a part of the name with --device)."""
+    from .mic import list_input_devices
+    from .ui import console
+
+    found = list_input_devices()
+    if not found:
+        console.print("no input devices found")
+        return
+    for d in found:
+        mark = "*" if d.get("is_default") else " "
+        console.print(f"{mark} {d['index']:3d}  {d['name']}  ({d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+
+
+def _device_spec(device: Optional[str]) -> str | int | None:
+    return int(device) if device is not None and device.isdigit() else device
+
+
+def _has_input_device() -> bool:
+    try:
+        from .mic import list_input_devices
+
+        return bool(list_input_devices())
+    except LlasmError:
+        return False
+
+
+@app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="llasm checkpoint directory (llasm.json, llm/, whisper/, adaptor)."),
     out: Path = typer.Argument(..., help="Bundle directory to create."),

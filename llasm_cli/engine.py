@@ -33,6 +33,7 @@ class Sampling:
     top_p: float = 0.95
     top_k: int = 40
     seed: int = 0
+    ignore_eos: bool = False  # keep going past end-of-text (benchmarks, stress tests)
 
 
 class Sampler:
@@ -248,7 +249,7 @@ class Engine:
         logits = first_logits
         for _ in range(max_tokens):
             tok = sampler(logits)
-            if self.is_eog(tok):
+            if self.is_eog(tok) and not sampler.s.ignore_eos:
                 return
             yield tok
             if self.n_past >= self.n_ctx:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,54 @@ def swiglu(workdir) -> tuple[Path, Path]:
 def llasm_v1(workdir) -> tuple[Path, Path]:
     """(checkpoint, bundle) of a tiny random llasm-v1 (original LLaSM layout) model."""
     return _build(workdir, "llasm-v1")
+
+APT = "apt-get install pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 (.ci/run does this)"
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def pulse(tmp_path_factory) -> dict[str, str]:
+    """A private PulseAudio daemon whose default source is the monitor of null sink 'vmic'."""
+    missing = [t for t in ("pulseaudio", "pactl", "paplay") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: {APT}")
+    runtime = tmp_path_factory.mktemp("xdg-runtime")
+    runtime.chmod(0o700)
+    env = {k: v for k, v in os.environ.items() if k != "PULSE_SERVER"}
+    env["XDG_RUNTIME_DIR"] = str(runtime)
+    started = _run(
+        ["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n",
+         "--load=module-null-sink sink_name=vmic", "--load=module-native-protocol-unix",
+         "--load=module-always-sink"],
+        env,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"PulseAudio did not start (exit {started.returncode}): {started.stderr.strip()}")
+    socket = runtime / "pulse" / "native"
+    env["PULSE_SERVER"] = f"unix:{socket}"
+    deadline = time.monotonic() + 10
+    while _run(["pactl", "info"], env).returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"PulseAudio started but does not answer on {socket}")
+        time.sleep(0.1)
+    for cmd in (["pactl", "set-default-sink", "vmic"], ["pactl", "set-default-source", "vmic.monitor"]):
+        done = _run(cmd, env)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+    saved = {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "PULSE_SERVER")}
+    os.environ.update(XDG_RUNTIME_DIR=env["XDG_RUNTIME_DIR"], PULSE_SERVER=env["PULSE_SERVER"])
+    __import__("llasm_cli.mic", fromlist=["rescan_devices"]).rescan_devices()  # PortAudio may have initialised (and listed devices) before the daemon ran
+    try:
+        yield env
+    finally:
+        _run(["pulseaudio", "--kill"], env)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+

@@ -22,7 +22,6 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from finetune.ct2_whisper import (
-    PACKAGED_WHISPER,
     ct2_to_hf_state,
     find_packaged_whisper,
     import_ct2_whisper,
@@ -32,7 +31,7 @@ from finetune.ct2_whisper import (
 from llasm_cli.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
-_CODES = {np.dtype("float32"): 0, np.dtype("int8"): 1, np.dtype("int16"): 2, np.dtype("int32"): 3, np.dtype("float16"): 4}
+_CODES = {np.dtype(t): code for code, t in enumerate(("float32", "int8", "int16", "int32", "float16"))}
 
 
 def _needs(module: str, pip: str):
@@ -66,7 +65,7 @@ def write_ct2(
     """Encode variables in CTranslate2's model.bin layout (independently of the reader)."""
     out = [struct.pack("<I", version), _string(spec), struct.pack("<I", 3), struct.pack("<I", len(variables))]
     for name, array in variables.items():
-        array = np.ascontiguousarray(array)
+        array = np.array(array, order="C")  # (ascontiguousarray would make scalars rank 1)
         code = (dtype_codes or {}).get(name, _CODES.get(array.dtype))
         data = array.tobytes()
         out += [_string(name), struct.pack("<B", array.ndim), *(struct.pack("<I", d) for d in array.shape)]
@@ -139,7 +138,7 @@ def tiny_hf() -> WhisperForConditionalGeneration:
     """A random Whisper with a 51864-token (English-only) vocabulary, rounded through float16."""
     torch.manual_seed(0)
     cfg = WhisperConfig(
-        vocab_size=51864, num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=3,
+        vocab_size=51864, num_mel_bins=8, d_model=64, encoder_layers=2, decoder_layers=3,
         encoder_attention_heads=4, decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=40,
         max_source_positions=16, max_target_positions=24,
     )
@@ -156,7 +155,8 @@ def tiny_hf() -> WhisperForConditionalGeneration:
 @pytest.fixture
 def tiny_ct2_dir(tmp_path, tiny_hf) -> Path:
     folder = tmp_path / "ct2"
-    write_ct2(folder / "model.bin", hf_to_ct2(tiny_hf), aliases={"decoder/projection/weight": "decoder/embeddings/weight"})
+    tied = {"decoder/projection/weight": "decoder/embeddings/weight"}
+    write_ct2(folder / "model.bin", hf_to_ct2(tiny_hf), aliases=tied)
     return folder
 
 
@@ -232,7 +232,7 @@ def test_untied_projection_is_kept(tiny_hf, tmp_path):
 def test_heads_default_to_64_dims_each_when_not_stored(tiny_hf, tmp_path):
     variables = {k: v for k, v in hf_to_ct2(tiny_hf).items() if not k.endswith("num_heads")}
     config, _ = ct2_to_hf_state(read_ct2_model(write_ct2(tmp_path / "model.bin", variables)))
-    assert config.encoder_attention_heads == config.decoder_attention_heads == 1  # d_model 32 // 64 -> at least 1? no: 0
+    assert config.encoder_attention_heads == config.decoder_attention_heads == 1  # d_model 64 // 64
 
 
 def test_cli_help_and_convert(tiny_ct2_dir, tmp_path):
@@ -290,13 +290,14 @@ def test_unmapped_missing_and_misshaped_names_are_named(tiny_hf, tmp_path):
     cases = [
         ({**good, "encoder/layer_0/self_attention/relative_position_keys": np.zeros((3, 4), np.float16)},
          "relative_position_keys"),
-        ({k: v for k, v in good.items() if k != "decoder/layer_2/ffn/linear_1/bias"}, "decoder/layer_2/ffn/linear_1/bias"),
-        ({**good, "decoder/layer_1/attention/linear_2/weight": np.zeros((32, 30), np.float16)},
-         r"decoder/layer_1/attention/linear_2/weight.*\(32, 30\)"),
+        ({k: v for k, v in good.items() if k != "decoder/layer_2/ffn/linear_1/bias"},
+         "decoder/layer_2/ffn/linear_1/bias"),
+        ({**good, "decoder/layer_1/attention/linear_2/weight": np.zeros((64, 60), np.float16)},
+         r"decoder/layer_1/attention/linear_2/weight.*\(64, 60\)"),
         ({**good, "decoder/activation": np.array(1, np.int8)}, "decoder/activation"),
     ]
     bias = good["encoder/layer_1/self_attention/linear_0/bias"].copy()
-    bias[40] = 1  # inside the key part
+    bias[64 + 5] = 1  # inside the key part (rows 64..127)
     cases.append(({**good, "encoder/layer_1/self_attention/linear_0/bias": bias}, "non-zero key bias"))
     for variables, message in cases:
         write_ct2(tmp_path / "model.bin", variables)

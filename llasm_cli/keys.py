@@ -1,0 +1,71 @@
+"""Non-blocking keyboard input with a tiny line editor, so typing works while the mic listens.
+
+In cbreak mode the terminal hands us keys one by one (Ctrl-C still raises KeyboardInterrupt);
+the typed line is shown by the caller's live display instead of the terminal's echo.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+
+BACKSPACE = ("\x7f", "\b")
+ENTER = ("\r", "\n")
+CTRL_D = "\x04"
+CTRL_U = "\x15"
+
+
+class KeyReader:
+    """Polls stdin; ``poll`` returns a finished line, ``EOF`` on Ctrl-D, or None."""
+
+    EOF = object()
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.lines: list[object] = []  # completed lines (or EOF) not yet returned
+        self.fd = sys.stdin.fileno() if sys.stdin and sys.stdin.isatty() else None
+        self._saved = None
+
+    def __enter__(self) -> "KeyReader":
+        if self.fd is not None:
+            import termios
+            import tty
+
+            self._saved = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+    def poll(self, timeout: float = 0.0):
+        """Consume available keys; a completed line (Enter) is returned, else None."""
+        if self.lines:
+            return self.lines.pop(0)
+        fd = self.fd if self.fd is not None else (sys.stdin.fileno() if sys.stdin else None)
+        if fd is None:
+            return None
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return None
+        data = os.read(fd, 1024).decode("utf-8", errors="replace")
+        if data == "":
+            self.lines.append(self.EOF)
+        for ch in data:
+            if ch in ENTER:
+                self.lines.append(self.buffer)
+                self.buffer = ""
+            elif ch == CTRL_D and not self.buffer:
+                self.lines.append(self.EOF)
+            elif ch in BACKSPACE:
+                self.buffer = self.buffer[:-1]
+            elif ch == CTRL_U:
+                self.buffer = ""
+            elif ch.isprintable():
+                self.buffer += ch
+        return self.lines.pop(0) if self.lines else None

@@ -1,0 +1,264 @@
+"""The interactive chat: turns from the microphone, files or the keyboard; answers streamed.
+
+Input modes: ``mic`` (hands-free, the voice-activity endpointer decides when a turn ends),
+``ptt`` (Enter starts and stops recording) and ``text`` (typed only). In every mode typed lines
+work too; a typed line ending with ':' waits for the next spoken turn and goes with it
+(e.g. ``translate this to Chinese:`` then say the sentence).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from .audio import SAMPLE_RATE, load_audio
+from .conversation import Conversation
+from .engine import Sampling
+from .errors import LlasmError, MicrophoneError
+from .keys import KeyReader
+from .ui import stream_answer
+
+HELP = (
+    "commands: /file PATH [text]  /reset  /save FILE  /system TEXT  /stats  /help  /quit\n"
+    "A typed line ending with ':' waits for your next spoken turn and is sent with it."
+)
+EOF_ = object()
+
+
+@dataclass
+class ChatSettings:
+    mode: str = "mic"  # "mic" | "ptt" | "text"
+    device: str | int | None = None
+    trailing_silence: float = 0.6
+    max_turn: float = 30.0
+    stats: bool = False
+    sampling: Sampling | None = None
+    max_tokens: int | None = None
+
+
+def level_bar(db: float, width: int = 16) -> str:
+    filled = int(round(max(0.0, min(1.0, (db + 60.0) / 60.0)) * width))
+    return "█" * filled + "·" * (width - filled)
+
+
+class ChatApp:
+    """Owns the loop; the conversation (and its KV cache) does the work."""
+
+    def __init__(self, conv: Conversation, settings: ChatSettings, console: Console) -> None:
+        self.conv = conv
+        self.s = settings
+        self.console = console
+        self.pending_text: str | None = None
+        self.mic = None
+        self.endpointer = None
+
+    # --- the loop -------------------------------------------------------------------
+
+    def run(self, first_file: Path | None = None, first_text: str | None = None) -> None:
+        c = self.console
+        m = self.conv.bot.bundle.manifest
+        self.pending_text = first_text
+        self._open_mic()
+        c.print(f"[bold]llasm[/] · {m.name} · input: {self._mode_label()} · /help for commands · Ctrl-D to quit")
+        keys = KeyReader()
+        try:
+            if first_file is not None:
+                self._spoken_turn(load_audio(first_file), f"file {first_file.name}")
+            while True:
+                item = self._next_input(keys)
+                if item is EOF_:
+                    break
+                kind, payload = item
+                if kind == "audio":
+                    self._spoken_turn(payload, f"{payload.size / SAMPLE_RATE:.1f} s of speech")
+                elif not self._handle_line(payload):
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if self.mic is not None:
+                self.mic.close()
+            c.print("[dim]bye[/]")
+
+    def _mode_label(self) -> str:
+        if self.s.mode == "text":
+            return "keyboard"
+        name = getattr(self.mic, "name", "")
+        return f"{'push-to-talk' if self.s.mode == 'ptt' else 'microphone'} ({name})"
+
+    def _open_mic(self) -> None:
+        if self.s.mode == "text":
+            return
+        try:
+            from .endpoint import Endpointer
+            from .mic import Microphone
+
+            self.endpointer = Endpointer(trailing_silence=self.s.trailing_silence, max_turn=self.s.max_turn)
+            self.mic = Microphone(self.s.device)
+            self.mic.open()
+        except (MicrophoneError, LlasmError) as exc:
+            self.console.print(f"[yellow]no microphone:[/] {exc} — using typed input")
+            self.mic, self.s.mode = None, "text"
+
+    def _next_input(self, keys: KeyReader):
+        if self.s.mode == "text":
+            try:
+                prompt = "[bold cyan]you›[/] " + (f"[dim]({self.pending_text})[/] " if self.pending_text else "")
+                return ("text", self.console.input(prompt))
+            except EOFError:
+                return EOF_
+        with keys:  # cbreak only while listening: typed turns keep the terminal's line editing
+            return self._listen(keys)
+
+    # --- listening ------------------------------------------------------------------
+
+    def _listen(self, keys: KeyReader):
+        """Hands-free or push-to-talk capture with a live level meter; typed lines interrupt it."""
+        ptt = self.s.mode == "ptt"
+        recording = not ptt
+        self.endpointer.reset()
+        self.mic.flush()
+        chunks: list[np.ndarray] = []
+        t0, db, speaking = time.monotonic(), -120.0, False
+        with Live(Text(""), console=self.console, transient=True, refresh_per_second=12) as live:
+            while True:
+                line = keys.poll(0.0)
+                if line is KeyReader.EOF:
+                    return EOF_
+                if line is not None:
+                    if ptt and line == "":
+                        if recording:
+                            return ("audio", np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
+                        recording, chunks, t0 = True, [], time.monotonic()
+                        self.mic.flush()
+                        continue
+                    return ("text", line)
+                chunk = self.mic.read(timeout=0.03)
+                if chunk.size:
+                    db = self.endpointer.level(chunk)
+                    if ptt and recording:
+                        chunks.append(chunk)
+                    elif not ptt:
+                        for ev in self.endpointer.push(chunk):
+                            if hasattr(ev, "audio"):
+                                return ("audio", ev.audio)
+                            speaking = True
+                live.update(self._meter(db, time.monotonic() - t0, recording, speaking, keys.buffer))
+
+    def _meter(self, db: float, elapsed: float, recording: bool, speaking: bool, typed: str) -> Text:
+        if self.s.mode == "ptt" and not recording:
+            state = "[dim]press Enter to talk[/]"
+        else:
+            state = "[bold red]● speaking[/]" if speaking else "[green]● listening[/]"
+        pending = f"  [dim]({self.pending_text})[/]" if self.pending_text else ""
+        return Text.from_markup(
+            f"{state} {level_bar(db)} {db:5.0f} dB {elapsed:5.1f} s{pending}   [bold cyan]you›[/] {typed}█"
+        )
+
+    # --- turns ----------------------------------------------------------------------
+
+    def _handle_line(self, line: str) -> bool:
+        """A typed line: a command, text held for the next speech, or a text turn. False quits."""
+        line = line.strip()
+        if not line:
+            return True
+        if line.startswith("/"):
+            return self._command(line)
+        if line.endswith(":"):
+            self.pending_text = line
+            self.console.print(f"[dim]… waiting for speech to go with “{line}”[/]")
+            return True
+        self._turn(text=line)
+        return True
+
+    def _command(self, line: str) -> bool:
+        c = self.console
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if name in ("/quit", "/exit"):
+            return False
+        if name == "/help":
+            c.print(HELP)
+        elif name == "/reset":
+            self.conv.reset()
+            self.pending_text = None
+            c.print("[dim]conversation cleared[/]")
+        elif name == "/system":
+            self.conv.set_system(arg)
+            c.print(f"[dim]system prompt set ({len(arg)} characters); history kept[/]")
+        elif name == "/stats":
+            self.s.stats = not self.s.stats
+            c.print(f"[dim]stats {'on' if self.s.stats else 'off'}[/]")
+        elif name == "/save":
+            if not arg:
+                c.print("[yellow]usage:[/] /save FILE.json")
+            else:
+                path = self.conv.save(Path(arg).expanduser())
+                c.print(f"[dim]saved {path}[/]")
+        elif name == "/file":
+            parts = shlex.split(arg) if arg else []
+            if not parts:
+                c.print("[yellow]usage:[/] /file PATH [text]")
+                return True
+            try:
+                audio = load_audio(Path(parts[0]).expanduser())
+            except LlasmError as exc:
+                c.print(f"[red]error:[/] {exc}")
+                return True
+            if len(parts) > 1:
+                self.pending_text = " ".join(parts[1:])
+            self._spoken_turn(audio, f"file {Path(parts[0]).name}")
+        else:
+            c.print(f"[yellow]unknown command {name}[/] — {HELP.splitlines()[0]}")
+        return True
+
+    def _spoken_turn(self, audio: np.ndarray, label: str) -> None:
+        if audio.size == 0:
+            return
+        text, self.pending_text = self.pending_text, None
+        self.console.print(f"[bold cyan]you›[/] {text + ' ' if text else ''}[dim]\\[{label}][/]")
+        self._turn(audio=audio, text=text)
+
+    def _turn(self, audio: np.ndarray | None = None, text: str | None = None) -> None:
+        c = self.console
+        try:
+            with c.status("listening to you…" if audio is not None else "thinking…", spinner="dots"):
+                self.conv.add_user(audio, text=text)
+                stream = self.conv.respond(self.s.sampling, self.s.max_tokens)
+                first = next(stream, None)
+        except LlasmError as exc:
+            c.print(f"[red]error:[/] {exc}")
+            if self.conv.turns and self.conv.turns[-1].message.role == "user":
+                self.conv.turns.pop()
+            return
+        except KeyboardInterrupt:
+            c.print("[dim](interrupted)[/]")
+            return
+        for notice in self.conv.notices:
+            c.print(f"[yellow]{notice}[/]")
+        self.conv.notices.clear()
+        c.print("[bold magenta]llasm›[/]")
+        try:
+            stream_answer(_chain(first, stream), out=c)
+        except KeyboardInterrupt:
+            stream.close()
+            c.print("[dim](interrupted)[/]")
+        if self.s.stats:
+            st = self.conv.stats
+            c.print(
+                f"[dim]audio {st.audio_seconds:.1f} s · encode {st.encode_ms:.0f} ms · prefill {st.prefill_ms:.0f} ms"
+                f" · first token {st.first_token_ms:.0f} ms · {st.decode_tokens_per_s:.0f} tok/s[/]"
+            )
+
+
+def _chain(first, rest):
+    if first is not None:
+        yield first
+    yield from rest
