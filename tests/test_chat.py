@@ -22,8 +22,10 @@ TOL = 0.3
 
 def spawn(bundle, *args: str, env=None, timeout: float = 60) -> pexpect.spawn:
     cmd = [sys.executable, "-m", "llasm_cli", "chat", "-m", str(bundle), "--stats", "--temperature", "0", *args]
-    child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", timeout=timeout, dimensions=(50, 160), env=env)
-    return child
+    # codec_errors: Ctrl-C can land between the bytes of one character
+    return pexpect.spawn(
+        cmd[0], cmd[1:], encoding="utf-8", codec_errors="replace", timeout=timeout, dimensions=(50, 160), env=env
+    )
 
 
 def finish(child: pexpect.spawn) -> None:
