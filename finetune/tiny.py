@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer, WhisperConfig
 
+from llasm_cli.chat import DEFAULT_TEMPLATE
+
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, LlasmModel
 
@@ -32,13 +34,7 @@ CORPUS = [
     "你好，世界。我是一个语音助手。",
     "USER: ASSISTANT: numbers one two three four five six seven eight nine ten",
 ]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
-    "{% elif message['role'] == 'user' %}USER: {{ message['content'] }}\n"
-    "{% else %}ASSISTANT: {{ message['content'] }}{{ eos_token }}\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+CHAT_TEMPLATE = DEFAULT_TEMPLATE
 
 
 def train_tokenizer(folder: Path, vocab_size: int = 400) -> Path:

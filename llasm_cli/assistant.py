@@ -76,7 +76,7 @@ class Assistant:
 
     def prompt(self, msgs: list[Message], add_generation_prompt: bool = True) -> list:
         """Token/embedding segments of a whole conversation, BOS included."""
-        eos = self.engine.detokenize([self.engine.eos])
+        eos = self.engine.eos_text
         text = render(self.template, msgs, bos_token="", eos_token=eos, add_generation_prompt=add_generation_prompt)
         clips = [c for m in msgs for c in m.clips]
         return segments(self.engine, text, clips, self.audio_start, self.audio_end, self.engine.add_bos)

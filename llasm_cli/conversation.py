@@ -86,7 +86,7 @@ class Conversation:
     # --- prefill --------------------------------------------------------------------
 
     def _render(self, msgs: list[Message], gen: bool) -> str:
-        eos = self.bot.engine.detokenize([self.bot.engine.eos])
+        eos = self.bot.engine.eos_text
         return render(self.bot.template, msgs, bos_token="", eos_token=eos, add_generation_prompt=gen)
 
     def _pending_segments(self) -> list:

@@ -145,13 +145,19 @@ class Engine:
             raise ModelFileError(f"{self.path.name}: the vocabulary has no single token {piece!r}")
         return ids[0]
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token; control tokens render as nothing unless ``special``."""
         buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    @property
+    def eos_text(self) -> str:
+        """How the EOS token is spelled in templates (e.g. ``</s>``)."""
+        return self.piece(self.eos, special=True).decode("utf-8", errors="replace") if self.eos >= 0 else ""
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
