@@ -64,7 +64,8 @@ def export_bundle(
             tokens_per_window=meta.adaptor.tokens_per_window(),
             stack_factor=meta.adaptor.stack_factor if meta.adaptor.type == "stack-swiglu" else 0,
             audio_start=meta.audio_start, audio_end=meta.audio_end, system_prompt=meta.system_prompt,
-            llm_files=llm_files, tower_files=tower_files, torch_tower=TORCH_TOWER_DIR,
+            llm_files=llm_files, tower_files=tower_files if "padded" in meta.adaptor.encoder_input else {},
+            torch_tower=TORCH_TOWER_DIR, encoder_input=list(meta.adaptor.encoder_input),
         )
         (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         tmp.chmod(0o755)  # mkdtemp makes it private

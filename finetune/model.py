@@ -41,6 +41,9 @@ class AdaptorConfig:
     hidden_dim: int = 4096  # stack-swiglu: width of the first Linear (halved by SwiGLU)
     n_queries: int = 64  # llasm-v1: decoder positions, one embedding each
     decoder_token_id: int = 50258  # llasm-v1: <|startoftranscript|>
+    # Encoder inputs the adaptor was trained on: "padded" (30 s windows, as Whisper and
+    # llama.cpp's mtmd run it) and/or "unpadded" (only the real audio: much faster, torch only).
+    encoder_input: list = field(default_factory=lambda: ["padded"])
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -51,6 +54,10 @@ class AdaptorConfig:
                 raise ValueError(f"stack_factor {self.stack_factor} must divide {N_ENCODER_FRAMES}")
             if self.hidden_dim % 2:
                 raise ValueError(f"hidden_dim {self.hidden_dim} must be even (SwiGLU halves it)")
+        if not self.encoder_input or set(self.encoder_input) - {"padded", "unpadded"}:
+            raise ValueError(f"encoder_input must list 'padded' and/or 'unpadded', got {self.encoder_input}")
+        if self.type == "llasm-v1" and self.encoder_input != ["padded"]:
+            raise ValueError("llasm-v1 runs on padded 30 s windows only")
 
     def tokens_per_window(self) -> int:
         """Embeddings one full 30 s window produces."""
@@ -137,16 +144,39 @@ class AudioTower(nn.Module):
     def n_mels(self) -> int:
         return self.whisper_config.num_mel_bins
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel: (B, n_mels, 3000) -> (B, tokens_per_window, llm_dim)."""
-        frames = self.encoder(mel).last_hidden_state  # (B, 1500, d_model)
+    def features(self, mel: torch.Tensor) -> torch.Tensor:
+        """The frozen part: mel (B, n_mels, T) -> encoder frames (B, T/2, d), or decoder states for llasm-v1.
+
+        T = 3000 is Whisper's padded window; a shorter T (even) encodes only real audio.
+        """
+        frames = encode_frames(self.encoder, mel)
         if self.decoder is None:
-            return self.adaptor(frames)
+            return frames
         queries = torch.full(
             (mel.shape[0], self.cfg.n_queries), self.cfg.decoder_token_id, dtype=torch.long, device=mel.device
         )
-        states = self.decoder(input_ids=queries, encoder_hidden_states=frames).last_hidden_state
-        return self.adaptor(states)  # (B, 64, llm_dim)
+        return self.decoder(input_ids=queries, encoder_hidden_states=frames).last_hidden_state  # (B, 64, d)
+
+    def adapt(self, features: torch.Tensor) -> torch.Tensor:
+        """The trained part: features -> LLM-space embeddings (B, n_tokens, llm_dim)."""
+        return self.adaptor(features)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel: (B, n_mels, T) -> (B, tokens, llm_dim); T = 3000 gives tokens_per_window."""
+        return self.adapt(self.features(mel))
+
+
+def encode_frames(encoder: WhisperEncoder, mel: torch.Tensor) -> torch.Tensor:
+    """Whisper's encoder on any even number of mel frames up to 3000 (HF insists on exactly 3000)."""
+    x = F.gelu(encoder.conv1(mel))
+    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)  # (B, T/2, d)
+    if x.shape[1] > encoder.embed_positions.weight.shape[0]:
+        raise ValueError(f"{mel.shape[-1]} mel frames exceed Whisper's 30 s window")
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    for layer in encoder.layers:
+        out = layer(x, None)
+        x = out[0] if isinstance(out, tuple) else out
+    return encoder.layer_norm(x)
 
 
 @dataclass

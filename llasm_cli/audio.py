@@ -71,6 +71,11 @@ def audio_token_count(n_samples: int, stack_factor: int) -> int:
     return min(per_window, max(1, math.ceil(n_samples / (SAMPLES_PER_ENCODER_FRAME * stack_factor))))
 
 
+def unpadded_frames(n_samples: int, stack_factor: int) -> int:
+    """Mel frames that cover the real audio of a window, whole stacks only (for unpadded encoding)."""
+    return 2 * stack_factor * audio_token_count(n_samples, stack_factor)
+
+
 @lru_cache(maxsize=4)
 def mel_filters(n_mels: int) -> np.ndarray:
     """Slaney-scale, area-normalised triangular filters, shape (n_mels, N_FFT//2 + 1)."""

@@ -43,6 +43,7 @@ class Manifest:
     llm_files: dict[str, str]  # variant ("f32", "f16", "q8_0", ...) -> file name
     tower_files: dict[str, str] = field(default_factory=dict)  # variant -> mmproj GGUF (ggml backend)
     torch_tower: str | None = TORCH_TOWER_DIR
+    encoder_input: list = field(default_factory=lambda: ["padded"])  # what the adaptor was trained on
     temperature: float = 0.2
     max_tokens: int = 1024
 

@@ -56,12 +56,26 @@ class AudioTower(ABC):
         """Release native resources."""
 
 
+def auto_backend(bundle: Bundle) -> str:
+    """ggml where the bundle has an mmproj tower, unless the faster unpadded torch path is there."""
+    m = bundle.manifest
+    if "unpadded" in m.encoder_input and _torch_available():
+        return "torch"
+    return "ggml" if m.tower_files else "torch"
+
+
+def _torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+
+
 def open_tower(bundle: Bundle, backend: str, engine, variant: str | None = None, n_threads: int | None = None) -> AudioTower:
     """Build the tower for ``backend`` (``auto`` picks ggml where the bundle has it)."""
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if backend == "auto":
-        backend = "ggml" if bundle.manifest.tower_files else "torch"
+        backend = auto_backend(bundle)
     if backend == "ggml":
         from .ggml import GgmlTower
 

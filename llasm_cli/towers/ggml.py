@@ -9,7 +9,7 @@ from llama_cpp import mtmd_cpp
 
 from .. import native
 from ..bundle import Bundle, validate_tower
-from ..errors import ModelFileError
+from ..errors import BackendUnavailableError, ModelFileError
 from . import AudioTower
 
 
@@ -18,6 +18,11 @@ class GgmlTower(AudioTower):
         super().__init__()
         native.init()
         m = bundle.manifest
+        if "padded" not in m.encoder_input:
+            raise BackendUnavailableError(
+                "this model's adaptor was trained on unpadded audio only, which llama.cpp's mtmd cannot feed "
+                "(it always pads to 30 s): use --backend torch"
+            )
         path = bundle.tower_path(variant)
         validate_tower(path, engine.n_embd)  # mtmd aborts the process on a malformed file
         mtmd_cpp.mtmd_log_set(native._log_callback, ctypes.c_void_p(0))

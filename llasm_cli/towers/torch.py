@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..audio import log_mel_spectrogram
+from ..audio import log_mel_spectrogram, unpadded_frames
 from ..bundle import Bundle, check_widths
 from ..errors import BackendUnavailableError
 from . import AudioTower
@@ -43,11 +43,17 @@ class TorchTower(AudioTower):
         self.stack_factor = m.stack_factor
         self.tokens_per_window = m.tokens_per_window
         self.n_mels = self.module.n_mels
+        # encode only the real audio when the adaptor was trained that way: far less work
+        self.unpadded = m.adaptor == "stack-swiglu" and "unpadded" in m.encoder_input
 
     def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         torch = self.torch
-        mel = np.stack([log_mel_spectrogram(w, self.n_mels) for w in windows])
+        mels = [log_mel_spectrogram(w, self.n_mels) for w in windows]
         with torch.inference_mode():
-            x = torch.from_numpy(mel).to(self.device, self.dtype)
-            out = self.module(x).float().cpu().numpy()  # (W, tokens_per_window, n_embd)
-        return list(out)
+            if self.unpadded:
+                return [self._run(m[None, :, : unpadded_frames(w.size, self.stack_factor)])[0] for m, w in zip(mels, windows)]
+            return list(self._run(np.stack(mels)))  # (W, tokens_per_window, n_embd)
+
+    def _run(self, mel: np.ndarray) -> np.ndarray:
+        x = self.torch.from_numpy(np.ascontiguousarray(mel)).to(self.device, self.dtype)
+        return self.module(x).float().cpu().numpy()
