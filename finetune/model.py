@@ -209,5 +209,15 @@ class LlasmModel(nn.Module):
         parts.append(embeds[cursor:])
         return torch.cat(parts, dim=0)
 
-    def forward(self, inputs_embeds: torch.Tensor, labels: torch.Tensor | None = None):
-        return self.llm(inputs_embeds=inputs_embeds, labels=labels)
+    def embed_batch(self, input_ids: torch.Tensor, feats: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+        """Token embeddings (B, T, C) with each clip's adapted features written at its position."""
+        emb = self.llm.get_input_embeddings()(input_ids).clone()
+        for b, pos, f in feats:
+            a = self.tower.adapt(f[None].to(emb.device, emb.dtype))[0]  # (n, C)
+            emb[b, pos : pos + a.shape[0]] = a.to(emb.dtype)
+        return emb
+
+    def forward(self, input_ids, attention_mask, feats, labels=None):
+        """Logits (and per-token loss pieces) of a collated batch."""
+        emb = self.embed_batch(input_ids, feats)
+        return self.llm(inputs_embeds=emb, attention_mask=attention_mask).logits

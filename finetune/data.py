@@ -1,0 +1,217 @@
+"""Training data: dialogues with audio -> token ids, labels and frozen audio features.
+
+A sample is a list of (role, content, audio paths) messages; content holds ``<|audio|>`` where
+each clip's embeddings go. Tokenization cuts the rendered chat template exactly where the
+runtime does (``llasm_cli.chat``), so what the model learns is what ``llasm`` feeds it. Loss
+falls on the assistant answers and their EOS only.
+
+The audio encoder is frozen in both stages, so its output ("features": Whisper encoder
+frames, or decoder states for llasm-v1) is computed once per clip and kept in memory or, with
+a cache folder, on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llasm_cli.audio import (
+    audio_token_count, load_audio, log_mel_spectrogram, split_windows, unpadded_frames,
+)
+from llasm_cli.chat import AUDIO_PLACEHOLDER, Message, dialogue_pieces
+
+from .model import AudioTower
+
+log = logging.getLogger("llasm.data")
+IGNORE = -100
+
+
+@dataclass
+class Sample:
+    """One training dialogue. ``audio`` lists the clip files in placeholder order."""
+
+    id: str
+    messages: list[tuple[str, str]]  # (role, content)
+    audio: list[str] = field(default_factory=list)
+
+
+def asr_sample(id: str, audio: str, text: str, instruction: str) -> Sample:
+    """Stage 1: the typed instruction + the clip, answered by its transcript."""
+    return Sample(id, [("user", f"{instruction}\n{AUDIO_PLACEHOLDER}"), ("assistant", text)], [audio])
+
+
+@dataclass
+class Encoded:
+    """Token ids with audio spans cut out: ``ids`` / ``labels`` hold -1 / IGNORE at audio slots."""
+
+    ids: list[int]
+    labels: list[int]
+    clips: list[tuple[int, str]]  # (position of the first audio slot, audio path)
+
+
+def encode_sample(
+    sample: Sample, tokenizer, template: str, audio_start: int, audio_end: int, counts: dict[str, int],
+    system: str | None = None,
+) -> Encoded:
+    """Token ids and labels of a sample; ``counts`` maps each clip to its number of embeddings."""
+    messages = ([Message("system", system)] if system else []) + [Message(r, c) for r, c in sample.messages]
+    eos_text = tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id)
+    pieces = dialogue_pieces(template, messages, eos_text, add_generation_prompt=False)
+    ids: list[int] = [tokenizer.bos_token_id]
+    labels: list[int] = [IGNORE]
+    clips: list[tuple[int, str]] = []
+    after_answer = False
+    for p in pieces:
+        if p.kind == "audio":
+            path = sample.audio[p.index]
+            ids.append(audio_start)
+            clips.append((len(ids), path))
+            ids += [-1] * counts[path]
+            ids.append(audio_end)
+            labels += [IGNORE] * (counts[path] + 2)
+        elif p.kind == "eos":
+            ids.append(tokenizer.eos_token_id)
+            labels.append(tokenizer.eos_token_id if after_answer else IGNORE)
+        else:
+            toks = tokenizer(p.text, add_special_tokens=False).input_ids if p.text else []
+            ids += toks
+            labels += toks if p.kind == "answer" else [IGNORE] * len(toks)
+        after_answer = p.kind == "answer"
+    return Encoded(ids, labels, clips)
+
+
+class FeatureStore:
+    """Frozen tower features per clip, computed once (in memory, and on disk with ``cache_dir``)."""
+
+    def __init__(self, tower: AudioTower, mode: str = "padded", cache_dir: str | Path | None = None) -> None:
+        self.tower = tower
+        self.mode = mode
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.mem: dict[str, list[np.ndarray]] = {}
+        self.lengths: dict[str, int] = {}
+        state = sorted((k, tuple(v.shape)) for k, v in tower.encoder.state_dict().items())
+        self.tag = hashlib.sha1(repr((state, mode, tower.cfg.type, tower.cfg.stack_factor)).encode()).hexdigest()[:12]
+
+    def count(self, path: str) -> int:
+        """Embeddings the adaptor makes from this clip (all windows)."""
+        return sum(self._counts(path))
+
+    def _counts(self, path: str) -> list[int]:
+        if path not in self.lengths:
+            self.lengths[path] = load_audio(path).size
+        n = self.lengths[path]
+        windows = [min(480000, n - i) for i in range(0, n, 480000)]
+        if self.tower.cfg.type == "llasm-v1":
+            return [self.tower.cfg.n_queries] * len(windows)
+        return [audio_token_count(w, self.tower.cfg.stack_factor) for w in windows]
+
+    def get(self, path: str) -> list[np.ndarray]:
+        """Features of each window, trimmed to the frames the kept embeddings use."""
+        if path in self.mem:
+            return self.mem[path]
+        cached = self._cache_file(path)
+        if cached is not None and cached.is_file():
+            with np.load(cached) as z:
+                feats = [z[f"w{i}"] for i in range(len(z.files))]
+        else:
+            feats = self._compute(path)
+            if cached is not None:
+                tmp = cached.with_suffix(".tmp.npz")
+                np.savez(tmp, **{f"w{i}": f for i, f in enumerate(feats)})
+                tmp.replace(cached)
+        self.mem[path] = feats
+        return feats
+
+    def _cache_file(self, path: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        st = Path(path).stat()
+        key = hashlib.sha1(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.tag}".encode()).hexdigest()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return self.cache_dir / f"{key}.npz"
+
+    @torch.no_grad()
+    def _compute(self, path: str) -> list[np.ndarray]:
+        samples = load_audio(path)
+        self.lengths[path] = samples.size
+        dev = next(self.tower.parameters()).device
+        cfg, out = self.tower.cfg, []
+        for window, count in zip(split_windows(samples), self._counts(path)):
+            mel = log_mel_spectrogram(window, self.tower.n_mels)
+            if self.mode == "unpadded":
+                mel = mel[:, : unpadded_frames(window.size, cfg.stack_factor)]
+            feats = self.tower.features(torch.from_numpy(mel)[None].to(dev))[0].float().cpu().numpy()
+            keep = feats if cfg.type == "llasm-v1" else feats[: count * cfg.stack_factor]
+            out.append(keep.astype(np.float16))
+        return out
+
+
+class DialogueDataset(torch.utils.data.Dataset):
+    """Encoded samples + their clips' features (one feature store per encoder input mode)."""
+
+    def __init__(self, samples: list[Sample], tokenizer, template: str, audio_ids: tuple[int, int],
+                 stores: list[FeatureStore], system: str | None = None, max_len: int = 2048) -> None:
+        self.samples, self.stores = [], stores
+        self.encoded: list[Encoded] = []
+        for s in samples:
+            try:
+                counts = {p: stores[0].count(p) for p in s.audio}
+                enc = encode_sample(s, tokenizer, template, *audio_ids, counts, system=system)
+            except Exception as exc:  # a corrupt clip must not end a long run
+                log.warning("skipping sample %s: %s", s.id, exc)
+                continue
+            if len(enc.ids) > max_len:
+                log.warning("skipping sample %s: %d tokens > max_len %d", s.id, len(enc.ids), max_len)
+                continue
+            self.samples.append(s)
+            self.encoded.append(enc)
+
+    def __len__(self) -> int:
+        return len(self.encoded) * len(self.stores)
+
+    def __getitem__(self, i: int) -> dict:
+        """Item i uses store i // n_samples: each sample appears once per encoder input mode."""
+        store = self.stores[i // len(self.encoded)]
+        enc = self.encoded[i % len(self.encoded)]
+        feats = [(pos, np.concatenate(store.get(path))) for pos, path in enc.clips]
+        return {"ids": enc.ids, "labels": enc.labels, "feats": feats}
+
+    def precompute(self, progress=None) -> None:
+        """Compute every clip's features up front (the encoder is frozen)."""
+        paths = sorted({p for s in self.samples for p in s.audio})
+        for store in self.stores:
+            for path in paths:
+                store.get(path)
+                if progress:
+                    progress()
+
+
+def collate(items: list[dict], pad_id: int) -> dict:
+    """Right-pad to the longest item; audio slots hold pad ids until the model splices them."""
+    width = max(len(it["ids"]) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    feats = []
+    for b, it in enumerate(items):
+        n = len(it["ids"])
+        ids[b, :n] = torch.tensor([t if t >= 0 else pad_id for t in it["ids"]])
+        labels[b, :n] = torch.tensor(it["labels"])
+        mask[b, :n] = 1
+        feats += [(b, pos, torch.from_numpy(np.asarray(f, dtype=np.float32))) for pos, f in it["feats"]]
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "feats": feats}
+
+
+def split_eval(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """A held-out split, the same for every run with the same seed."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    n_eval = int(round(len(samples) * fraction))
+    held = set(order[:n_eval])
+    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]

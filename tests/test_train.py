@@ -1,0 +1,125 @@
+"""The training recipe on tiny data: losses fall, frozen weights stay, resume and DDP agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune.train import TrainConfig, train
+from tests.conftest import espeak
+
+SENTENCES = ["what is seven plus five", "hello world", "the weather is nice today", "repeat after me please"]
+
+
+@pytest.fixture(scope="module")
+def asr_data(workdir) -> Path:
+    folder = workdir / "asr"
+    folder.mkdir(exist_ok=True)
+    lines = []
+    for i, text in enumerate(SENTENCES):
+        espeak(text, folder / f"{i}.wav", speed=170 + 5 * i)
+        lines.append(json.dumps({"audio": f"{i}.wav", "text": text, "lang": "en"}))
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "train.jsonl"
+
+
+@pytest.fixture(scope="module")
+def dialogues(workdir, asr_data) -> Path:
+    folder = asr_data.parent
+    convs = [
+        {"id": "a", "conversations": [{"from": "human", "value": "<audio>", "audio": "0.wav"}, {"from": "gpt", "value": "twelve"}]},
+        {"id": "b", "conversations": [{"from": "human", "value": "answer in Chinese\n<audio>", "audio": "0.wav"},
+                                      {"from": "gpt", "value": "十二"}]},
+        {"id": "c", "conversations": [{"from": "human", "value": "<audio>", "audio": "1.wav"}, {"from": "gpt", "value": "hi"},
+                                      {"from": "human", "value": "and this?\n<audio>", "audio": "2.wav"},
+                                      {"from": "gpt", "value": "nice weather"}]},
+        {"id": "d", "conversations": [{"from": "human", "value": "what did I say?"}, {"from": "gpt", "value": "nothing"}]},
+    ]
+    (folder / "conv.json").write_text(json.dumps(convs, ensure_ascii=False))
+    return folder / "conv.json"
+
+
+@pytest.fixture(scope="module")
+def base(workdir) -> Path:
+    from finetune.tiny import build_tiny
+
+    return build_tiny(workdir / "train-base", seed=5)
+
+
+def cfg(**kw) -> TrainConfig:
+    defaults = dict(batch_size=4, grad_accum=1, warmup_steps=2, eval_fraction=0.0, log_every=1, eval_every=1000,
+                    save_every=1000, lr=3e-3, llm_lr=1e-3, device="cpu")
+    c = TrainConfig(**(defaults | kw))
+    c.check()
+    return c
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(ckpt: Path, part: str) -> dict[str, torch.Tensor]:
+    files = {"llm": "llm/model.safetensors", "whisper": "whisper/model.safetensors", "adaptor": "adaptor.safetensors"}
+    return load_file(str(ckpt / files[part]))
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage1_trains_only_the_adaptor(base, asr_data, tmp_path):
+    final = train(cfg(stage=1, init=str(base), data=str(asr_data), out=str(tmp_path / "s1"), steps=12), progress=False)
+    curve = losses(tmp_path / "s1")
+    assert len(curve) == 12
+    assert sum(curve[-3:]) / 3 < 0.8 * sum(curve[:3]) / 3, curve
+    assert same(weights(final, "llm"), weights(base, "llm"))
+    assert same(weights(final, "whisper"), weights(base, "whisper"))
+    assert not same(weights(final, "adaptor"), weights(base, "adaptor"))
+
+
+def test_stage2_trains_adaptor_and_llm(base, dialogues, tmp_path):
+    final = train(cfg(stage=2, init=str(base), data=str(dialogues), out=str(tmp_path / "s2"), steps=10,
+                      train_llm="full"), progress=False)
+    curve = losses(tmp_path / "s2")
+    assert curve[-1] < curve[0], curve
+    assert same(weights(final, "whisper"), weights(base, "whisper"))
+    assert not same(weights(final, "llm"), weights(base, "llm"))
+    assert not same(weights(final, "adaptor"), weights(base, "adaptor"))
+
+
+def test_resume_equals_uninterrupted(base, dialogues, tmp_path):
+    common = dict(stage=2, init=str(base), data=str(dialogues), steps=8, train_llm="full", grad_accum=2, batch_size=2)
+    whole = train(cfg(out=str(tmp_path / "whole"), **common), progress=False)
+    part = cfg(out=str(tmp_path / "parts"), stop_at=3, **common)
+    stopped = train(part, progress=False)
+    assert stopped.name == "state-0000003" and not (tmp_path / "parts" / "final").exists()
+    part.stop_at = None
+    resumed = train(part, resume=True, progress=False)
+    for p in ("llm", "adaptor"):
+        a, b = weights(whole, p), weights(resumed, p)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "whole")), torch.tensor(losses(tmp_path / "parts")))
+
+
+def test_two_processes_match_one(base, dialogues, tmp_path):
+    """torchrun with 2 CPU processes (gloo) follows the 1-process loss curve at the same global batch."""
+    args = ["stage=2", f"init={base}", f"data={dialogues}", "steps=5", "train_llm=full", "batch_size=4",
+            "eval_fraction=0.0", "log_every=1", "warmup_steps=2", "lr=0.003", "llm_lr=0.001", "device=cpu"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "finetune.train", *args, f"out={tmp_path / 'one'}"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+                          "-m", "finetune.train", *args, f"out={tmp_path / 'two'}"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")),
+                               rtol=1e-4, atol=1e-4)
