@@ -20,22 +20,32 @@ from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
 from llasm_cli.errors import CheckpointError
 
 from .llm_gguf import write_llm_gguf
+from .quantize import LLM_QUANTS, TOWER_TYPES, quantize_llm
 from .tower_gguf import write_tower_gguf
 
-OUT_TYPES = ("f32", "f16")
+OUT_TYPES = ("f32", "f16", *LLM_QUANTS)
 
 
 def export_bundle(
     ckpt: Path, out: Path, types: tuple[str, ...] = ("f16",), name: str | None = None,
     progress: Callable[[str], None] = lambda step: None, overwrite: bool = False,
+    tower_types: tuple[str, ...] | None = None, torch_dtype: str = "float32",
 ) -> Manifest:
-    """Export checkpoint ``ckpt`` to bundle ``out`` with one LLM/tower file per type."""
+    """Export checkpoint ``ckpt`` to bundle ``out``: one LLM file per type, one tower file per tower type.
+
+    Quantized LLM types (q8_0, q5_k_m, q4_k_m) go through llama.cpp's quantizer; the tower gets
+    the same type where mtmd has it (f32, f16, q8_0), q8_0 for the k-quants.
+    """
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_dir():
         raise CheckpointError(f"checkpoint not found: {ckpt}")
     bad = [t for t in types if t not in OUT_TYPES]
     if bad or not types:
         raise CheckpointError(f"unknown output type(s) {bad}; choose from {OUT_TYPES}")
+    if tower_types is None:
+        tower_types = tuple(dict.fromkeys(t if t in TOWER_TYPES else "q8_0" for t in types))
+    if set(tower_types) - set(TOWER_TYPES):
+        raise CheckpointError(f"unknown tower type(s) {sorted(set(tower_types) - set(TOWER_TYPES))}; choose from {TOWER_TYPES}")
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; pass --force to replace it")
     meta = read_meta(ckpt)
@@ -52,13 +62,21 @@ def export_bundle(
         for t in types:
             progress(f"writing the LLM ({t})")
             llm_files[t] = f"llm.{t}.gguf"
-            write_llm_gguf(ckpt / "llm", tmp / llm_files[t], t, name=name)
-            if meta.adaptor.type == "stack-swiglu":
+            if t in LLM_QUANTS:
+                f16 = tmp / ".llm.f16.tmp.gguf"
+                if not f16.exists():
+                    write_llm_gguf(ckpt / "llm", f16, "f16", name=name)
+                quantize_llm(f16, tmp / llm_files[t], t)
+            else:
+                write_llm_gguf(ckpt / "llm", tmp / llm_files[t], t, name=name)
+        (tmp / ".llm.f16.tmp.gguf").unlink(missing_ok=True)
+        if meta.adaptor.type == "stack-swiglu":
+            for t in tower_types:
                 progress(f"writing the audio tower ({t})")
                 tower_files[t] = f"tower.{t}.gguf"
                 write_tower_gguf(tower, tmp / tower_files[t], t, name=f"{name}-tower")
         progress("writing the torch tower")
-        _write_torch_tower(ckpt, meta, tmp / TORCH_TOWER_DIR)
+        _write_torch_tower(ckpt, meta, tmp / TORCH_TOWER_DIR, torch_dtype)
         manifest = Manifest(
             name=name, adaptor=meta.adaptor.type, llm_dim=llm_dim, n_mels=tower.n_mels,
             tokens_per_window=meta.adaptor.tokens_per_window(),
@@ -78,7 +96,7 @@ def export_bundle(
     return manifest
 
 
-def _write_torch_tower(ckpt: Path, meta: CheckpointMeta, dest: Path) -> None:
+def _write_torch_tower(ckpt: Path, meta: CheckpointMeta, dest: Path, dtype: str = "float32") -> None:
     """The tower part of the checkpoint, same layout, so finetune.checkpoint.load_tower reads it."""
     (dest / WHISPER_DIR).mkdir(parents=True)
     shutil.copy(ckpt / WHISPER_DIR / "config.json", dest / WHISPER_DIR / "config.json")
@@ -87,6 +105,9 @@ def _write_torch_tower(ckpt: Path, meta: CheckpointMeta, dest: Path) -> None:
     state = whisper_state(ckpt / WHISPER_DIR)
     if meta.adaptor.type == "stack-swiglu":
         state = {k: v for k, v in state.items() if k.startswith("encoder.")}
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dest / WHISPER_DIR / WHISPER_WEIGHTS))
+    import torch
+
+    cast = getattr(torch, dtype)
+    save_file({k: v.to(cast).contiguous() for k, v in state.items()}, str(dest / WHISPER_DIR / WHISPER_WEIGHTS))
     shutil.copy(ckpt / ADAPTOR_FILE, dest / ADAPTOR_FILE)
     shutil.copy(ckpt / META_FILE, dest / META_FILE)

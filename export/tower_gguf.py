@@ -14,6 +14,8 @@ import numpy as np
 from finetune.model import AudioTower
 from llasm_cli.errors import CheckpointError
 
+from .quantize import tower_tensor
+
 T = gguf.MODEL_TENSOR
 # HF WhisperEncoder / StackSwiGLUAdaptor name -> GGUF tensor (``{bid}`` = layer or conv index)
 ENCODER_TO_GGUF: dict[str, gguf.MODEL_TENSOR] = {
@@ -35,7 +37,7 @@ ADAPTOR_TO_GGUF: dict[str, tuple[gguf.MODEL_TENSOR, int | None]] = {
     "norm_mid": (T.A_MM_NORM_MID, None),
     "linear_2": (T.A_MMPROJ, 2),
 }
-FTYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
+FTYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
 
 
 def map_encoder_name(name: str) -> str:
@@ -59,13 +61,6 @@ def map_adaptor_name(name: str) -> str:
         raise CheckpointError(f"can not map tensor {name!r}")
     tensor, bid = ADAPTOR_TO_GGUF[module]
     return f"{gguf.TENSOR_NAMES[tensor].format(bid=bid)}.{suffix}"
-
-
-def tensor_type(gguf_name: str, data: np.ndarray, ftype: str) -> type:
-    """F16 for matrices in an f16 file; norms, biases and position table stay F32."""
-    if ftype == "f16" and data.ndim >= 2 and gguf_name.endswith(".weight") and "position_embd" not in gguf_name:
-        return np.float16
-    return np.float32
 
 
 def write_tower_gguf(tower: AudioTower, out: Path, ftype: str = "f32", name: str = "llasm-tower") -> None:
@@ -97,7 +92,8 @@ def write_tower_gguf(tower: AudioTower, out: Path, ftype: str = "f32", name: str
     for hf_name, t in tower.adaptor.state_dict().items():
         tensors.append((map_adaptor_name(hf_name), t.detach().float().numpy()))
     for gguf_name, data in tensors:
-        writer.add_tensor(gguf_name, np.ascontiguousarray(data.astype(tensor_type(gguf_name, data, ftype))))
+        payload, raw = tower_tensor(gguf_name, data, ftype)
+        writer.add_tensor(gguf_name, np.ascontiguousarray(payload), raw_dtype=raw)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

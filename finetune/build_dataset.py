@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import os
 import random
 import re
@@ -40,10 +39,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -216,7 +216,7 @@ def _store_wav(audio: bytes | Path, out_path: Path) -> float:
 
 def _run(argv: list[str], stdin: bytes | None) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=TTS_TIMEOUT_S)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=TTS_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise TtsError(f"TTS command not found: {argv[0]}") from None
     except subprocess.TimeoutExpired:
@@ -237,6 +237,7 @@ def espeak_path() -> str:
 def speak(text: str, out_path: str | Path, voice: str = "en", speed: int = 160, pitch: int = 50) -> float:
     """Speak ``text`` with espeak-ng into ``out_path`` (16 kHz mono PCM16 wav); return its seconds."""
     out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, raw = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".wav", dir=out_path.parent)
     os.close(fd)
     try:
@@ -266,6 +267,7 @@ def speak_command(
 ) -> float:
     """Speak ``text`` with a command-line TTS given by ``template``; return the wav's seconds."""
     out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, raw = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".wav", dir=out_path.parent)
     os.close(fd)
     try:
@@ -325,7 +327,7 @@ class TtsPlan:
             return
         exe = espeak_path()
         for voice in sorted(set(self.voices + self.zh_voices)):
-            if subprocess.run([exe, "-q", "-v", voice, "a"], capture_output=True).returncode != 0:
+            if subprocess.run([exe, "-q", "-v", voice, "a"], capture_output=True, check=False).returncode != 0:
                 raise TtsError(f"espeak-ng has no voice {voice!r} (see: espeak-ng --voices)")
 
     def speak(self, text: str, out_path: Path, params: dict[str, Any]) -> float:
@@ -397,7 +399,13 @@ def _existing_seconds(path: Path) -> float | None:
 
 def _progress(show: bool):
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -593,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return exc.exit_code
+    except KeyboardInterrupt:
+        console.print(f"interrupted: run the same command again to continue in {args.out_dir}")
+        return 130
     LOG.info(
         "wrote %d conversations (%.1f min of speech) to %s: %d turns spoken, %d reused, "
         "%d conversations failed, %d input items invalid",

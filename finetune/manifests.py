@@ -22,8 +22,9 @@ import argparse
 import csv
 import logging
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 from .records import (
     LOG,

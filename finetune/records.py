@@ -27,9 +27,10 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Iterable, Iterator, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from llasm_cli.errors import LlasmError
 

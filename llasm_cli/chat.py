@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 
 import numpy as np
 
@@ -55,8 +56,9 @@ def user_content(text_before: str | None, has_audio: bool, text_after: str | Non
     return "\n".join(p for p in parts if p.strip())
 
 
-def render(template: str, messages: Sequence[Message], bos_token: str, eos_token: str, add_generation_prompt: bool = True) -> str:
-    """Render a Hugging Face style Jinja chat template the way transformers does."""
+@lru_cache(maxsize=8)
+def _compile(template: str):
+    """Compiled once per template: compiling costs far more than rendering."""
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -66,7 +68,12 @@ def render(template: str, messages: Sequence[Message], bos_token: str, eos_token
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template).render(
+    return env.from_string(template)
+
+
+def render(template: str, messages: Sequence[Message], bos_token: str, eos_token: str, add_generation_prompt: bool = True) -> str:
+    """Render a Hugging Face style Jinja chat template the way transformers does."""
+    return _compile(template).render(
         messages=[{"role": m.role, "content": m.content} for m in messages],
         bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt,
     )

@@ -199,7 +199,12 @@ def _has_input_device() -> bool:
 def export(
     checkpoint: Path = typer.Argument(..., help="llasm checkpoint directory (llasm.json, llm/, whisper/, adaptor)."),
     out: Path = typer.Argument(..., help="Bundle directory to create."),
-    types: list[str] = typer.Option(["f16"], "--type", help="Precision(s) to write: f16, f32 (repeat for several)."),
+    types: list[str] = typer.Option(
+        ["f16"], "--type", help="LLM precision(s): f32, f16, q8_0, q5_k_m, q4_k_m (repeat for several)."
+    ),
+    tower_types: Optional[list[str]] = typer.Option(
+        None, "--tower-type", help="Tower precision(s): f32, f16, q8_0 (default: follows --type)."
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="Model name stored in the bundle."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
 ) -> None:
@@ -216,7 +221,10 @@ def export(
     from .ui import err_console
 
     with err_console.status("exporting") as status:
-        manifest = export_bundle(checkpoint, out, tuple(types), name=name, overwrite=force, progress=lambda s: status.update(s))
+        manifest = export_bundle(
+            checkpoint, out, tuple(types), name=name, overwrite=force, progress=lambda s: status.update(s),
+            tower_types=tuple(tower_types) if tower_types else None,
+        )
     files = [*manifest.llm_files.values(), *manifest.tower_files.values(), manifest.torch_tower or ""]
     err_console.print(f"wrote {out}: " + ", ".join(f for f in files if f))
 

@@ -110,5 +110,5 @@ def test_aishell(tmp_path, speech):
 
 
 def test_join_tokens():
-    assert join_tokens("我 爱 NBA 的 比赛".split()) == "我爱NBA的比赛"
-    assert join_tokens("hello world 你 好".split()) == "hello world你好"
+    assert join_tokens(["我", "爱", "NBA", "的", "比赛"]) == "我爱NBA的比赛"
+    assert join_tokens(["hello", "world", "你", "好"]) == "hello world你好"

