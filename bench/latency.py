@@ -282,7 +282,7 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool) 
         bu = Bundle(b.root, dataclasses.replace(b.manifest, encoder_input=["padded", "unpadded"]))
         run.systems["llasm torch-unpadded"] = Llasm(a, open_tower(bu, "torch", a.engine, None, threads), sampling)
 
-    eos = a.engine.detokenize([a.engine.eos])
+    eos = _eos_text(a.engine)
 
     def prompt_of(text: str) -> str:  # the very chat prompt llasm builds, transcript instead of audio
         return render(a.template, a.messages(None, text, None, None), bos_token="", eos_token=eos)
@@ -300,6 +300,11 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool) 
         run.startup["whisper_cpp_init_s"] = now() - t
         run.systems["cascade whisper.cpp"] = Cascade("whisper.cpp", wc, llm, prompt_of, sampling)
     return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": [ggml, torch_tower]}
+
+
+def _eos_text(engine) -> str:
+    """EOS as the runtime spells it in templates (newer Engines have ``eos_text``)."""
+    return engine.eos_text if hasattr(engine, "eos_text") else engine.detokenize([engine.eos])
 
 
 def measure_latency(run: ModelRun, utts: list[Utterance], reps: int) -> None:
@@ -496,7 +501,7 @@ def measure_overheads(run: ModelRun, ctx: dict, utts: list[Utterance], reps: int
     a = ctx["assistant"]
     out: dict = {"model": run.name}
     msgs = a.messages(None, utts[-1].text, None, None)
-    eos = a.engine.detokenize([a.engine.eos])
+    eos = _eos_text(a.engine)
     ts = []
     for _ in range(max(20, reps)):
         t = now()
@@ -551,10 +556,11 @@ def print_tables(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = Console(width=max(Console().width, 150))
     cfg = result["config"]
     con.print(f"[bold]llasm latency bench[/] — {cfg['cpu']}, {cfg['threads']} threads, {cfg['reps']} repetitions "
-              f"(medians; ratios are medians of per-repetition ratios){' — quick' if cfg['quick'] else ''}")
+              f"(medians; ratios are medians of per-repetition ratios){' — quick' if cfg['quick'] else ''}; "
+              f"load average {cfg['load_average_at_start'][0]:.1f} → {cfg['load_average_at_end'][0]:.1f}")
     t = Table(title="utterances (espeak-ng, English questions)")
     for c in ("target", "speech", "text"):
         t.add_column(c)
@@ -623,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repetitions, Gemma 270M only, 64 decode tokens (< ~5 min)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--save", type=Path, default=None, help="also write the JSON object to this file")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per system and utterance (default 5, quick 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every system (default: all cores)")
     parser.add_argument("--models", default=None, help="comma list of gemma-270m, llama-1b (default: both; quick: gemma-270m)")
@@ -647,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = now()
     result: dict = {"config": {
+        "load_average_at_start": list(os.getloadavg()),
         "quick": args.quick, "reps": reps, "threads": args.threads, "models": models, "decode_tokens": n_decode,
         "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}", "python": platform.python_version(),
         "versions": _versions(),
@@ -679,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{m}: peak RSS of llasm ask")
                 result["rss"] += measure_rss(m, bundles[m], wav, args.threads)
     result["config"]["wall_s"] = round(now() - started, 1)
+    result["config"]["load_average_at_end"] = list(os.getloadavg())
+    if args.save:
+        args.save.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:

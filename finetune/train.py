@@ -139,9 +139,9 @@ def load_samples(cfg: TrainConfig, path: str) -> list[Sample]:
     from .records import read_asr_manifest, read_conversations
 
     if cfg.stage == 1:
-        recs = read_asr_manifest(path, on_error=cfg.on_error)
+        recs = read_asr_manifest(path, on_error=cfg.on_error, check_audio=True)
         return [asr_sample(f"asr-{i}", str(r.audio), r.text, cfg.transcribe_prompt) for i, r in enumerate(recs)]
-    return [conversation_sample(c) for c in read_conversations(path, on_error=cfg.on_error)]
+    return [conversation_sample(c) for c in read_conversations(path, on_error=cfg.on_error, check_audio=True)]
 
 
 def conversation_sample(conv) -> Sample:

@@ -58,6 +58,7 @@ class Assistant:
         self.template = self.engine.meta("tokenizer.chat_template") or FALLBACK_TEMPLATE
         self.system_prompt = m.system_prompt
         self.stats = TurnStats()
+        self.engine.warmup()
 
     @property
     def tower(self) -> AudioTower:
@@ -97,8 +98,7 @@ class Assistant:
         t1 = time.perf_counter()
         segs = self.prompt(self.messages(embd, text, after, system))
         st.prompt_tokens = sum(len(s) for s in segs)
-        self.engine.reset()
-        logits = self.engine.eval(segs)
+        logits = self.engine.eval_prompt(segs)
         t2 = time.perf_counter()
         st.encode_ms, st.prefill_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
         yield from self._stream(logits, Sampler(sampling), max_tokens, t0)

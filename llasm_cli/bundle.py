@@ -110,6 +110,12 @@ class Bundle:
         return path
 
 
+def demo_bundle_path() -> Path | None:
+    """The small demo model that ships inside the package (see bench/train_demo.py), if present."""
+    path = Path(__file__).resolve().parent / "models" / "demo"
+    return path if (path / MANIFEST_FILE).is_file() else None
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Open a bundle directory (or its manifest file) and parse the manifest."""
     root = Path(path)

@@ -27,7 +27,8 @@ app = typer.Typer(
 )
 
 ModelOpt = typer.Option(
-    None, "--model", "-m", envvar="LLASM_MODEL", help="Bundle directory (from `llasm export`). Env: LLASM_MODEL."
+    None, "--model", "-m", envvar="LLASM_MODEL",
+    help="Bundle directory (from `llasm export`). Env: LLASM_MODEL. Default: the built-in demo model.",
 )
 BackendOpt = typer.Option("auto", "--backend", help="Audio tower backend: auto, ggml (llama.cpp) or torch.")
 VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle's files to run, e.g. f16 or f32 (f32 also runs attention and the KV cache in f32).")
@@ -50,9 +51,15 @@ def _root(
 
 
 def _need_model(model: Optional[Path]) -> Path:
-    if model is None:
+    """The bundle to run: --model, else $LLASM_MODEL, else the demo model shipped in the package."""
+    if model is not None:
+        return model
+    from .bundle import demo_bundle_path
+
+    demo = demo_bundle_path()
+    if demo is None:
         raise LlasmError("no model given: pass --model BUNDLE (make one with `llasm export`) or set LLASM_MODEL")
-    return model
+    return demo
 
 
 @app.command()

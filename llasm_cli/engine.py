@@ -99,6 +99,8 @@ class Engine:
         self._tok_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._emb_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
         self._closed = False
+        self._tokens: list[int] = []  # token ids at positions 0.. up to the first injected embedding
+        self.reused = 0  # positions the last eval_prompt() kept from the previous prompt
 
     # --- metadata and vocabulary --------------------------------------------------------
 
@@ -186,6 +188,8 @@ class Engine:
                 b.logits[i] = logits and last and i == len(chunk) - 1
             b.n_tokens = len(chunk)
             self._decode(b)
+            if len(self._tokens) == self.n_past:  # still a pure token prefix
+                self._tokens += chunk
             self.n_past += len(chunk)
 
     def eval_embeddings(self, embd: np.ndarray, logits: bool = True) -> None:
@@ -222,6 +226,32 @@ class Engine:
                 self.eval_tokens(list(seg), logits=last)
         return self.logits()
 
+    def eval_prompt(self, segments: Sequence[Segment]) -> np.ndarray:
+        """Evaluate a fresh prompt, keeping the KV of the longest token prefix it shares with the last.
+
+        A system prompt and chat scaffolding that repeat from question to question are then
+        prefilled once per process, not once per question.
+        """
+        segments = [s for s in segments if len(s)]
+        keep = 0
+        if segments and self._tokens and not isinstance(segments[0], np.ndarray):
+            first = list(segments[0])
+            limit = min(len(first) - 1, len(self._tokens))  # always re-evaluate at least one position
+            while keep < limit and first[keep] == self._tokens[keep]:
+                keep += 1
+        if keep:
+            self.truncate(keep)
+            segments = [list(segments[0])[keep:], *segments[1:]]
+        else:
+            self.reset()
+        self.reused = keep
+        return self.eval(segments)
+
+    def warmup(self) -> None:
+        """One throw-away decode: the first llama_decode allocates graphs and is several times slower."""
+        self.eval_tokens([self.bos if self.bos >= 0 else 0])
+        self.reset()
+
     def _decode(self, batch) -> None:
         rc = llama_cpp.llama_decode(self.ctx, batch)
         if rc != 0:
@@ -243,10 +273,12 @@ class Engine:
         mem = llama_cpp.llama_get_memory(self.ctx)
         llama_cpp.llama_memory_seq_rm(mem, 0, n_keep, -1)
         self.n_past = min(self.n_past, n_keep)
+        self._tokens = self._tokens[: self.n_past]
 
     def reset(self) -> None:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         self.n_past = 0
+        self._tokens = []
 
     # --- generation ---------------------------------------------------------------------
 

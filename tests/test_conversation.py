@@ -104,3 +104,16 @@ def test_save_transcript(bot, question_audio, tmp_path):
     assert rate == 16000 and abs(audio.size - question_audio.size) == 0
     assert data["turns"][0]["content"].startswith("listen:")
     assert "audio" not in data["turns"][2]
+
+
+def test_next_question_reuses_the_prompt_prefix(bot, question_audio, mandarin_wav):
+    """A second `ask` keeps the shared system/scaffold KV and still computes the same logits."""
+    first = bot.prompt(bot.messages(bot.tower.encode(question_audio), None, None, None))
+    bot.engine.eval_prompt(first)
+    assert bot.engine.reused == 0
+    second = bot.prompt(bot.messages(bot.tower.encode(load_audio(mandarin_wav)), "please:", None, None))
+    logits = bot.engine.eval_prompt(second)
+    assert bot.engine.reused > 10  # BOS + system prompt + "USER:" at least
+    with Engine(bot.bundle.llm_path("f32"), exact=True) as fresh:
+        ref = fresh.eval(second)
+    assert rel_err(logits, ref) <= 1e-5
