@@ -68,6 +68,11 @@ class Assistant:
             self._tower = open_tower(self.bundle, backend, self.engine, variant, threads)
         return self._tower
 
+    def warmup_tower(self) -> None:
+        """Encode a moment of silence once, so the first real turn does not pay for graph set-up."""
+        self.tower.encode(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))
+        self.tower.encode_calls = 0
+
     def messages(self, audio_embd: np.ndarray | None, text: str | None, after: str | None, system: str | None) -> list[Message]:
         system = self.system_prompt if system is None else system
         msgs = [Message("system", system)] if system else []

@@ -65,6 +65,8 @@ class ChatApp:
         c = self.console
         m = self.conv.bot.bundle.manifest
         self.pending_text = first_text
+        with self.console.status("loading the audio encoder…", spinner="dots"):
+            self.conv.bot.warmup_tower()
         self._open_mic()
         c.print(f"[bold]llasm[/] · {m.name} · input: {self._mode_label()} · /help for commands · Ctrl-D to quit")
         keys = KeyReader()
