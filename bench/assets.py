@@ -184,7 +184,12 @@ def _write_bundle(dest: Path, name: str, llm_src: Path, llm_how: str, llm_dim: i
 
     from export.tower_gguf import write_tower_gguf
     from finetune.checkpoint import (
-        ADAPTOR_FILE, DEFAULT_SYSTEM_PROMPT, META_FILE, WHISPER_DIR, WHISPER_WEIGHTS, CheckpointMeta,
+        ADAPTOR_FILE,
+        DEFAULT_SYSTEM_PROMPT,
+        META_FILE,
+        WHISPER_DIR,
+        WHISPER_WEIGHTS,
+        CheckpointMeta,
     )
     from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
 

@@ -14,7 +14,14 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from finetune.checkpoint import (
-    ADAPTOR_FILE, META_FILE, WHISPER_DIR, WHISPER_WEIGHTS, CheckpointMeta, llm_config, load_tower, read_meta,
+    ADAPTOR_FILE,
+    META_FILE,
+    WHISPER_DIR,
+    WHISPER_WEIGHTS,
+    CheckpointMeta,
+    llm_config,
+    load_tower,
+    read_meta,
 )
 from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
 from llasm_cli.errors import CheckpointError

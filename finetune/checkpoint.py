@@ -126,7 +126,7 @@ def whisper_state(whisper_dir: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"no safetensors weights in {whisper_dir}")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        state |= load_file(str(f))
+        state |= _read_safetensors(f)
     return {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("proj_out")}
 
 
@@ -140,8 +140,17 @@ def load_tower(ckpt: Path, meta: CheckpointMeta | None = None) -> AudioTower:
     _load_strict(tower.encoder, {k[8:]: v for k, v in state.items() if k.startswith("encoder.")}, "whisper encoder")
     if tower.decoder is not None:
         _load_strict(tower.decoder, {k[8:]: v for k, v in state.items() if k.startswith("decoder.")}, "whisper decoder")
-    _load_strict(tower.adaptor, load_file(str(ckpt / ADAPTOR_FILE)), "adaptor")
+    _load_strict(tower.adaptor, _read_safetensors(ckpt / ADAPTOR_FILE), "adaptor")
     return tower.eval()
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type for damaged files
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
 
 
 def load_checkpoint(ckpt: Path, dtype: torch.dtype = torch.float32) -> tuple[LlasmModel, object, CheckpointMeta]:

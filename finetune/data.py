@@ -22,7 +22,11 @@ import numpy as np
 import torch
 
 from llasm_cli.audio import (
-    audio_token_count, load_audio, log_mel_spectrogram, split_windows, unpadded_frames,
+    audio_token_count,
+    load_audio,
+    log_mel_spectrogram,
+    split_windows,
+    unpadded_frames,
 )
 from llasm_cli.chat import AUDIO_PLACEHOLDER, Message, dialogue_pieces
 

@@ -69,7 +69,7 @@ class AdaptorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "AdaptorConfig":
+    def from_dict(cls, data: dict) -> AdaptorConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:

@@ -28,9 +28,8 @@ import torch.distributed as dist
 
 from llasm_cli.chat import DEFAULT_TEMPLATE
 
-from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import IGNORE, DialogueDataset, FeatureStore, Sample, asr_sample, collate, split_eval
-
 
 # --- config ----------------------------------------------------------------------------------
 
@@ -75,7 +74,7 @@ class TrainConfig:
     device: str = "auto"
 
     @classmethod
-    def load(cls, path: str | None, overrides: list[str]) -> "TrainConfig":
+    def load(cls, path: str | None, overrides: list[str]) -> TrainConfig:
         import yaml
 
         data: dict = {}

@@ -52,7 +52,7 @@ class Manifest:
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict, where: str) -> "Manifest":
+    def from_dict(cls, data: dict, where: str) -> Manifest:
         if data.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{where} is not a llasm bundle manifest (format {data.get('format')!r})")
         if data.get("version") != BUNDLE_VERSION:

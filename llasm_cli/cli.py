@@ -6,7 +6,6 @@ Every user error is one line on stderr and a non-zero exit code, never a traceba
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 

@@ -304,7 +304,7 @@ class Engine:
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -27,7 +27,7 @@ class KeyReader:
         self.fd = sys.stdin.fileno() if sys.stdin and sys.stdin.isatty() else None
         self._saved = None
 
-    def __enter__(self) -> "KeyReader":
+    def __enter__(self) -> KeyReader:
         if self.fd is not None:
             import termios
             import tty

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Iterator
 from types import ModuleType, TracebackType
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -144,7 +145,7 @@ class Microphone:
     def closed(self) -> bool:
         return self.stream is None or bool(self.stream.closed)
 
-    def __enter__(self) -> "Microphone":
+    def __enter__(self) -> Microphone:
         self.open()
         return self
 

@@ -7,9 +7,7 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pexpect
-import pytest
 import soundfile as sf
 
 from llasm_cli.audio import SAMPLE_RATE, load_audio

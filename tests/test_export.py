@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import gguf
 import pytest
 
 from export.bundle import export_bundle
@@ -62,7 +61,7 @@ def test_failed_export_leaves_nothing(swiglu, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(ckpt, broken)
     (broken / "adaptor.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         export_bundle(broken, tmp_path / "out", ("f16",))
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["broken"]
@@ -82,3 +81,24 @@ def test_unmappable_tensor_is_named(swiglu, tmp_path):
     with pytest.raises(CheckpointError, match="can not map tensor 'model.layers.0.mystery.weight'"):
         export_bundle(broken, tmp_path / "out", ("f16",))
     assert not (tmp_path / "out").exists()
+
+
+def test_quantized_bundle_runs(swiglu, question_audio, tmp_path):
+    """q8_0 / q4_k_m LLMs from llama.cpp's quantizer and a Q8_0 tower load, validate and stay close."""
+    from llasm_cli.assistant import Assistant
+    from tests.reference import rel_err
+
+    ckpt, _ = swiglu
+    m = export_bundle(ckpt, tmp_path / "q", ("q8_0", "q4_k_m"))
+    assert m.llm_files == {"q8_0": "llm.q8_0.gguf", "q4_k_m": "llm.q4_k_m.gguf"} and m.tower_files == {"q8_0": "tower.q8_0.gguf"}
+    tower = read_gguf(tmp_path / "q" / "tower.q8_0.gguf")
+    assert tower.types["a.blk.0.ffn_up.weight"] == "Q8_0" and tower.types["a.conv1d.1.weight"] == "F16"
+    assert read_gguf(tmp_path / "q" / "llm.q8_0.gguf").types["blk.0.ffn_up.weight"] == "Q8_0"
+    ggml = Assistant(tmp_path / "q", backend="ggml", llm_variant="q8_0")
+    exact = Assistant(tmp_path / "q", backend="torch", llm_variant="q8_0")
+    try:
+        assert rel_err(ggml.tower.encode(question_audio), exact.tower.encode(question_audio)) < 0.05
+        assert "".join(ggml.ask(question_audio, max_tokens=4))
+    finally:
+        ggml.close()
+        exact.close()

@@ -52,7 +52,7 @@ class AudioTower(ABC):
     def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         """Each window (<= 30 s) -> its full (tokens_per_window, n_embd) embeddings."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op unless the backend holds native resources
         """Release native resources."""
 
 
