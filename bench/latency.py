@@ -44,27 +44,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import assets  # noqa: E402
+from bench.assets import DECODE_QUESTION, SENTENCES  # noqa: E402
 from llasm_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
 
 now = time.perf_counter
 
-# English questions; utterances are runs of consecutive ones, spoken as one recording.
-SENTENCES = [
-    "What is the capital of France?",
-    "How many minutes are there in one day?",
-    "Can you explain why the sky looks blue during the day?",
-    "What should I cook for dinner tonight if I only have rice, eggs and some vegetables?",
-    "How far is the moon from the earth, and how long would it take to fly there?",
-    "Which planet in our solar system has the most moons?",
-    "Could you recommend a good book about the history of science?",
-    "Why do cats sleep so much during the day?",
-    "What is the difference between weather and climate?",
-    "How do I convert fifty degrees Fahrenheit into Celsius?",
-    "What time does the sun rise in the middle of winter?",
-    "Is it healthy to drink coffee every morning?",
-]
 TARGETS = (2.0, 5.0, 10.0, 25.0)
-DECODE_QUESTION = "Tell me a long story about a lighthouse keeper and a lost ship."
 ESPEAK_SPEED = 160
 SETTLE_S = 0.05  # pause between measured calls: lets the previous system's worker threads go idle
 
@@ -160,15 +145,19 @@ class Llasm:
         embd = self.tower.encode(audio)
         t1 = now()
         segs = a.prompt(a.messages(embd, None, None, None))
-        a.engine.reset()
-        logits = a.engine.eval(segs)
+        if hasattr(a.engine, "eval_prompt"):  # what Assistant.ask does: keep the KV of the unchanged prefix
+            logits = a.engine.eval_prompt(segs)
+        else:
+            a.engine.reset()
+            logits = a.engine.eval(segs)
         t2 = now()
         gen = a.engine.generate(logits, Sampler(self.sampling), 1)
         tok = next(gen)
         a.engine.piece(tok)
         t3 = now()
         gen.close()  # stop before generate() evaluates the token (that is decode, not first token)
-        return Turn(t1 - t0, t2 - t1, t3 - t2, {"audio_tokens": int(embd.shape[0]), "prompt_tokens": sum(len(s) for s in segs)})
+        return Turn(t1 - t0, t2 - t1, t3 - t2, {"audio_tokens": int(embd.shape[0]), "prompt_tokens": sum(len(s) for s in segs),
+                                                "reused_tokens": getattr(a.engine, "reused", 0)})
 
 
 class CascadeLLM:
@@ -188,11 +177,25 @@ class CascadeLLM:
         return self.llm.tokenize(prompt.encode("utf-8"), add_bos=self.add_bos, special=True)
 
 
+def _common(a: list[int], b, limit: int) -> int:
+    n = 0
+    while n < limit and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 class Cascade:
-    """ASR -> transcript in the same chat prompt -> llama.cpp prefill -> first sampled token."""
+    """ASR -> transcript in the same chat prompt -> llama.cpp prefill -> first sampled token.
+
+    Like llasm's Engine.eval_prompt (and llama-cpp-python's Llama.generate), the KV of the prompt
+    prefix that does not change between questions (system prompt, chat scaffolding) is kept; only
+    that static part, so a transcript that happens to start like the previous one gains nothing.
+    """
 
     def __init__(self, name: str, transcribe: Callable[[np.ndarray], str], llm: CascadeLLM, prompt_of: Callable[[str], str], sampling) -> None:
         self.name, self.transcribe, self.llm, self.prompt_of, self.s = name, transcribe, llm, prompt_of, sampling
+        marked = prompt_of("\x1f")
+        self.static = llm.tokens(marked[: marked.index("\x1f")])
 
     def __call__(self, audio: np.ndarray) -> Turn:
         llm = self.llm.llm
@@ -200,14 +203,16 @@ class Cascade:
         text = self.transcribe(audio)
         t1 = now()
         toks = self.llm.tokens(self.prompt_of(text))
-        llm.reset()
-        llm.eval(toks)
+        limit = min(_common(toks, self.static, len(self.static)), len(toks) - 1)
+        keep = _common(toks, llm.input_ids[: llm.n_tokens].tolist(), limit)
+        llm.n_tokens = keep  # Llama.eval drops the KV from n_tokens on
+        llm.eval(toks[keep:])
         t2 = now()
         s = self.s
         tok = llm.sample(temp=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=0.0)
         llm.detokenize([tok])
         t3 = now()
-        return Turn(t1 - t0, t2 - t1, t3 - t2, {"transcript": text.strip(), "prompt_tokens": len(toks)})
+        return Turn(t1 - t0, t2 - t1, t3 - t2, {"transcript": text.strip(), "prompt_tokens": len(toks), "reused_tokens": keep})
 
 
 def faster_whisper_asr(ct2_dir: Path, threads: int) -> Callable[[np.ndarray], str]:
@@ -342,6 +347,7 @@ def latency_rows(run: ModelRun, utts: list[Utterance]) -> list[dict]:
                 "total_ms": round(1e3 * medians[n], 1),
                 "vs_faster_cascade": round(med(paired), 3), "faster_cascade": faster,
                 "prompt_tokens": info.get("prompt_tokens"), "audio_tokens": info.get("audio_tokens"),
+                "reused_tokens": med(t.info.get("reused_tokens", 0) for t in turns),
                 "transcript": info.get("transcript"), "reps": len(turns),
             })
     return rows
@@ -460,26 +466,41 @@ def measure_decode(run: ModelRun, ctx: dict, n_tokens: int, reps: int, threads: 
 # peak RSS of an `llasm ask` process
 
 
+# Run in a small helper process: Linux carries the peak RSS of the process that forks (or
+# vforks) the child into the child's ru_maxrss across exec, so spawning `llasm ask` straight from
+# this multi-GiB bench process would report the bench's own size.
+_RSS_HELPER = """
+import json, os, subprocess, sys
+with open(sys.argv[1], "wb") as out, open(sys.argv[2], "wb") as err:
+    p = subprocess.Popen(sys.argv[3:], stdout=out, stderr=err)
+    _, status, usage = os.wait4(p.pid, 0)
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}))
+"""
+
+
+def peak_rss(cmd: list[str]) -> tuple[int, int, str, str, float]:
+    """(exit code, peak RSS in bytes, stdout, stderr, wall s) of ``cmd`` run as a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "out", Path(tmp) / "err"
+        t = now()
+        helper = subprocess.run([sys.executable, "-c", _RSS_HELPER, str(out), str(err), *cmd],
+                                capture_output=True, text=True, cwd=ROOT, check=True)
+        wall = now() - t
+        res = json.loads(helper.stdout.strip().splitlines()[-1])
+        return res["rc"], res["maxrss_kib"] * 1024, out.read_text(errors="replace"), err.read_text(errors="replace"), wall
+
+
 def measure_rss(name: str, bundle: Path, wav: Path, threads: int) -> list[dict]:
     rows = []
     for backend in ("ggml", "torch"):
         cmd = [sys.executable, "-m", "llasm_cli", "ask", str(wav), "--model", str(bundle), "--backend", backend,
                "--max-tokens", "16", "--threads", str(threads), "--json"]
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            t = now()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = now() - t
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            out.seek(0)
-            err.seek(0)
-            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-        if proc.returncode != 0:
-            log(f"llasm ask --backend {backend} failed ({proc.returncode}): {stderr.strip()[-300:]}")
+        rc, peak, stdout, stderr, wall = peak_rss(cmd)
+        if rc != 0:
+            log(f"llasm ask --backend {backend} failed ({rc}): {stderr.strip()[-300:]}")
             continue
         files = assets.bundle_files(bundle, backend)
         size = sum(p.stat().st_size for p in files)
-        peak = usage.ru_maxrss * 1024  # Linux reports KiB
         timings = json.loads(stdout.strip().splitlines()[-1]).get("timings", {})
         rows.append({
             "model": name, "backend": backend, "peak_rss_mb": round(peak / 2**20, 1),
@@ -487,6 +508,17 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int) -> list[dict]:
             "process_wall_s": round(wall, 2), "first_token_ms_in_process": timings.get("first_token_ms"),
             "files": [str(p.relative_to(bundle)) for p in files],
         })
+    # what the peak is made of: each piece alone in a fresh process
+    llm = assets.bundle_files(bundle, "ggml")[0]
+    parts = {
+        "imports only": "import llasm_cli.cli, llasm_cli.assistant, llama_cpp",
+        "validate_llm only": f"from llasm_cli.bundle import validate_llm; from pathlib import Path; validate_llm(Path({str(llm)!r}))",
+        "Engine only": f"from llasm_cli.engine import Engine; Engine({str(llm)!r}, n_threads={threads})",
+    }
+    for what, code in parts.items():
+        rc, peak, _, stderr, wall = peak_rss([sys.executable, "-c", code])
+        if rc == 0:
+            rows.append({"model": name, "backend": what, "peak_rss_mb": round(peak / 2**20, 1), "process_wall_s": round(wall, 2)})
     return rows
 
 
@@ -570,7 +602,8 @@ def print_tables(result: dict) -> None:
 
     t = Table(title="end of speech → first answer token (ms, median)")
     for c, j in (("LLM", "left"), ("speech", "right"), ("system", "left"), ("encode / ASR", "right"), ("prefill", "right"),
-                 ("1st token", "right"), ("total", "right"), ("× faster cascade", "right"), ("prompt tok", "right")):
+                 ("1st token", "right"), ("total", "right"), ("× faster cascade", "right"), ("prompt tok", "right"),
+                 ("kept", "right")):
         t.add_column(c, justify=j)
     last = None
     for r in result["latency"]:
@@ -582,7 +615,7 @@ def print_tables(result: dict) -> None:
         style = "green" if ratio < 0.95 else ("red" if ratio > 1.05 else "")
         t.add_row(r["model"], f"{r['utterance_s']:.1f} s", r["system"], f"{r['encode_ms']:.0f}", f"{r['prefill_ms']:.0f}",
                   f"{r['first_token_ms']:.1f}", f"{r['total_ms']:.0f}", f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}",
-                  str(r["prompt_tokens"]))
+                  str(r["prompt_tokens"]), f"{r['reused_tokens']:.0f}")
     con.print(t)
 
     t = Table(title="cascade transcripts (first repetition)")
@@ -602,12 +635,13 @@ def print_tables(result: dict) -> None:
         con.print(t)
 
     if result["rss"]:
-        t = Table(title="peak RSS of `llasm ask` (16 answer tokens) vs the bundle files it loads")
+        t = Table(title="peak RSS of `llasm ask` (16 answer tokens) vs the bundle files it loads; parts alone below")
         for c in ("LLM", "backend", "peak RSS MiB", "files MiB", "RSS / files", "process wall s"):
             t.add_column(c, justify="right" if c != "LLM" and c != "backend" else "left")
         for r in result["rss"]:
-            t.add_row(r["model"], r["backend"], f"{r['peak_rss_mb']:.0f}", f"{r['bundle_files_mb']:.0f}", f"{r['rss_over_files']:.2f}",
-                      f"{r['process_wall_s']:.1f}")
+            files = r.get("bundle_files_mb")
+            t.add_row(r["model"], r["backend"], f"{r['peak_rss_mb']:.0f}", f"{files:.0f}" if files else "",
+                      f"{r['rss_over_files']:.2f}" if files else "", f"{r['process_wall_s']:.1f}")
         con.print(t)
 
     for o in result["overheads"]:

@@ -332,6 +332,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             print(f"resumed from {state_file.parent.name} (step {start})", file=sys.stderr)
 
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    board = _tensorboard(out) if rank == 0 else None
     bar = _progress(cfg.steps, start) if (rank == 0 and progress) else None
     model.train()
     t_last, tokens_seen = time.perf_counter(), 0
@@ -371,6 +372,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 rec["eval_loss"] = round(evaluate(_unwrap(model), eval_data, cfg, device, dtype, pad_id), 5)
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
+            if board is not None:
+                for key, value in rec.items():
+                    if key != "step":
+                        board.add_scalar(key, value, done)
             if bar:
                 bar.update(loss, rec["lr"], rec.get("eval_loss"))
             if (done % cfg.save_every == 0 or done == cfg.stop_at) and done < cfg.steps:
@@ -383,6 +388,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             return out / f"state-{done:07d}"
     if bar:
         bar.close()
+    if board is not None:
+        board.close()
     final = out / "final"
     if rank == 0:
         m = _unwrap(model)
@@ -398,6 +405,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         dist.barrier()
         dist.destroy_process_group()
     return final
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer when tensorboard is installed; metrics.jsonl is written regardless."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _spm_file(ckpt: Path) -> Path | None:

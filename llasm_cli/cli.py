@@ -34,6 +34,10 @@ VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle
 ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores, up to 8).")
 CtxOpt = typer.Option(4096, "--ctx", help="LLM context length in tokens.")
 GpuOpt = typer.Option(0, "--gpu-layers", help="LLM layers to offload to the GPU (-1: all).")
+SystemOpt = typer.Option(None, "--system", help="System prompt (default: the bundle's; '' for none).")
+TemperatureOpt = typer.Option(None, "--temperature", help="0 for greedy (default: the bundle's).")
+MaxTokensOpt = typer.Option(None, "--max-tokens", help="Longest answer in tokens.")
+SeedOpt = typer.Option(0, "--seed", help="Sampling seed.")
 
 
 def _version(value: bool) -> None:
@@ -69,10 +73,10 @@ def ask(
     model: Optional[Path] = ModelOpt,
     backend: str = BackendOpt,
     variant: Optional[str] = VariantOpt,
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the bundle's; '' for none)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 for greedy (default: the bundle's)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Longest answer in tokens."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    system: Optional[str] = SystemOpt,
+    temperature: Optional[float] = TemperatureOpt,
+    max_tokens: Optional[int] = MaxTokensOpt,
+    seed: int = SeedOpt,
     threads: Optional[int] = ThreadsOpt,
     ctx: int = CtxOpt,
     gpu_layers: int = GpuOpt,
@@ -126,10 +130,10 @@ def chat(
     max_turn: float = typer.Option(30.0, "--max-turn", help="Longest spoken turn in seconds."),
     backend: str = BackendOpt,
     variant: Optional[str] = VariantOpt,
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the bundle's)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 for greedy (default: the bundle's)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Longest answer in tokens."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    system: Optional[str] = SystemOpt,
+    temperature: Optional[float] = TemperatureOpt,
+    max_tokens: Optional[int] = MaxTokensOpt,
+    seed: int = SeedOpt,
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep answering past end-of-text, up to --max-tokens."),
     threads: Optional[int] = ThreadsOpt,
     ctx: int = CtxOpt,

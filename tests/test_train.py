@@ -123,3 +123,26 @@ def test_two_processes_match_one(base, dialogues, tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_bad_records_are_reported_and_skipped(base, asr_data, tmp_path, caplog):
+    """A corrupt clip and a malformed line cost one warning each (file and line), not the run."""
+    import logging
+    import shutil
+
+    folder = tmp_path / "data"
+    shutil.copytree(asr_data.parent, folder)
+    (folder / "1.wav").write_bytes(b"RIFF not really a wav")
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    lines.insert(2, '{"audio": "2.wav", "text": ')  # truncated JSON on line 3
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="llasm.data"):
+        final = train(cfg(stage=1, init=str(base), data=str(folder / "train.jsonl"), out=str(tmp_path / "o"), steps=3,
+                          batch_size=2), progress=False)
+    assert (final / "llasm.json").is_file()
+    text = caplog.text
+    assert "train.jsonl:3" in text and "1.wav" in text
+
+    with pytest.raises(Exception, match="train.jsonl:3"):
+        train(cfg(stage=1, init=str(base), data=str(folder / "train.jsonl"), out=str(tmp_path / "p"), steps=3,
+                  batch_size=2, on_error="fail"), progress=False)
