@@ -37,7 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+if "--omp-passive" in sys.argv:  # must be in the environment before any OpenMP runtime loads
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -194,8 +197,8 @@ class Cascade:
 
     def __init__(self, name: str, transcribe: Callable[[np.ndarray], str], llm: CascadeLLM, prompt_of: Callable[[str], str], sampling) -> None:
         self.name, self.transcribe, self.llm, self.prompt_of, self.s = name, transcribe, llm, prompt_of, sampling
-        marked = prompt_of("\x1f")
-        self.static = llm.tokens(marked[: marked.index("\x1f")])
+        marked = prompt_of("@@TRANSCRIPT@@")
+        self.static = llm.tokens(marked[: marked.index("@@TRANSCRIPT@@")])
 
     def __call__(self, audio: np.ndarray) -> Turn:
         llm = self.llm.llm
@@ -257,9 +260,9 @@ class ModelRun:
     turns: dict = field(default_factory=lambda: defaultdict(list))  # (utt index, system) -> [Turn]
 
 
-def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool) -> tuple[ModelRun, dict]:
+def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, bf16: bool = True) -> tuple[ModelRun, dict]:
     from llasm_cli.assistant import Assistant
-    from llasm_cli.bundle import Bundle, load_bundle, validate_llm
+    from llasm_cli.bundle import Bundle, load_bundle
     from llasm_cli.chat import render
     from llasm_cli.engine import Sampling
     from llasm_cli.towers import open_tower
@@ -267,11 +270,8 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool) 
     run = ModelRun(name, bundle)
     b = load_bundle(bundle)
     t = now()
-    validate_llm(b.llm_path())
-    run.startup["validate_llm_s"] = now() - t
-    t = now()
     a = Assistant(b, backend="ggml", n_threads=threads)
-    run.startup["assistant_init_s"] = now() - t  # includes a second validate_llm
+    run.startup["assistant_init_s"] = now() - t  # validate_llm alone: see the RSS table's "validate_llm only"
     sampling = Sampling(temperature=b.manifest.temperature)
     t = now()
     ggml = a.tower
@@ -286,6 +286,14 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool) 
         # random anyway, so the manifest flag is set in memory to time the runtime's real code path.
         bu = Bundle(b.root, dataclasses.replace(b.manifest, encoder_input=["padded", "unpadded"]))
         run.systems["llasm torch-unpadded"] = Llasm(a, open_tower(bu, "torch", a.engine, None, threads), sampling)
+    if bf16:
+        # TorchTower's default is float32; bfloat16 is its constructor's other choice (AVX512-BF16 / AMX CPUs
+        # and GPUs run it natively): what the runtime would gain by picking it where the device has it.
+        from llasm_cli.towers.torch import TorchTower
+
+        run.systems["llasm torch bf16"] = Llasm(a, TorchTower(b, threads, dtype="bfloat16"), sampling)
+        if "llasm torch-unpadded" in run.systems:
+            run.systems["llasm torch-unpadded bf16"] = Llasm(a, TorchTower(bu, threads, dtype="bfloat16"), sampling)
 
     eos = _eos_text(a.engine)
 
@@ -592,7 +600,8 @@ def print_tables(result: dict) -> None:
     cfg = result["config"]
     con.print(f"[bold]llasm latency bench[/] — {cfg['cpu']}, {cfg['threads']} threads, {cfg['reps']} repetitions "
               f"(medians; ratios are medians of per-repetition ratios){' — quick' if cfg['quick'] else ''}; "
-              f"load average {cfg['load_average_at_start'][0]:.1f} → {cfg['load_average_at_end'][0]:.1f}")
+              f"load average {cfg['load_average_at_start'][0]:.1f} → {cfg['load_average_at_end'][0]:.1f}; "
+              f"OMP_WAIT_POLICY={cfg['omp_wait_policy'] or 'unset'}")
     t = Table(title="utterances (espeak-ng, English questions)")
     for c in ("target", "speech", "text"):
         t.add_column(c)
@@ -671,6 +680,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=None, help="tokens per decode-rate run (default 128, quick 64)")
     parser.add_argument("--no-whisper-cpp", action="store_true", help="skip the whisper.cpp cascade")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 torch-tower rows")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="run everything with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning "
+                        "at barriers: far steadier on a machine whose cores other processes use)")
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 5)
     models = (args.models or ("gemma-270m" if args.quick else "gemma-270m,llama-1b")).split(",")
@@ -688,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = now()
     result: dict = {"config": {
-        "load_average_at_start": list(os.getloadavg()),
+        "load_average_at_start": list(os.getloadavg()), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "quick": args.quick, "reps": reps, "threads": args.threads, "models": models, "decode_tokens": n_decode,
         "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}", "python": platform.python_version(),
         "versions": _versions(),
@@ -706,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         sf.write(wav, utts[min(1, len(utts) - 1)].audio, SAMPLE_RATE)
         for m in models:
             log(f"{m}: loading")
-            run, ctx = load_systems(m, bundles[m], args.threads, want_wcpp)
+            run, ctx = load_systems(m, bundles[m], args.threads, want_wcpp, bf16=not args.no_bf16 and _cpu_bf16())
             measure_latency(run, utts, reps)
             result["latency"] += latency_rows(run, utts)
             log(f"{m}: decode rate")
@@ -730,6 +743,15 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(result)
         print(f"(wall {result['config']['wall_s']:.0f} s)")
     return 0
+
+
+def _cpu_bf16() -> bool:
+    """bfloat16 torch rows only where the CPU computes bf16 natively (else they only measure emulation)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _versions() -> dict:
