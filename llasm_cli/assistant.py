@@ -52,7 +52,7 @@ class Assistant:
         self._tower: AudioTower | None = None
         if tower_variant is None and llm_variant in m.tower_files:
             tower_variant = llm_variant  # same precision for both halves unless told otherwise
-        self._tower_args = (backend, tower_variant, n_threads)
+        self._tower_args = (backend, tower_variant, n_threads, llm_variant == "f32")
         self.audio_start = self.engine.token_id(m.audio_start)
         self.audio_end = self.engine.token_id(m.audio_end)
         self.template = self.engine.meta("tokenizer.chat_template") or FALLBACK_TEMPLATE
@@ -64,8 +64,8 @@ class Assistant:
     def tower(self) -> AudioTower:
         """Opened on first use, so text-only questions never load the audio encoder."""
         if self._tower is None:
-            backend, variant, threads = self._tower_args
-            self._tower = open_tower(self.bundle, backend, self.engine, variant, threads)
+            backend, variant, threads, exact = self._tower_args
+            self._tower = open_tower(self.bundle, backend, self.engine, variant, threads, exact=exact)
         return self._tower
 
     def warmup_tower(self) -> None:

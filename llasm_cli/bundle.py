@@ -149,40 +149,88 @@ class GGUFInfo:
 
 
 def read_gguf(path: Path) -> GGUFInfo:
-    """Parse a GGUF header and tensor table; any corruption becomes a ModelFileError."""
-    import gguf
+    """Parse a GGUF header and tensor table; any corruption becomes a ModelFileError.
 
+    Reads only the header: string arrays (262k-token vocabularies) are skipped, keeping just
+    their length, so validating a large model costs milliseconds, not seconds and hundreds of MB.
+    """
+    path = Path(path)
     try:
-        reader = gguf.GGUFReader(str(path))
-        fields = {name: _field_value(f) for name, f in reader.fields.items()}
-        tensors: dict[str, tuple[int, ...]] = {}
-        types: dict[str, str] = {}
-        size = path.stat().st_size
-        for t in reader.tensors:
-            if t.data_offset + t.n_bytes > size:
-                raise ValueError(f"tensor {t.name} runs past the end of the file (truncated download?)")
-            tensors[t.name] = tuple(int(d) for d in reversed(t.shape.tolist()))
-            types[t.name] = t.tensor_type.name
+        with open(path, "rb") as f:
+            return _parse_gguf(path, f, path.stat().st_size)
     except ModelFileError:
         raise
-    except Exception as exc:  # GGUFReader raises ValueError/IndexError/struct errors on junk
+    except Exception as exc:  # struct errors, bad UTF-8, unknown enum values on junk input
         raise ModelFileError(f"{path} is not a readable GGUF file: {exc}") from None
-    return GGUFInfo(Path(path), fields, tensors, types)
 
 
-def _field_value(field) -> object:
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+def _parse_gguf(path: Path, f, size: int) -> GGUFInfo:
+    import struct
+
     import gguf
 
-    types = field.types
-    if not types:
-        return None
-    if types[0] == gguf.GGUFValueType.ARRAY:
-        if len(types) > 1 and types[1] == gguf.GGUFValueType.STRING:
-            return len(field.data)  # token lists: only their length matters here
-        return [field.parts[i].tolist()[0] for i in field.data]
-    if types[0] == gguf.GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
-    return field.parts[field.data[0]].tolist()[0]
+    def read(fmt: str):
+        n = struct.calcsize(fmt)
+        data = f.read(n)
+        if len(data) != n:
+            raise ValueError("unexpected end of file (truncated download?)")
+        return struct.unpack("<" + fmt, data)[0]
+
+    def string() -> str:
+        n = read("Q")
+        if n > size:
+            raise ValueError("string length past the end of the file")
+        return f.read(n).decode("utf-8")
+
+    def value(vtype: int):
+        if vtype in _SCALARS:
+            return read(_SCALARS[vtype])
+        if vtype == _STRING:
+            return string()
+        if vtype == _ARRAY:
+            etype, count = read("I"), read("Q")
+            if count > size:
+                raise ValueError("array length past the end of the file")
+            if etype == _STRING:
+                for _ in range(count):  # skip the strings, keep the count
+                    f.seek(read("Q"), 1)
+                return count
+            return [value(etype) for _ in range(count)]
+        raise ValueError(f"unknown GGUF value type {vtype}")
+
+    if f.read(4) != b"GGUF":
+        raise ValueError("bad magic (not a GGUF file)")
+    version = read("I")
+    if version not in (2, 3):
+        raise ValueError(f"unsupported GGUF version {version}")
+    n_tensors, n_kv = read("Q"), read("Q")
+    fields = {}
+    for _ in range(n_kv):
+        key = string()
+        fields[key] = value(read("I"))
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        dims = [read("Q") for _ in range(read("I"))]
+        infos.append((name, dims, gguf.GGMLQuantizationType(read("I")), read("Q")))
+    align = int(fields.get("general.alignment", 32))
+    data_start = -(-f.tell() // align) * align
+    tensors: dict[str, tuple[int, ...]] = {}
+    types: dict[str, str] = {}
+    for name, dims, qtype, offset in infos:
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        n_elems = 1
+        for d in dims:
+            n_elems *= d
+        if data_start + offset + n_elems // block * type_size > size:
+            raise ValueError(f"tensor {name} runs past the end of the file (truncated download?)")
+        tensors[name] = tuple(int(d) for d in reversed(dims))
+        types[name] = qtype.name
+    return GGUFInfo(path, fields, tensors, types)
 
 
 def _require(info: GGUFInfo, key: str) -> object:
@@ -203,6 +251,7 @@ def _check_tensors(info: GGUFInfo, expected: dict[str, tuple[int, ...]], optiona
 
 def validate_llm(path: Path) -> GGUFInfo:
     """Check a llama-architecture GGUF: keys, every tensor's name and shape, vocabulary size."""
+    path = Path(path)
     info = read_gguf(path)
     arch = _require(info, "general.architecture")
     if arch != "llama":
@@ -252,6 +301,7 @@ def llm_embedding_width(info: GGUFInfo) -> int:
 
 def validate_tower(path: Path, llm_dim: int) -> GGUFInfo:
     """Check an ultravox mmproj GGUF against what mtmd's whisper graph asserts on."""
+    path = Path(path)
     info = read_gguf(path)
     if _require(info, "general.architecture") != "clip":
         raise ModelFileError(f"{path.name}: not an mmproj file (architecture {info.fields['general.architecture']!r})")

@@ -70,7 +70,9 @@ def _torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
 
 
-def open_tower(bundle: Bundle, backend: str, engine, variant: str | None = None, n_threads: int | None = None) -> AudioTower:
+def open_tower(
+    bundle: Bundle, backend: str, engine, variant: str | None = None, n_threads: int | None = None, exact: bool = False
+) -> AudioTower:
     """Build the tower for ``backend`` (``auto`` picks ggml where the bundle has it)."""
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
@@ -82,4 +84,4 @@ def open_tower(bundle: Bundle, backend: str, engine, variant: str | None = None,
         return GgmlTower(bundle, engine, variant, n_threads)
     from .torch import TorchTower
 
-    return TorchTower(bundle, n_threads)
+    return TorchTower(bundle, n_threads, exact=exact)

@@ -10,6 +10,21 @@ from ..errors import BackendUnavailableError
 from . import AudioTower
 
 
+def pick_dtype(torch, device: str, exact: bool) -> str:
+    """bfloat16 where the hardware computes it natively (about 2x faster on CPU), else float32."""
+    if exact:
+        return "float32"
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device == "cpu":
+        try:
+            flags = open("/proc/cpuinfo").read()
+        except OSError:
+            return "float32"
+        return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+    return "float32"
+
+
 def pick_device(torch) -> str:
     if torch.cuda.is_available():
         return "cuda"
@@ -19,7 +34,10 @@ def pick_device(torch) -> str:
 
 
 class TorchTower(AudioTower):
-    def __init__(self, bundle: Bundle, n_threads: int | None = None, device: str | None = None, dtype: str = "float32") -> None:
+    def __init__(
+        self, bundle: Bundle, n_threads: int | None = None, device: str | None = None, dtype: str | None = None,
+        exact: bool = False,
+    ) -> None:
         super().__init__()
         try:
             import torch
@@ -34,7 +52,7 @@ class TorchTower(AudioTower):
         if n_threads:
             torch.set_num_threads(n_threads)
         self.device = device or pick_device(torch)
-        self.dtype = getattr(torch, dtype)
+        self.dtype = getattr(torch, dtype or pick_dtype(torch, self.device, exact))
         self.module = load_tower(bundle.torch_tower_path()).to(self.device, self.dtype)
         m = bundle.manifest
         check_widths(self.module.cfg.llm_dim, m.llm_dim, bundle.torch_tower_path().name)
