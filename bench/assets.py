@@ -259,25 +259,12 @@ def _english_tokenizer(folder: Path) -> Path:
     its corpus plus the bench's English (questions, system prompt), so that English text takes
     about as many tokens as with a real 32k LLaMA vocabulary (whole common words), not ~2.5x more
     as with the 400-piece test tokenizer: the cascade's prefill length depends on it."""
-    import io
-
-    import sentencepiece as spm
-
     from finetune.checkpoint import DEFAULT_SYSTEM_PROMPT
-    from finetune.tiny import CHAT_TEMPLATE, CORPUS
+    from finetune.tiny import CHAT_TEMPLATE, CORPUS, train_tokenizer
 
     lines = CORPUS + SENTENCES + [DECODE_QUESTION, DEFAULT_SYSTEM_PROMPT, CHAT_TEMPLATE]
     lines += [s.lower() for s in SENTENCES] + [s.upper() for s in SENTENCES]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines * 10), model_writer=buf, vocab_size=2000, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        hard_vocab_limit=False, minloglevel=2,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "tokenizer.model"
-    path.write_bytes(buf.getvalue())
-    return path
+    return train_tokenizer(folder, vocab_size=2000, lines=lines)
 
 
 def _llama_1b_gguf(work: Path, log: Log) -> Path:

@@ -125,16 +125,15 @@ def make_base(root: Path) -> Path:
     out = root / "base"
     if (out / "llasm.json").exists():
         return out
-    import io
     import tempfile
 
-    import sentencepiece as spm
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
     from finetune.checkpoint import CheckpointMeta, _load_strict, save_checkpoint
     from finetune.init import load_whisper
     from finetune.model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, LlasmModel
+    from finetune.tiny import train_tokenizer
     from llasm_cli.chat import DEFAULT_TEMPLATE
 
     torch.manual_seed(SEED)
@@ -142,12 +141,7 @@ def make_base(root: Path) -> Path:
               for c in json.loads((root / "text.json").read_text())]
     corpus += ["USER: ASSISTANT: Transcribe:"] * 50
     with tempfile.TemporaryDirectory() as tmp:
-        buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(corpus), model_writer=buf, vocab_size=600, model_type="bpe", byte_fallback=True,
-            character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, hard_vocab_limit=False,
-        )
-        (Path(tmp) / "tokenizer.model").write_bytes(buf.getvalue())
+        train_tokenizer(Path(tmp), vocab_size=600, lines=corpus)
         tokenizer = LlamaTokenizer.from_pretrained(tmp)
         tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_START, AUDIO_END]})
         tokenizer.chat_template = DEFAULT_TEMPLATE

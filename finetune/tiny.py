@@ -37,13 +37,14 @@ CORPUS = [
 CHAT_TEMPLATE = DEFAULT_TEMPLATE
 
 
-def train_tokenizer(folder: Path, vocab_size: int = 400) -> Path:
-    """Train a byte-fallback BPE SentencePiece model on CORPUS; returns tokenizer.model's path."""
+def train_tokenizer(folder: Path, vocab_size: int = 400, lines: list[str] | None = None) -> Path:
+    """Train a byte-fallback BPE SentencePiece model (ids 0-2 = unk/bos/eos) on ``lines``
+    (default: CORPUS); returns tokenizer.model's path."""
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 10), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        sentence_iterator=iter((lines or CORPUS) * 10), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         hard_vocab_limit=False, minloglevel=2,
     )
