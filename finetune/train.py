@@ -68,7 +68,7 @@ class TrainConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     stop_at: int | None = None  # save a state and stop at this step (continue later with --resume)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes collating batches ahead of the step
     on_error: str = "skip"  # bad records: "skip" (warn) or "fail"
     seed: int = 0
     device: str = "auto"
@@ -206,6 +206,21 @@ class Batches:
         return self.global_batch(index)[self.rank :: self.world]
 
 
+class MicroBatches(torch.utils.data.Dataset):
+    """Collated micro-batches in training order, so DataLoader workers can build them ahead."""
+
+    def __init__(self, data: DialogueDataset, batches: Batches, start: int, steps: int, accum: int, pad_id: int) -> None:
+        self.data, self.batches, self.start, self.steps, self.accum, self.pad_id = data, batches, start, steps, accum, pad_id
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.accum
+
+    def __getitem__(self, i: int) -> dict:
+        step, k = divmod(i, self.accum)
+        idx = self.batches.local_batch(self.start + step)
+        return collate([self.data[j] for j in idx[k :: self.accum]], self.pad_id)
+
+
 # --- loss and evaluation ---------------------------------------------------------------------
 
 
@@ -336,21 +351,24 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     bar = _progress(cfg.steps, start) if (rank == 0 and progress) else None
     model.train()
     t_last, tokens_seen = time.perf_counter(), 0
+    loader = iter(torch.utils.data.DataLoader(
+        MicroBatches(train_data, batches, start, cfg.steps, cfg.grad_accum, pad_id),
+        batch_size=None, num_workers=cfg.num_workers,
+    ))
     for step in range(start, cfg.steps):
         for g, base in zip(optimizer.param_groups, base_lrs):
             g["lr"] = base * lr_factor(step, cfg)
         idx = batches.local_batch(step)
-        micro = [idx[i :: cfg.grad_accum] for i in range(cfg.grad_accum)]
         # normalise by the answer tokens of the whole global batch, so any split gives one result
         n_local = sum(int((torch.tensor(train_data.encoded[j % len(train_data.encoded)].labels) != IGNORE).sum()) for j in idx)
         n_global = torch.tensor(float(n_local))
         if world > 1:
             dist.all_reduce(n_global)
         loss_total = 0.0
-        for k, m in enumerate(micro):
-            sync = contextlib.nullcontext() if (world == 1 or k == len(micro) - 1) else model.no_sync()
+        for k in range(cfg.grad_accum):
+            sync = contextlib.nullcontext() if (world == 1 or k == cfg.grad_accum - 1) else model.no_sync()
             with sync:
-                s, _ = loss_sums(model, collate([train_data[j] for j in m], pad_id), device, dtype)
+                s, _ = loss_sums(model, next(loader), device, dtype)
                 (s * world / n_global).backward()
             loss_total += float(s.detach())
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)

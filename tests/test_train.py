@@ -146,3 +146,11 @@ def test_bad_records_are_reported_and_skipped(base, asr_data, tmp_path, caplog):
     with pytest.raises(Exception, match=r"train.jsonl:2: corrupt"):  # the first bad record stops it
         train(cfg(stage=1, init=str(base), data=str(folder / "train.jsonl"), out=str(tmp_path / "p"), steps=3,
                   batch_size=2, on_error="fail"), progress=False)
+
+
+def test_worker_processes_give_the_same_run(base, dialogues, tmp_path):
+    """Batches collated in DataLoader worker processes train exactly like inline ones."""
+    common = dict(stage=2, init=str(base), data=str(dialogues), steps=4, train_llm="full", batch_size=2, grad_accum=2)
+    train(cfg(out=str(tmp_path / "inline"), **common), progress=False)
+    train(cfg(out=str(tmp_path / "workers"), num_workers=2, **common), progress=False)
+    assert losses(tmp_path / "workers") == losses(tmp_path / "inline")
