@@ -93,7 +93,7 @@ class Engine:
         self.n_embd = llama_cpp.llama_model_n_embd_inp(self.model)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = n_batch
-        self.n_past = 0
+        self._mem = llama_cpp.llama_get_memory(self.ctx)
         self.arch = self.meta("general.architecture") or ""
         self.embed_scale = math.sqrt(self.n_embd) if self.arch in EMBED_SCALE_ARCHS else 1.0
         self._tok_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
@@ -180,17 +180,17 @@ class Engine:
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             last = start + len(chunk) == len(tokens)
+            base = self.n_past
             for i, tok in enumerate(chunk):
                 b.token[i] = tok
-                b.pos[i] = self.n_past + i
+                b.pos[i] = base + i
                 b.n_seq_id[i] = 1
                 b.seq_id[i][0] = 0
                 b.logits[i] = logits and last and i == len(chunk) - 1
             b.n_tokens = len(chunk)
             self._decode(b)
-            if len(self._tokens) == self.n_past:  # still a pure token prefix
+            if len(self._tokens) == self.n_past - len(chunk):  # still a pure token prefix
                 self._tokens += chunk
-            self.n_past += len(chunk)
 
     def eval_embeddings(self, embd: np.ndarray, logits: bool = True) -> None:
         """Append rows of input embeddings (n, n_embd) to the sequence, batched by n_batch."""
@@ -204,14 +204,14 @@ class Engine:
             n = chunk.shape[0]
             last = start + n == embd.shape[0]
             ctypes.memmove(b.embd, chunk.ctypes.data, chunk.nbytes)
+            base = self.n_past
             for i in range(n):
-                b.pos[i] = self.n_past + i
+                b.pos[i] = base + i
                 b.n_seq_id[i] = 1
                 b.seq_id[i][0] = 0
                 b.logits[i] = logits and last and i == n - 1
             b.n_tokens = n
             self._decode(b)
-            self.n_past += n
 
     def eval(self, segments: Sequence[Segment]) -> np.ndarray:
         """Evaluate token and embedding segments in order; returns the last position's logits."""
@@ -268,16 +268,20 @@ class Engine:
 
     # --- KV state -----------------------------------------------------------------------
 
+    @property
+    def n_past(self) -> int:
+        """Positions in the KV cache, asked of llama.cpp itself: a Ctrl-C that lands between a
+        decode and our bookkeeping can then never put the next batch at a wrong position."""
+        return llama_cpp.llama_memory_seq_pos_max(self._mem, 0) + 1
+
     def truncate(self, n_keep: int) -> None:
         """Forget every position from ``n_keep`` on (e.g. to rewind to the end of the system prompt)."""
         mem = llama_cpp.llama_get_memory(self.ctx)
         llama_cpp.llama_memory_seq_rm(mem, 0, n_keep, -1)
-        self.n_past = min(self.n_past, n_keep)
         self._tokens = self._tokens[: self.n_past]
 
     def reset(self) -> None:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        self.n_past = 0
         self._tokens = []
 
     # --- generation ---------------------------------------------------------------------
