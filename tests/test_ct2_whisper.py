@@ -147,7 +147,7 @@ def tiny_hf() -> WhisperForConditionalGeneration:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # biases and norms away from their zero/one init
             p.copy_(p.half().float())  # the CTranslate2 file holds float16
-        for attn in [l.self_attn for l in model.model.encoder.layers + model.model.decoder.layers]:
+        for attn in [layer.self_attn for layer in model.model.encoder.layers + model.model.decoder.layers]:
             assert attn.k_proj.bias is None
     return model
 

@@ -82,7 +82,7 @@ def test_commonvoice(tmp_path, speech):
         commonvoice(root, split="validated")
     out = tmp_path / "cv.jsonl"
     assert main(["commonvoice", str(root), str(out), "--lang", "zh"]) == 0
-    assert [json.loads(l)["lang"] for l in out.read_text().splitlines()] == ["zh", "zh"]
+    assert [json.loads(line)["lang"] for line in out.read_text().splitlines()] == ["zh", "zh"]
 
 
 def test_aishell(tmp_path, speech):

@@ -33,7 +33,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def _jsonl(path: Path, lines: list) -> Path:
-    path.write_text("".join((l if isinstance(l, str) else json.dumps(l, ensure_ascii=False)) + "\n" for l in lines))
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines))
     return path
 
 
@@ -152,7 +152,7 @@ def test_writers_round_trip(data, tmp_path):
     inside = espeak("inside", tmp_path / "audio" / "x.wav")
     recs = [AsrRecord(inside, "inside", "en", 0.5), AsrRecord(outside, "hello world", "en")]
     write_asr_manifest(recs, tmp_path / "m.jsonl")
-    lines = [json.loads(l) for l in (tmp_path / "m.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert lines[0] == {"audio": "audio/x.wav", "text": "inside", "lang": "en", "duration": 0.5}
     assert lines[1]["audio"] == str(outside) and "duration" not in lines[1]
     assert read_asr_manifest(tmp_path / "m.jsonl", on_error="fail") == recs
