@@ -7,7 +7,6 @@ end, so a failed or interrupted export never leaves a half-written bundle behind
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from finetune.checkpoint import (
 )
 from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
 from llasm_cli.errors import CheckpointError
+from llasm_cli.files import atomic_folder
 
 from .llm_gguf import write_llm_gguf
 from .quantize import LLM_QUANTS, TOWER_TYPES, quantize_llm
@@ -62,9 +62,7 @@ def export_bundle(
     if meta.adaptor.llm_dim != llm_dim:
         raise CheckpointError(f"adaptor outputs {meta.adaptor.llm_dim} but the LLM is {llm_dim} wide")
     name = name or ckpt.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         llm_files, tower_files = {}, {}
         for t in types:
             progress(f"writing the LLM ({t})")
@@ -77,7 +75,7 @@ def export_bundle(
             else:
                 write_llm_gguf(ckpt / "llm", tmp / llm_files[t], t, name=name)
         (tmp / ".llm.f16.tmp.gguf").unlink(missing_ok=True)
-        if meta.adaptor.type == "stack-swiglu":
+        if meta.adaptor.type == "stack-swiglu" and "padded" in meta.adaptor.encoder_input:  # mtmd pads
             for t in tower_types:
                 progress(f"writing the audio tower ({t})")
                 tower_files[t] = f"tower.{t}.gguf"
@@ -89,17 +87,10 @@ def export_bundle(
             tokens_per_window=meta.adaptor.tokens_per_window(),
             stack_factor=meta.adaptor.stack_factor if meta.adaptor.type == "stack-swiglu" else 0,
             audio_start=meta.audio_start, audio_end=meta.audio_end, system_prompt=meta.system_prompt,
-            llm_files=llm_files, tower_files=tower_files if "padded" in meta.adaptor.encoder_input else {},
+            llm_files=llm_files, tower_files=tower_files,
             torch_tower=TORCH_TOWER_DIR, encoder_input=list(meta.adaptor.encoder_input),
         )
         (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

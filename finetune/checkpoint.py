@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, WhisperConfig
 
 from llasm_cli.errors import CheckpointError
+from llasm_cli.files import atomic_folder
 
 from .model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, LlasmModel
 
@@ -78,10 +78,7 @@ def read_meta(ckpt: Path) -> CheckpointMeta:
 
 def save_checkpoint(model: LlasmModel, tokenizer, meta: CheckpointMeta, out: Path, spm_model: Path | None = None) -> None:
     """Write the checkpoint atomically: a temp folder next to ``out`` renamed into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         model.llm.save_pretrained(tmp / LLM_DIR)
         tokenizer.save_pretrained(tmp / LLM_DIR)
         if spm_model is not None:
@@ -95,13 +92,6 @@ def save_checkpoint(model: LlasmModel, tokenizer, meta: CheckpointMeta, out: Pat
         adaptor_state = {k: v.contiguous() for k, v in model.tower.adaptor.state_dict().items()}
         save_file(adaptor_state, str(tmp / ADAPTOR_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

@@ -179,14 +179,6 @@ def encode_frames(encoder: WhisperEncoder, mel: torch.Tensor) -> torch.Tensor:
     return encoder.layer_norm(x)
 
 
-@dataclass
-class AudioSpan:
-    """Where one clip's embeddings go: they replace ``length`` positions starting at ``start``."""
-
-    start: int
-    length: int
-
-
 class LlasmModel(nn.Module):
     """Audio tower + causal LLM; audio embeddings are spliced into the LLM's input embeddings."""
 
@@ -197,18 +189,6 @@ class LlasmModel(nn.Module):
         self.audio_start_id = audio_start_id
         self.audio_end_id = audio_end_id
 
-    def splice(self, input_ids: torch.Tensor, audio: list[torch.Tensor], spans: list[AudioSpan]) -> torch.Tensor:
-        """Input embeddings of one sequence with each span replaced by its audio embeddings."""
-        embeds = self.llm.get_input_embeddings()(input_ids)  # (T, C)
-        parts, cursor = [], 0
-        for emb, span in zip(audio, spans, strict=True):
-            if emb.shape[0] != span.length:
-                raise ValueError(f"span of {span.length} positions got {emb.shape[0]} embeddings")
-            parts += [embeds[cursor : span.start], emb.to(embeds.dtype)]
-            cursor = span.start + span.length
-        parts.append(embeds[cursor:])
-        return torch.cat(parts, dim=0)
-
     def embed_batch(self, input_ids: torch.Tensor, feats: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
         """Token embeddings (B, T, C) with each clip's adapted features written at its position."""
         emb = self.llm.get_input_embeddings()(input_ids).clone()
@@ -217,7 +197,7 @@ class LlasmModel(nn.Module):
             emb[b, pos : pos + a.shape[0]] = a.to(emb.dtype)
         return emb
 
-    def forward(self, input_ids, attention_mask, feats, labels=None):
-        """Logits (and per-token loss pieces) of a collated batch."""
+    def forward(self, input_ids, attention_mask, feats):
+        """Logits of a collated batch (the training loop computes the loss)."""
         emb = self.embed_batch(input_ids, feats)
         return self.llm(inputs_embeds=emb, attention_mask=attention_mask).logits

@@ -11,7 +11,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE
 from .bundle import Bundle, check_widths, load_bundle, validate_llm
-from .chat import FALLBACK_TEMPLATE, Message, render, segments, user_content
+from .chat import DEFAULT_TEMPLATE, Message, render, segments, user_content
 from .engine import Engine, Sampler, Sampling, TextStream
 from .towers import AudioTower, open_tower
 
@@ -55,7 +55,7 @@ class Assistant:
         self._tower_args = (backend, tower_variant, n_threads, llm_variant == "f32")
         self.audio_start = self.engine.token_id(m.audio_start)
         self.audio_end = self.engine.token_id(m.audio_end)
-        self.template = self.engine.meta("tokenizer.chat_template") or FALLBACK_TEMPLATE
+        self.template = self.engine.meta("tokenizer.chat_template") or DEFAULT_TEMPLATE
         self.system_prompt = m.system_prompt
         self.stats = TurnStats()
         self.engine.warmup()
@@ -80,12 +80,19 @@ class Assistant:
         msgs.append(Message("user", user_content(text, audio_embd is not None, after), clips))
         return msgs
 
+    def render(self, msgs: list[Message], add_generation_prompt: bool = True) -> str:
+        """The conversation as the model's chat template spells it."""
+        return render(self.template, msgs, bos_token="", eos_token=self.engine.eos_text,
+                      add_generation_prompt=add_generation_prompt)
+
+    def segments(self, text: str, clips: list[np.ndarray], bos: bool) -> list:
+        """Token lists and clip embeddings for rendered text (audio placeholders -> clips)."""
+        return segments(self.engine, text, clips, self.audio_start, self.audio_end, bos)
+
     def prompt(self, msgs: list[Message], add_generation_prompt: bool = True) -> list:
         """Token/embedding segments of a whole conversation, BOS included."""
-        eos = self.engine.eos_text
-        text = render(self.template, msgs, bos_token="", eos_token=eos, add_generation_prompt=add_generation_prompt)
         clips = [c for m in msgs for c in m.clips]
-        return segments(self.engine, text, clips, self.audio_start, self.audio_end, self.engine.add_bos)
+        return self.segments(self.render(msgs, add_generation_prompt), clips, self.engine.add_bos)
 
     def ask(
         self, audio: np.ndarray | None = None, text: str | None = None, after: str | None = None,
@@ -106,24 +113,32 @@ class Assistant:
         logits = self.engine.eval_prompt(segs)
         t2 = time.perf_counter()
         st.encode_ms, st.prefill_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
-        yield from self._stream(logits, Sampler(sampling), max_tokens, t0)
+        yield from self.stream(logits, Sampler(sampling), max_tokens, t0, st)
 
-    def _stream(self, logits: np.ndarray, sampler: Sampler, max_tokens: int, t0: float) -> Iterator[str]:
-        st, stream = self.stats, TextStream()
+    def stream(
+        self, logits: np.ndarray, sampler: Sampler, max_tokens: int, t0: float, st: TurnStats,
+        tokens: list[int] | None = None,
+    ) -> Iterator[str]:
+        """Generate and yield text pieces, timing against ``t0`` into ``st``; ids go to ``tokens``."""
+        tokens = [] if tokens is None else tokens
+        stream = TextStream()
         t_first = None
-        for tok in self.engine.generate(logits, sampler, max_tokens):
-            if t_first is None:
-                t_first = time.perf_counter()
-                st.first_token_ms = (t_first - t0) * 1e3
-            st.answer_tokens += 1
-            piece = stream.push(self.engine.piece(tok))
-            if piece:
-                yield piece
-        tail = stream.flush()
-        if tail:
-            yield tail
-        if t_first is not None and st.answer_tokens > 1:
-            st.decode_tokens_per_s = (st.answer_tokens - 1) / max(time.perf_counter() - t_first, 1e-9)
+        try:
+            for tok in self.engine.generate(logits, sampler, max_tokens):
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    st.first_token_ms = (t_first - t0) * 1e3
+                tokens.append(tok)
+                piece = stream.push(self.engine.piece(tok))
+                if piece:
+                    yield piece
+            tail = stream.flush()
+            if tail:
+                yield tail
+        finally:
+            st.answer_tokens = len(tokens)
+            if t_first is not None and len(tokens) > 1:
+                st.decode_tokens_per_s = (len(tokens) - 1) / max(time.perf_counter() - t_first, 1e-9)
 
     def greedy_tokens(self, segs: list, max_tokens: int) -> list[int]:
         """Greedy token ids for prepared segments (what the parity tests compare)."""

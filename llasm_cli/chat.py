@@ -137,9 +137,3 @@ def pieces_to_segments(
     out.append(tokens)
     return [s for s in out if len(s)]
 
-
-FALLBACK_TEMPLATE = DEFAULT_TEMPLATE  # for GGUFs that carry no chat template
-
-
-def segment_length(segs: Sequence) -> int:
-    return sum(len(s) for s in segs)

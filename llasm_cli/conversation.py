@@ -18,8 +18,8 @@ import numpy as np
 
 from .assistant import Assistant, TurnStats
 from .audio import SAMPLE_RATE
-from .chat import Message, render, segments, user_content
-from .engine import Sampler, Sampling, TextStream
+from .chat import Message, user_content
+from .engine import Sampler, Sampling
 from .errors import ContextOverflowError, LlasmError
 
 
@@ -86,8 +86,7 @@ class Conversation:
     # --- prefill --------------------------------------------------------------------
 
     def _render(self, msgs: list[Message], gen: bool) -> str:
-        eos = self.bot.engine.eos_text
-        return render(self.bot.template, msgs, bos_token="", eos_token=eos, add_generation_prompt=gen)
+        return self.bot.render(msgs, add_generation_prompt=gen)
 
     def _pending_segments(self) -> list:
         """Segments that bring the KV cache from its current text to the full prompt."""
@@ -96,12 +95,11 @@ class Conversation:
         clips = [c for m in msgs for c in m.clips]
         engine = self.bot.engine
         if self._kv_text and full.startswith(self._kv_text):
-            return segments(engine, full[len(self._kv_text):], clips[self._kv_clips:],
-                            self.bot.audio_start, self.bot.audio_end, bos=False)
+            return self.bot.segments(full[len(self._kv_text):], clips[self._kv_clips:], bos=False)
         if self._kv_text:
             self.prefilled_from_scratch += 1
         self._forget_kv()
-        return segments(engine, full, clips, self.bot.audio_start, self.bot.audio_end, bos=engine.add_bos)
+        return self.bot.segments(full, clips, bos=engine.add_bos)
 
     def _fit(self) -> list:
         """Pending segments, dropping the oldest turns (and re-prefilling once) if they do not fit."""
@@ -145,28 +143,15 @@ class Conversation:
         m = self.bot.bundle.manifest
         sampling = sampling or Sampling(temperature=m.temperature)
         max_tokens = max_tokens or m.max_tokens
-        engine, st = self.bot.engine, self.stats
+        st = self.stats
         logits = self.prefill()
         answer_tokens: list[int] = []
-        stream = TextStream()
-        t_first = None
+        # first token counted from the start of encoding, as Assistant.ask does
+        t0 = self._t0 - st.encode_ms / 1e3
         try:
-            for tok in engine.generate(logits, Sampler(sampling), max_tokens):
-                if t_first is None:
-                    t_first = time.perf_counter()
-                    st.first_token_ms = st.encode_ms + (t_first - self._t0) * 1e3
-                answer_tokens.append(tok)
-                piece = stream.push(engine.piece(tok))
-                if piece:
-                    yield piece
-            tail = stream.flush()
-            if tail:
-                yield tail
+            yield from self.bot.stream(logits, Sampler(sampling), max_tokens, t0, st, answer_tokens)
         finally:
             self._close_answer(answer_tokens)
-            st.answer_tokens = len(answer_tokens)
-            if t_first is not None and len(answer_tokens) > 1:
-                st.decode_tokens_per_s = (len(answer_tokens) - 1) / max(time.perf_counter() - t_first, 1e-9)
 
     def _close_answer(self, tokens: list[int]) -> None:
         """Record the answer; the KV cache holds its tokens (the last one not yet evaluated)."""
