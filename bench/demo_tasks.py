@@ -27,7 +27,10 @@ OBJECTS = ["the red box", "a green apple", "the big window", "a blue car", "the 
 # espeak-ng voices: training and held-out sets share nothing (language variant, voice variant,
 # speed and pitch are all disjoint)
 TRAIN_VOICES = ["en-us", "en-gb", "en-gb-x-rp", "en-029", "en-gb-x-gbclan"]
-TRAIN_VARIANTS = ["", "+m1", "+m3", "+f1", "+f3", "+f4", "+Alex", "+david"]
+TRAIN_VARIANTS = ["", "+m1", "+m3", "+m4", "+m6", "+m7", "+m8", "+f1", "+f3", "+f4", "+f5", "+Alex", "+david",
+                  "+adam", "+Andy", "+aunty", "+belinda", "+benjamin", "+caleb", "+ed", "+edward", "+Gene", "+iven",
+                  "+john", "+linda", "+max", "+Michael", "+Mike", "+paul", "+quincy", "+rob", "+robert", "+steph",
+                  "+travis", "+victor", "+grandpa", "+grandma", "+klatt", "+klatt3", "+norbert", "+shelby", "+zac"]
 TRAIN_SPEEDS = [130, 150, 170, 190, 210]
 TRAIN_PITCHES = [25, 45, 65, 85]
 EVAL_VOICES = ["en-gb-scotland", "en-us-nyc", "en-gb-x-gbcwmd"]

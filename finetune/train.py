@@ -29,7 +29,7 @@ import torch.distributed as dist
 from llasm_cli.chat import DEFAULT_TEMPLATE
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import IGNORE, DialogueDataset, FeatureStore, Sample, asr_sample, collate, split_eval
+from .data import FEATURE_DTYPES, IGNORE, DialogueDataset, FeatureStore, Sample, asr_sample, collate, split_eval
 
 # --- config ----------------------------------------------------------------------------------
 
@@ -60,6 +60,7 @@ class TrainConfig:
     fsdp: bool = False  # shard the LLM (full fine-tuning of large models under torchrun)
     encoder_input: list = field(default_factory=lambda: ["padded"])  # feature kinds to train on
     feature_cache: str | None = None  # folder for frozen encoder features
+    feature_dtype: str = "float32"  # "bfloat16": frozen features computed about 2x faster, within a few %
     transcribe_prompt: str = "Transcribe:"  # stage 1's typed instruction
     system_prompt: str | None = None  # None: the checkpoint's
     max_len: int = 2048
@@ -100,6 +101,8 @@ class TrainConfig:
             raise SystemExit("stage 1 keeps the LLM frozen (train_llm: none)")
         if set(self.encoder_input) - {"padded", "unpadded"} or not self.encoder_input:
             raise SystemExit("encoder_input lists padded and/or unpadded")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise SystemExit(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}")
 
 
 # --- setup -----------------------------------------------------------------------------------
@@ -315,7 +318,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         train_s, eval_s = samples, load_samples(cfg, cfg.eval_data)
     else:
         train_s, eval_s = split_eval(samples, cfg.eval_fraction, cfg.seed)
-    stores = [FeatureStore(model.tower, mode, cfg.feature_cache) for mode in cfg.encoder_input]
+    stores = [FeatureStore(model.tower, mode, cfg.feature_cache, cfg.feature_dtype) for mode in cfg.encoder_input]
     train_data = DialogueDataset(train_s, tokenizer, template, audio_ids, stores, system, cfg.max_len)
     eval_data = DialogueDataset(eval_s, tokenizer, template, audio_ids, stores[:1], system, cfg.max_len)
     _precompute([train_data, eval_data], rank, progress)

@@ -154,3 +154,25 @@ def test_worker_processes_give_the_same_run(base, dialogues, tmp_path):
     train(cfg(out=str(tmp_path / "inline"), **common), progress=False)
     train(cfg(out=str(tmp_path / "workers"), num_workers=2, **common), progress=False)
     assert losses(tmp_path / "workers") == losses(tmp_path / "inline")
+
+
+def test_bfloat16_features_are_close_and_cached_apart(base, asr_data, tmp_path):
+    """bfloat16 features (the fast path) stay near float32's and never share a cache file with them."""
+    import numpy as np
+
+    from finetune.checkpoint import load_checkpoint
+    from finetune.data import FeatureStore
+
+    model, _, _ = load_checkpoint(base)
+    clip = str(asr_data.parent / "0.wav")
+    for mode in ("padded", "unpadded"):
+        f32 = FeatureStore(model.tower, mode, tmp_path)
+        bf16 = FeatureStore(model.tower, mode, tmp_path, dtype="bfloat16")
+        assert f32.tag != bf16.tag
+        a, b = np.concatenate(f32.get(clip)).astype(np.float32), np.concatenate(bf16.get(clip)).astype(np.float32)
+        assert a.shape == b.shape and a.shape[0] == f32.count(clip) * model.tower.cfg.stack_factor
+        rel = np.abs(a - b).max() / np.abs(a).max()
+        assert 0 < rel < 0.1, rel  # not the same numbers, but the same features
+    assert len(list(tmp_path.glob("*.npz"))) == 4
+    with pytest.raises(ValueError, match="bfloat16"):
+        FeatureStore(model.tower, "padded", dtype="float16")
