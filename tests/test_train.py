@@ -176,3 +176,22 @@ def test_bfloat16_features_are_close_and_cached_apart(base, asr_data, tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) == 4
     with pytest.raises(ValueError, match="bfloat16"):
         FeatureStore(model.tower, "padded", dtype="float16")
+
+
+def test_feature_perturbation_changes_only_training_features():
+    from finetune.train import perturb
+
+    f = torch.randn(40, 8)
+    batch = {"input_ids": torch.zeros(1, 3), "feats": [(0, 1, f)]}
+    assert perturb(batch, cfg(stage=2, init="x", data="x", out="x")) is batch  # off by default
+    torch.manual_seed(0)
+    out = perturb(batch, cfg(stage=2, init="x", data="x", out="x", feature_dropout=0.5, feature_noise=0.1))
+    g = out["feats"][0][2]
+    assert g.shape == f.shape and out["feats"][0][:2] == (0, 1)
+    zeroed = (g == 0).float().mean().item()
+    assert 0.3 < zeroed < 0.7, zeroed
+    kept = g != 0
+    assert torch.allclose(g[kept] * 0.5, f[kept], atol=0.1 * 5 * float(f.std()))  # scaled by 1/(1-p), noise under 5 std
+    assert torch.equal(batch["feats"][0][2], f)  # the cached features themselves are untouched
+    with pytest.raises(SystemExit):
+        cfg(stage=2, init="x", data="x", out="x", feature_dropout=1.0)
