@@ -342,7 +342,8 @@ def main() -> None:
                        encoder_input=["padded", "unpadded"], feature_dtype="bfloat16", transcribe_prompt="Transcribe:")
     stage2 = run_stage(root, "stage2", stage=2, init=str(stage1), data=str(root / "stage2.json"), train_llm="full",
                        steps=s(3000), batch_size=32, lr=5e-4, llm_lr=3e-4, warmup_steps=50, eval_fraction=0.02,
-                       encoder_input=["padded", "unpadded"], feature_dtype="bfloat16")
+                       encoder_input=["padded", "unpadded"], feature_dtype="bfloat16", feature_dropout=0.1,
+                       feature_noise=0.1)
     bundle = make_bundle(root, stage2)
     report = evaluate(root, stage2, bundle)
     report["minutes"] = round((time.time() - t0) / 60, 1)
