@@ -165,7 +165,6 @@ class FeatureStore:
             out.append(keep.astype(np.float16))
         return out
 
-
     def _autocast(self, dev: torch.device):
         """bfloat16 halves the frozen encoder's cost where the hardware has it (AVX512-BF16, AMX, GPUs);
         the features stay within a few percent of float32, which the adaptor shrugs off."""

@@ -4,14 +4,13 @@ at test time in espeak-ng voices it never heard in training, in English and in C
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llasm_cli.bundle import demo_bundle_path
 from tests.conftest import espeak
+from tests.test_errors import run_llasm
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXPECTED = {
@@ -38,9 +37,9 @@ pytestmark = pytest.mark.skipif(demo_bundle_path() is None, reason="no packaged 
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_readme_examples(name):
-    res = subprocess.run([sys.executable, "-m", "llasm_cli", "ask", str(EXAMPLES / name), "--temperature", "0"],
-                         capture_output=True, text=True, timeout=300, env=_env())
+def test_readme_examples(name, monkeypatch):
+    monkeypatch.delenv("LLASM_MODEL", raising=False)  # the packaged demo, whatever the caller's environment says
+    res = run_llasm("ask", str(EXAMPLES / name), "--temperature", "0")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == EXPECTED[name]
 
@@ -63,10 +62,3 @@ def test_held_out_voices(backend, tmp_path):
     right = [a == h[-1] for a, h in zip(answers, HELD_OUT)]
     assert sum(right) >= 8, list(zip(answers, [h[-1] for h in HELD_OUT]))
 
-
-def _env() -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env.pop("LLASM_MODEL", None)  # the packaged demo, whatever the caller's environment says
-    return env
