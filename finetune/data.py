@@ -174,10 +174,15 @@ class FeatureStore:
 
 
 class DialogueDataset(torch.utils.data.Dataset):
-    """Encoded samples + their clips' features (one feature store per encoder input mode)."""
+    """Encoded samples + their clips' features (one feature store per encoder input mode).
+
+    ``shares`` (one per store, default all 1.0) trains a mode on only that share of the samples,
+    picked by clip path so every stage and run agrees: the padded encode costs several times the
+    unpadded one, so more voices fit a time budget when only some clips are also seen padded."""
 
     def __init__(self, samples: list[Sample], tokenizer, template: str, audio_ids: tuple[int, int],
-                 stores: list[FeatureStore], system: str | None = None, max_len: int = 2048) -> None:
+                 stores: list[FeatureStore], system: str | None = None, max_len: int = 2048,
+                 shares: list[float] | None = None) -> None:
         self.samples, self.stores = [], stores
         self.encoded: list[Encoded] = []
         for s in samples:
@@ -192,25 +197,43 @@ class DialogueDataset(torch.utils.data.Dataset):
                 continue
             self.samples.append(s)
             self.encoded.append(enc)
+        shares = shares or [1.0] * len(stores)
+        if len(shares) != len(stores):
+            raise ValueError(f"{len(shares)} shares for {len(stores)} encoder input modes")
+        # (store, sample) pairs: each sample once per mode that takes it
+        self.items = [(k, i) for k, share in enumerate(shares) for i, s in enumerate(self.samples)
+                      if share >= 1 or _bucket(s) < share]
 
     def __len__(self) -> int:
-        return len(self.encoded) * len(self.stores)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        """Item i uses store i // n_samples: each sample appears once per encoder input mode."""
-        store = self.stores[i // len(self.encoded)]
-        enc = self.encoded[i % len(self.encoded)]
-        feats = [(pos, np.concatenate(store.get(path))) for pos, path in enc.clips]
+        k, j = self.items[i]
+        enc = self.encoded[j]
+        feats = [(pos, np.concatenate(self.stores[k].get(path))) for pos, path in enc.clips]
         return {"ids": enc.ids, "labels": enc.labels, "feats": feats}
+
+    def answer_tokens(self, i: int) -> int:
+        """Loss-bearing tokens of item i (the loss is normalised by them)."""
+        return sum(t != IGNORE for t in self.encoded[self.items[i][1]].labels)
+
+    def clips(self) -> list[tuple[FeatureStore, str]]:
+        """Every (store, clip) the items use, each once."""
+        need = {(k, p) for k, j in self.items for p in self.samples[j].audio}
+        return [(self.stores[k], p) for k, p in sorted(need)]
 
     def precompute(self, progress=None) -> None:
         """Compute every clip's features up front (the encoder is frozen)."""
-        paths = sorted({p for s in self.samples for p in s.audio})
-        for store in self.stores:
-            for path in paths:
-                store.get(path)
-                if progress:
-                    progress()
+        for store, path in self.clips():
+            store.get(path)
+            if progress:
+                progress()
+
+
+def _bucket(sample: Sample) -> float:
+    """A stable number in [0, 1) from the sample's clips (the same clip lands in the same bucket)."""
+    key = "|".join(str(p) for p in sample.audio) or sample.id
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32
 
 
 def collate(items: list[dict], pad_id: int) -> dict:

@@ -59,6 +59,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     fsdp: bool = False  # shard the LLM (full fine-tuning of large models under torchrun)
     encoder_input: list = field(default_factory=lambda: ["padded"])  # feature kinds to train on
+    encoder_input_share: list = field(default_factory=list)  # per mode: share of samples it sees (default all)
     feature_cache: str | None = None  # folder for frozen encoder features
     feature_dtype: str = "float32"  # "bfloat16": frozen features computed about 2x faster, within a few %
     feature_dropout: float = 0.0  # training only: zero this share of feature values (scaled), against memorising
@@ -103,6 +104,9 @@ class TrainConfig:
             raise SystemExit("stage 1 keeps the LLM frozen (train_llm: none)")
         if set(self.encoder_input) - {"padded", "unpadded"} or not self.encoder_input:
             raise SystemExit("encoder_input lists padded and/or unpadded")
+        if self.encoder_input_share and (len(self.encoder_input_share) != len(self.encoder_input)
+                                         or not all(0 < x <= 1 for x in self.encoder_input_share)):
+            raise SystemExit("encoder_input_share gives one share in (0, 1] per encoder_input mode")
         if not (0 <= self.feature_dropout < 1 and self.feature_noise >= 0):
             raise SystemExit("feature_dropout must be in [0, 1) and feature_noise >= 0")
         if self.feature_dtype not in FEATURE_DTYPES:
@@ -338,7 +342,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     else:
         train_s, eval_s = split_eval(samples, cfg.eval_fraction, cfg.seed)
     stores = [FeatureStore(model.tower, mode, cfg.feature_cache, cfg.feature_dtype) for mode in cfg.encoder_input]
-    train_data = DialogueDataset(train_s, tokenizer, template, audio_ids, stores, system, cfg.max_len)
+    train_data = DialogueDataset(train_s, tokenizer, template, audio_ids, stores, system, cfg.max_len,
+                                 cfg.encoder_input_share or None)
     eval_data = DialogueDataset(eval_s, tokenizer, template, audio_ids, stores[:1], system, cfg.max_len)
     _precompute([train_data, eval_data], rank, progress)
 
@@ -382,7 +387,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             g["lr"] = base * lr_factor(step, cfg)
         idx = batches.local_batch(step)
         # normalise by the answer tokens of the whole global batch, so any split gives one result
-        n_local = sum(int((torch.tensor(train_data.encoded[j % len(train_data.encoded)].labels) != IGNORE).sum()) for j in idx)
+        n_local = sum(train_data.answer_tokens(j) for j in idx)
         n_global = torch.tensor(float(n_local))
         if world > 1:
             dist.all_reduce(n_global)
@@ -463,7 +468,7 @@ def _spm_file(ckpt: Path) -> Path | None:
 
 def _precompute(datasets: list[DialogueDataset], rank: int, progress: bool) -> None:
     """Frozen encoder features for every clip, before the first step (each rank computes its own)."""
-    n = sum(len({p for s in d.samples for p in s.audio}) * len(d.stores) for d in datasets)
+    n = sum(len(d.clips()) for d in datasets)
     if n == 0:
         return
     if rank == 0 and progress:

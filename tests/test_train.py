@@ -195,3 +195,35 @@ def test_feature_perturbation_changes_only_training_features():
     assert torch.equal(batch["feats"][0][2], f)  # the cached features themselves are untouched
     with pytest.raises(SystemExit):
         cfg(stage=2, init="x", data="x", out="x", feature_dropout=1.0)
+
+
+def test_encoder_input_share_trains_a_mode_on_a_stable_subset(base, asr_data, tmp_path):
+    """padded features on half the clips, unpadded on all: the same clips in every stage, and only
+    their padded features are ever computed."""
+    import shutil
+
+    from finetune.checkpoint import load_checkpoint
+    from finetune.data import DialogueDataset, FeatureStore, asr_sample
+    from llasm_cli.chat import DEFAULT_TEMPLATE
+
+    model, tok, _ = load_checkpoint(base)
+    clips = []
+    for i in range(40):
+        clips.append(str(tmp_path / f"c{i}.wav"))
+        shutil.copy(asr_data.parent / f"{i % 4}.wav", clips[-1])
+    ids = (model.audio_start_id, model.audio_end_id)
+    stores = [FeatureStore(model.tower, "padded"), FeatureStore(model.tower, "unpadded")]
+    asr = [asr_sample(f"a{i}", c, "hello world", "Transcribe:") for i, c in enumerate(clips)]
+    data = DialogueDataset(asr, tok, DEFAULT_TEMPLATE, ids, stores, shares=[0.5, 1.0])
+    padded = {data.samples[j].audio[0] for k, j in data.items if k == 0}
+    assert 10 < len(padded) < 30 and len(data) == 40 + len(padded)
+    assert {j for k, j in data.items if k == 1} == set(range(40))
+    answers = [asr_sample(f"b{i}", c, "twelve", "What is it?") for i, c in enumerate(reversed(clips))]
+    again = DialogueDataset(answers, tok, DEFAULT_TEMPLATE, ids, stores, shares=[0.5, 1.0])
+    assert {again.samples[j].audio[0] for k, j in again.items if k == 0} == padded  # stage 2 picks the same clips
+    data.precompute()
+    assert set(stores[0].mem) == padded and set(stores[1].mem) == set(clips)
+    tokens = sum(t >= 0 for t in data.encoded[0].labels)
+    assert data.answer_tokens(0) == tokens > 0
+    with pytest.raises(SystemExit, match="encoder_input_share"):
+        cfg(stage=1, init="x", data="x", out="x", encoder_input=["padded", "unpadded"], encoder_input_share=[0.5])
