@@ -88,24 +88,45 @@ def warp(path: Path, factor: float) -> None:
 
 def degrade(path: Path, kind: str, rng: random.Random) -> None:
     """Noise at 10-30 dB SNR, or a telephone line (8 kHz, 300-3400 Hz): real microphones are not espeak."""
-    import numpy as np
     import soundfile as sf
-    import soxr
 
     x, sr = sf.read(path, dtype="float32")
     if kind == "noise":
-        noise = np.random.default_rng(rng.randrange(2**32)).standard_normal(x.size).astype(np.float32)
-        if rng.random() < 0.5:  # pink-ish: more energy low, like fans and rooms
-            noise = np.cumsum(noise)
-            noise -= np.convolve(noise, np.ones(64) / 64, mode="same")
-        snr = rng.uniform(10, 30)
-        x = x + noise * np.sqrt(np.mean(x**2) / (np.mean(noise**2) * 10 ** (snr / 10)))
+        seed, pink = rng.randrange(2**32), rng.random() < 0.5  # drawn in this order: same clips as before
+        x = add_noise(x, rng.uniform(10, 30), pink, seed)
     elif kind == "phone":
-        y = soxr.resample(x, sr, 8000)
-        spec = np.fft.rfft(y)
-        freqs = np.fft.rfftfreq(y.size, 1 / 8000)
-        spec[(freqs < 300) | (freqs > 3400)] = 0
-        x = soxr.resample(np.fft.irfft(spec, y.size).astype(np.float32), 8000, sr)
+        x = phone_band(x, sr)
+    write_clip(path, x, sr)
+
+
+def add_noise(x, snr_db: float, pink: bool, seed: int):
+    """White or pink-ish noise (more energy low, like fans and rooms) at ``snr_db`` below the speech."""
+    import numpy as np
+
+    noise = np.random.default_rng(seed).standard_normal(x.size).astype(np.float32)
+    if pink:
+        noise = np.cumsum(noise)
+        noise -= np.convolve(noise, np.ones(64) / 64, mode="same")
+    return x + noise * np.sqrt(np.mean(x**2) / (np.mean(noise**2) * 10 ** (snr_db / 10)))
+
+
+def phone_band(x, sr: int):
+    """What a telephone line leaves: 8 kHz sampling, 300-3400 Hz."""
+    import numpy as np
+    import soxr
+
+    y = soxr.resample(x, sr, 8000)
+    spec = np.fft.rfft(y)
+    freqs = np.fft.rfftfreq(y.size, 1 / 8000)
+    spec[(freqs < 300) | (freqs > 3400)] = 0
+    return soxr.resample(np.fft.irfft(spec, y.size).astype(np.float32), 8000, sr)
+
+
+def write_clip(path: Path, x, sr: int) -> None:
+    """16-bit wav, scaled down only if it would clip."""
+    import numpy as np
+    import soundfile as sf
+
     peak = float(np.abs(x).max())
     sf.write(path, x / peak * 0.9 if peak > 0.9 else x, sr, subtype="PCM_16")
 

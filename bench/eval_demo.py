@@ -1,0 +1,120 @@
+"""The demo model on held-out voices when the audio gets worse than espeak's clean output.
+
+    python bench/eval_demo.py [--model DIR] [--questions 60] [--repeats 20] [--backends ggml,torch]
+
+Speaks fresh questions in espeak-ng voices, variants, speeds and pitches that training never used
+(`bench/demo_tasks.py`), then asks the bundle (as `llasm ask` does) about clean, noisy (20 and
+10 dB SNR, white or pink) and telephone-band (8 kHz, 300-3400 Hz) copies of the same clips.
+Prints exact-match accuracy per condition and tower backend. The noise and telephone copies are
+made like `bench/train_demo.py`'s degraded training clips, but at fixed levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+
+import demo_tasks as T  # noqa: E402
+from train_demo import SEED, add_noise, phone_band  # noqa: E402
+
+CONDITIONS = ("clean", "noise 20 dB", "noise 10 dB", "telephone")
+
+
+def questions(n_sums: int, n_repeats: int) -> list[dict]:
+    """Held-out items: sums (every third with "answer in Chinese") and "repeat after me" sentences."""
+    rng = random.Random(SEED + 2)  # not the training script's held-out set: new clips, same voice pool
+    items = []
+    for i, (a, op, b) in enumerate(rng.sample(T.problems(), n_sums)):
+        zh = i % 3 == 0
+        items.append({"kind": "chinese" if zh else "english", "text": T.ZH_INSTRUCTION if zh else None,
+                      "spoken": T.question(a, op, b, rng.randrange(len(T.QUESTION_FORMS))),
+                      "answer": T.answer(a, op, b, chinese=zh), "tts": T.voice(rng, held_out=True)})
+    for s in rng.sample(T.sentences(), n_repeats):
+        items.append({"kind": "repeat", "text": None, "spoken": f"repeat after me: {s}", "answer": s,
+                      "tts": T.voice(rng, held_out=True)})
+    return items
+
+
+def condition(x, name: str, seed: int):
+    """The clean clip as heard under ``name`` (16 kHz float samples in, same out)."""
+    from llasm_cli.audio import SAMPLE_RATE
+
+    if name == "clean":
+        return x
+    if name == "telephone":
+        return phone_band(x, SAMPLE_RATE)
+    snr = float(name.split()[1])
+    return add_noise(x, snr, pink=seed % 2 == 0, seed=seed)
+
+
+def run(model: Path, items: list[dict], backends: list[str]) -> dict:
+    from finetune.build_dataset import speak
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.audio import load_audio
+    from llasm_cli.engine import Sampling
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = []
+        for i, it in enumerate(items):
+            speak(it["spoken"], Path(tmp) / f"{i}.wav", it["tts"]["voice"], it["tts"]["speed"], it["tts"]["pitch"])
+            clips.append(load_audio(Path(tmp) / f"{i}.wav"))
+    report: dict = {"model": str(model), "n": len(items)}
+    for backend in backends:
+        bot = Assistant(model, backend=backend)
+        try:
+            for cond in CONDITIONS:
+                right: dict[str, list[bool]] = {}
+                for i, (it, x) in enumerate(zip(items, clips)):
+                    audio = condition(x, cond, seed=i)
+                    out = "".join(bot.ask(audio, text=it["text"], sampling=Sampling(temperature=0), max_tokens=24))
+                    right.setdefault(it["kind"], []).append(out.strip() == it["answer"])
+                    print(".", end="", file=sys.stderr, flush=True)
+                every = [r for v in right.values() for r in v]
+                report.setdefault(cond, {})[backend] = {
+                    "accuracy": round(100 * sum(every) / len(every), 1),
+                    **{k: round(100 * sum(v) / len(v), 1) for k, v in right.items()},
+                }
+                print(f" {backend} {cond}: {report[cond][backend]['accuracy']}%", file=sys.stderr)
+        finally:
+            bot.close()
+    return report
+
+
+def table(report: dict, backends: list[str]) -> str:
+    rows = ["| condition | " + " | ".join(f"{b} %" for b in backends) + " |",
+            "|---|" + "---:|" * len(backends)]
+    for cond in CONDITIONS:
+        rows.append(f"| {cond} | " + " | ".join(f"{report[cond][b]['accuracy']:.1f}" for b in backends) + " |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the packaged demo model)")
+    p.add_argument("--questions", type=int, default=60, help="spoken sums (a third with 'answer in Chinese')")
+    p.add_argument("--repeats", type=int, default=20, help="'repeat after me' sentences")
+    p.add_argument("--backends", default="ggml,torch", help="tower backends, comma-separated")
+    p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    a = p.parse_args()
+    from llasm_cli.bundle import demo_bundle_path
+
+    model = a.model or demo_bundle_path()
+    if model is None:
+        raise SystemExit("no packaged demo model: pass --model DIR")
+    backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    report = run(model, questions(a.questions, a.repeats), backends)
+    print(f"held-out voices, {report['n']} questions, exact match:\n")
+    print(table(report, backends))
+    if a.json:
+        a.json.write_text(json.dumps(report, ensure_ascii=False, indent=2))
+
+
+if __name__ == "__main__":
+    main()
