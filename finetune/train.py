@@ -342,9 +342,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     else:
         train_s, eval_s = split_eval(samples, cfg.eval_fraction, cfg.seed)
     stores = [FeatureStore(model.tower, mode, cfg.feature_cache, cfg.feature_dtype) for mode in cfg.encoder_input]
-    train_data = DialogueDataset(train_s, tokenizer, template, audio_ids, stores, system, cfg.max_len,
-                                 cfg.encoder_input_share or None)
-    eval_data = DialogueDataset(eval_s, tokenizer, template, audio_ids, stores[:1], system, cfg.max_len)
+    shares = cfg.encoder_input_share or [1.0] * len(stores)
+    train_data = DialogueDataset(train_s, tokenizer, template, audio_ids, stores, system, cfg.max_len, shares)
+    # held-out loss on one mode, one that covers every clip (no encodes just for evaluation)
+    eval_store = next((st for st, sh in zip(stores, shares) if sh >= 1), stores[0])
+    eval_data = DialogueDataset(eval_s, tokenizer, template, audio_ids, [eval_store], system, cfg.max_len)
     _precompute([train_data, eval_data], rank, progress)
 
     if world > 1:
