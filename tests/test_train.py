@@ -174,6 +174,16 @@ def test_bfloat16_features_are_close_and_cached_apart(base, asr_data, tmp_path):
         rel = np.abs(a - b).max() / np.abs(a).max()
         assert 0 < rel < 0.1, rel  # not the same numbers, but the same features
     assert len(list(tmp_path.glob("*.npz"))) == 4
+    # the store's pre-cast bfloat16 weights give exactly what autocast gives with the float32 tower
+    from llasm_cli.audio import load_audio, log_mel_spectrogram, unpadded_frames
+
+    x = load_audio(clip)
+    mel = torch.from_numpy(log_mel_spectrogram(x, model.tower.n_mels)[:, : unpadded_frames(x.size, model.tower.cfg.stack_factor)])[None]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        direct = model.tower.features(mel)[0].float().numpy().astype(np.float16)
+    fresh = FeatureStore(model.tower, "unpadded", dtype="bfloat16").get(clip)[0]
+    assert np.array_equal(direct[: len(fresh)], fresh)
+    assert next(model.tower.encoder.parameters()).dtype == torch.float32  # the tower itself is untouched
     with pytest.raises(ValueError, match="bfloat16"):
         FeatureStore(model.tower, "padded", dtype="float16")
 
