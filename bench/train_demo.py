@@ -37,7 +37,7 @@ import demo_tasks as T  # noqa: E402
 
 ROOT_DEFAULT = Path.home() / ".cache" / "llasm" / "demo-run"
 SEED = 1234
-VOICES_PER_PROBLEM = 8  # held-out accuracy: 1 voice 57%, 3 voices 79%, 4 voices 83%
+VOICES_PER_PROBLEM = 8  # held-out accuracy: 1 voice 57%, 3 voices 79%, 4 voices 83%, 8 voices 90%
 VOICES_PER_SENTENCE = 2
 DEGRADED = 0.3  # share of training clips with noise or a telephone band
 WARPED = 0.3  # share of training clips played 10% faster or slower (pitch, formants and tempo together)
