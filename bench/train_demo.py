@@ -40,7 +40,7 @@ SEED = 1234
 VOICES_PER_PROBLEM = 8  # held-out accuracy: 1 voice 57%, 3 voices 79%, 4 voices 83%, 8 voices 90%
 VOICES_PER_SENTENCE = 2
 DEGRADED = 0.3  # share of training clips with noise or a telephone band
-WARPED = 0.3  # share of training clips played 10% faster or slower (pitch, formants and tempo together)
+WARPED = 0.3  # share of training clips played 4-10% faster or slower (pitch, formants and tempo together)
 PADDED_SHARE = 0.5  # clips also trained on padded features (their encode costs ~4x the unpadded one)
 
 
