@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import demo_tasks as T  # noqa: E402
-from train_demo import SEED, add_noise, phone_band  # noqa: E402
+from train_demo import SEED, accuracy, add_noise, phone_band, synthesise  # noqa: E402
 
 CONDITIONS = ("clean", "noise 20 dB", "noise 10 dB", "telephone")
 
@@ -55,32 +55,26 @@ def condition(x, name: str, seed: int):
 
 
 def run(model: Path, items: list[dict], backends: list[str]) -> dict:
-    from finetune.build_dataset import speak
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
     from llasm_cli.engine import Sampling
 
     with tempfile.TemporaryDirectory() as tmp:
-        clips = []
-        for i, it in enumerate(items):
-            speak(it["spoken"], Path(tmp) / f"{i}.wav", it["tts"]["voice"], it["tts"]["speed"], it["tts"]["pitch"])
-            clips.append(load_audio(Path(tmp) / f"{i}.wav"))
+        synthesise(Path(tmp), [it | {"audio": f"{i}.wav"} for i, it in enumerate(items)])
+        clips = [load_audio(Path(tmp) / f"{i}.wav") for i in range(len(items))]
+    heard = {cond: [condition(x, cond, seed=i) for i, x in enumerate(clips)] for cond in CONDITIONS}
+    kinds = [it["kind"] for it in items]
     report: dict = {"model": str(model), "n": len(items)}
     for backend in backends:
         bot = Assistant(model, backend=backend)
         try:
             for cond in CONDITIONS:
-                right: dict[str, list[bool]] = {}
-                for i, (it, x) in enumerate(zip(items, clips)):
-                    audio = condition(x, cond, seed=i)
+                right = []
+                for it, audio in zip(items, heard[cond]):
                     out = "".join(bot.ask(audio, text=it["text"], sampling=Sampling(temperature=0), max_tokens=24))
-                    right.setdefault(it["kind"], []).append(out.strip() == it["answer"])
+                    right.append(out.strip() == it["answer"])
                     print(".", end="", file=sys.stderr, flush=True)
-                every = [r for v in right.values() for r in v]
-                report.setdefault(cond, {})[backend] = {
-                    "accuracy": round(100 * sum(every) / len(every), 1),
-                    **{k: round(100 * sum(v) / len(v), 1) for k, v in right.items()},
-                }
+                report.setdefault(cond, {})[backend] = accuracy(kinds, right)
                 print(f" {backend} {cond}: {report[cond][backend]['accuracy']}%", file=sys.stderr)
         finally:
             bot.close()

@@ -319,12 +319,16 @@ def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
 
 
 def _score(items, answers) -> dict:
-    ok = [a == i[3] for i, a in zip(items, answers)]
+    kinds = ["repeat" if i[0].startswith("eval-r") else ("chinese" if i[2] else "english") for i in items]
+    return accuracy(kinds, [a == i[3] for i, a in zip(items, answers)])
+
+
+def accuracy(kinds: list[str], right: list[bool]) -> dict:
+    """Exact-match percentage overall and per kind of question (english, chinese, repeat)."""
     by_kind: dict[str, list[bool]] = {}
-    for i, good in zip(items, ok):
-        kind = "repeat" if i[0].startswith("eval-r") else ("chinese" if i[2] else "english")
+    for kind, good in zip(kinds, right):
         by_kind.setdefault(kind, []).append(good)
-    return {"accuracy": round(100 * sum(ok) / len(ok), 1),
+    return {"accuracy": round(100 * sum(right) / len(right), 1),
             **{k: round(100 * sum(v) / len(v), 1) for k, v in by_kind.items()}}
 
 
