@@ -148,11 +148,7 @@ class Llasm:
         embd = self.tower.encode(audio)
         t1 = now()
         segs = a.prompt(a.messages(embd, None, None, None))
-        if hasattr(a.engine, "eval_prompt"):  # what Assistant.ask does: keep the KV of the unchanged prefix
-            logits = a.engine.eval_prompt(segs)
-        else:
-            a.engine.reset()
-            logits = a.engine.eval(segs)
+        logits = a.engine.sync(segs)  # what Assistant.ask does: keep the KV of the unchanged prefix
         t2 = now()
         gen = a.engine.generate(logits, Sampler(self.sampling), 1)
         tok = next(gen)
@@ -170,7 +166,9 @@ class CascadeLLM:
     def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
         import llama_cpp
 
-        self.llm = llama_cpp.Llama(
+        from llasm_cli import native
+
+        self.llm = native.load_llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
             n_threads_batch=threads, flash_attn=True, seed=0, verbose=False,
         )
@@ -190,7 +188,7 @@ def _common(a: list[int], b, limit: int) -> int:
 class Cascade:
     """ASR -> transcript in the same chat prompt -> llama.cpp prefill -> first sampled token.
 
-    Like llasm's Engine.eval_prompt (and llama-cpp-python's Llama.generate), the KV of the prompt
+    Like llasm's Engine.sync (and llama-cpp-python's Llama.generate), the KV of the prompt
     prefix that does not change between questions (system prompt, chat scaffolding) is kept; only
     that static part, so a transcript that happens to start like the previous one gains nothing.
     """
@@ -376,7 +374,7 @@ class RawLlama:
 
         native.init()
         self.L = L
-        self.model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+        self.model = L.llama_model_load_from_file(str(path).encode(), native.model_params())
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, 512, 512
         cp.n_threads = cp.n_threads_batch = threads

@@ -337,7 +337,7 @@ def torch_greedy(ckpt: Path, items) -> dict[str, list[str]]:
     import torch
 
     from finetune.checkpoint import load_checkpoint
-    from finetune.data import FeatureStore
+    from finetune.data import FeatureStore, hf_tokenize
     from llasm_cli.chat import Message, dialogue_pieces, pieces_to_segments, user_content
 
     model, tok, meta = load_checkpoint(ckpt)
@@ -351,9 +351,9 @@ def torch_greedy(ckpt: Path, items) -> dict[str, list[str]]:
                 import numpy as np
 
                 emb = model.tower.adapt(torch.from_numpy(np.concatenate(store.get(path)).astype("float32"))[None])[0]
-                msgs = [Message("user", user_content(text, True, None))]
+                msgs = [Message.of("user", user_content(text, True, None))]
                 pieces = dialogue_pieces(tok.chat_template, msgs, eos_text, add_generation_prompt=True)
-                segs = pieces_to_segments(pieces, lambda s: tok(s, add_special_tokens=False).input_ids, [emb],
+                segs = pieces_to_segments(pieces, hf_tokenize(tok), [emb],
                                           tok.bos_token_id, tok.eos_token_id, model.audio_start_id, model.audio_end_id)
                 table = model.llm.get_input_embeddings()
                 x = torch.cat([s if isinstance(s, torch.Tensor) else table(torch.tensor(s)) for s in segs])[None]

@@ -30,7 +30,7 @@ from llasm_cli.audio import (
     split_windows,
     unpadded_frames,
 )
-from llasm_cli.chat import AUDIO_PLACEHOLDER, Message, dialogue_pieces
+from llasm_cli.chat import AUDIO, Message, Piece, dialogue_pieces, tokenize_run
 
 from .model import AudioTower
 
@@ -43,13 +43,13 @@ class Sample:
     """One training dialogue. ``audio`` lists the clip files in placeholder order."""
 
     id: str
-    messages: list[tuple[str, str]]  # (role, content)
+    messages: list[tuple[str, str | list]]  # (role, text), or (role, parts: text and AUDIO) for a turn with speech
     audio: list[str] = field(default_factory=list)
 
 
 def asr_sample(id: str, audio: str, text: str, instruction: str) -> Sample:
     """Stage 1: the typed instruction + the clip, answered by its transcript."""
-    return Sample(id, [("user", f"{instruction}\n{AUDIO_PLACEHOLDER}"), ("assistant", text)], [audio])
+    return Sample(id, [("user", [instruction, "\n", AUDIO]), ("assistant", text)], [audio])
 
 
 @dataclass
@@ -66,14 +66,27 @@ def encode_sample(
     system: str | None = None,
 ) -> Encoded:
     """Token ids and labels of a sample; ``counts`` maps each clip to its number of embeddings."""
-    messages = ([Message("system", system)] if system else []) + [Message(r, c) for r, c in sample.messages]
+    # every text is literal: typed "<|audio|>" or "</s>" in the data stays text, as at run time
+    turns = [(r, c if isinstance(c, list) else [c]) for r, c in sample.messages]
+    messages = [Message.of(r, parts) for r, parts in ([("system", [system])] if system else []) + turns]
     eos_text = tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id)
     pieces = dialogue_pieces(template, messages, eos_text, add_generation_prompt=False)
+    tokenize = hf_tokenize(tokenizer)
     ids: list[int] = [tokenizer.bos_token_id]
     labels: list[int] = [IGNORE]
     clips: list[tuple[int, str]] = []
+    run: list[Piece] = []  # template text and literal content, tokenized together as the runtime does
     after_answer = False
-    for p in pieces:
+    for p in [*pieces, Piece("end")]:
+        if p.kind in ("text", "content"):
+            run.append(p)
+            continue
+        toks = tokenize_run(run, tokenize)
+        ids += toks
+        labels += [IGNORE] * len(toks)
+        if run:
+            after_answer = False
+        run = []
         if p.kind == "audio":
             path = sample.audio[p.index]
             ids.append(audio_start)
@@ -84,12 +97,21 @@ def encode_sample(
         elif p.kind == "eos":
             ids.append(tokenizer.eos_token_id)
             labels.append(tokenizer.eos_token_id if after_answer else IGNORE)
-        else:
-            toks = tokenizer(p.text, add_special_tokens=False).input_ids if p.text else []
+        elif p.kind == "answer":
+            toks = tokenize(p.text, False) if p.text else []
             ids += toks
-            labels += toks if p.kind == "answer" else [IGNORE] * len(toks)
+            labels += toks
         after_answer = p.kind == "answer"
     return Encoded(ids, labels, clips)
+
+
+def hf_tokenize(tokenizer):
+    """(text, parse control tokens) -> ids for a Hugging Face tokenizer, like the runtime's llama.cpp one."""
+
+    def tokenize(text: str, special: bool) -> list[int]:
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=not special).input_ids
+
+    return tokenize
 
 
 FEATURE_DTYPES = ("float32", "bfloat16")

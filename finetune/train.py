@@ -156,14 +156,17 @@ def load_samples(cfg: TrainConfig, path: str) -> list[Sample]:
 
 def conversation_sample(conv) -> Sample:
     """A LLaSM-style conversation (``<audio>`` marks the speech in a human turn) as a sample."""
-    from llasm_cli.chat import AUDIO_PLACEHOLDER
+    from llasm_cli.chat import AUDIO
+
+    from .records import AUDIO_MARKER
 
     messages, audio = [], []
     for turn in conv.turns:
         role = "user" if turn.role == "human" else "assistant"
-        content = turn.value
-        if turn.audio is not None:
-            content = content.replace("<audio>", AUDIO_PLACEHOLDER)
+        content: str | list = turn.value
+        if turn.audio is not None:  # the marker becomes an audio slot; the rest stays literal text
+            before, _, after = turn.value.partition(AUDIO_MARKER)
+            content = [p for p in (before, AUDIO, after) if p is AUDIO or p]
             audio.append(str(turn.audio))
         messages.append((role, content))
     return Sample(conv.id, messages, audio)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE
 from .bundle import Bundle, check_widths, load_bundle, validate_llm
-from .chat import DEFAULT_TEMPLATE, Message, render, segments, user_content
+from .chat import DEFAULT_TEMPLATE, Message, prompt_pieces, render, segments, user_content
 from .engine import Engine, Sampler, Sampling, TextStream
 from .towers import AudioTower, open_tower
 
@@ -73,47 +73,43 @@ class Assistant:
         self.tower.encode(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))
         self.tower.encode_calls = 0
 
+    def default_sampling(self) -> Sampling:
+        """The bundle's sampling settings (temperature), for callers that set none."""
+        return Sampling(temperature=self.bundle.manifest.temperature)
+
     def messages(self, audio_embd: np.ndarray | None, text: str | None, after: str | None, system: str | None) -> list[Message]:
         system = self.system_prompt if system is None else system
-        msgs = [Message("system", system)] if system else []
+        msgs = [Message.of("system", [system])] if system else []
         clips = [audio_embd] if audio_embd is not None else []
-        msgs.append(Message("user", user_content(text, audio_embd is not None, after), clips))
+        msgs.append(Message.of("user", user_content(text, audio_embd is not None, after), clips))
         return msgs
 
     def render(self, msgs: list[Message], add_generation_prompt: bool = True) -> str:
-        """The conversation as the model's chat template spells it."""
+        """The conversation as the model's chat template spells it (for display and cascades)."""
         return render(self.template, msgs, bos_token="", eos_token=self.engine.eos_text,
                       add_generation_prompt=add_generation_prompt)
 
-    def segments(self, text: str, clips: list[np.ndarray], bos: bool) -> list:
-        """Token lists and clip embeddings for rendered text (audio placeholders -> clips)."""
-        return segments(self.engine, text, clips, self.audio_start, self.audio_end, bos)
-
     def prompt(self, msgs: list[Message], add_generation_prompt: bool = True) -> list:
         """Token/embedding segments of a whole conversation, BOS included."""
+        pieces = prompt_pieces(self.template, msgs, self.engine.eos_text, add_generation_prompt)
         clips = [c for m in msgs for c in m.clips]
-        return self.segments(self.render(msgs, add_generation_prompt), clips, self.engine.add_bos)
+        return segments(self.engine, pieces, clips, self.audio_start, self.audio_end, self.engine.add_bos)
 
     def ask(
         self, audio: np.ndarray | None = None, text: str | None = None, after: str | None = None,
         system: str | None = None, sampling: Sampling | None = None, max_tokens: int | None = None,
     ) -> Iterator[str]:
-        """Stream the answer to one question (speech, text, or both) as text pieces."""
-        sampling = sampling or Sampling(temperature=self.bundle.manifest.temperature)
-        max_tokens = max_tokens or self.bundle.manifest.max_tokens
-        self.stats = st = TurnStats()
-        t0 = time.perf_counter()
-        embd = None
-        if audio is not None:
-            st.audio_seconds = audio.size / SAMPLE_RATE
-            embd = self.tower.encode(audio)
-        t1 = time.perf_counter()
-        segs = self.prompt(self.messages(embd, text, after, system))
-        st.prompt_tokens = sum(len(s) for s in segs)
-        logits = self.engine.eval_prompt(segs)
-        t2 = time.perf_counter()
-        st.encode_ms, st.prefill_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
-        yield from self.stream(logits, Sampler(sampling), max_tokens, t0, st)
+        """Stream the answer to one question (speech, text, or both): a conversation of one turn.
+
+        The KV cache keeps what the previous question shared with this one (system prompt,
+        template), so only the new part is prefilled.
+        """
+        from .conversation import Conversation
+
+        conv = Conversation(self, system=system)
+        conv.add_user(audio, text=text, after=after)
+        self.stats = conv.stats
+        yield from conv.respond(sampling, max_tokens)
 
     def stream(
         self, logits: np.ndarray, sampler: Sampler, max_tokens: int, t0: float, st: TurnStats,

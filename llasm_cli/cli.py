@@ -31,7 +31,9 @@ ModelOpt = typer.Option(
 )
 BackendOpt = typer.Option("auto", "--backend", help="Audio tower backend: auto, ggml (llama.cpp) or torch.")
 VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle's files to run, e.g. f16 or f32 (f32 also runs attention and the KV cache in f32).")
-ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores, up to 8).")
+ThreadsOpt = typer.Option(
+    None, "--threads", "-t", envvar="LLASM_THREADS", help="CPU threads (default: all cores, up to 8). Env: LLASM_THREADS."
+)
 CtxOpt = typer.Option(4096, "--ctx", help="LLM context length in tokens.")
 GpuOpt = typer.Option(0, "--gpu-layers", help="LLM layers to offload to the GPU (-1: all).")
 SystemOpt = typer.Option(None, "--system", help="System prompt (default: the bundle's; '' for none).")
@@ -46,11 +48,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_state = {"verbose": False}
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show llama.cpp's own log, the CPU-feature probe's verdict, and tracebacks."
+    ),
 ) -> None:
     """Talk to a local speech-and-language model."""
+    from . import native
+
+    _state["verbose"] = verbose
+    native.set_verbose(verbose)
 
 
 def _need_model(model: Optional[Path]) -> Path:
@@ -82,6 +94,7 @@ def ask(
     gpu_layers: int = GpuOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, timings) instead of text."),
     stats: bool = typer.Option(False, "--stats", help="Print timings after the answer."),
+    force: bool = typer.Option(False, "--force", help="Send the audio even if no speech is detected in it."),
 ) -> None:
     """Answer one spoken (and/or typed) question.
 
@@ -101,9 +114,13 @@ def ask(
     if audio is None and not (text or after):
         raise LlasmError("nothing to ask: give an audio file, --text, or both")
     samples = load_audio(audio) if audio is not None else None
+    if samples is not None and not force:
+        from .endpoint import require_speech
+
+        require_speech(samples, str(audio))
     bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers)
     try:
-        sampling = Sampling(temperature=bot.bundle.manifest.temperature if temperature is None else temperature, seed=seed)
+        sampling = Sampling(temperature=bot.default_sampling().temperature if temperature is None else temperature, seed=seed)
         pieces = bot.ask(samples, text=text, after=after, system=system, sampling=sampling, max_tokens=max_tokens)
         if as_json:
             answer = "".join(pieces).strip()
@@ -167,7 +184,7 @@ def chat(
     mode = "ptt" if ptt and mic is not False else ("mic" if mic else "text")
     bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers)
     try:
-        temp = bot.bundle.manifest.temperature if temperature is None else temperature
+        temp = bot.default_sampling().temperature if temperature is None else temperature
         settings = ChatSettings(
             mode=mode, device=_device_spec(device), trailing_silence=silence, max_turn=max_turn, stats=stats,
             sampling=Sampling(temperature=temp, seed=seed, ignore_eos=ignore_eos), max_tokens=max_tokens,
@@ -261,7 +278,11 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning LlasmError into one line + exit code."""
+    """Console entry point: every failure becomes one line on stderr and a documented exit code.
+
+    1-9: the user errors of ``errors.py``; 2 for command-line usage (Typer's own); 130: Ctrl-C;
+    70: a bug in llasm (the traceback with --verbose).
+    """
     from .ui import error
 
     try:
@@ -275,12 +296,28 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(exc.exit_code) from None
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors and the like
-        import click
+    except Exception as exc:
+        raise SystemExit(_unexpected(exc, error)) from None
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(130) from None
-        raise
+
+def _unexpected(exc: Exception, error) -> int:
+    """Usage errors from the command-line parser, else a one-line report of a bug. Never raises.
+
+    Typer vendors its own copy of click (typer >= 0.29 does not install click), so the parser's
+    exceptions are recognised by their class names rather than by importing click.
+    """
+    try:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in names:
+            exc.show()  # "Usage: ... Error: ..." as Typer prints it
+            return int(getattr(exc, "exit_code", 2))
+        if "Abort" in names:
+            return 130
+        if _state["verbose"]:
+            import traceback
+
+            traceback.print_exception(exc)
+        error(f"unexpected {type(exc).__name__}: {exc} (this is a bug in llasm; --verbose shows the traceback)")
+    except BaseException:  # the report itself must never turn into a traceback
+        pass
+    return 70

@@ -1,9 +1,12 @@
-"""A multi-turn conversation whose state lives in the llama.cpp KV cache.
+"""A multi-turn conversation; its state in the KV cache is the engine's to keep.
 
-Each turn appends only its own tokens and embeddings: audio is encoded once, when the user
-says it, and earlier turns are never prefilled again, unless the context is full (then the
-oldest turns are dropped and what is left is prefilled once) or the chat template cannot be
-extended (then the whole history is prefilled from the cached embeddings).
+Each turn the conversation describes the whole prompt (system prompt, every turn, the new one)
+and the engine keeps the longest prefix it already holds: audio is encoded once, when the user
+says it, and earlier turns are never prefilled again. An assistant answer goes into the prompt
+as the very tokens that were generated, so the prefix still matches after it. When the context
+is full the oldest turns are dropped (and what is left is prefilled once). A turn interrupted
+while it is encoded or prefilled leaves no trace: the turn is removed and the engine has
+already taken its positions back out of the cache.
 """
 
 from __future__ import annotations
@@ -25,36 +28,32 @@ from .errors import ContextOverflowError, LlasmError
 
 @dataclass
 class Turn:
-    """A user turn with the raw audio kept for /save (embeddings live in ``message.clips``)."""
+    """A message with the raw audio kept for /save (embeddings live in ``message.clips``)."""
 
     message: Message
     audio: np.ndarray | None = None
-    typed: str = ""
 
 
 @dataclass
 class Conversation:
-    """History + KV cache bookkeeping for one chat."""
+    """The history of one chat, and the answers to it."""
 
     bot: Assistant
     system: str | None = None
     reserve: int = 256  # positions kept free for the answer
     turns: list[Turn] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
-    kv_segments: list = field(default_factory=list)  # exactly what the KV cache holds, in order
     stats: TurnStats = field(default_factory=TurnStats)
-    prefilled_from_scratch: int = 0  # times the whole history had to be prefilled
+    prefilled_from_scratch: int = 0  # turns whose prompt shared nothing after the system prompt with the cache
 
     def __post_init__(self) -> None:
         if self.system is None:
             self.system = self.bot.system_prompt
-        self._kv_text = ""  # rendered template text the KV cache corresponds to
-        self._kv_clips = 0  # clips already in the KV cache
 
     # --- history --------------------------------------------------------------------
 
     def messages(self) -> list[Message]:
-        sys_msg = [Message("system", self.system)] if self.system else []
+        sys_msg = [Message.of("system", [self.system])] if self.system else []
         return sys_msg + [t.message for t in self.turns]
 
     def add_user(self, audio: np.ndarray | None = None, text: str | None = None, after: str | None = None) -> Turn:
@@ -65,134 +64,116 @@ class Conversation:
         clips = [self.bot.tower.encode(audio)] if audio is not None else []
         self.stats = TurnStats(audio_seconds=0.0 if audio is None else audio.size / SAMPLE_RATE)
         self.stats.encode_ms = (time.perf_counter() - t0) * 1e3
-        msg = Message("user", user_content(text, audio is not None, after), clips)
-        turn = Turn(msg, audio, " ".join(p for p in (text, after) if p))
+        turn = Turn(Message.of("user", user_content(text, audio is not None, after), clips), audio)
         self.turns.append(turn)
         return turn
 
     def reset(self) -> None:
         self.turns.clear()
-        self._forget_kv()
+        self.bot.engine.reset()
 
     def set_system(self, text: str) -> None:
+        """A new system prompt for the rest of the chat (the history is kept and prefilled again)."""
         self.system = text
-        self._forget_kv()  # the system prompt heads the sequence: everything after it changes
 
-    def _forget_kv(self) -> None:
-        self.bot.engine.reset()
-        self.kv_segments.clear()
-        self._kv_text, self._kv_clips = "", 0
+    @property
+    def kv_segments(self) -> list:
+        """What the KV cache holds, in order (the engine's record)."""
+        return self.bot.engine.fed
 
     # --- prefill --------------------------------------------------------------------
 
-    def _render(self, msgs: list[Message], gen: bool) -> str:
-        return self.bot.render(msgs, add_generation_prompt=gen)
-
-    def _pending_segments(self) -> list:
-        """Segments that bring the KV cache from its current text to the full prompt."""
-        msgs = self.messages()
-        full = self._render(msgs, gen=True)
-        clips = [c for m in msgs for c in m.clips]
-        engine = self.bot.engine
-        if self._kv_text and full.startswith(self._kv_text):
-            return self.bot.segments(full[len(self._kv_text):], clips[self._kv_clips:], bos=False)
-        if self._kv_text:
-            self.prefilled_from_scratch += 1
-        self._forget_kv()
-        return self.bot.segments(full, clips, bos=engine.add_bos)
+    def _prompt(self) -> list:
+        return self.bot.prompt(self.messages())
 
     def _fit(self) -> list:
-        """Pending segments, dropping the oldest turns (and re-prefilling once) if they do not fit."""
-        engine = self.bot.engine
-        segs = self._pending_segments()
+        """The prompt's segments, dropping the oldest turns if they do not fit with the reserve."""
+        n_ctx = self.bot.engine.n_ctx
+        segs = self._prompt()
         dropped = 0
-        while engine.n_past + sum(len(s) for s in segs) + self.reserve > engine.n_ctx:
+        while sum(len(s) for s in segs) + self.reserve > n_ctx:
             if len(self.turns) <= 1:
                 raise ContextOverflowError(
-                    f"this turn needs {sum(len(s) for s in segs)} positions but the context holds "
-                    f"{engine.n_ctx}; use a shorter recording or a larger --ctx"
+                    f"this turn needs {sum(len(s) for s in segs)} positions (+{self.reserve} for the answer) but the "
+                    f"context holds {n_ctx}; use a shorter recording or a larger --ctx"
                 )
             # drop the oldest user turn and the answer that followed it
             cut = next((i for i in range(1, len(self.turns)) if self.turns[i].message.role == "user"), len(self.turns) - 1)
             del self.turns[:cut]
             dropped += cut
-            self._forget_kv()
-            segs = self._pending_segments()
+            segs = self._prompt()
         if dropped:
             self.notices.append(f"context full: dropped the {dropped} oldest message(s)")
         return segs
 
-    # --- answering ------------------------------------------------------------------
-
     def prefill(self) -> np.ndarray:
-        """Feed what the KV cache lacks for the pending turn; returns the next-token logits."""
-        engine, st = self.bot.engine, self.stats
+        """Bring the KV cache to the whole prompt; returns the next-token logits.
+
+        On any failure or interruption the pending user turn is removed, so the chat stays as
+        it was after the last complete turn.
+        """
+        st = self.stats
         self._t0 = time.perf_counter()
-        segs = self._fit()
-        logits = engine.eval(segs)
-        self.kv_segments += segs
-        msgs = self.messages()
-        self._kv_text = self._render(msgs, gen=True)
-        self._kv_clips = sum(len(m.clips) for m in msgs)
-        st.prompt_tokens = sum(len(s) for s in segs)
+        try:
+            segs = self._fit()
+            engine = self.bot.engine
+            had = sum(len(s) for s in engine.fed)
+            logits = engine.sync(segs)
+        except BaseException:
+            if self.turns and self.turns[-1].message.role == "user":
+                self.turns.pop()
+            raise
+        if had and engine.reused <= self._system_positions():
+            self.prefilled_from_scratch += 1
+        st.prompt_tokens = sum(len(s) for s in segs) - engine.reused
         st.prefill_ms = (time.perf_counter() - self._t0) * 1e3
         return logits
 
+    def _system_positions(self) -> int:
+        """Positions of the prompt before the first turn (BOS, system prompt, template header)."""
+        if not self.turns:
+            return 0
+        return sum(len(s) for s in self.bot.prompt(self.messages()[:-len(self.turns)] or [], add_generation_prompt=False))
+
+    # --- answering ------------------------------------------------------------------
+
     def respond(self, sampling: Sampling | None = None, max_tokens: int | None = None) -> Iterator[str]:
         """Prefill the new turn and stream the answer; an interrupted answer is kept as said."""
-        m = self.bot.bundle.manifest
-        sampling = sampling or Sampling(temperature=m.temperature)
-        max_tokens = max_tokens or m.max_tokens
+        sampling = sampling or self.bot.default_sampling()
+        max_tokens = max_tokens or self.bot.bundle.manifest.max_tokens
         st = self.stats
         logits = self.prefill()
-        answer_tokens: list[int] = []
-        # first token counted from the start of encoding, as Assistant.ask does
-        t0 = self._t0 - st.encode_ms / 1e3
+        answer: list[int] = []
+        t0 = self._t0 - st.encode_ms / 1e3  # first token counted from the start of encoding
         try:
-            yield from self.bot.stream(logits, Sampler(sampling), max_tokens, t0, st, answer_tokens)
+            yield from self.bot.stream(logits, Sampler(sampling), max_tokens, t0, st, answer)
         finally:
-            self._close_answer(answer_tokens)
-
-    def _close_answer(self, tokens: list[int]) -> None:
-        """Record the answer; the KV cache holds its tokens (the last one not yet evaluated)."""
-        engine = self.bot.engine
-        fed = sum(len(s) for s in self.kv_segments)
-        if tokens and engine.n_past == fed + len(tokens) - 1 and engine.n_past < engine.n_ctx:
-            engine.eval_tokens([tokens[-1]], logits=False)  # an interrupted generate() had not fed it
-        self.kv_segments.append(list(tokens))
-        text = engine.detokenize(tokens)
-        prompt_text = self._kv_text
-        self.turns.append(Turn(Message("assistant", text.strip())))
-        closed = self._render(self.messages(), gen=False)
-        content_at = closed.find(text.strip(), len(prompt_text)) if closed.startswith(prompt_text) else -1
-        if content_at < 0:
-            self._kv_text = "\0"  # unknown: the next turn prefills from scratch
-            return
-        # KV text = prompt + the answer as rendered up to the end of its content; the template's
-        # closing (e.g. "</s>\n") is still to be fed and arrives with the next turn's suffix.
-        self._kv_text = closed[: content_at + len(text.strip())]
+            text = self.bot.engine.detokenize(answer).strip()
+            self.turns.append(Turn(Message.of("assistant", [text], tokens=list(answer))))
 
     # --- saving ---------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
         """Write the transcript as JSON, and each spoken clip as a WAV file beside it."""
+        import io
+
         import soundfile as sf
 
+        from .files import atomic_write_bytes, atomic_write_text
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         clip_dir = path.with_suffix("")
         records = []
         for i, turn in enumerate(self.turns):
             rec: dict = {"role": turn.message.role, "content": turn.message.content}
             if turn.audio is not None:
-                clip_dir.mkdir(exist_ok=True)
                 wav = clip_dir / f"turn{i:03d}.wav"
-                sf.write(wav, turn.audio, SAMPLE_RATE)
+                buf = io.BytesIO()
+                sf.write(buf, turn.audio, SAMPLE_RATE, format="WAV")
+                atomic_write_bytes(wav, buf.getvalue())
                 rec["audio"] = str(wav.relative_to(path.parent))
                 rec["audio_seconds"] = round(turn.audio.size / SAMPLE_RATE, 3)
             records.append(rec)
         data = {"model": self.bot.bundle.manifest.name, "system": self.system, "turns": records}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         return path

@@ -24,7 +24,7 @@ from typing import Union
 import numpy as np
 
 from .audio import SAMPLE_RATE
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, NoSpeechError
 
 FRAME = 512  # samples per VAD decision: Silero's fixed 32 ms window at 16 kHz
 HYSTERESIS = 0.15  # a running turn continues while the score stays above threshold - this
@@ -192,3 +192,28 @@ def _samples(seconds: float) -> int:
     if seconds < 0:
         raise ValueError(f"durations must not be negative, got {seconds}")
     return int(round(seconds * SAMPLE_RATE))
+
+
+MIN_VOICED = 0.1  # seconds of frames scored as speech that make a clip worth answering
+
+
+def voiced_seconds(samples: np.ndarray, threshold: float = 0.5) -> float:
+    """Seconds of 32 ms frames that the voice-activity model scores as speech."""
+    score, reset = silero_scorer()
+    reset()
+    x = np.asarray(samples, dtype=np.float32).reshape(-1)
+    n = x.size // FRAME
+    if n == 0:  # shorter than one frame: nothing to judge, and far too short to be a question
+        return 0.0
+    voiced = sum(score(x[i * FRAME : (i + 1) * FRAME]) >= threshold for i in range(n))
+    return voiced * FRAME / SAMPLE_RATE
+
+
+def require_speech(samples: np.ndarray, what: str) -> None:
+    """Raise NoSpeechError unless the clip holds at least MIN_VOICED seconds of speech."""
+    found = voiced_seconds(samples)
+    if found < MIN_VOICED:
+        raise NoSpeechError(
+            f"no speech detected in {what} ({samples.size / SAMPLE_RATE:.2f} s of audio, "
+            f"{found:.2f} s voiced); pass --force to send it anyway"
+        )

@@ -2,6 +2,11 @@
 
 Text goes in as token ids, audio as float rows through ``llama_batch.embd``; both land in the
 same sequence (seq 0) at consecutive positions, so the KV cache holds the whole conversation.
+
+The engine is the one owner of what the KV cache holds: ``fed`` lists the segments in it, in
+order. Every evaluation is all-or-nothing (an error or Ctrl-C halfway removes the positions it
+added), and ``sync`` brings the cache to any wanted sequence by keeping the longest common
+prefix, so callers describe the whole prompt and never track positions themselves.
 """
 
 from __future__ import annotations
@@ -66,8 +71,7 @@ class Engine:
     ) -> None:
         native.init()
         self.path = Path(model_path)
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
+        mparams = native.model_params(n_gpu_layers)  # extra CPU buffers only where the probe says safe
         self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self.model:
             raise ModelFileError(f"llama.cpp could not load {self.path}: {native.last_log()}")
@@ -99,8 +103,8 @@ class Engine:
         self._tok_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._emb_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
         self._closed = False
-        self._tokens: list[int] = []  # token ids at positions 0.. up to the first injected embedding
-        self.reused = 0  # positions the last eval_prompt() kept from the previous prompt
+        self.fed: list[Segment] = []  # what the KV cache holds, in order (token lists merged)
+        self.reused = 0  # positions the last sync() kept from what the cache held
 
     # --- metadata and vocabulary --------------------------------------------------------
 
@@ -175,7 +179,57 @@ class Engine:
 
     def eval_tokens(self, tokens: Sequence[int], logits: bool = True) -> None:
         """Append token ids to the sequence; with ``logits`` the last one's logits are kept."""
-        self._check_room(len(tokens))
+        self.eval([list(tokens)], logits=logits)
+
+    def eval_embeddings(self, embd: np.ndarray, logits: bool = True) -> None:
+        """Append rows of input embeddings (n, n_embd) to the sequence."""
+        self.eval([embd], logits=logits)
+
+    def eval(self, segments: Sequence[Segment], logits: bool = True) -> np.ndarray | None:
+        """Append token and embedding segments in order, all or nothing; returns the last logits.
+
+        If anything interrupts it (an error, Ctrl-C between two batches), the positions it
+        added are removed again, so the cache holds exactly what it held before.
+        """
+        segments = [_as_segment(s, self.n_embd) for s in segments if len(s)]
+        if not segments:
+            raise ValueError("nothing to evaluate")
+        self._check_room(sum(len(s) for s in segments))
+        start = self.n_past
+        try:
+            for i, seg in enumerate(segments):
+                want = logits and i == len(segments) - 1
+                if isinstance(seg, np.ndarray):
+                    self._decode_embeddings(seg, want)
+                else:
+                    self._decode_tokens(seg, want)
+        except BaseException:
+            self._forget_from(start)
+            raise
+        for seg in segments:
+            if not isinstance(seg, np.ndarray) and self.fed and not isinstance(self.fed[-1], np.ndarray):
+                self.fed[-1].extend(seg)  # our own copy (see _as_segment)
+            else:
+                self.fed.append(seg)
+        return self.logits() if logits else None
+
+    def sync(self, segments: Sequence[Segment]) -> np.ndarray:
+        """Make the cache hold exactly ``segments``, keeping the longest prefix it already holds.
+
+        A system prompt and chat scaffolding that repeat from question to question, and the
+        history of a conversation, are then prefilled once, not once per question. At least
+        the last position is evaluated again, for its logits.
+        """
+        segments = [_as_segment(s, self.n_embd) for s in segments if len(s)]
+        total = sum(len(s) for s in segments)
+        if not total:
+            raise ValueError("nothing to evaluate")
+        keep = min(common_prefix(self.fed, segments), total - 1)
+        self.truncate(keep)
+        self.reused = keep
+        return self.eval(_drop_positions(segments, keep))
+
+    def _decode_tokens(self, tokens: list[int], logits: bool) -> None:
         b = self._tok_batch
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
@@ -189,18 +243,11 @@ class Engine:
                 b.logits[i] = logits and last and i == len(chunk) - 1
             b.n_tokens = len(chunk)
             self._decode(b)
-            if len(self._tokens) == self.n_past - len(chunk):  # still a pure token prefix
-                self._tokens += chunk
 
-    def eval_embeddings(self, embd: np.ndarray, logits: bool = True) -> None:
-        """Append rows of input embeddings (n, n_embd) to the sequence, batched by n_batch."""
-        embd = np.ascontiguousarray(embd, dtype=np.float32)
-        if embd.ndim != 2 or embd.shape[1] != self.n_embd:
-            raise ModelFileError(f"embeddings of shape {embd.shape} do not fit an LLM {self.n_embd} wide")
-        self._check_room(embd.shape[0])
+    def _decode_embeddings(self, embd: np.ndarray, logits: bool) -> None:
         b = self._emb_batch
         for start in range(0, embd.shape[0], self.n_batch):
-            chunk = embd[start : start + self.n_batch]
+            chunk = np.ascontiguousarray(embd[start : start + self.n_batch])
             n = chunk.shape[0]
             last = start + n == embd.shape[0]
             ctypes.memmove(b.embd, chunk.ctypes.data, chunk.nbytes)
@@ -213,43 +260,9 @@ class Engine:
             b.n_tokens = n
             self._decode(b)
 
-    def eval(self, segments: Sequence[Segment]) -> np.ndarray:
-        """Evaluate token and embedding segments in order; returns the last position's logits."""
-        segments = [s for s in segments if len(s)]
-        if not segments:
-            raise ValueError("nothing to evaluate")
-        for i, seg in enumerate(segments):
-            last = i == len(segments) - 1
-            if isinstance(seg, np.ndarray) and seg.ndim == 2:
-                self.eval_embeddings(seg, logits=last)
-            else:
-                self.eval_tokens(list(seg), logits=last)
-        return self.logits()
-
-    def eval_prompt(self, segments: Sequence[Segment]) -> np.ndarray:
-        """Evaluate a fresh prompt, keeping the KV of the longest token prefix it shares with the last.
-
-        A system prompt and chat scaffolding that repeat from question to question are then
-        prefilled once per process, not once per question.
-        """
-        segments = [s for s in segments if len(s)]
-        keep = 0
-        if segments and self._tokens and not isinstance(segments[0], np.ndarray):
-            first = list(segments[0])
-            limit = min(len(first) - 1, len(self._tokens))  # always re-evaluate at least one position
-            while keep < limit and first[keep] == self._tokens[keep]:
-                keep += 1
-        if keep:
-            self.truncate(keep)
-            segments = [list(segments[0])[keep:], *segments[1:]]
-        else:
-            self.reset()
-        self.reused = keep
-        return self.eval(segments)
-
     def warmup(self) -> None:
         """One throw-away decode: the first llama_decode allocates graphs and is several times slower."""
-        self.eval_tokens([self.bos if self.bos >= 0 else 0])
+        self.eval([[self.bos if self.bos >= 0 else 0]], logits=False)
         self.reset()
 
     def _decode(self, batch) -> None:
@@ -276,13 +289,15 @@ class Engine:
 
     def truncate(self, n_keep: int) -> None:
         """Forget every position from ``n_keep`` on (e.g. to rewind to the end of the system prompt)."""
-        mem = llama_cpp.llama_get_memory(self.ctx)
-        llama_cpp.llama_memory_seq_rm(mem, 0, n_keep, -1)
-        self._tokens = self._tokens[: self.n_past]
+        self._forget_from(n_keep)
 
     def reset(self) -> None:
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        self._tokens = []
+        llama_cpp.llama_memory_clear(self._mem, True)
+        self.fed = []
+
+    def _forget_from(self, n_keep: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._mem, 0, n_keep, -1)
+        self.fed = _drop_positions(self.fed, n_keep, keep_head=True)
 
     # --- generation ---------------------------------------------------------------------
 
@@ -296,8 +311,7 @@ class Engine:
             yield tok
             if self.n_past >= self.n_ctx:
                 return
-            self.eval_tokens([tok])
-            logits = self.logits()
+            logits = self.eval([[tok]])
 
     def close(self) -> None:
         if self._closed:
@@ -313,6 +327,55 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _as_segment(seg: Segment, n_embd: int) -> Segment:
+    """Token ids as a list, embeddings as a float32 (n, n_embd) array; a wrong width is an error."""
+    if isinstance(seg, np.ndarray) and seg.ndim == 2:
+        if seg.shape[1] != n_embd:
+            raise ModelFileError(f"embeddings of shape {seg.shape} do not fit an LLM {n_embd} wide")
+        return np.ascontiguousarray(seg, dtype=np.float32)
+    return [int(t) for t in seg]
+
+
+def common_prefix(a: Sequence[Segment], b: Sequence[Segment]) -> int:
+    """Positions two segment lists share from the start: equal token ids, equal embedding rows."""
+    n = ia = ib = oa = ob = 0
+    while ia < len(a) and ib < len(b):
+        sa, sb = a[ia], b[ib]
+        if isinstance(sa, np.ndarray) or isinstance(sb, np.ndarray):
+            if not (isinstance(sa, np.ndarray) and isinstance(sb, np.ndarray)) or oa or ob:
+                break
+            if not (sa is sb or (sa.shape == sb.shape and np.array_equal(sa, sb))):
+                break
+            n, ia, ib = n + len(sa), ia + 1, ib + 1
+            continue
+        k, limit = 0, min(len(sa) - oa, len(sb) - ob)
+        while k < limit and sa[oa + k] == sb[ob + k]:
+            k += 1
+        n, oa, ob = n + k, oa + k, ob + k
+        if k < limit:
+            break
+        if oa == len(sa):
+            ia, oa = ia + 1, 0
+        if ob == len(sb):
+            ib, ob = ib + 1, 0
+    return n
+
+
+def _drop_positions(segments: Sequence[Segment], n: int, keep_head: bool = False) -> list[Segment]:
+    """The segments after their first ``n`` positions (or, with ``keep_head``, only those ``n``)."""
+    head: list[Segment] = []
+    tail: list[Segment] = []
+    pos = 0
+    for seg in segments:
+        cut = min(max(n - pos, 0), len(seg))
+        if cut:
+            head.append(seg[:cut])
+        if cut < len(seg):
+            tail.append(seg[cut:])
+        pos += len(seg)
+    return head if keep_head else tail
 
 
 class TextStream:

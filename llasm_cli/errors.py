@@ -55,3 +55,15 @@ class MicrophoneError(LlasmError):
     """No usable microphone: none found, busy, not permitted, or PortAudio missing."""
 
     exit_code = 7
+
+
+class NoSpeechError(AudioFileError):
+    """The voice-activity detector heard no speech in the audio (``--force`` sends it anyway)."""
+
+    exit_code = 8
+
+
+class TemplateError(LlasmError):
+    """The model's chat template refused the conversation (its own ``raise_exception``)."""
+
+    exit_code = 9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -37,7 +38,7 @@ def test_second_turn_reuses_kv(bot, question_audio, mandarin_wav):
     logits = conv.prefill()
     assert bot.tower.encode_calls == calls_after_first + 1  # prefill re-encodes nothing
     new_positions = bot.engine.n_past - kv_before
-    assert new_positions == sum(len(s) for s in conv.kv_segments[-3:])  # only the new turn went in
+    assert bot.engine.reused == kv_before  # everything the cache held was kept: only the new turn went in
     assert new_positions < bot.engine.n_past / 2
     assert conv.prefilled_from_scratch == 0
 
@@ -108,11 +109,70 @@ def test_save_transcript(bot, question_audio, tmp_path):
 def test_next_question_reuses_the_prompt_prefix(bot, question_audio, mandarin_wav):
     """A second `ask` keeps the shared system/scaffold KV and still computes the same logits."""
     first = bot.prompt(bot.messages(bot.tower.encode(question_audio), None, None, None))
-    bot.engine.eval_prompt(first)
+    bot.engine.sync(first)
     assert bot.engine.reused == 0
     second = bot.prompt(bot.messages(bot.tower.encode(load_audio(mandarin_wav)), "please:", None, None))
-    logits = bot.engine.eval_prompt(second)
+    logits = bot.engine.sync(second)
     assert bot.engine.reused > 10  # BOS + system prompt + "USER:" at least
     with Engine(bot.bundle.llm_path("f32"), exact=True) as fresh:
         ref = fresh.eval(second)
     assert rel_err(logits, ref) <= 1e-5
+
+
+def test_interrupt_mid_prefill_rolls_back_exactly(bot, question_audio, mandarin_wav):
+    """Ctrl-C between two llama_decode calls of a prefill: the turn leaves no trace in the chat or
+    the KV cache, and the next turn computes what a fresh context fed the same history computes."""
+    conv = Conversation(bot)
+    conv.add_user(question_audio, text="please answer:")
+    "".join(conv.respond(GREEDY, max_tokens=6))
+    turns_before, fed_before = len(conv.turns), bot.engine.n_past
+    real_decode, calls = bot.engine._decode, []
+
+    def decode_then_ctrl_c(batch):
+        real_decode(batch)
+        calls.append(batch.n_tokens)
+        if len(calls) == 2:  # the signal lands right after a decode returned, mid-prefill
+            raise KeyboardInterrupt
+
+    bot.engine._decode = decode_then_ctrl_c
+    conv.add_user(load_audio(mandarin_wav))
+    with pytest.raises(KeyboardInterrupt):
+        conv.prefill()
+    del bot.engine._decode
+    assert len(calls) == 2 and calls[0] > 0  # it really stopped halfway
+    assert len(conv.turns) == turns_before  # the interrupted user turn is gone
+    assert bot.engine.n_past <= fed_before  # nothing half-fed stays in the cache
+    assert bot.engine.n_past == sum(len(s) for s in bot.engine.fed)
+
+    conv.add_user(text="go on")
+    logits = conv.prefill()
+    with Engine(bot.bundle.llm_path("f32"), exact=True) as fresh:
+        ref = fresh.eval(bot.prompt(conv.messages()))
+        assert fresh.n_past == bot.engine.n_past
+    assert rel_err(logits, ref) <= 1e-5
+
+
+def test_engine_eval_is_all_or_nothing(bot):
+    """An error inside a batch of segments removes every position that batch added."""
+    engine = bot.engine
+    engine.reset()
+    engine.eval([[engine.bos, *engine.tokenize("USER: hello")]])
+    before, fed = engine.n_past, [list(s) for s in engine.fed]
+    with pytest.raises(Exception, match="do not fit"):
+        engine.eval([engine.tokenize(" there"), np.zeros((3, engine.n_embd + 1), np.float32)])
+    assert engine.n_past == before and engine.fed == fed
+    real_decode = engine._decode
+
+    calls = []
+
+    def fail_second(batch):
+        calls.append(batch.n_tokens)
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure")
+        real_decode(batch)
+
+    engine._decode = fail_second
+    with pytest.raises(RuntimeError):
+        engine.eval([engine.tokenize(" there"), np.zeros((3, engine.n_embd), np.float32), engine.tokenize(" you")])
+    del engine._decode
+    assert engine.n_past == before and engine.fed == fed
