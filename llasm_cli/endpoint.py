@@ -197,21 +197,23 @@ def _samples(seconds: float) -> int:
 MIN_VOICED = 0.1  # seconds of frames scored as speech that make a clip worth answering
 
 
-def voiced_seconds(samples: np.ndarray, threshold: float = 0.5) -> float:
-    """Seconds of 32 ms frames that the voice-activity model scores as speech."""
+def voiced_seconds(samples: np.ndarray, threshold: float = 0.5, enough: float | None = None) -> float:
+    """Seconds of 32 ms frames that the voice-activity model scores as speech (counting stops
+    once ``enough`` is reached: a question is usually settled in its first second)."""
     score, reset = silero_scorer()
     reset()
     x = np.asarray(samples, dtype=np.float32).reshape(-1)
-    n = x.size // FRAME
-    if n == 0:  # shorter than one frame: nothing to judge, and far too short to be a question
-        return 0.0
-    voiced = sum(score(x[i * FRAME : (i + 1) * FRAME]) >= threshold for i in range(n))
+    voiced = 0
+    for i in range(x.size // FRAME):  # shorter than one frame: nothing to judge, and too short to be a question
+        voiced += score(x[i * FRAME : (i + 1) * FRAME]) >= threshold
+        if enough is not None and voiced * FRAME / SAMPLE_RATE >= enough:
+            break
     return voiced * FRAME / SAMPLE_RATE
 
 
 def require_speech(samples: np.ndarray, what: str) -> None:
     """Raise NoSpeechError unless the clip holds at least MIN_VOICED seconds of speech."""
-    found = voiced_seconds(samples)
+    found = voiced_seconds(samples, enough=MIN_VOICED)
     if found < MIN_VOICED:
         raise NoSpeechError(
             f"no speech detected in {what} ({samples.size / SAMPLE_RATE:.2f} s of audio, "

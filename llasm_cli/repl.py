@@ -21,7 +21,7 @@ from rich.text import Text
 from .audio import SAMPLE_RATE, load_audio
 from .conversation import Conversation
 from .engine import Sampling
-from .errors import LlasmError, MicrophoneError
+from .errors import LlasmError, MicrophoneError, NoSpeechError
 from .keys import KeyReader
 from .ui import stream_answer
 
@@ -78,8 +78,9 @@ class ChatApp:
                 if item is EOF_:
                     break
                 kind, payload = item
-                if kind == "audio":
-                    self._spoken_turn(payload, f"{payload.size / SAMPLE_RATE:.1f} s of speech")
+                if kind == "audio":  # hands-free turns passed the voice-activity detector already
+                    self._spoken_turn(payload, f"{payload.size / SAMPLE_RATE:.1f} s of speech",
+                                      heard=self.s.mode == "mic")
                 elif not self._handle_line(payload):
                     break
         except KeyboardInterrupt:
@@ -221,9 +222,18 @@ class ChatApp:
             c.print(f"[yellow]unknown command {name}[/] — {HELP.splitlines()[0]}")
         return True
 
-    def _spoken_turn(self, audio: np.ndarray, label: str) -> None:
+    def _spoken_turn(self, audio: np.ndarray, label: str, heard: bool = False) -> None:
+        """Send a recording, unless it holds no speech (a file of silence, a push-to-talk cough)."""
         if audio.size == 0:
             return
+        if not heard:
+            from .endpoint import require_speech
+
+            try:
+                require_speech(audio, label)
+            except NoSpeechError as exc:
+                self.console.print(f"[yellow]not sent:[/] {str(exc).split('; ')[0]}")
+                return
         text, self.pending_text = self.pending_text, None
         self.console.print(f"[bold cyan]you›[/] {text + ' ' if text else ''}[dim]\\[{label}][/]")
         self._turn(audio=audio, text=text)
@@ -235,13 +245,11 @@ class ChatApp:
                 self.conv.add_user(audio, text=text)
                 stream = self.conv.respond(self.s.sampling, self.s.max_tokens)
                 first = next(stream, None)
-        except LlasmError as exc:
+        except LlasmError as exc:  # the conversation has already taken the failed turn back
             c.print(f"[red]error:[/] {exc}")
-            if self.conv.turns and self.conv.turns[-1].message.role == "user":
-                self.conv.turns.pop()
             return
         except KeyboardInterrupt:
-            c.print("[dim](interrupted)[/]")
+            c.print("[dim](interrupted: the turn was not sent)[/]")
             return
         for notice in self.conv.notices:
             c.print(f"[yellow]{notice}[/]")

@@ -14,6 +14,22 @@ import pytest
 from llasm_cli.audio import SAMPLE_RATE, load_audio
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """llasm's cache (the CPU probe's verdict) in a temp folder, decided once before any test, so
+    subprocesses find the verdict and print nothing about it."""
+    from llasm_cli import cpu_probe
+
+    saved = os.environ.get("LLASM_CACHE_DIR")
+    os.environ["LLASM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    cpu_probe.extra_buffers_verdict()
+    yield
+    if saved is None:
+        os.environ.pop("LLASM_CACHE_DIR", None)
+    else:
+        os.environ["LLASM_CACHE_DIR"] = saved
+
+
 def espeak(text: str, path: Path, voice: str = "en", speed: int = 160, pitch: int = 50) -> Path:
     """Speak ``text`` into a wav file with espeak-ng (real speech, 22.05 kHz mono)."""
     if shutil.which("espeak-ng") is None:

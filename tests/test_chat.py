@@ -118,3 +118,23 @@ def test_mic_turn_through_pulseaudio(pulse, swiglu, workdir, tmp_path):
     assert abs(start - 0.3) <= TOL, start
     assert abs((end - start) - (true_end - true_start)) <= TOL, (end - start, true_end - true_start)
     assert clip.size / SAMPLE_RATE - end <= 0.2 + TOL
+
+
+def test_file_without_speech_is_not_sent(swiglu, tmp_path):
+    """A recording with no speech in it is skipped with a notice; the chat goes on."""
+    import numpy as np
+
+    _, bundle = swiglu
+    tone = tmp_path / "tone.wav"
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    sf.write(tone, (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SAMPLE_RATE)
+    child = spawn(bundle, "--no-mic", "--max-tokens", "3")
+    child.expect("you›")
+    child.sendline(f"/file {tone}")
+    child.expect("not sent:.*no speech detected")
+    child.expect("you›")
+    child.sendline("hello")
+    child.expect("llasm›")
+    child.expect(ANSWER_DONE)
+    child.sendeof()
+    finish(child)

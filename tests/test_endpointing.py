@@ -212,3 +212,20 @@ def test_level_is_rms_dbfs():
 def test_rejects_multichannel_chunks(ep):
     with pytest.raises(ValueError, match="mono"):
         ep.push(np.zeros((100, 2), np.float32))
+
+
+def test_require_speech_tells_speech_from_tones_noise_and_clicks(question_audio):
+    """What `llasm ask` refuses to send (exit 8 in the CLI) and what it sends."""
+    from llasm_cli.endpoint import MIN_VOICED, require_speech, voiced_seconds
+    from llasm_cli.errors import NoSpeechError
+
+    assert voiced_seconds(question_audio) > 1.0
+    require_speech(question_audio, "speech")
+    require_speech(question_audio * 0.03, "quiet speech")  # 30 dB down is still speech
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    rng = np.random.default_rng(0)
+    for name, x in [("tone", 0.5 * np.sin(2 * np.pi * 440 * t)), ("noise", 0.1 * rng.standard_normal(SAMPLE_RATE)),
+                    ("silence", np.zeros(SAMPLE_RATE)), ("1 ms", np.full(16, 0.1))]:
+        assert voiced_seconds(x.astype(np.float32)) < MIN_VOICED, name
+        with pytest.raises(NoSpeechError, match="--force"):
+            require_speech(x.astype(np.float32), name)

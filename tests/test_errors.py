@@ -16,8 +16,9 @@ import soundfile as sf
 from llasm_cli.bundle import MANIFEST_FILE
 
 
-def run_llasm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llasm_cli", *args], capture_output=True, text=True, timeout=300)
+def run_llasm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llasm_cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 def assert_clean_error(res: subprocess.CompletedProcess, code: int, *needles: str) -> None:
@@ -175,3 +176,27 @@ def test_export_errors(tmp_path, swiglu):
     assert_clean_error(run_llasm("export", str(tmp_path / "nope"), str(tmp_path / "out")), 5, "not found")
     assert_clean_error(run_llasm("export", str(ckpt), str(bundle)), 5, "already exists")
     assert not (tmp_path / "out").exists()
+
+
+def _tone_wav(path: Path, seconds: float = 1.0, lie: bool = False) -> Path:
+    """A 440 Hz tone; with ``lie`` the WAV header claims ten times more data than the file holds."""
+    t = np.arange(int(16000 * seconds)) / 16000
+    sf.write(path, (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, subtype="PCM_16")
+    if lie:
+        data = bytearray(path.read_bytes())
+        at = data.index(b"data") + 4
+        struct.pack_into("<I", data, at, struct.unpack_from("<I", data, at)[0] * 10)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def test_no_speech_is_not_answered(bundle, tmp_path, question_wav):
+    """A tone (its header lying about its length) and a 1 ms clip: exit 8 unless --force."""
+    tone = _tone_wav(tmp_path / "tone.wav", lie=True)
+    assert_clean_error(run_llasm("ask", str(tone), "-m", str(bundle)), 8, "no speech detected", "--force")
+    short = tmp_path / "short.wav"
+    sf.write(short, np.full(16, 0.1, dtype=np.float32), 16000)
+    assert_clean_error(run_llasm("ask", str(short), "-m", str(bundle)), 8, "no speech detected")
+    forced = run_llasm("ask", str(tone), "-m", str(bundle), "--force", "--max-tokens", "3", "--json")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["timings"]["audio_seconds"] > 0.9
