@@ -147,48 +147,55 @@ def _write_cache(path: Path, data: dict) -> None:
 
 
 def write_probe_model(path: Path) -> Path:
-    """A one-layer llama GGUF with Q8_0 and Q4_0 weights and a byte-level SentencePiece vocabulary."""
+    """The probe's model: one small layer with Q8_0 and Q4_0 weights."""
+    return write_random_llama(path, N_EMBD, N_FF, 1, N_HEAD, N_VOCAB)
+
+
+def write_random_llama(path: Path, n_embd: int, n_ff: int, n_layer: int, n_head: int, n_vocab: int,
+                       seed: int = 0) -> Path:
+    """A random-weight llama GGUF with Q8_0 and Q4_0 matrices and a byte-level SentencePiece
+    vocabulary: enough for llama.cpp to load and decode it (probes and speed benchmarks)."""
     import gguf
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(64)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(1)
-    w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD)
+    w.add_context_length(4096)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_rope_dimension_count(n_embd // n_head)
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-    tokens += [f"\u2581t{i}" for i in range(N_VOCAB - len(tokens))]
+    tokens += [f"\u2581t{i}" for i in range(n_vocab - len(tokens))]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
-    types += [gguf.TokenType.NORMAL] * (N_VOCAB - len(types))
+    types += [gguf.TokenType.NORMAL] * (n_vocab - len(types))
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
-    w.add_token_scores([0.0] * N_VOCAB)
+    w.add_token_scores([0.0] * n_vocab)
     w.add_token_types(types)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
 
     def add(name: str, shape: tuple[int, ...], qtype=None) -> None:
-        data = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        data = (rng.standard_normal(shape, dtype=np.float32) * 0.05).astype(np.float32)
         if qtype is None:
             w.add_tensor(name, data)
         else:
             w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
     q8, q4 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0
-    names = gguf.TENSOR_NAMES
-    t = gguf.MODEL_TENSOR
-    add(names[t.TOKEN_EMBD] + ".weight", (N_VOCAB, N_EMBD), q8)
-    add(names[t.OUTPUT_NORM] + ".weight", (N_EMBD,))
-    add(names[t.OUTPUT] + ".weight", (N_VOCAB, N_EMBD), q8)
-    blk = {t.ATTN_NORM: ((N_EMBD,), None), t.ATTN_Q: ((N_EMBD, N_EMBD), q8), t.ATTN_K: ((N_EMBD, N_EMBD), q4),
-           t.ATTN_V: ((N_EMBD, N_EMBD), q8), t.ATTN_OUT: ((N_EMBD, N_EMBD), q4), t.FFN_NORM: ((N_EMBD,), None),
-           t.FFN_GATE: ((N_FF, N_EMBD), q4), t.FFN_UP: ((N_FF, N_EMBD), q8), t.FFN_DOWN: ((N_EMBD, N_FF), q4)}
-    for kind, (shape, qtype) in blk.items():
-        add(names[kind].format(bid=0) + ".weight", shape, qtype)
+    names, t = gguf.TENSOR_NAMES, gguf.MODEL_TENSOR
+    add(names[t.TOKEN_EMBD] + ".weight", (n_vocab, n_embd), q8)
+    add(names[t.OUTPUT_NORM] + ".weight", (n_embd,))
+    add(names[t.OUTPUT] + ".weight", (n_vocab, n_embd), q8)
+    blk = {t.ATTN_NORM: ((n_embd,), None), t.ATTN_Q: ((n_embd, n_embd), q8), t.ATTN_K: ((n_embd, n_embd), q4),
+           t.ATTN_V: ((n_embd, n_embd), q8), t.ATTN_OUT: ((n_embd, n_embd), q4), t.FFN_NORM: ((n_embd,), None),
+           t.FFN_GATE: ((n_ff, n_embd), q4), t.FFN_UP: ((n_ff, n_embd), q8), t.FFN_DOWN: ((n_embd, n_ff), q4)}
+    for i in range(n_layer):
+        for kind, (shape, qtype) in blk.items():
+            add(names[kind].format(bid=i) + ".weight", shape, qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
