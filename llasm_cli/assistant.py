@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, audio_token_count, split_windows
 from .bundle import Bundle, check_widths, load_bundle, validate_llm
 from .chat import DEFAULT_TEMPLATE, Message, prompt_pieces, render, segments, user_content
 from .engine import Engine, Sampler, Sampling, TextStream
@@ -72,6 +72,15 @@ class Assistant:
         """Encode a moment of silence once, so the first real turn does not pay for graph set-up."""
         self.tower.encode(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))
         self.tower.encode_calls = 0
+
+    def audio_positions(self, n_samples: int) -> int:
+        """Sequence positions a clip of ``n_samples`` takes (its embeddings and the two markers),
+        known from the manifest before anything is encoded."""
+        m = self.bundle.manifest
+        windows = split_windows(np.zeros(n_samples, dtype=np.uint8))
+        if m.adaptor == "llasm-v1":
+            return 2 + m.tokens_per_window * len(windows)
+        return 2 + sum(audio_token_count(w.size, m.stack_factor) for w in windows)
 
     def default_sampling(self) -> Sampling:
         """The bundle's sampling settings (temperature), for callers that set none."""

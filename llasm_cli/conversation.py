@@ -60,6 +60,8 @@ class Conversation:
         """Record a user turn; its audio is encoded now, once."""
         if audio is None and not (text or after):
             raise LlasmError("an empty turn: say something or type something")
+        if audio is not None:
+            self._check_fits(audio)
         t0 = time.perf_counter()
         clips = [self.bot.tower.encode(audio)] if audio is not None else []
         self.stats = TurnStats(audio_seconds=0.0 if audio is None else audio.size / SAMPLE_RATE)
@@ -67,6 +69,17 @@ class Conversation:
         turn = Turn(Message.of("user", user_content(text, audio is not None, after), clips), audio)
         self.turns.append(turn)
         return turn
+
+    def _check_fits(self, audio: np.ndarray) -> None:
+        """Refuse a recording that cannot fit the context, before spending time encoding it."""
+        need = self.bot.audio_positions(audio.size)
+        room = self.bot.engine.n_ctx - self.reserve
+        if need > room:
+            raise ContextOverflowError(
+                f"this recording ({audio.size / SAMPLE_RATE:.0f} s) needs {need} positions but the context holds "
+                f"{self.bot.engine.n_ctx} ({self.reserve} kept for the answer); use a shorter recording or a larger "
+                f"--ctx (this model was trained for up to {self.bot.engine.n_ctx_train})"
+            )
 
     def reset(self) -> None:
         self.turns.clear()

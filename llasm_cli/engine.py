@@ -79,6 +79,7 @@ class Engine:
         cparams = llama_cpp.llama_context_default_params()
         train_ctx = llama_cpp.llama_model_n_ctx_train(self.model)
         cparams.n_ctx = min(n_ctx, train_ctx) if train_ctx > 0 else n_ctx
+        self.n_ctx_train = train_ctx if train_ctx > 0 else n_ctx
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
         cparams.n_threads = threads

@@ -200,3 +200,34 @@ def test_no_speech_is_not_answered(bundle, tmp_path, question_wav):
     forced = run_llasm("ask", str(tone), "-m", str(bundle), "--force", "--max-tokens", "3", "--json")
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["timings"]["audio_seconds"] > 0.9
+
+
+def test_ten_minute_recording_names_ctx(bundle, tmp_path, question_audio):
+    """Ten minutes of speech: a clear context error that names --ctx, before any encoding; five
+    minutes fit, encoded window by window (ten 30 s windows)."""
+    from tests.conftest import speech_of_length
+
+    long = tmp_path / "ten-minutes.wav"
+    sf.write(long, speech_of_length(question_audio, 600.0), 16000, subtype="PCM_16")
+    res = run_llasm("ask", str(long), "-m", str(bundle))
+    assert_clean_error(res, 6, "needs 6002 positions", "context holds 4096", "--ctx")
+    sf.write(long, speech_of_length(question_audio, 300.0), 16000, subtype="PCM_16")
+    ok = run_llasm("ask", str(long), "-m", str(bundle), "--max-tokens", "2", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["timings"]["prompt_tokens"] > 3000
+
+
+def test_nan_in_memory_audio_is_refused(bundle):
+    """What a microphone or a request hands over is checked like a file."""
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.errors import AudioFileError
+
+    bot = Assistant(bundle, backend="ggml")
+    try:
+        audio = np.zeros(16000, dtype=np.float32)
+        audio[100] = np.nan
+        with pytest.raises(AudioFileError, match="NaN"):
+            "".join(bot.ask(audio))
+        assert bot.engine.n_past <= 1
+    finally:
+        bot.close()

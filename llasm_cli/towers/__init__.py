@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..audio import audio_token_count, split_windows
+from ..audio import audio_token_count, check_finite, split_windows
 from ..bundle import Bundle
 from ..errors import AudioFileError, BackendUnavailableError
 
@@ -40,7 +40,7 @@ class AudioTower(ABC):
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """All windows of a clip, trimmed to real audio and concatenated: (n_tokens, n_embd)."""
-        windows = split_windows(samples)
+        windows = split_windows(check_finite(samples))  # a NaN from a microphone or a request never gets in
         if not windows:
             raise AudioFileError("the audio is empty")
         outs = self.encode_windows(windows)
