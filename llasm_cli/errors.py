@@ -67,3 +67,12 @@ class TemplateError(LlasmError):
     """The model's chat template refused the conversation (its own ``raise_exception``)."""
 
     exit_code = 9
+
+
+class AudioTooLongError(AudioFileError):
+    """Audio longer than the length limit (the CLI's --max-audio); found from the header when it can be."""
+
+    def __init__(self, message: str, seconds: float | None = None, limit: float | None = None) -> None:
+        super().__init__(message)
+        self.seconds = seconds  # the length the header announces, None when only decoding found it
+        self.limit = limit
