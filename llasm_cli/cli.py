@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .audio import MAX_AUDIO_SECONDS
 from .errors import LlasmError
 
 app = typer.Typer(
@@ -40,6 +41,9 @@ SystemOpt = typer.Option(None, "--system", help="System prompt (default: the bun
 TemperatureOpt = typer.Option(None, "--temperature", help="0 for greedy (default: the bundle's).")
 MaxTokensOpt = typer.Option(None, "--max-tokens", help="Longest answer in tokens.")
 SeedOpt = typer.Option(0, "--seed", help="Sampling seed.")
+MaxAudioOpt = typer.Option(
+    MAX_AUDIO_SECONDS, "--max-audio", min=1.0, help="Longest audio file accepted, in seconds (checked before decoding)."
+)
 
 
 def _version(value: bool) -> None:
@@ -95,6 +99,7 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, timings) instead of text."),
     stats: bool = typer.Option(False, "--stats", help="Print timings after the answer."),
     force: bool = typer.Option(False, "--force", help="Send the audio even if no speech is detected in it."),
+    max_audio: float = MaxAudioOpt,
 ) -> None:
     """Answer one spoken (and/or typed) question.
 
@@ -113,7 +118,7 @@ def ask(
 
     if audio is None and not (text or after):
         raise LlasmError("nothing to ask: give an audio file, --text, or both")
-    samples = load_audio(audio) if audio is not None else None
+    samples = load_audio(audio, max_seconds=max_audio) if audio is not None else None
     if samples is not None and not force:
         from .endpoint import require_speech
 
@@ -156,6 +161,7 @@ def chat(
     ctx: int = CtxOpt,
     gpu_layers: int = GpuOpt,
     stats: bool = typer.Option(False, "--stats", help="Show audio length, encode time, time to first token, tokens/s."),
+    max_audio: float = MaxAudioOpt,
 ) -> None:
     """Talk with the model, turn after turn: speech from the mic or files, typed text, or both.
 
@@ -188,6 +194,7 @@ def chat(
         settings = ChatSettings(
             mode=mode, device=_device_spec(device), trailing_silence=silence, max_turn=max_turn, stats=stats,
             sampling=Sampling(temperature=temp, seed=seed, ignore_eos=ignore_eos), max_tokens=max_tokens,
+            max_audio=max_audio,
         )
         ChatApp(Conversation(bot, system=system), settings, console).run(first_file=file, first_text=text)
     finally:

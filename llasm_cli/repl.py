@@ -41,6 +41,7 @@ class ChatSettings:
     stats: bool = False
     sampling: Sampling | None = None
     max_tokens: int | None = None
+    max_audio: float | None = None  # longest audio file accepted (seconds)
 
 
 def level_bar(db: float, width: int = 16) -> str:
@@ -72,7 +73,7 @@ class ChatApp:
         keys = KeyReader()
         try:
             if first_file is not None:
-                self._spoken_turn(load_audio(first_file), f"file {first_file.name}")
+                self._spoken_turn(load_audio(first_file, self.s.max_audio), f"file {first_file.name}")
             while True:
                 item = self._next_input(keys)
                 if item is EOF_:
@@ -211,7 +212,7 @@ class ChatApp:
                 c.print("[yellow]usage:[/] /file PATH [text]")
                 return True
             try:
-                audio = load_audio(Path(parts[0]).expanduser())
+                audio = load_audio(Path(parts[0]).expanduser(), self.s.max_audio)
             except LlasmError as exc:
                 c.print(f"[red]error:[/] {exc}")
                 return True

@@ -231,3 +231,27 @@ def test_nan_in_memory_audio_is_refused(bundle):
         assert bot.engine.n_past <= 1
     finally:
         bot.close()
+
+
+def test_max_audio_limit(bundle, tmp_path, question_audio):
+    """--max-audio refuses longer files from the header alone (exit 2); within the limit they run."""
+    wav = tmp_path / "q.wav"
+    sf.write(wav, question_audio, 16000)
+    assert_clean_error(run_llasm("ask", str(wav), "-m", str(bundle), "--max-audio", "1"), 2, "--max-audio")
+    ok = run_llasm("ask", str(wav), "-m", str(bundle), "--max-audio", "5", "--max-tokens", "2")
+    assert ok.returncode == 0, ok.stderr
+    res = run_llasm("ask", str(wav), "-m", str(bundle), "--max-audio", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_window_of_one_sample_does_not_abort(bundle, question_audio):
+    """30 s + 1 sample of speech: the second window holds one sample, which mtmd aborts on unpadded."""
+    from llasm_cli.assistant import Assistant
+    from tests.conftest import speech_of_length
+
+    bot = Assistant(bundle, backend="ggml")
+    try:
+        embd = bot.tower.encode(np.concatenate([speech_of_length(question_audio, 30.0), question_audio[:1]]))
+        assert embd.shape[0] == bot.tower.token_count(480000) + 1
+    finally:
+        bot.close()

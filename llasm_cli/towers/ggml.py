@@ -8,6 +8,7 @@ import numpy as np
 from llama_cpp import mtmd_cpp
 
 from .. import native
+from ..audio import MIN_SAMPLES
 from ..bundle import Bundle, validate_tower
 from ..errors import BackendUnavailableError, ModelFileError
 from . import AudioTower
@@ -48,6 +49,8 @@ class GgmlTower(AudioTower):
     def _encode_one(self, window: np.ndarray) -> np.ndarray:
         """One window through mtmd: bitmap -> audio chunk -> encode -> output embeddings."""
         samples = np.ascontiguousarray(window, dtype=np.float32)
+        if samples.size < MIN_SAMPLES:  # mtmd asserts on a 1-sample window (e.g. 30 s + 1 sample of audio)
+            samples = np.pad(samples, (0, MIN_SAMPLES - samples.size))
         bitmap = mtmd_cpp.mtmd_bitmap_init_from_audio(
             samples.size, samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         )
