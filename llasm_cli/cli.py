@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: every failure becomes one line on stderr and a documented exit code.
 
     1-9: the user errors of ``errors.py``; 2 for command-line usage (Typer's own); 130: Ctrl-C;
-    70: a bug in llasm (the traceback with --verbose).
+    141: the reader of stdout went away; 70: a bug in llasm (the traceback with --verbose).
     """
     from .ui import error
 
@@ -299,6 +299,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except BrokenPipeError:  # `llasm ask ... | head`: the reader left; say nothing, like other tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        raise SystemExit(141) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except SystemExit:
