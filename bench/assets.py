@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:  # `python bench/latency.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 from finetune.ct2_whisper import cache_root, find_packaged_whisper  # noqa: E402
+from llasm_cli.files import atomic_folder, atomic_path  # noqa: E402
 
 RECIPE = "v1"  # bump when a bundle recipe changes: the cache keys on it
 STACK_FACTOR = 5
@@ -75,40 +76,19 @@ def bench_root() -> Path:
 
 
 def _atomic_dir(target: Path, build: Callable[[Path], None]) -> Path:
-    """Run ``build(tmp)`` in a fresh folder beside ``target`` and rename it into place."""
+    """Run ``build(tmp)`` in a fresh folder beside ``target`` and rename it into place (first one wins)."""
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target, replace=False) as tmp:
         build(tmp)
-        tmp.chmod(0o755)
-        tmp.rename(target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if target.is_dir():  # another process finished first
-            return target
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
 def _atomic_file(target: Path, build: Callable[[Path], None]) -> Path:
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_path(target) as tmp:
         build(tmp)
-        tmp.chmod(0o644)
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target
 
 

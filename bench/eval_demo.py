@@ -24,6 +24,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import demo_tasks as T  # noqa: E402
 from train_demo import SEED, accuracy, add_noise, phone_band, synthesise  # noqa: E402
 
+from llasm_cli.files import atomic_write_text  # noqa: E402
+
 CONDITIONS = ("clean", "noise 20 dB", "noise 10 dB", "telephone")
 
 
@@ -107,7 +109,7 @@ def main() -> None:
     print(f"held-out voices, {report['n']} questions, exact match:\n")
     print(table(report, backends))
     if a.json:
-        a.json.write_text(json.dumps(report, ensure_ascii=False, indent=2))
+        atomic_write_text(a.json, json.dumps(report, ensure_ascii=False, indent=2))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
 from bench import assets  # noqa: E402
 from bench.assets import DECODE_QUESTION, SENTENCES  # noqa: E402
 from llasm_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from llasm_cli.files import atomic_write_text  # noqa: E402
 
 now = time.perf_counter
 
@@ -734,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     result["config"]["wall_s"] = round(now() - started, 1)
     result["config"]["load_average_at_end"] = list(os.getloadavg())
     if args.save:
-        args.save.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(args.save, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:

@@ -35,6 +35,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # finetune/, ex
 
 import demo_tasks as T  # noqa: E402
 
+from llasm_cli.files import atomic_folder, atomic_path, atomic_write_text  # noqa: E402
+
 ROOT_DEFAULT = Path.home() / ".cache" / "llasm" / "demo-run"
 SEED = 1234
 VOICES_PER_PROBLEM = 8  # held-out accuracy: 1 voice 57%, 3 voices 79%, 4 voices 83%, 8 voices 90%
@@ -62,14 +64,12 @@ def synthesise(root: Path, jobs: list[dict]) -> None:
     log(f"speech: {len(jobs)} clips, {len(todo)} to synthesise")
 
     def one(j: dict) -> None:
-        out = root / j["audio"]
-        tmp = out.with_suffix(".tmp.wav")
-        speak(j["spoken"], tmp, j["tts"]["voice"], j["tts"]["speed"], j["tts"]["pitch"])
-        if j["tts"].get("warp"):
-            warp(tmp, j["tts"]["warp"])
-        if j["tts"].get("degrade"):
-            degrade(tmp, j["tts"]["degrade"], random.Random(j["audio"]))
-        tmp.replace(out)
+        with atomic_path(root / j["audio"]) as tmp:
+            speak(j["spoken"], tmp, j["tts"]["voice"], j["tts"]["speed"], j["tts"]["pitch"])
+            if j["tts"].get("warp"):
+                warp(tmp, j["tts"]["warp"])
+            if j["tts"].get("degrade"):
+                degrade(tmp, j["tts"]["degrade"], random.Random(j["audio"]))
 
     (root / "audio").mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(2) as pool:
@@ -180,8 +180,8 @@ def make_data(root: Path, smoke: bool = False) -> None:
     _write(root / "text.json", text)
     _write(root / "stage2.json", stage2)
     _write(root / "eval.json", evals)
-    (root / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in asr))
-    (root / "data.done").write_text("ok")
+    atomic_write_text(root / "asr.jsonl", "".join(json.dumps(r) + "\n" for r in asr))
+    atomic_write_text(root / "data.done", "ok")
 
 
 def training_voice(rng: random.Random) -> dict:
@@ -203,7 +203,7 @@ def _conv(id: str, human: str, audio: str | None, gpt: str) -> dict:
 
 
 def _write(path: Path, data) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False))
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False))
 
 
 # --- 2. base checkpoint ------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
         report[f"bundle_{backend}"] = _score(items, answers)
         report[f"bundle_{backend}_examples"] = [(i[0], i[3], a) for i, a in list(zip(items, answers))[:8]]
         bot.close()
-    (root / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    atomic_write_text(root / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
     return report
 
 
@@ -396,9 +396,9 @@ def main() -> None:
     log(json.dumps({k: v for k, v in report.items() if not k.endswith("examples")}, ensure_ascii=False))
     if a.install:
         dest = Path(__file__).resolve().parent.parent / "llasm_cli" / "models" / "demo"
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(bundle, dest)
-        (dest / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+        with atomic_folder(dest) as tmp:  # the packaged model is never half-replaced
+            shutil.copytree(bundle, tmp, dirs_exist_ok=True)
+            (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
         log(f"installed into {dest}")
 
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from llasm_cli.errors import CheckpointError
+from llasm_cli.files import atomic_path
 
 T = gguf.MODEL_TENSOR
 # Hugging Face Llama name -> (GGUF tensor, permute-for-rope as "q"/"k"/None)
@@ -134,7 +135,7 @@ def write_llm_gguf(llm_dir: Path, out: Path, ftype: str = "f32", name: str = "ll
         raise CheckpointError(f"no safetensors weights in {llm_dir}")
     n_vocab = state["model.embed_tokens.weight"].shape[0]
 
-    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])  # the file: see the end
     writer.add_name(name)
     writer.add_file_type(FTYPES[ftype])
     writer.add_context_length(cfg["max_position_embeddings"])
@@ -178,7 +179,8 @@ def write_llm_gguf(llm_dir: Path, out: Path, ftype: str = "f32", name: str = "ll
         dtype = np.float16 if (ftype == "f16" and data.ndim == 2) else np.float32
         writer.add_tensor(gguf_name, np.ascontiguousarray(data.astype(dtype)))
 
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    with atomic_path(out) as tmp:  # a failed or interrupted write leaves no half file at out
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()

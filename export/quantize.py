@@ -15,6 +15,7 @@ import gguf
 import numpy as np
 
 from llasm_cli.errors import CheckpointError
+from llasm_cli.files import atomic_path
 
 LLM_QUANTS = {"q8_0": 7, "q5_k_m": 17, "q4_k_m": 15}  # llama_ftype values
 TOWER_TYPES = ("f32", "f16", "q8_0")
@@ -32,9 +33,10 @@ def quantize_llm(src: Path, dst: Path, qtype: str, threads: int = 0) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLM_QUANTS[qtype]
     params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise CheckpointError(f"llama.cpp could not quantize {src.name} to {qtype}: {native.last_log()}")
+    with atomic_path(dst) as tmp:  # llama.cpp writes the temporary; dst appears only when it is complete
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise CheckpointError(f"llama.cpp could not quantize {src.name} to {qtype}: {native.last_log()}")
 
 
 def tower_tensor(name: str, data: np.ndarray, ftype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from finetune.model import AudioTower
 from llasm_cli.errors import CheckpointError
+from llasm_cli.files import atomic_path
 
 from .quantize import tower_tensor
 
@@ -68,7 +69,7 @@ def write_tower_gguf(tower: AudioTower, out: Path, ftype: str = "f32", name: str
     cfg, wcfg = tower.cfg, tower.whisper_config
     if cfg.type != "stack-swiglu":
         raise CheckpointError(f"adaptor {cfg.type!r} has no llama.cpp graph; it runs on the torch backend only")
-    writer = gguf.GGUFWriter(str(out), "clip")
+    writer = gguf.GGUFWriter(None, "clip")  # the file: see the end
     writer.add_type(gguf.GGUFType.MMPROJ)
     writer.add_name(name)
     writer.add_file_type(FTYPES[ftype])
@@ -95,7 +96,8 @@ def write_tower_gguf(tower: AudioTower, out: Path, ftype: str = "f32", name: str
         payload, raw = tower_tensor(gguf_name, data, ftype)
         writer.add_tensor(gguf_name, np.ascontiguousarray(payload), raw_dtype=raw)
 
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    with atomic_path(out) as tmp:  # a failed or interrupted write leaves no half file at out
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import struct
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import numpy as np
 
 from llasm_cli.audio import N_FFT, mel_filters
 from llasm_cli.errors import CheckpointError
+from llasm_cli.files import atomic_file
 
 GGML_MAGIC = 0x67676D6C
 FTYPES = {"f32": 0, "f16": 1}
@@ -290,31 +290,22 @@ def write_whisper_cpp(whisper_dir: str | Path, out: str | Path, ftype: str = "f1
         raise CheckpointError(f"{whisper_dir} lacks Whisper tensors for {missing[:5]}: whisper.cpp needs all of them")
 
     filters = mel_filters(hp.n_mels)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<I", GGML_MAGIC))
-            f.write(struct.pack(f"<{len(HPARAMS)}i", *hp.values()))
-            f.write(struct.pack("<2i", *filters.shape))
-            f.write(np.ascontiguousarray(filters, dtype="<f4").tobytes())
-            f.write(struct.pack("<i", len(vocab)))
-            for tok in vocab:
-                f.write(struct.pack("<I", len(tok)) + tok)
-            for name in expected:  # a fixed order: encoder first, as openai's checkpoints
-                data = tensors[name]
-                raw = name.encode()
-                ttype = _TYPE_F16 if data.dtype == _DTYPES[_TYPE_F16] else _TYPE_F32
-                f.write(struct.pack("<3i", data.ndim, len(raw), ttype))
-                f.write(struct.pack(f"<{data.ndim}i", *reversed(data.shape)))
-                f.write(raw)
-                f.write(data.tobytes())
-        tmp.chmod(0o644)
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(out, "wb") as f:  # renamed into place only once complete
+        f.write(struct.pack("<I", GGML_MAGIC))
+        f.write(struct.pack(f"<{len(HPARAMS)}i", *hp.values()))
+        f.write(struct.pack("<2i", *filters.shape))
+        f.write(np.ascontiguousarray(filters, dtype="<f4").tobytes())
+        f.write(struct.pack("<i", len(vocab)))
+        for tok in vocab:
+            f.write(struct.pack("<I", len(tok)) + tok)
+        for name in expected:  # a fixed order: encoder first, as openai's checkpoints
+            data = tensors[name]
+            raw = name.encode()
+            ttype = _TYPE_F16 if data.dtype == _DTYPES[_TYPE_F16] else _TYPE_F32
+            f.write(struct.pack("<3i", data.ndim, len(raw), ttype))
+            f.write(struct.pack(f"<{data.ndim}i", *reversed(data.shape)))
+            f.write(raw)
+            f.write(data.tobytes())
     return out
 
 

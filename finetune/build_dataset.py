@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from llasm_cli.audio import SAMPLE_RATE, resample
+from llasm_cli.files import atomic_path, stale_temp_files
 
 from .records import (
     AUDIO_MARKER,
@@ -203,14 +204,8 @@ def _store_wav(audio: bytes | Path, out_path: Path) -> float:
     if mono.size == 0 or not np.any(mono):
         raise TtsError("the TTS produced no sound")
     pcm = np.clip(resample(np.ascontiguousarray(mono, dtype=np.float32), rate), -1.0, 1.0)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".wav", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return pcm.size / SAMPLE_RATE
 
 
@@ -437,7 +432,7 @@ def build_dataset(
     out_dir = Path(out_dir)
     audio_dir = out_dir / AUDIO_DIR
     audio_dir.mkdir(parents=True, exist_ok=True)
-    for stale in audio_dir.glob(TMP_PREFIX + "*"):
+    for stale in [*audio_dir.glob(TMP_PREFIX + "*"), *stale_temp_files(audio_dir)]:
         stale.unlink(missing_ok=True)
 
     convs = read_text_conversations(source, on_error, max_chars)

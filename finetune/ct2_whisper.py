@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
 from llasm_cli.errors import CheckpointError
+from llasm_cli.files import atomic_folder
 
 CT2_BINARY_VERSION = 6  # what CTranslate2 >= 3.0 writes; the only layout checked against real files
 WHISPER_SPEC = "WhisperSpec"
@@ -474,28 +475,13 @@ def import_ct2_whisper(
     generation = _generation_config(config, read_vocabulary(src), ct2_config)
     config.dtype = dtype
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old: Path | None = None
-    try:
+    with atomic_folder(out) as tmp:  # an old folder stays until the new one is complete
         config.save_pretrained(tmp)
         generation.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         if (src / "tokenizer.json").is_file():
             shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
         _readable(tmp)
-        if out.exists():  # move the old folder aside first, so a failure can put it back
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            out.rename(old / out.name)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            (old / out.name).rename(out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return out
 
 

@@ -31,6 +31,7 @@ from llasm_cli.audio import (
     unpadded_frames,
 )
 from llasm_cli.chat import AUDIO, Message, Piece, dialogue_pieces, tokenize_run
+from llasm_cli.files import atomic_path
 
 from .model import AudioTower
 
@@ -159,9 +160,8 @@ class FeatureStore:
         else:
             feats = self._compute(path)
             if cached is not None:
-                tmp = cached.with_suffix(".tmp.npz")
-                np.savez(tmp, **{f"w{i}": f for i, f in enumerate(feats)})
-                tmp.replace(cached)
+                with atomic_path(cached) as tmp:  # a unique temporary: workers may cache the same clip at once
+                    np.savez(tmp, **{f"w{i}": f for i, f in enumerate(feats)})
         self.mem[path] = feats
         return feats
 

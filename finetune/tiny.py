@@ -18,6 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer, WhisperConfig
 
 from llasm_cli.chat import DEFAULT_TEMPLATE
+from llasm_cli.files import atomic_write_bytes
 
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, LlasmModel
@@ -48,10 +49,7 @@ def train_tokenizer(folder: Path, vocab_size: int = 400, lines: list[str] | None
         byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         hard_vocab_limit=False, minloglevel=2,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "tokenizer.model"
-    path.write_bytes(buf.getvalue())
-    return path
+    return atomic_write_bytes(folder / "tokenizer.model", buf.getvalue())
 
 
 def build_tiny(
