@@ -25,7 +25,6 @@ import re
 import shutil
 import struct
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,13 +384,6 @@ def ct2_to_hf_state(
 # vocabulary, generation config, folder writer
 
 
-def _readable(folder: Path) -> None:
-    """mkdtemp makes 0700 folders (and safetensors 0600 files); published models are world-readable."""
-    folder.chmod(0o755)
-    for f in folder.iterdir():
-        f.chmod(0o644)
-
-
 def read_vocabulary(src_dir: Path) -> list[str] | None:
     """Token strings by id from ``vocabulary.txt`` / ``vocabulary.json`` / ``tokenizer.json``."""
     txt, js, tok = src_dir / "vocabulary.txt", src_dir / "vocabulary.json", src_dir / "tokenizer.json"
@@ -481,7 +473,6 @@ def import_ct2_whisper(
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         if (src / "tokenizer.json").is_file():
             shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
-        _readable(tmp)
     return out
 
 
@@ -561,9 +552,7 @@ def find_packaged_whisper(name: str) -> Path:
     size = sum(p.stat().st_size for p in parts)
     if (target / "model.bin").is_file() and (target / "model.bin").stat().st_size == size:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:  # a stale or broken earlier assembly is replaced
         with open(tmp / "model.bin", "wb") as out:
             for part in parts:
                 with open(part, "rb") as f:
@@ -571,18 +560,6 @@ def find_packaged_whisper(name: str) -> Path:
         for extra in ("config.json", "tokenizer.json", "vocabulary.txt", "preprocessor_config.json"):
             if (folder / extra).is_file():
                 shutil.copyfile(folder / extra, tmp / extra)
-        _readable(tmp)
-        if target.exists():  # a stale or broken earlier assembly
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (target / "model.bin").is_file() and (target / "model.bin").stat().st_size == size:
-            return target  # another process finished first
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

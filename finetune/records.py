@@ -26,13 +26,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from llasm_cli.errors import LlasmError
+from llasm_cli.files import atomic_write_text
 
 LOG = logging.getLogger("llasm.data")
 AUDIO_MARKER = "<audio>"
@@ -334,23 +334,6 @@ def read_conversations(
 
 # ---------------------------------------------------------------------------------------------
 # Writers
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _store_path(audio: Path, base: Path) -> str:

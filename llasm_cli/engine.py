@@ -204,6 +204,12 @@ class Engine:
                     self._decode_embeddings(seg, want)
                 else:
                     self._decode_tokens(seg, want)
+            out = self.logits() if logits else None
+            if out is not None and not np.isfinite(out).all():
+                raise ModelFileError(
+                    f"{self.path.name} computed NaN or infinite scores: its weights are probably corrupt "
+                    "(re-download or re-export the model)"
+                )
         except BaseException:
             self._forget_from(start)
             raise
@@ -212,7 +218,7 @@ class Engine:
                 self.fed[-1].extend(seg)  # our own copy (see _as_segment)
             else:
                 self.fed.append(seg)
-        return self.logits() if logits else None
+        return out
 
     def sync(self, segments: Sequence[Segment]) -> np.ndarray:
         """Make the cache hold exactly ``segments``, keeping the longest prefix it already holds.

@@ -120,6 +120,15 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return Path(path)
 
 
+def _publish(folder: Path) -> None:
+    """Readable by everyone, like any installed model: mkdtemp makes the folder 0700, and
+    safetensors writes its files 0600."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o755 if path.is_dir() else 0o644))
+
+
 @contextmanager
 def atomic_folder(out: str | Path, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it goes.
@@ -134,7 +143,7 @@ def atomic_folder(out: str | Path, replace: bool = True) -> Iterator[Path]:
     old: Path | None = None
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private
+        _publish(tmp)
         if not replace and out.exists():
             shutil.rmtree(tmp, ignore_errors=True)
             return

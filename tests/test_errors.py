@@ -255,3 +255,20 @@ def test_window_of_one_sample_does_not_abort(bundle, question_audio):
         assert embd.shape[0] == bot.tower.token_count(480000) + 1
     finally:
         bot.close()
+
+
+def test_nan_weights_are_a_model_error(bundle, question_wav, tmp_path):
+    """A GGUF whose tensor data holds NaN passes every header check; its scores are refused."""
+    import gguf
+
+    b = copy_bundle(bundle, tmp_path / "b")
+    path = b / "llm.f16.gguf"
+    reader = gguf.GGUFReader(str(path))
+    norm = next(t for t in reader.tensors if t.name == "output_norm.weight")
+    start = int(norm.data_offset)
+    del reader
+    data = bytearray(path.read_bytes())
+    data[start : start + 4 * 8] = np.full(8, np.nan, dtype=np.float32).tobytes()
+    path.write_bytes(bytes(data))
+    res = run_llasm("ask", str(question_wav), "-m", str(b), "--variant", "f16")
+    assert_clean_error(res, 3, "NaN or infinite scores", "corrupt")
