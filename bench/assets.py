@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import shutil
 import sys
@@ -159,8 +158,7 @@ def _tower(llm_dim: int, seed: int):
     import torch
     from transformers import WhisperConfig
 
-    from finetune.checkpoint import whisper_state
-    from finetune.model import AdaptorConfig, AudioTower
+    from llasm_cli.model import AdaptorConfig, build_tower, whisper_state
 
     hf = whisper_base_hf()
     wcfg = WhisperConfig.from_pretrained(hf)
@@ -169,26 +167,13 @@ def _tower(llm_dim: int, seed: int):
         hidden_dim=2 * llm_dim,
     )
     torch.manual_seed(seed)
-    tower = AudioTower(wcfg, cfg)  # the adaptor keeps PyTorch's default (Kaiming-uniform) init
-    state = whisper_state(hf)
-    tower.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
-    return tower.eval(), wcfg
+    return build_tower(wcfg, cfg, whisper_state(hf)).eval()  # the adaptor keeps PyTorch's default init
 
 
 def _write_bundle(dest: Path, name: str, llm_src: Path, llm_how: str, llm_dim: int, audio_tokens: tuple[str, str], log: Log) -> None:
-    """Bundle layout as export/bundle.py writes it: LLM GGUF, mmproj tower, torch tower, manifest."""
-    from safetensors.torch import save_file
-
-    from export.tower_gguf import write_tower_gguf
-    from finetune.checkpoint import (
-        ADAPTOR_FILE,
-        DEFAULT_SYSTEM_PROMPT,
-        META_FILE,
-        WHISPER_DIR,
-        WHISPER_WEIGHTS,
-        CheckpointMeta,
-    )
-    from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
+    """A bundle as export/bundle.py writes it, around an LLM GGUF that exists already."""
+    from export.bundle import write_tower_and_manifest
+    from llasm_cli.model import CheckpointMeta
 
     llm_file = "llm.q4_k_m.gguf"
     if llm_how == "link":  # the Gemma GGUF as is: a hard link where possible, else a copy
@@ -198,25 +183,10 @@ def _write_bundle(dest: Path, name: str, llm_src: Path, llm_how: str, llm_dim: i
             shutil.copyfile(llm_src, dest / llm_file)
     else:
         shutil.move(str(llm_src), dest / llm_file)
-    tower, wcfg = _tower(llm_dim, seed=1)
-    log(f"{name}: writing the audio tower (mmproj GGUF, f16)")
-    write_tower_gguf(tower, dest / "tower.f16.gguf", "f16", name=f"{name}-tower")
-    log(f"{name}: writing the torch tower")
-    torch_dir = dest / TORCH_TOWER_DIR
-    (torch_dir / WHISPER_DIR).mkdir(parents=True)
-    wcfg.save_pretrained(torch_dir / WHISPER_DIR)
-    enc = {f"encoder.{k}": v.contiguous() for k, v in tower.encoder.state_dict().items()}
-    save_file(enc, str(torch_dir / WHISPER_DIR / WHISPER_WEIGHTS))
-    save_file({k: v.contiguous() for k, v in tower.adaptor.state_dict().items()}, str(torch_dir / ADAPTOR_FILE))
+    tower = _tower(llm_dim, seed=1)
     meta = CheckpointMeta(adaptor=tower.cfg, audio_start=audio_tokens[0], audio_end=audio_tokens[1])
-    (torch_dir / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
-    manifest = Manifest(
-        name=name, adaptor="stack-swiglu", llm_dim=llm_dim, n_mels=wcfg.num_mel_bins,
-        tokens_per_window=tower.cfg.tokens_per_window(), stack_factor=STACK_FACTOR,
-        audio_start=audio_tokens[0], audio_end=audio_tokens[1], system_prompt=DEFAULT_SYSTEM_PROMPT,
-        llm_files={"q4_k_m": llm_file}, tower_files={"f16": "tower.f16.gguf"}, torch_tower=TORCH_TOWER_DIR,
-    )
-    (dest / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    write_tower_and_manifest(dest, name, tower, meta, {"q4_k_m": llm_file}, ("f16",),
+                             progress=lambda step: log(f"{name}: {step}"))
     for p in dest.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
 
@@ -239,8 +209,8 @@ def _english_tokenizer(folder: Path) -> Path:
     its corpus plus the bench's English (questions, system prompt), so that English text takes
     about as many tokens as with a real 32k LLaMA vocabulary (whole common words), not ~2.5x more
     as with the 400-piece test tokenizer: the cascade's prefill length depends on it."""
-    from finetune.checkpoint import DEFAULT_SYSTEM_PROMPT
     from finetune.tiny import CHAT_TEMPLATE, CORPUS, train_tokenizer
+    from llasm_cli.model import DEFAULT_SYSTEM_PROMPT
 
     lines = CORPUS + SENTENCES + [DECODE_QUESTION, DEFAULT_SYSTEM_PROMPT, CHAT_TEMPLATE]
     lines += [s.lower() for s in SENTENCES] + [s.upper() for s in SENTENCES]
@@ -254,9 +224,9 @@ def _llama_1b_gguf(work: Path, log: Log) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
     from export.llm_gguf import write_llm_gguf
-    from finetune.model import AUDIO_END, AUDIO_START
     from finetune.tiny import CHAT_TEMPLATE
     from llasm_cli import native
+    from llasm_cli.model import AUDIO_END, AUDIO_START
 
     llm_dir = work / "llm"
     spm_dir = work / "spm"
@@ -309,7 +279,7 @@ def llama_1b_bundle(log: Log = _quiet) -> Path:
     def build(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".llama-1b-work.") as work:
             q4 = _llama_1b_gguf(Path(work), log)
-            from finetune.model import AUDIO_END, AUDIO_START
+            from llasm_cli.model import AUDIO_END, AUDIO_START
 
             _write_bundle(tmp, "llama-1b", q4, "move", LLAMA_1B["hidden_size"], (AUDIO_START, AUDIO_END), log)
 

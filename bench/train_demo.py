@@ -218,11 +218,11 @@ def make_base(root: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-    from finetune.checkpoint import CheckpointMeta, _load_strict, save_checkpoint
+    from finetune.checkpoint import save_checkpoint
     from finetune.init import load_whisper
-    from finetune.model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, LlasmModel
     from finetune.tiny import train_tokenizer
     from llasm_cli.chat import DEFAULT_TEMPLATE
+    from llasm_cli.model import AUDIO_END, AUDIO_START, AdaptorConfig, CheckpointMeta, LlasmModel, build_tower
 
     torch.manual_seed(SEED)
     corpus = [c["conversations"][0]["value"] + "\n" + c["conversations"][1]["value"]
@@ -241,8 +241,7 @@ def make_base(root: Path) -> Path:
         wcfg, wstate = load_whisper("packaged:base", Path(tmp))
         cfg = AdaptorConfig(type="stack-swiglu", encoder_dim=wcfg.d_model, llm_dim=256, stack_factor=5,
                             hidden_dim=1024, encoder_input=["padded", "unpadded"])
-        tower = AudioTower(wcfg, cfg)
-        _load_strict(tower.encoder, {k[8:]: v for k, v in wstate.items() if k.startswith("encoder.")}, "encoder")
+        tower = build_tower(wcfg, cfg, wstate)
         ids = tokenizer.convert_tokens_to_ids([AUDIO_START, AUDIO_END])
         meta = CheckpointMeta(adaptor=cfg, system_prompt="")
         save_checkpoint(LlasmModel(tower, llm, ids[0], ids[1]), tokenizer, meta, out,

@@ -6,25 +6,14 @@ end, so a failed or interrupted export never leaves a half-written bundle behind
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from safetensors.torch import save_file
-
-from finetune.checkpoint import (
-    ADAPTOR_FILE,
-    META_FILE,
-    WHISPER_DIR,
-    WHISPER_WEIGHTS,
-    CheckpointMeta,
-    llm_config,
-    load_tower,
-    read_meta,
-)
+from finetune.checkpoint import llm_config
 from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
 from llasm_cli.errors import CheckpointError
 from llasm_cli.files import atomic_folder
+from llasm_cli.model import AudioTower, CheckpointMeta, load_tower, read_meta, save_tower
 
 from .llm_gguf import write_llm_gguf
 from .quantize import LLM_QUANTS, TOWER_TYPES, quantize_llm
@@ -63,7 +52,7 @@ def export_bundle(
         raise CheckpointError(f"adaptor outputs {meta.adaptor.llm_dim} but the LLM is {llm_dim} wide")
     name = name or ckpt.name
     with atomic_folder(out) as tmp:
-        llm_files, tower_files = {}, {}
+        llm_files = {}
         for t in types:
             progress(f"writing the LLM ({t})")
             llm_files[t] = f"llm.{t}.gguf"
@@ -75,37 +64,34 @@ def export_bundle(
             else:
                 write_llm_gguf(ckpt / "llm", tmp / llm_files[t], t, name=name)
         (tmp / ".llm.f16.tmp.gguf").unlink(missing_ok=True)
-        if meta.adaptor.type == "stack-swiglu" and "padded" in meta.adaptor.encoder_input:  # mtmd pads
-            for t in tower_types:
-                progress(f"writing the audio tower ({t})")
-                tower_files[t] = f"tower.{t}.gguf"
-                write_tower_gguf(tower, tmp / tower_files[t], t, name=f"{name}-tower")
-        progress("writing the torch tower")
-        _write_torch_tower(ckpt, meta, tmp / TORCH_TOWER_DIR, torch_dtype)
-        manifest = Manifest(
-            name=name, adaptor=meta.adaptor.type, llm_dim=llm_dim, n_mels=tower.n_mels,
-            tokens_per_window=meta.adaptor.tokens_per_window(),
-            stack_factor=meta.adaptor.stack_factor if meta.adaptor.type == "stack-swiglu" else 0,
-            audio_start=meta.audio_start, audio_end=meta.audio_end, system_prompt=meta.system_prompt,
-            llm_files=llm_files, tower_files=tower_files,
-            torch_tower=TORCH_TOWER_DIR, encoder_input=list(meta.adaptor.encoder_input),
-        )
-        (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        manifest = write_tower_and_manifest(tmp, name, tower, meta, llm_files, tower_types, torch_dtype, progress)
     return manifest
 
 
-def _write_torch_tower(ckpt: Path, meta: CheckpointMeta, dest: Path, dtype: str = "float32") -> None:
-    """The tower part of the checkpoint, same layout, so finetune.checkpoint.load_tower reads it."""
-    (dest / WHISPER_DIR).mkdir(parents=True)
-    shutil.copy(ckpt / WHISPER_DIR / "config.json", dest / WHISPER_DIR / "config.json")
-    from finetune.checkpoint import whisper_state
-
-    state = whisper_state(ckpt / WHISPER_DIR)
-    if meta.adaptor.type == "stack-swiglu":
-        state = {k: v for k, v in state.items() if k.startswith("encoder.")}
+def write_tower_and_manifest(
+    dest: Path, name: str, tower: AudioTower, meta: CheckpointMeta, llm_files: dict[str, str],
+    tower_types: tuple[str, ...] = ("f16",), torch_dtype: str = "float32",
+    progress: Callable[[str], None] = lambda step: None,
+) -> Manifest:
+    """The rest of a bundle whose LLM GGUF(s) ``llm_files`` are already in ``dest``: the mmproj
+    tower(s) where mtmd can run the adaptor, the torch tower, and the manifest."""
     import torch
 
-    cast = getattr(torch, dtype)
-    save_file({k: v.to(cast).contiguous() for k, v in state.items()}, str(dest / WHISPER_DIR / WHISPER_WEIGHTS))
-    shutil.copy(ckpt / ADAPTOR_FILE, dest / ADAPTOR_FILE)
-    shutil.copy(ckpt / META_FILE, dest / META_FILE)
+    tower_files = {}
+    if meta.adaptor.type == "stack-swiglu" and "padded" in meta.adaptor.encoder_input:  # mtmd pads
+        for t in tower_types:
+            progress(f"writing the audio tower ({t})")
+            tower_files[t] = f"tower.{t}.gguf"
+            write_tower_gguf(tower, dest / tower_files[t], t, name=f"{name}-tower")
+    progress("writing the torch tower")
+    save_tower(tower.to(getattr(torch, torch_dtype)), meta, dest / TORCH_TOWER_DIR)
+    manifest = Manifest(
+        name=name, adaptor=meta.adaptor.type, llm_dim=meta.adaptor.llm_dim, n_mels=tower.n_mels,
+        tokens_per_window=meta.adaptor.tokens_per_window(),
+        stack_factor=meta.adaptor.stack_factor if meta.adaptor.type == "stack-swiglu" else 0,
+        audio_start=meta.audio_start, audio_end=meta.audio_end, system_prompt=meta.system_prompt,
+        llm_files=llm_files, tower_files=tower_files,
+        torch_tower=TORCH_TOWER_DIR, encoder_input=list(meta.adaptor.encoder_input),
+    )
+    (dest / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest

@@ -11,9 +11,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from finetune.model import AudioTower
 from llasm_cli.errors import CheckpointError
 from llasm_cli.files import atomic_path
+from llasm_cli.model import AudioTower
 
 from .quantize import tower_tensor
 

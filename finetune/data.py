@@ -32,8 +32,7 @@ from llasm_cli.audio import (
 )
 from llasm_cli.chat import AUDIO, Message, Piece, dialogue_pieces, tokenize_run
 from llasm_cli.files import atomic_path
-
-from .model import AudioTower
+from llasm_cli.model import AudioTower
 
 log = logging.getLogger("llasm.data")
 IGNORE = -100

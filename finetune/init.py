@@ -19,9 +19,17 @@ from transformers import AutoTokenizer, LlamaForCausalLM, WhisperConfig
 
 from llasm_cli.chat import DEFAULT_TEMPLATE
 from llasm_cli.errors import CheckpointError
+from llasm_cli.model import (
+    AUDIO_END,
+    AUDIO_START,
+    AdaptorConfig,
+    CheckpointMeta,
+    LlasmModel,
+    build_tower,
+    whisper_state,
+)
 
-from .checkpoint import CheckpointMeta, _load_strict, save_checkpoint, whisper_state
-from .model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, LlasmModel
+from .checkpoint import save_checkpoint
 
 
 def load_whisper(spec: str | Path, workdir: Path) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
@@ -55,11 +63,7 @@ def build_base(
     d = llm.config.hidden_size
     cfg = AdaptorConfig(type=adaptor, encoder_dim=wcfg.d_model, llm_dim=d, stack_factor=stack_factor,
                         hidden_dim=hidden_dim or 2 * d)
-    tower = AudioTower(wcfg, cfg)
-    _load_strict(tower.encoder, {k[8:]: v for k, v in wstate.items() if k.startswith("encoder.")}, "whisper encoder")
-    if tower.decoder is not None:
-        dec = {k[8:]: v for k, v in wstate.items() if k.startswith("decoder.")}
-        _load_strict(tower.decoder, dec, "whisper decoder")
+    tower = build_tower(wcfg, cfg, wstate)
     ids = tokenizer.convert_tokens_to_ids([AUDIO_START, AUDIO_END])
     spm = Path(llm_dir) / "tokenizer.model"
     save_checkpoint(LlasmModel(tower, llm, ids[0], ids[1]), tokenizer, CheckpointMeta(adaptor=cfg), out,

@@ -19,9 +19,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer, WhisperC
 
 from llasm_cli.chat import DEFAULT_TEMPLATE
 from llasm_cli.files import atomic_write_bytes
+from llasm_cli.model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, CheckpointMeta, LlasmModel
 
-from .checkpoint import CheckpointMeta, save_checkpoint
-from .model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, LlasmModel
+from .checkpoint import save_checkpoint
 
 CORPUS = [
     "hello world, this is a test of the speech assistant.",

@@ -12,6 +12,7 @@ The output folder holds ``final/``, a checkpoint `llasm export` takes as it is.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -314,6 +316,39 @@ def _unwrap(model):
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     rank, world = setup_distributed()
+    if world == 1:
+        return _train(cfg, resume, progress, rank, world)
+    try:
+        result = _train(cfg, resume, progress, rank, world)
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)  # the failed run's frames hold its DDP model
+        with contextlib.suppress(Exception):  # the run's own error is the one to report
+            _leave_process_group(finished=False)
+        raise
+    _leave_process_group(finished=True)
+    return result
+
+
+def _leave_process_group(finished: bool) -> None:
+    """Leave the process group in an order that cannot deadlock.
+
+    A gloo worker thread frees a finished collective (and, for a barrier, the ones it waited on)
+    after the caller has moved on, and freeing what they hold takes the GIL, while the group's
+    destructor joins those threads holding the GIL: tearing the group down right after a
+    collective, or at exit through DDP's reducer, could hang or abort. So what holds the group
+    (DDP's reducer, FSDP, optimizer, loader) is out of scope by now and collected while the group
+    lives; a last barrier waits for every rank, and its handle stays here until the group is
+    destroyed and its threads joined, so no worker is left freeing anything; then it is freed here.
+    """
+    gc.collect()
+    last = dist.barrier(async_op=True) if finished else None
+    if last is not None:
+        last.wait()
+    dist.destroy_process_group()
+    del last
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int, world: int) -> Path:
     if cfg.batch_size % world:
         raise SystemExit(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     device = pick_device(cfg.device, rank)
@@ -433,8 +468,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if done == cfg.stop_at and done < cfg.steps:
             if bar:
                 bar.close()
-            if world > 1:
-                dist.barrier()
             return out / f"state-{done:07d}"
     if bar:
         bar.close()
@@ -451,9 +484,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             meta.system_prompt = cfg.system_prompt
         save_checkpoint(m.to("cpu").float(), tokenizer, meta, final, spm_model=_spm_file(Path(cfg.init)))
         metrics.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
     return final
 
 

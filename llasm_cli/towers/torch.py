@@ -42,7 +42,7 @@ class TorchTower(AudioTower):
         try:
             import torch
 
-            from finetune.checkpoint import load_tower
+            from ..model import load_tower
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the torch backend needs PyTorch and transformers ({exc.name} is missing): "

@@ -1,5 +1,9 @@
 """The LLaSM model: Whisper encoder -> modal adaptor -> LLaMA, in plain PyTorch modules.
 
+One definition for the runtime's torch backend and for the training recipe (``finetune``
+imports it from here; nothing here imports the recipe). Importing this module needs PyTorch and
+transformers; the rest of ``llasm_cli`` imports it only when the torch backend is asked for.
+
 Two adaptor types share one interface (mel windows in, LLM-space embeddings out):
 
 - ``stack-swiglu``: k Whisper encoder frames stacked -> RMSNorm -> Linear -> SwiGLU -> RMSNorm
@@ -13,7 +17,9 @@ The audio span in the LLM sequence is ``<au_start>`` + adaptor outputs + ``<au_e
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -22,12 +28,23 @@ from torch import nn
 from transformers import LlamaForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 
+from .errors import CheckpointError
+
 AdaptorType = Literal["stack-swiglu", "llasm-v1"]
 ADAPTOR_TYPES: tuple[str, ...] = ("stack-swiglu", "llasm-v1")
 N_ENCODER_FRAMES = 1500  # Whisper encoder frames per 30 s window
 AUDIO_START = "<au_start>"
 AUDIO_END = "<au_end>"
-AUDIO_PLACEHOLDER = "<|audio|>"
+META_FILE = "llasm.json"  # the adaptor and audio tokens, beside the weights
+WHISPER_DIR = "whisper"  # a Hugging Face Whisper folder
+WHISPER_WEIGHTS = "model.safetensors"
+ADAPTOR_FILE = "adaptor.safetensors"
+CHECKPOINT_FORMAT = "llasm-checkpoint"
+CHECKPOINT_VERSION = 1
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful language and speech assistant. You are able to understand the speech "
+    "content that the user provides, and assist the user with a variety of tasks using natural language."
+)
 
 
 @dataclass
@@ -201,3 +218,126 @@ class LlasmModel(nn.Module):
         """Logits of a collated batch (the training loop computes the loss)."""
         emb = self.embed_batch(input_ids, feats)
         return self.llm(inputs_embeds=emb, attention_mask=attention_mask).logits
+
+
+# --- the tower on disk: META_FILE + WHISPER_DIR/ + ADAPTOR_FILE (a checkpoint's, and a bundle's
+# torch tower) ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckpointMeta:
+    """What ``llasm.json`` holds."""
+
+    adaptor: AdaptorConfig
+    audio_start: str = AUDIO_START
+    audio_end: str = AUDIO_END
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    def to_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "adaptor": self.adaptor.to_dict(),
+            "audio_start": self.audio_start,
+            "audio_end": self.audio_end,
+            "system_prompt": self.system_prompt,
+        }
+
+
+def read_meta(folder: Path) -> CheckpointMeta:
+    """Parse and check ``llasm.json``; every problem names the file and what to fix."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a llasm checkpoint: {META_FILE} is missing")
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format is {data.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+        return CheckpointMeta(
+            adaptor=AdaptorConfig.from_dict(data["adaptor"]),
+            audio_start=data["audio_start"],
+            audio_end=data["audio_end"],
+            system_prompt=data["system_prompt"],
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is malformed: {exc}") from None
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load weights, naming every missing, unexpected or mis-shaped tensor."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{what}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise CheckpointError(
+                f"{what}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}"
+            )
+    module.load_state_dict(state)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type for damaged files
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
+
+
+def whisper_state(whisper_dir: Path) -> dict[str, torch.Tensor]:
+    """Whisper weights keyed ``encoder.*`` / ``decoder.*`` whatever HF class saved them."""
+    files = sorted(Path(whisper_dir).glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no safetensors weights in {whisper_dir}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state |= read_safetensors(f)
+    return {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("proj_out")}
+
+
+def build_tower(whisper: WhisperConfig, cfg: AdaptorConfig, whisper_weights: dict[str, torch.Tensor],
+                adaptor_weights: dict[str, torch.Tensor] | None = None) -> AudioTower:
+    """Whisper weights (``encoder.*``, and ``decoder.*`` for llasm-v1) + an adaptor -> a tower.
+
+    Without ``adaptor_weights`` the adaptor keeps its fresh initialisation (a base checkpoint).
+    """
+    tower = AudioTower(whisper, cfg)
+    load_strict(tower.encoder, _part(whisper_weights, "encoder."), "whisper encoder")
+    if tower.decoder is not None:
+        load_strict(tower.decoder, _part(whisper_weights, "decoder."), "whisper decoder")
+    if adaptor_weights is not None:
+        load_strict(tower.adaptor, adaptor_weights, "adaptor")
+    return tower
+
+
+def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_tower(folder: Path, meta: CheckpointMeta | None = None) -> AudioTower:
+    """Rebuild the audio tower (Whisper part + adaptor) from a checkpoint or bundle tower folder."""
+    folder = Path(folder)
+    meta = meta or read_meta(folder)
+    whisper_cfg = WhisperConfig.from_pretrained(folder / WHISPER_DIR)
+    weights = whisper_state(folder / WHISPER_DIR)
+    return build_tower(whisper_cfg, meta.adaptor, weights, read_safetensors(folder / ADAPTOR_FILE)).eval()
+
+
+def save_tower(tower: AudioTower, meta: CheckpointMeta, folder: Path) -> None:
+    """Write the tower's files into ``folder`` (already an atomic temporary folder of the caller)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    (folder / WHISPER_DIR).mkdir(parents=True, exist_ok=True)
+    tower.whisper_config.save_pretrained(folder / WHISPER_DIR)
+    weights = {f"encoder.{k}": v for k, v in tower.encoder.state_dict().items()}
+    if tower.decoder is not None:
+        weights |= {f"decoder.{k}": v for k, v in tower.decoder.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WHISPER_DIR / WHISPER_WEIGHTS))
+    save_file({k: v.contiguous() for k, v in tower.adaptor.state_dict().items()}, str(folder / ADAPTOR_FILE))
+    (folder / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
