@@ -59,6 +59,7 @@ def condition(x, name: str, seed: int):
 def run(model: Path, items: list[dict], backends: list[str]) -> dict:
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
+    from llasm_cli.conversation import answer
     from llasm_cli.engine import Sampling
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,8 +74,8 @@ def run(model: Path, items: list[dict], backends: list[str]) -> dict:
             for cond in CONDITIONS:
                 right = []
                 for it, audio in zip(items, heard[cond]):
-                    out = "".join(bot.ask(audio, text=it["text"], sampling=Sampling(temperature=0), max_tokens=24))
-                    right.append(out.strip() == it["answer"])
+                    out = answer(bot, audio, text=it["text"], sampling=Sampling(temperature=0), max_tokens=24)
+                    right.append(out == it["answer"])
                     print(".", end="", file=sys.stderr, flush=True)
                 report.setdefault(cond, {})[backend] = accuracy(kinds, right)
                 print(f" {backend} {cond}: {report[cond][backend]['accuracy']}%", file=sys.stderr)

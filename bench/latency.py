@@ -124,7 +124,7 @@ def make_utterances(targets: tuple[float, ...], workdir: Path) -> list[Utterance
 
 
 @dataclass
-class Turn:
+class Timing:
     encode: float
     prefill: float
     first: float
@@ -136,28 +136,24 @@ class Turn:
 
 
 class Llasm:
-    """llasm's runtime: Assistant pieces (tower.encode -> prompt -> engine.eval -> engine.generate)."""
+    """llasm's runtime as `llasm ask` runs it (a one-turn Conversation), on a chosen audio tower."""
 
     def __init__(self, assistant, tower, sampling) -> None:
         self.a, self.tower, self.sampling = assistant, tower, sampling
 
-    def __call__(self, audio: np.ndarray) -> Turn:
-        from llasm_cli.engine import Sampler
+    def __call__(self, audio: np.ndarray) -> Timing:
+        from llasm_cli.conversation import Conversation
 
-        a = self.a
-        t0 = now()
-        embd = self.tower.encode(audio)
-        t1 = now()
-        segs = a.prompt(a.messages(embd, None, None, None))
-        logits = a.engine.sync(segs)  # what Assistant.ask does: keep the KV of the unchanged prefix
-        t2 = now()
-        gen = a.engine.generate(logits, Sampler(self.sampling), 1)
-        tok = next(gen)
-        a.engine.piece(tok)
-        t3 = now()
-        gen.close()  # stop before generate() evaluates the token (that is decode, not first token)
-        return Turn(t1 - t0, t2 - t1, t3 - t2, {"audio_tokens": int(embd.shape[0]), "prompt_tokens": sum(len(s) for s in segs),
-                                                "reused_tokens": getattr(a.engine, "reused", 0)})
+        conv = Conversation(self.a, tower=self.tower)
+        conv.add_user(audio)
+        stream = conv.respond(self.sampling, max_tokens=1)
+        next(stream, None)  # the first token: its time is recorded when it is sampled, before it is decoded
+        stream.close()
+        st = conv.stats
+        first = (st.first_token_ms - st.encode_ms - st.prefill_ms) / 1e3
+        return Timing(st.encode_ms / 1e3, st.prefill_ms / 1e3, first, {
+            "audio_tokens": int(conv.turns[0].message.clips[0].shape[0]), "prompt_tokens": st.prompt_tokens,
+            "reused_tokens": self.a.engine.reused})
 
 
 class CascadeLLM:
@@ -199,7 +195,7 @@ class Cascade:
         marked = prompt_of("@@TRANSCRIPT@@")
         self.static = llm.tokens(marked[: marked.index("@@TRANSCRIPT@@")])
 
-    def __call__(self, audio: np.ndarray) -> Turn:
+    def __call__(self, audio: np.ndarray) -> Timing:
         llm = self.llm.llm
         t0 = now()
         text = self.transcribe(audio)
@@ -214,7 +210,7 @@ class Cascade:
         tok = llm.sample(temp=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=0.0)
         llm.detokenize([tok])
         t3 = now()
-        return Turn(t1 - t0, t2 - t1, t3 - t2, {"transcript": text.strip(), "prompt_tokens": len(toks), "reused_tokens": keep})
+        return Timing(t1 - t0, t2 - t1, t3 - t2, {"transcript": text.strip(), "prompt_tokens": len(toks), "reused_tokens": keep})
 
 
 def faster_whisper_asr(ct2_dir: Path, threads: int) -> Callable[[np.ndarray], str]:
@@ -256,14 +252,14 @@ class ModelRun:
     systems: dict = field(default_factory=dict)
     startup: dict = field(default_factory=dict)
     cold: dict = field(default_factory=dict)
-    turns: dict = field(default_factory=lambda: defaultdict(list))  # (utt index, system) -> [Turn]
+    turns: dict = field(default_factory=lambda: defaultdict(list))  # (utt index, system) -> [Timing]
 
 
 def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, bf16: bool = True) -> tuple[ModelRun, dict]:
     from llasm_cli.assistant import Assistant
     from llasm_cli.bundle import Bundle, load_bundle
-    from llasm_cli.chat import render
     from llasm_cli.engine import Sampling
+    from llasm_cli.prompt import render
     from llasm_cli.towers import open_tower
 
     run = ModelRun(name, bundle)
@@ -534,8 +530,8 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int) -> list[dict]:
 
 
 def measure_overheads(run: ModelRun, ctx: dict, utts: list[Utterance], reps: int) -> dict:
-    from llasm_cli.chat import render
     from llasm_cli.engine import Sampler, Sampling
+    from llasm_cli.prompt import render
 
     a = ctx["assistant"]
     out: dict = {"model": run.name}

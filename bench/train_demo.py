@@ -221,8 +221,8 @@ def make_base(root: Path) -> Path:
     from finetune.checkpoint import save_checkpoint
     from finetune.init import load_whisper
     from finetune.tiny import train_tokenizer
-    from llasm_cli.chat import DEFAULT_TEMPLATE
     from llasm_cli.model import AUDIO_END, AUDIO_START, AdaptorConfig, CheckpointMeta, LlasmModel, build_tower
+    from llasm_cli.prompt import DEFAULT_TEMPLATE
 
     torch.manual_seed(SEED)
     corpus = [c["conversations"][0]["value"] + "\n" + c["conversations"][1]["value"]
@@ -294,6 +294,7 @@ def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
     from finetune.records import read_conversations
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
+    from llasm_cli.conversation import answer
     from llasm_cli.engine import Sampling
 
     convs = read_conversations(root / "eval.json", on_error="fail")
@@ -308,7 +309,7 @@ def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
         report[f"pytorch_{mode}"] = _score(items, answers)
     for backend in ("ggml", "torch"):
         bot = Assistant(bundle, backend=backend)
-        answers = ["".join(bot.ask(audio, text=text, sampling=Sampling(temperature=0), max_tokens=24)).strip()
+        answers = [answer(bot, audio, text=text, sampling=Sampling(temperature=0), max_tokens=24)
                    for _, audio, text, _, _ in items]
         report[f"bundle_{backend}"] = _score(items, answers)
         report[f"bundle_{backend}_examples"] = [(i[0], i[3], a) for i, a in list(zip(items, answers))[:8]]
@@ -337,7 +338,7 @@ def torch_greedy(ckpt: Path, items) -> dict[str, list[str]]:
 
     from finetune.checkpoint import load_checkpoint
     from finetune.data import FeatureStore, hf_tokenize
-    from llasm_cli.chat import Message, dialogue_pieces, pieces_to_segments, user_content
+    from llasm_cli.prompt import Message, dialogue_pieces, pieces_to_segments, user_content
 
     model, tok, meta = load_checkpoint(ckpt)
     out: dict[str, list[str]] = {}

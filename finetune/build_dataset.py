@@ -53,13 +53,13 @@ from llasm_cli.files import atomic_path, stale_temp_files
 from .records import (
     AUDIO_MARKER,
     LOG,
-    Conversation,
     DataError,
+    Dialogue,
+    DialogueTurn,
     OnError,
     RecordError,
     Records,
     Reporter,
-    Turn,
     audio_duration,
     iter_json_records,
     read_conversations,
@@ -465,7 +465,7 @@ def build_dataset(
     by_conv: dict[int, list[_Job]] = {}
     for job in jobs:
         by_conv.setdefault(job.conv, []).append(job)
-    built: list[Conversation] = []
+    built: list[Dialogue] = []
     for ci, conv in enumerate(convs):
         if ci in failed:
             continue
@@ -473,12 +473,12 @@ def build_dataset(
         turns = []
         for ti, (role, text) in enumerate(conv.turns):
             if role == "gpt":
-                turns.append(Turn(role="gpt", value=text))
+                turns.append(DialogueTurn(role="gpt", value=text))
                 continue
             job = spoken[ti]
             summary.audio_seconds += job.seconds
-            turns.append(Turn(role="human", value=AUDIO_MARKER, audio=out_dir / job.rel, text=text, tts=job.params))
-        built.append(Conversation(id=conv.id, turns=turns))
+            turns.append(DialogueTurn(role="human", value=AUDIO_MARKER, audio=out_dir / job.rel, text=text, tts=job.params))
+        built.append(Dialogue(id=conv.id, turns=turns))
     write_conversations(built, out_dir / CONVERSATIONS_FILE)
     summary.conversations = len(built)
     summary.failed = len(failed)

@@ -2,7 +2,7 @@
 
 A sample is a list of (role, content, audio paths) messages; content holds ``<|audio|>`` where
 each clip's embeddings go. Tokenization cuts the rendered chat template exactly where the
-runtime does (``llasm_cli.chat``), so what the model learns is what ``llasm`` feeds it. Loss
+runtime does (``llasm_cli.prompt``), so what the model learns is what ``llasm`` feeds it. Loss
 falls on the assistant answers and their EOS only.
 
 The audio encoder is frozen in both stages, so its output ("features": Whisper encoder
@@ -30,9 +30,9 @@ from llasm_cli.audio import (
     split_windows,
     unpadded_frames,
 )
-from llasm_cli.chat import AUDIO, Message, Piece, dialogue_pieces, tokenize_run
 from llasm_cli.files import atomic_path
 from llasm_cli.model import AudioTower
+from llasm_cli.prompt import AUDIO, Message, Piece, dialogue_pieces, tokenize_run
 
 log = logging.getLogger("llasm.data")
 IGNORE = -100

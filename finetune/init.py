@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, WhisperConfig
 
-from llasm_cli.chat import DEFAULT_TEMPLATE
 from llasm_cli.errors import CheckpointError
 from llasm_cli.model import (
     AUDIO_END,
@@ -28,6 +27,7 @@ from llasm_cli.model import (
     build_tower,
     whisper_state,
 )
+from llasm_cli.prompt import DEFAULT_TEMPLATE
 
 from .checkpoint import save_checkpoint
 

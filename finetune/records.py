@@ -64,7 +64,7 @@ class AsrRecord:
 
 
 @dataclass
-class Turn:
+class DialogueTurn:
     """One conversation turn. ``role`` is "human" or "gpt"; only human turns carry audio.
 
     ``text`` (optional) is what the audio says, as the dataset builder spoke it; ``tts`` (optional)
@@ -79,9 +79,9 @@ class Turn:
 
 
 @dataclass
-class Conversation:
+class Dialogue:
     id: str
-    turns: list[Turn]
+    turns: list[DialogueTurn]
 
 
 @dataclass
@@ -246,7 +246,7 @@ def read_asr_manifest(
 # Conversations
 
 
-def turn_from_dict(obj: Any, index: int, base: Path, check_audio: bool) -> Turn:
+def turn_from_dict(obj: Any, index: int, base: Path, check_audio: bool) -> DialogueTurn:
     if not isinstance(obj, dict):
         raise RecordError(f"turn {index}: expected a JSON object, got {type(obj).__name__}")
     try:
@@ -285,10 +285,10 @@ def turn_from_dict(obj: Any, index: int, base: Path, check_audio: bool) -> Turn:
         raise RecordError(f"turn {index}: field 'text' must be a string")
     if tts is not None and not isinstance(tts, dict):
         raise RecordError(f"turn {index}: field 'tts' must be an object")
-    return Turn(role=role, value=value, audio=audio, text=text, tts=tts)  # type: ignore[arg-type]
+    return DialogueTurn(role=role, value=value, audio=audio, text=text, tts=tts)  # type: ignore[arg-type]
 
 
-def conversation_from_dict(obj: Any, base: Path, check_audio: bool = False) -> Conversation:
+def conversation_from_dict(obj: Any, base: Path, check_audio: bool = False) -> Dialogue:
     """Validate one conversation object; raise RecordError naming the problem."""
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
@@ -305,18 +305,18 @@ def conversation_from_dict(obj: Any, base: Path, check_audio: bool = False) -> C
     turns = [turn_from_dict(t, i, base, check_audio) for i, t in enumerate(raw_turns)]
     if turns[-1].role != "gpt":
         raise RecordError("the last turn must be a gpt answer")
-    return Conversation(id=str(cid), turns=turns)
+    return Dialogue(id=str(cid), turns=turns)
 
 
 def read_conversations(
     path: str | Path, on_error: OnError = "skip", check_audio: bool = False
-) -> Records[Conversation]:
+) -> Records[Dialogue]:
     """Read instruction conversations (JSON list or JSONL). ``check_audio`` opens every audio
     file's header. The returned list has ``.summary`` (a ReadSummary)."""
     path = Path(path)
     report = Reporter(path, on_error)
     base = Path(os.path.abspath(path)).parent
-    convs: list[Conversation] = []
+    convs: list[Dialogue] = []
     seen: set[str] = set()
     for where, obj in iter_json_records(path):
         try:
@@ -352,7 +352,7 @@ def asr_record_to_dict(rec: AsrRecord, base: Path) -> dict:
     return out
 
 
-def conversation_to_dict(conv: Conversation, base: Path) -> dict:
+def conversation_to_dict(conv: Dialogue, base: Path) -> dict:
     turns = []
     for t in conv.turns:
         d: dict[str, Any] = {"from": t.role, "value": t.value}
@@ -374,7 +374,7 @@ def write_asr_manifest(records: Iterable[AsrRecord], path: str | Path) -> Path:
     return atomic_write_text(path, "".join(lines))
 
 
-def write_conversations(convs: Iterable[Conversation], path: str | Path) -> Path:
+def write_conversations(convs: Iterable[Dialogue], path: str | Path) -> Path:
     """Write conversations atomically: JSONL when ``path`` ends in .jsonl, else a JSON list."""
     path = Path(path)
     base = Path(os.path.abspath(path)).parent

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer, WhisperConfig
 
-from llasm_cli.chat import DEFAULT_TEMPLATE
 from llasm_cli.files import atomic_write_bytes
 from llasm_cli.model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, CheckpointMeta, LlasmModel
+from llasm_cli.prompt import DEFAULT_TEMPLATE
 
 from .checkpoint import save_checkpoint
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llasm_cli.chat import DEFAULT_TEMPLATE
+from llasm_cli.prompt import DEFAULT_TEMPLATE
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FEATURE_DTYPES, IGNORE, DialogueDataset, FeatureStore, Sample, asr_sample, collate, split_eval
@@ -158,7 +158,7 @@ def load_samples(cfg: TrainConfig, path: str) -> list[Sample]:
 
 def conversation_sample(conv) -> Sample:
     """A LLaSM-style conversation (``<audio>`` marks the speech in a human turn) as a sample."""
-    from llasm_cli.chat import AUDIO
+    from llasm_cli.prompt import AUDIO
 
     from .records import AUDIO_MARKER
 

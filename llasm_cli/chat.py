@@ -1,259 +1,275 @@
-"""Prompts: chat-template rendering and the split into token and audio-embedding segments.
+"""The interactive chat: turns from the microphone, files or the keyboard; answers streamed.
 
-The template is rendered with a stand-in for each message's content, so the template's own
-text (where control tokens such as ``<|im_start|>`` are parsed) and what people said or typed
-(always literal text: a typed ``</s>`` is four characters, not end-of-text) stay apart. Each
-audio slot in a message becomes ``<au_start>`` + that clip's embeddings + ``<au_end>``.
-
-Runtime and training cut the sequence at the same places (audio, the EOS string, answers) and
-tokenize each stretch of text the same way, so the llama.cpp tokenizer and the Hugging Face
-tokenizer see identical pieces and produce identical ids.
+Input modes: ``mic`` (hands-free, the voice-activity endpointer decides when a turn ends),
+``ptt`` (Enter starts and stops recording) and ``text`` (typed only). In every mode typed lines
+work too; a typed line ending with ':' waits for the next spoken turn and goes with it
+(e.g. ``translate this to Chinese:`` then say the sentence).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from functools import lru_cache
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
-from .errors import TemplateError
+from .audio import SAMPLE_RATE, load_audio
+from .conversation import Conversation
+from .engine import Sampling
+from .errors import LlasmError, MicrophoneError, NoSpeechError
+from .keys import KeyReader
+from .ui import stream_answer
 
-AUDIO_PLACEHOLDER = "<|audio|>"
-# The template llasm models are trained with. "ASSISTANT:" is followed directly by the answer,
-# whose first token carries its own leading space, so the generation prompt ends where the
-# answer's tokens begin.
-DEFAULT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
-    "{% elif message['role'] == 'user' %}USER: {{ message['content'] }}\n"
-    "{% else %}ASSISTANT:{{ message['content'] }}{{ eos_token }}\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+HELP = (
+    "commands: /file PATH [text]  /reset  /save FILE  /system TEXT  /stats  /help  /quit\n"
+    "A typed line ending with ':' waits for your next spoken turn and is sent with it."
 )
-_STAND_IN = "\x1e{}\x1e"  # stands in for message i's content while the template is rendered
-
-
-class AudioSlot:
-    """Where a clip goes in a message's parts; typed text can never become one."""
-
-    def __repr__(self) -> str:
-        return "AUDIO"
-
-
-AUDIO = AudioSlot()
-Part = str | AudioSlot
+EOF_ = object()
 
 
 @dataclass
-class Message:
-    """One chat turn; ``clips`` holds the embeddings for each audio slot, in order.
-
-    ``content`` is the turn as text. In training data the placeholder ``<|audio|>`` in it marks
-    a clip. At run time ``parts`` says where the clips go instead (text and ``AUDIO`` in order),
-    so whatever a user types is literal text, never audio and never a control token.
-    """
-
-    role: str
-    content: str
-    clips: list = field(default_factory=list)
-    parts: list | None = None
-    tokens: list[int] | None = None  # an answer's ids exactly as generated (run-time history)
-
-    @classmethod
-    def of(cls, role: str, parts: Sequence[Part], clips: Sequence = (), tokens: list[int] | None = None) -> Message:
-        text = "".join(AUDIO_PLACEHOLDER if p is AUDIO else p for p in parts)
-        return cls(role, text, list(clips), list(parts), tokens)
-
-    def split(self) -> list[Part]:
-        """The content as parts: text and ``AUDIO``."""
-        if self.parts is not None:
-            return list(self.parts)
-        out: list[Part] = []
-        for i, text in enumerate(self.content.split(AUDIO_PLACEHOLDER)):
-            if i:
-                out.append(AUDIO)
-            if text:
-                out.append(text)
-        return out
+class ChatSettings:
+    mode: str = "mic"  # "mic" | "ptt" | "text"
+    device: str | int | None = None
+    trailing_silence: float = 0.6
+    max_turn: float = 30.0
+    stats: bool = False
+    sampling: Sampling | None = None
+    max_tokens: int | None = None
+    max_audio: float | None = None  # longest audio file accepted (seconds)
 
 
-@dataclass
-class Piece:
-    """A stretch of the sequence.
-
-    ``text``: template text, whose control tokens (``<|im_start|>``) are parsed; ``content``:
-    what someone said or typed, always literal text; ``audio``: clip number ``index``; ``eos``;
-    ``answer``: an assistant message's content in training (literal, and it carries the labels);
-    ``tokens``: an earlier answer at run time, as the very ids that were generated.
-    """
-
-    kind: str  # "text" | "content" | "audio" | "eos" | "answer" | "tokens"
-    text: str = ""
-    index: int = -1  # audio: clip number in the conversation; answer: message number
-    ids: list[int] = field(default_factory=list)  # tokens: ids fed as they are (an answer as generated)
+def level_bar(db: float, width: int = 16) -> str:
+    filled = int(round(max(0.0, min(1.0, (db + 60.0) / 60.0)) * width))
+    return "█" * filled + "·" * (width - filled)
 
 
-def user_content(text_before: str | None, has_audio: bool, text_after: str | None) -> list[Part]:
-    """The user's turn: typed text before and after the spoken part, one per line."""
-    parts: list[Part] = [text_before or "", AUDIO if has_audio else "", text_after or ""]
-    kept = [p for p in parts if p is AUDIO or p.strip()]
-    out: list[Part] = []
-    for i, part in enumerate(kept):
-        if i:
-            out.append("\n")
-        out.append(part)
-    return out
+class ChatApp:
+    """Owns the loop; the conversation (and its KV cache) does the work."""
 
+    def __init__(self, conv: Conversation, settings: ChatSettings, console: Console) -> None:
+        self.conv = conv
+        self.s = settings
+        self.console = console
+        self.pending_text: str | None = None
+        self.mic = None
+        self.endpointer = None
 
-@lru_cache(maxsize=8)
-def _compile(template: str):
-    """Compiled once per template: compiling costs far more than rendering."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    # --- the loop -------------------------------------------------------------------
 
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
+    def run(self, first_file: Path | None = None, first_text: str | None = None) -> None:
+        c = self.console
+        m = self.conv.bot.bundle.manifest
+        self.pending_text = first_text
+        with self.console.status("loading the audio encoder…", spinner="dots"):
+            self.conv.bot.warmup_tower()
+        self._open_mic()
+        c.print(f"[bold]llasm[/] · {m.name} · input: {self._mode_label()} · /help for commands · Ctrl-D to quit")
+        keys = KeyReader()
+        try:
+            if first_file is not None:
+                self._spoken_turn(load_audio(first_file, self.s.max_audio), f"file {first_file.name}")
+            while True:
+                item = self._next_input(keys)
+                if item is EOF_:
+                    break
+                kind, payload = item
+                if kind == "audio":  # hands-free turns passed the voice-activity detector already
+                    self._spoken_turn(payload, f"{payload.size / SAMPLE_RATE:.1f} s of speech",
+                                      heard=self.s.mode == "mic")
+                elif not self._handle_line(payload):
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if self.mic is not None:
+                self.mic.close()
+            c.print("[dim]bye[/]")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
+    def _mode_label(self) -> str:
+        if self.s.mode == "text":
+            return "keyboard"
+        name = getattr(self.mic, "name", "")
+        return f"{'push-to-talk' if self.s.mode == 'ptt' else 'microphone'} ({name})"
 
+    def _open_mic(self) -> None:
+        if self.s.mode == "text":
+            return
+        try:
+            from .endpoint import Endpointer
+            from .mic import Microphone
 
-def render(template: str, messages: Sequence[Message], bos_token: str, eos_token: str, add_generation_prompt: bool = True) -> str:
-    """Render a Hugging Face style Jinja chat template the way transformers does."""
-    return _render(template, [m.content for m in messages], messages, bos_token, eos_token, add_generation_prompt)
+            self.endpointer = Endpointer(trailing_silence=self.s.trailing_silence, max_turn=self.s.max_turn)
+            self.mic = Microphone(self.s.device)
+            self.mic.open()
+        except (MicrophoneError, LlasmError) as exc:
+            self.console.print(f"[yellow]no microphone:[/] {exc} — using typed input")
+            self.mic, self.s.mode = None, "text"
 
+    def _next_input(self, keys: KeyReader):
+        if self.s.mode == "text":
+            try:
+                prompt = "[bold cyan]you›[/] " + (f"[dim]({self.pending_text})[/] " if self.pending_text else "")
+                return ("text", self.console.input(prompt))
+            except EOFError:
+                return EOF_
+        with keys:  # cbreak only while listening: typed turns keep the terminal's line editing
+            return self._listen(keys)
 
-def render_stand_ins(template: str, messages: Sequence[Message], eos_token: str, add_generation_prompt: bool = True) -> str:
-    """The template's text with each message's content as a stand-in (see ``expand``)."""
-    contents = [_STAND_IN.format(i) for i in range(len(messages))]
-    return _render(template, contents, messages, "", eos_token, add_generation_prompt)
+    # --- listening ------------------------------------------------------------------
 
+    def _listen(self, keys: KeyReader):
+        """Hands-free or push-to-talk capture with a live level meter; typed lines interrupt it."""
+        ptt = self.s.mode == "ptt"
+        recording = not ptt
+        self.endpointer.reset()
+        self.mic.flush()
+        chunks: list[np.ndarray] = []
+        t0, db, speaking = time.monotonic(), -120.0, False
+        with Live(Text(""), console=self.console, transient=True, refresh_per_second=12) as live:
+            while True:
+                line = keys.poll(0.0)
+                if line is KeyReader.EOF:
+                    return EOF_
+                if line is not None:
+                    if ptt and line == "":
+                        if recording:
+                            return ("audio", np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
+                        recording, chunks, t0 = True, [], time.monotonic()
+                        self.mic.flush()
+                        continue
+                    return ("text", line)
+                chunk = self.mic.read(timeout=0.03)
+                if chunk.size:
+                    db = self.endpointer.level(chunk)
+                    if ptt and recording:
+                        chunks.append(chunk)
+                    elif not ptt:
+                        for ev in self.endpointer.push(chunk):
+                            if hasattr(ev, "audio"):
+                                return ("audio", ev.audio)
+                            speaking = True
+                live.update(self._meter(db, time.monotonic() - t0, recording, speaking, keys.buffer))
 
-def _render(template, contents, messages, bos_token, eos_token, add_generation_prompt) -> str:
-    import jinja2
-
-    try:
-        return _compile(template).render(
-            messages=[{"role": m.role, "content": c} for m, c in zip(messages, contents, strict=True)],
-            bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt,
-        )
-    except jinja2.TemplateError as exc:
-        raise TemplateError(f"the chat template failed: {exc}") from None
-
-
-def split_text(text: str, eos_text: str) -> list[Piece]:
-    """Cut rendered template text at EOS strings and content stand-ins (``answer`` pieces, index = message)."""
-    marks = ["\x1e(\\d+)\x1e"] + ([re.escape(eos_text)] if eos_text else [])
-    pieces, pos = [], 0
-    for m in re.finditer("|".join(marks), text):
-        if m.start() > pos:
-            pieces.append(Piece("text", text[pos : m.start()]))
-        if m.group(1) is not None:
-            pieces.append(Piece("answer", index=int(m.group(1))))
+    def _meter(self, db: float, elapsed: float, recording: bool, speaking: bool, typed: str) -> Text:
+        if self.s.mode == "ptt" and not recording:
+            state = "[dim]press Enter to talk[/]"
         else:
-            pieces.append(Piece("eos"))
-        pos = m.end()
-    if pos < len(text):
-        pieces.append(Piece("text", text[pos:]))
-    return pieces
+            state = "[bold red]● speaking[/]" if speaking else "[green]● listening[/]"
+        pending = f"  [dim]({self.pending_text})[/]" if self.pending_text else ""
+        return Text.from_markup(
+            f"{state} {level_bar(db)} {db:5.0f} dB {elapsed:5.1f} s{pending}   [bold cyan]you›[/] {typed}█"
+        )
+
+    # --- turns ----------------------------------------------------------------------
+
+    def _handle_line(self, line: str) -> bool:
+        """A typed line: a command, text held for the next speech, or a text turn. False quits."""
+        line = line.strip()
+        if not line:
+            return True
+        if line.startswith("/"):
+            return self._command(line)
+        if line.endswith(":"):
+            self.pending_text = line
+            self.console.print(f"[dim]… waiting for speech to go with “{line}”[/]")
+            return True
+        self._turn(text=line)
+        return True
+
+    def _command(self, line: str) -> bool:
+        c = self.console
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if name in ("/quit", "/exit"):
+            return False
+        if name == "/help":
+            c.print(HELP)
+        elif name == "/reset":
+            self.conv.reset()
+            self.pending_text = None
+            c.print("[dim]conversation cleared[/]")
+        elif name == "/system":
+            self.conv.set_system(arg)
+            c.print(f"[dim]system prompt set ({len(arg)} characters); history kept[/]")
+        elif name == "/stats":
+            self.s.stats = not self.s.stats
+            c.print(f"[dim]stats {'on' if self.s.stats else 'off'}[/]")
+        elif name == "/save":
+            if not arg:
+                c.print("[yellow]usage:[/] /save FILE.json")
+            else:
+                path = self.conv.save(Path(arg).expanduser())
+                c.print(f"[dim]saved {path}[/]")
+        elif name == "/file":
+            parts = shlex.split(arg) if arg else []
+            if not parts:
+                c.print("[yellow]usage:[/] /file PATH [text]")
+                return True
+            try:
+                audio = load_audio(Path(parts[0]).expanduser(), self.s.max_audio)
+            except LlasmError as exc:
+                c.print(f"[red]error:[/] {exc}")
+                return True
+            if len(parts) > 1:
+                self.pending_text = " ".join(parts[1:])
+            self._spoken_turn(audio, f"file {Path(parts[0]).name}")
+        else:
+            c.print(f"[yellow]unknown command {name}[/] — {HELP.splitlines()[0]}")
+        return True
+
+    def _spoken_turn(self, audio: np.ndarray, label: str, heard: bool = False) -> None:
+        """Send a recording, unless it holds no speech (a file of silence, a push-to-talk cough)."""
+        if audio.size == 0:
+            return
+        if not heard:
+            from .endpoint import require_speech
+
+            try:
+                require_speech(audio, label)
+            except NoSpeechError as exc:
+                self.console.print(f"[yellow]not sent:[/] {str(exc).split('; ')[0]}")
+                return
+        text, self.pending_text = self.pending_text, None
+        self.console.print(f"[bold cyan]you›[/] {text + ' ' if text else ''}[dim]\\[{label}][/]")
+        self._turn(audio=audio, text=text)
+
+    def _turn(self, audio: np.ndarray | None = None, text: str | None = None) -> None:
+        c = self.console
+        try:
+            with c.status("listening to you…" if audio is not None else "thinking…", spinner="dots"):
+                self.conv.add_user(audio, text=text)
+                stream = self.conv.respond(self.s.sampling, self.s.max_tokens)
+                first = next(stream, None)
+        except LlasmError as exc:  # the conversation has already taken the failed turn back
+            c.print(f"[red]error:[/] {exc}")
+            return
+        except KeyboardInterrupt:
+            c.print("[dim](interrupted: the turn was not sent)[/]")
+            return
+        for notice in self.conv.notices:
+            c.print(f"[yellow]{notice}[/]")
+        self.conv.notices.clear()
+        c.print("[bold magenta]llasm›[/]")
+        try:
+            stream_answer(_chain(first, stream), out=c)
+        except KeyboardInterrupt:
+            stream.close()
+            c.print("[dim](interrupted)[/]")
+        if self.s.stats:
+            st = self.conv.stats
+            c.print(
+                f"[dim]audio {st.audio_seconds:.1f} s · encode {st.encode_ms:.0f} ms · prefill {st.prefill_ms:.0f} ms"
+                f" · first token {st.first_token_ms:.0f} ms · {st.decode_tokens_per_s:.0f} tok/s[/]"
+            )
 
 
-def expand(pieces: Sequence[Piece], messages: Sequence[Message], answers: bool) -> list[Piece]:
-    """Replace each stand-in by its message's parts: content text and audio slots (clips numbered
-    through the whole conversation). With ``answers``, assistant messages stay ``answer`` pieces."""
-    first_clip, n = [], 0
-    for m in messages:
-        first_clip.append(n)
-        n += sum(p is AUDIO for p in m.split())
-    out: list[Piece] = []
-    for piece in pieces:
-        if piece.kind != "answer":
-            out.append(piece)
-            continue
-        msg = messages[piece.index]
-        if answers and msg.role == "assistant":
-            out.append(Piece("answer", msg.content, piece.index))
-            continue
-        if msg.tokens is not None:
-            out.append(Piece("tokens", ids=list(msg.tokens)))
-            continue
-        clip = first_clip[piece.index]
-        for part in msg.split():
-            if part is AUDIO:
-                out.append(Piece("audio", index=clip))
-                clip += 1
-            elif part:
-                out.append(Piece("content", part))
-    return out
-
-
-def prompt_pieces(template: str, messages: Sequence[Message], eos_text: str, add_generation_prompt: bool) -> list[Piece]:
-    """A conversation as the runtime feeds it: template text, literal content, audio, EOS."""
-    text = render_stand_ins(template, messages, eos_text, add_generation_prompt)
-    return expand(split_text(text, eos_text), messages, answers=False)
-
-
-def dialogue_pieces(template: str, messages: Sequence[Message], eos_text: str, add_generation_prompt: bool) -> list[Piece]:
-    """A whole conversation as pieces, each assistant answer left as an ``answer`` piece (training)."""
-    text = render_stand_ins(template, messages, eos_text, add_generation_prompt)
-    return expand(split_text(text, eos_text), messages, answers=True)
-
-
-Tokenize = Callable[[str, bool], list[int]]  # (text, parse control tokens) -> ids
-
-
-def tokenize_run(run: Sequence[Piece], tokenize: Tokenize) -> list[int]:
-    """Token ids of consecutive ``text``/``content`` pieces.
-
-    Joined and tokenized as one string (so ids do not depend on where content begins) unless
-    some content holds the spelling of a control token; then piece by piece, content literal.
-    """
-    joined = "".join(p.text for p in run)
-    if not joined:
-        return []
-    if all(p.kind == "text" or tokenize(p.text, True) == tokenize(p.text, False) for p in run):
-        return tokenize(joined, True)
-    ids: list[int] = []
-    for p in run:
-        ids += tokenize(p.text, p.kind == "text") if p.text else []
-    return ids
-
-
-def segments(engine, pieces: Sequence[Piece], clips: Sequence[np.ndarray], audio_start: int, audio_end: int, bos: bool) -> list:
-    """Token lists and embedding arrays for prompt pieces (clip i for audio piece i)."""
-    return pieces_to_segments(pieces, engine.tokenize, clips, engine.bos if bos else None, engine.eos,
-                              audio_start, audio_end)
-
-
-def pieces_to_segments(
-    pieces: Sequence[Piece], tokenize: Tokenize, clips: Sequence, bos: int | None, eos: int,
-    audio_start: int, audio_end: int,
-) -> list:
-    """Turn pieces into token lists and clips; consecutive tokens are merged into one list."""
-    out: list = []
-    tokens: list[int] = [bos] if bos is not None else []
-    run: list[Piece] = []
-    for p in [*pieces, Piece("end")]:
-        if p.kind in ("text", "content"):
-            run.append(p)
-            continue
-        tokens += tokenize_run(run, tokenize)
-        run = []
-        if p.kind == "answer":
-            tokens += tokenize(p.text, False) if p.text else []
-        elif p.kind == "tokens":
-            tokens += p.ids
-        elif p.kind == "eos":
-            tokens.append(eos)
-        elif p.kind == "audio":
-            if not 0 <= p.index < len(clips):
-                raise ValueError(f"audio piece {p.index} but {len(clips)} clips")
-            out += [tokens + [audio_start], clips[p.index]]
-            tokens = [audio_end]
-    out.append(tokens)
-    return [s for s in out if len(s)]
+def _chain(first, rest):
+    if first is not None:
+        yield first
+    yield from rest

@@ -113,6 +113,7 @@ def ask(
     """
     from .assistant import Assistant
     from .audio import load_audio
+    from .conversation import ask as ask_once
     from .engine import Sampling
     from .ui import console, stats_table, stream_answer
 
@@ -126,14 +127,15 @@ def ask(
     bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers)
     try:
         sampling = Sampling(temperature=bot.default_sampling().temperature if temperature is None else temperature, seed=seed)
-        pieces = bot.ask(samples, text=text, after=after, system=system, sampling=sampling, max_tokens=max_tokens)
+        conv = ask_once(bot, samples, text=text, after=after, system=system)
+        pieces = conv.respond(sampling, max_tokens)
         if as_json:
             answer = "".join(pieces).strip()
-            typer.echo(json.dumps({"answer": answer, "timings": bot.stats.to_dict()}, ensure_ascii=False))
+            typer.echo(json.dumps({"answer": answer, "timings": conv.stats.to_dict()}, ensure_ascii=False))
             return
         stream_answer(pieces)
         if stats:
-            console.print(stats_table(bot.stats.to_dict()))
+            console.print(stats_table(conv.stats.to_dict()))
     finally:
         bot.close()
 
@@ -180,9 +182,9 @@ def chat(
       llasm chat -m my-bundle --no-mic --file question.wav
     """
     from .assistant import Assistant
+    from .chat import ChatApp, ChatSettings
     from .conversation import Conversation
     from .engine import Sampling
-    from .repl import ChatApp, ChatSettings
     from .ui import console
 
     if mic is None:

@@ -1,4 +1,4 @@
-"""A multi-turn conversation; its state in the KV cache is the engine's to keep.
+"""Conversations: a chat of many turns, and a one-shot question (a chat of one turn).
 
 Each turn the conversation describes the whole prompt (system prompt, every turn, the new one)
 and the engine keeps the longest prefix it already holds: audio is encoded once, when the user
@@ -14,16 +14,33 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .assistant import Assistant, TurnStats
+from .assistant import Assistant
 from .audio import SAMPLE_RATE
-from .chat import Message, user_content
-from .engine import Sampler, Sampling
+from .engine import Sampler, Sampling, TextStream
 from .errors import ContextOverflowError, LlasmError
+from .prompt import Message, user_content
+from .towers import TowerBackend
+
+
+@dataclass
+class TurnStats:
+    """Timings of one answer, in milliseconds unless named otherwise."""
+
+    audio_seconds: float = 0.0
+    encode_ms: float = 0.0
+    prefill_ms: float = 0.0
+    first_token_ms: float = 0.0  # end of input -> first answer token (encode + prefill + 1st sample)
+    prompt_tokens: int = 0  # positions prefilled for this turn (what the cache already held is not counted)
+    answer_tokens: int = 0
+    decode_tokens_per_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -40,6 +57,7 @@ class Conversation:
 
     bot: Assistant
     system: str | None = None
+    tower: TowerBackend | None = None  # the audio encoder to use; default: the bot's
     reserve: int = 256  # positions kept free for the answer
     turns: list[Turn] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
@@ -63,7 +81,7 @@ class Conversation:
         if audio is not None:
             self._check_fits(audio)
         t0 = time.perf_counter()
-        clips = [self.bot.tower.encode(audio)] if audio is not None else []
+        clips = [(self.tower or self.bot.tower).encode(audio)] if audio is not None else []
         self.stats = TurnStats(audio_seconds=0.0 if audio is None else audio.size / SAMPLE_RATE)
         self.stats.encode_ms = (time.perf_counter() - t0) * 1e3
         turn = Turn(Message.of("user", user_content(text, audio is not None, after), clips), audio)
@@ -159,10 +177,32 @@ class Conversation:
         answer: list[int] = []
         t0 = self._t0 - st.encode_ms / 1e3  # first token counted from the start of encoding
         try:
-            yield from self.bot.stream(logits, Sampler(sampling), max_tokens, t0, st, answer)
+            yield from self._stream(logits, Sampler(sampling), max_tokens, t0, answer)
         finally:
             text = self.bot.engine.detokenize(answer).strip()
             self.turns.append(Turn(Message.of("assistant", [text], tokens=list(answer))))
+
+    def _stream(self, logits: np.ndarray, sampler: Sampler, max_tokens: int, t0: float, tokens: list[int]) -> Iterator[str]:
+        """Generate and yield text pieces, timed against ``t0``; the ids go to ``tokens``."""
+        engine, st = self.bot.engine, self.stats
+        text = TextStream()
+        t_first = None
+        try:
+            for tok in engine.generate(logits, sampler, max_tokens):
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    st.first_token_ms = (t_first - t0) * 1e3
+                tokens.append(tok)
+                piece = text.push(engine.piece(tok))
+                if piece:
+                    yield piece
+            tail = text.flush()
+            if tail:
+                yield tail
+        finally:
+            st.answer_tokens = len(tokens)
+            if t_first is not None and len(tokens) > 1:
+                st.decode_tokens_per_s = (len(tokens) - 1) / max(time.perf_counter() - t_first, 1e-9)
 
     # --- saving ---------------------------------------------------------------------
 
@@ -190,3 +230,23 @@ class Conversation:
         data = {"model": self.bot.bundle.manifest.name, "system": self.system, "turns": records}
         atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         return path
+
+
+def ask(
+    bot: Assistant, audio: np.ndarray | None = None, text: str | None = None, after: str | None = None,
+    system: str | None = None,
+) -> Conversation:
+    """One question (speech, text, or both) as a conversation of one turn; ``respond()`` answers it.
+
+    The KV cache keeps what the previous question shared with this one (system prompt,
+    template), so only the new part is prefilled.
+    """
+    conv = Conversation(bot, system=system)
+    conv.add_user(audio, text=text, after=after)
+    return conv
+
+
+def answer(bot: Assistant, audio: np.ndarray | None = None, text: str | None = None, after: str | None = None,
+           system: str | None = None, sampling: Sampling | None = None, max_tokens: int | None = None) -> str:
+    """The whole answer to one question, stripped (scripts and evaluations)."""
+    return "".join(ask(bot, audio, text, after, system).respond(sampling, max_tokens)).strip()

@@ -48,6 +48,7 @@ def test_readme_examples(name, monkeypatch):
 def test_held_out_voices(backend, tmp_path):
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
+    from llasm_cli.conversation import answer
     from llasm_cli.engine import Sampling
 
     bot = Assistant(demo_bundle_path(), backend=backend)
@@ -55,8 +56,7 @@ def test_held_out_voices(backend, tmp_path):
     try:
         for i, (spoken, voice, speed, pitch, text, _) in enumerate(HELD_OUT):
             wav = espeak(spoken, tmp_path / f"{i}.wav", voice=voice, speed=speed, pitch=pitch)
-            out = bot.ask(load_audio(wav), text=text, sampling=Sampling(temperature=0), max_tokens=16)
-            answers.append("".join(out).strip())
+            answers.append(answer(bot, load_audio(wav), text=text, sampling=Sampling(temperature=0), max_tokens=16))
     finally:
         bot.close()
     right = [a == h[-1] for a, h in zip(answers, HELD_OUT)]

@@ -220,6 +220,7 @@ def test_ten_minute_recording_names_ctx(bundle, tmp_path, question_audio):
 def test_nan_in_memory_audio_is_refused(bundle):
     """What a microphone or a request hands over is checked like a file."""
     from llasm_cli.assistant import Assistant
+    from llasm_cli.conversation import answer
     from llasm_cli.errors import AudioFileError
 
     bot = Assistant(bundle, backend="ggml")
@@ -227,7 +228,7 @@ def test_nan_in_memory_audio_is_refused(bundle):
         audio = np.zeros(16000, dtype=np.float32)
         audio[100] = np.nan
         with pytest.raises(AudioFileError, match="NaN"):
-            "".join(bot.ask(audio))
+            answer(bot, audio)
         assert bot.engine.n_past <= 1
     finally:
         bot.close()

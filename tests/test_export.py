@@ -86,6 +86,7 @@ def test_unmappable_tensor_is_named(swiglu, tmp_path):
 def test_quantized_bundle_runs(swiglu, question_audio, tmp_path):
     """q8_0 / q4_k_m LLMs from llama.cpp's quantizer and a Q8_0 tower load, validate and stay close."""
     from llasm_cli.assistant import Assistant
+    from llasm_cli.conversation import answer
     from tests.reference import rel_err
 
     ckpt, _ = swiglu
@@ -98,7 +99,7 @@ def test_quantized_bundle_runs(swiglu, question_audio, tmp_path):
     exact = Assistant(tmp_path / "q", backend="torch", llm_variant="q8_0")
     try:
         assert rel_err(ggml.tower.encode(question_audio), exact.tower.encode(question_audio)) < 0.05
-        assert "".join(ggml.ask(question_audio, max_tokens=4))
+        assert answer(ggml, question_audio, max_tokens=4)
     finally:
         ggml.close()
         exact.close()

@@ -10,9 +10,9 @@ import pytest
 
 from finetune.records import (
     AsrRecord,
-    Conversation,
     DataError,
-    Turn,
+    Dialogue,
+    DialogueTurn,
     read_asr_manifest,
     read_conversations,
     write_asr_manifest,
@@ -157,8 +157,8 @@ def test_writers_round_trip(data, tmp_path):
     assert lines[1]["audio"] == str(outside) and "duration" not in lines[1]
     assert read_asr_manifest(tmp_path / "m.jsonl", on_error="fail") == recs
 
-    convs = [Conversation("c1", [Turn("human", "<audio>", inside, text="inside", tts={"voice": "en"}),
-                                 Turn("gpt", "答")])]
+    convs = [Dialogue("c1", [DialogueTurn("human", "<audio>", inside, text="inside", tts={"voice": "en"}),
+                                 DialogueTurn("gpt", "答")])]
     for name in ("c.json", "c.jsonl"):
         write_conversations(convs, tmp_path / name)
         assert read_conversations(tmp_path / name, on_error="fail", check_audio=True) == convs

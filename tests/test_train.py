@@ -214,7 +214,7 @@ def test_encoder_input_share_trains_a_mode_on_a_stable_subset(base, asr_data, tm
 
     from finetune.checkpoint import load_checkpoint
     from finetune.data import DialogueDataset, FeatureStore, asr_sample
-    from llasm_cli.chat import DEFAULT_TEMPLATE
+    from llasm_cli.prompt import DEFAULT_TEMPLATE
 
     model, tok, _ = load_checkpoint(base)
     clips = []

@@ -21,7 +21,7 @@ from ..errors import AudioFileError, BackendUnavailableError
 BACKENDS = ("auto", "ggml", "torch")
 
 
-class AudioTower(ABC):
+class TowerBackend(ABC):
     """Shared windowing and trimming; subclasses encode one padded window."""
 
     n_embd: int
@@ -72,7 +72,7 @@ def _torch_available() -> bool:
 
 def open_tower(
     bundle: Bundle, backend: str, engine, variant: str | None = None, n_threads: int | None = None, exact: bool = False
-) -> AudioTower:
+) -> TowerBackend:
     """Build the tower for ``backend`` (``auto`` picks ggml where the bundle has it)."""
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")

@@ -11,10 +11,10 @@ from .. import native
 from ..audio import MIN_SAMPLES
 from ..bundle import Bundle, validate_tower
 from ..errors import BackendUnavailableError, ModelFileError
-from . import AudioTower
+from . import TowerBackend
 
 
-class GgmlTower(AudioTower):
+class GgmlTower(TowerBackend):
     def __init__(self, bundle: Bundle, engine, variant: str | None = None, n_threads: int | None = None) -> None:
         super().__init__()
         native.init()

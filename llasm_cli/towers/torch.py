@@ -7,7 +7,7 @@ import numpy as np
 from ..audio import log_mel_spectrogram, unpadded_frames
 from ..bundle import Bundle, check_widths
 from ..errors import BackendUnavailableError
-from . import AudioTower
+from . import TowerBackend
 
 
 def pick_dtype(torch, device: str, exact: bool) -> str:
@@ -33,7 +33,7 @@ def pick_device(torch) -> str:
     return "cpu"
 
 
-class TorchTower(AudioTower):
+class TorchTower(TowerBackend):
     def __init__(
         self, bundle: Bundle, n_threads: int | None = None, device: str | None = None, dtype: str | None = None,
         exact: bool = False,
