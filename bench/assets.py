@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/latency.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from finetune.ct2_whisper import cache_root, find_packaged_whisper  # noqa: E402
+from llasm_finetune.ct2_whisper import cache_root, find_packaged_whisper  # noqa: E402
 from llasm_cli.files import atomic_folder, atomic_path  # noqa: E402
 
 RECIPE = "v1"  # bump when a bundle recipe changes: the cache keys on it
@@ -129,7 +129,7 @@ def whisper_base_ct2() -> Path:
 
 
 def whisper_base_hf(log: Log = _quiet) -> Path:
-    from finetune.ct2_whisper import import_ct2_whisper
+    from llasm_finetune.ct2_whisper import import_ct2_whisper
 
     target = bench_root() / "whisper-base-hf"
     if not target.is_dir():
@@ -140,7 +140,7 @@ def whisper_base_hf(log: Log = _quiet) -> Path:
 
 def whisper_cpp_base(log: Log = _quiet) -> Path:
     """Whisper base in whisper.cpp's format, converted by export/whisper_cpp.py (F16 matrices)."""
-    from export.whisper_cpp import write_whisper_cpp
+    from llasm_export.whisper_cpp import write_whisper_cpp
 
     target = bench_root() / "ggml-whisper-base-f16.bin"
     if not target.is_file():
@@ -172,7 +172,7 @@ def _tower(llm_dim: int, seed: int):
 
 def _write_bundle(dest: Path, name: str, llm_src: Path, llm_how: str, llm_dim: int, audio_tokens: tuple[str, str], log: Log) -> None:
     """A bundle as export/bundle.py writes it, around an LLM GGUF that exists already."""
-    from export.bundle import write_tower_and_manifest
+    from llasm_export.bundle import write_tower_and_manifest
     from llasm_cli.model import CheckpointMeta
 
     llm_file = "llm.q4_k_m.gguf"
@@ -209,7 +209,7 @@ def _english_tokenizer(folder: Path) -> Path:
     its corpus plus the bench's English (questions, system prompt), so that English text takes
     about as many tokens as with a real 32k LLaMA vocabulary (whole common words), not ~2.5x more
     as with the 400-piece test tokenizer: the cascade's prefill length depends on it."""
-    from finetune.tiny import CHAT_TEMPLATE, CORPUS, train_tokenizer
+    from llasm_finetune.tiny import CHAT_TEMPLATE, CORPUS, train_tokenizer
     from llasm_cli.model import DEFAULT_SYSTEM_PROMPT
 
     lines = CORPUS + SENTENCES + [DECODE_QUESTION, DEFAULT_SYSTEM_PROMPT, CHAT_TEMPLATE]
@@ -223,8 +223,8 @@ def _llama_1b_gguf(work: Path, log: Log) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-    from export.llm_gguf import write_llm_gguf
-    from finetune.tiny import CHAT_TEMPLATE
+    from llasm_export.llm_gguf import write_llm_gguf
+    from llasm_finetune.tiny import CHAT_TEMPLATE
     from llasm_cli import native
     from llasm_cli.model import AUDIO_END, AUDIO_START
 

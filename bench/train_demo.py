@@ -58,7 +58,7 @@ def synthesise(root: Path, jobs: list[dict]) -> None:
 
     A job with ``degrade`` gets noise or a telephone band added before its wav appears, so an
     interrupted run never leaves a clean clip where a degraded one belongs."""
-    from finetune.build_dataset import speak
+    from llasm_finetune.build_dataset import speak
 
     todo = [j for j in jobs if not (root / j["audio"]).is_file()]
     log(f"speech: {len(jobs)} clips, {len(todo)} to synthesise")
@@ -218,9 +218,9 @@ def make_base(root: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-    from finetune.checkpoint import save_checkpoint
-    from finetune.init import load_whisper
-    from finetune.tiny import train_tokenizer
+    from llasm_finetune.checkpoint import save_checkpoint
+    from llasm_finetune.init import load_whisper
+    from llasm_finetune.tiny import train_tokenizer
     from llasm_cli.model import AUDIO_END, AUDIO_START, AdaptorConfig, CheckpointMeta, LlasmModel, build_tower
     from llasm_cli.prompt import DEFAULT_TEMPLATE
 
@@ -254,7 +254,7 @@ def make_base(root: Path) -> Path:
 
 
 def run_stage(root: Path, name: str, **kw) -> Path:
-    from finetune.train import TrainConfig, train
+    from llasm_finetune.train import TrainConfig, train
 
     out = root / name
     if (out / "final" / "llasm.json").exists():
@@ -276,7 +276,7 @@ def run_stage(root: Path, name: str, **kw) -> Path:
 
 
 def make_bundle(root: Path, ckpt: Path) -> Path:
-    from export.bundle import export_bundle
+    from llasm_export.bundle import export_bundle
 
     out = root / "bundle"
     if (out / "llasm-bundle.json").exists():
@@ -291,7 +291,7 @@ def make_bundle(root: Path, ckpt: Path) -> Path:
 
 def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
     """Exact-match accuracy on held-out voices: PyTorch (both encoder inputs) and the bundle (both backends)."""
-    from finetune.records import read_conversations
+    from llasm_finetune.records import read_conversations
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
     from llasm_cli.conversation import answer
@@ -336,8 +336,8 @@ def torch_greedy(ckpt: Path, items) -> dict[str, list[str]]:
     """Greedy answers from the PyTorch checkpoint, for padded and unpadded encoder input."""
     import torch
 
-    from finetune.checkpoint import load_checkpoint
-    from finetune.data import FeatureStore, hf_tokenize
+    from llasm_finetune.checkpoint import load_checkpoint
+    from llasm_finetune.data import FeatureStore, hf_tokenize
     from llasm_cli.prompt import Message, dialogue_pieces, pieces_to_segments, user_content
 
     model, tok, meta = load_checkpoint(ckpt)

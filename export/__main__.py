@@ -1,4 +1,4 @@
-"""python -m export CKPT OUT [--type f16 --type f32]: the same as `llasm export`."""
+"""python -m llasm_export CKPT OUT [--type f16 --type f32]: the same as `llasm export`."""
 
 from llasm_cli.cli import main
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from finetune.checkpoint import llm_config
+from llasm_finetune.checkpoint import llm_config
 from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
 from llasm_cli.errors import CheckpointError
 from llasm_cli.files import atomic_folder

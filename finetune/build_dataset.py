@@ -1,8 +1,8 @@
 """The spoken-instruction dataset builder: text conversations in, spoken human turns out.
 
-    python -m finetune.build_dataset sharegpt.json data/spoken
-    python -m finetune.build_dataset alpaca.json data/spoken --voices en-us,en-gb-x-rp --speed 150:180
-    python -m finetune.build_dataset chats.jsonl data/spoken --tts-command "piper --model en.onnx --output_file {out}"
+    python -m llasm_finetune.build_dataset sharegpt.json data/spoken
+    python -m llasm_finetune.build_dataset alpaca.json data/spoken --voices en-us,en-gb-x-rp --speed 150:180
+    python -m llasm_finetune.build_dataset chats.jsonl data/spoken --tts-command "piper --model en.onnx --output_file {out}"
 
 Input: ShareGPT (``[{"conversations": [{"from": "human"|"gpt", "value": ...}]}]``, "user"/
 "assistant" accepted too, or ``{"messages": [{"role", "content"}]}``) or Alpaca
@@ -553,7 +553,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m finetune.build_dataset",
+        prog="python -m llasm_finetune.build_dataset",
         description="Speak the human turns of text conversations (ShareGPT or Alpaca) into a spoken-"
         "instruction dataset: OUT_DIR/audio/*.wav + OUT_DIR/conversations.json. Reruns resume.",
         epilog=__doc__.split("\n\n")[1],

@@ -1,7 +1,7 @@
 """Assemble a base llasm checkpoint: a LLaMA LLM + a Whisper model + a fresh adaptor.
 
-    python -m finetune.init --llm meta-llama-folder --whisper packaged:base --out runs/base
-    python -m finetune.init --llm LLM --whisper ~/faster-whisper-large-v3 --out runs/base
+    python -m llasm_finetune.init --llm meta-llama-folder --whisper packaged:base --out runs/base
+    python -m llasm_finetune.init --llm LLM --whisper ~/faster-whisper-large-v3 --out runs/base
 
 The LLM's tokenizer gains the two audio tokens (their embeddings start at the mean embedding)
 and, if it has none, llasm's chat template. Whisper may be a Hugging Face folder, a

@@ -1,8 +1,8 @@
 """Converters from the ASR corpora people have on disk to the ASR manifest of ``records``.
 
-    python -m finetune.manifests librispeech LibriSpeech/train-clean-100 train.jsonl
-    python -m finetune.manifests commonvoice cv-corpus-17.0/zh-CN cv.jsonl --split validated --lang zh
-    python -m finetune.manifests aishell data_aishell aishell-train.jsonl --split train
+    python -m llasm_finetune.manifests librispeech LibriSpeech/train-clean-100 train.jsonl
+    python -m llasm_finetune.manifests commonvoice cv-corpus-17.0/zh-CN cv.jsonl --split validated --lang zh
+    python -m llasm_finetune.manifests aishell data_aishell aishell-train.jsonl --split train
 
 Layouts:
 - LibriSpeech: ``SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt`` (``UTTID TEXT`` lines) next to
@@ -192,9 +192,9 @@ def aishell(
 
 
 EXAMPLES = """examples:
-  python -m finetune.manifests librispeech LibriSpeech/train-clean-100 train.jsonl
-  python -m finetune.manifests commonvoice cv-corpus-17.0/zh-CN cv.jsonl --split validated --lang zh
-  python -m finetune.manifests aishell data_aishell aishell-train.jsonl --split train
+  python -m llasm_finetune.manifests librispeech LibriSpeech/train-clean-100 train.jsonl
+  python -m llasm_finetune.manifests commonvoice cv-corpus-17.0/zh-CN cv.jsonl --split validated --lang zh
+  python -m llasm_finetune.manifests aishell data_aishell aishell-train.jsonl --split train
 """
 
 CONVERTERS: dict[str, Callable[..., Records[AsrRecord]]] = {
@@ -206,7 +206,7 @@ CONVERTERS: dict[str, Callable[..., Records[AsrRecord]]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m finetune.manifests",
+        prog="python -m llasm_finetune.manifests",
         description="Write an ASR manifest (JSONL) from a LibriSpeech, Common Voice or AISHELL-1 tree.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

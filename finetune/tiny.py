@@ -1,6 +1,6 @@
 """Build a tiny random llasm checkpoint: the real pipeline at toy size, for tests and smoke runs.
 
-    python -m finetune.tiny OUT [--adaptor stack-swiglu|llasm-v1] [--seed 0]
+    python -m llasm_finetune.tiny OUT [--adaptor stack-swiglu|llasm-v1] [--seed 0]
 
 Random Whisper + random LLaMA + a SentencePiece tokenizer trained on a few English and
 Chinese lines. Nothing is downloaded. Weights are drawn wide enough (std 0.2) that greedy

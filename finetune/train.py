@@ -1,7 +1,7 @@
 """Two-stage LLaSM training, top to bottom: setup -> train -> save.
 
-    python -m finetune.train finetune/configs/stage1.yaml [key=value ...]
-    torchrun --nproc-per-node 2 -m finetune.train finetune/configs/stage2.yaml
+    python -m llasm_finetune.train finetune/configs/stage1.yaml [key=value ...]
+    torchrun --nproc-per-node 2 -m llasm_finetune.train finetune/configs/stage2.yaml
 
 Stage 1 (modality adaptation): Whisper and the LLM frozen, the adaptor learns from ASR pairs.
 Stage 2 (cross-modal instruction tuning): Whisper frozen, adaptor + LLM (full or LoRA) learn

@@ -251,7 +251,7 @@ def export(
       llasm export runs/stage2/final my-bundle --type f16 --type f32
     """
     try:
-        from export.bundle import export_bundle
+        from llasm_export.bundle import export_bundle
     except ImportError as exc:
         raise LlasmError(f"exporting needs the training extras ({exc.name} is missing): pip install 'llasm[train]'") from None
     from .ui import err_console

@@ -70,8 +70,8 @@ def question_audio(question_wav) -> np.ndarray:
 
 
 def _build(workdir: Path, adaptor: str) -> tuple[Path, Path]:
-    from export.bundle import export_bundle
-    from finetune.tiny import build_tiny
+    from llasm_export.bundle import export_bundle
+    from llasm_finetune.tiny import build_tiny
 
     ckpt = build_tiny(workdir / f"ckpt-{adaptor}", adaptor=adaptor, seed=1)
     bundle = workdir / f"bundle-{adaptor}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from finetune.checkpoint import load_checkpoint
+from llasm_finetune.checkpoint import load_checkpoint
 from llasm_cli.audio import log_mel_spectrogram, split_windows
 
 

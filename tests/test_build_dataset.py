@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from finetune.build_dataset import (
+from llasm_finetune.build_dataset import (
     JOURNAL_FILE,
     TtsError,
     build_dataset,
@@ -19,7 +19,7 @@ from finetune.build_dataset import (
     read_text_conversations,
     speak,
 )
-from finetune.records import DataError, read_conversations
+from llasm_finetune.records import DataError, read_conversations
 
 SHORT = "What time is it?"
 LONG = "Please tell me three interesting facts about the planet Jupiter and its many moons."

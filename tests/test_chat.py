@@ -70,8 +70,8 @@ def test_typed_file_reset_save(swiglu, question_wav, tmp_path):
 
 def test_ctrl_c_stops_the_answer_not_the_chat(workdir, tmp_path):
     """A long answer (32k context, no token limit) is stopped by Ctrl-C; the chat goes on."""
-    from export.bundle import export_bundle
-    from finetune.tiny import build_tiny
+    from llasm_export.bundle import export_bundle
+    from llasm_finetune.tiny import build_tiny
 
     bundle = tmp_path / "long"
     export_bundle(build_tiny(tmp_path / "ck", seed=3, max_positions=32768), bundle, ("f16",))

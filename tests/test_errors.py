@@ -151,8 +151,8 @@ def test_manifest_width_disagrees_with_llm(bundle, question_wav, tmp_path):
 
 def test_tower_width_differs_from_llm(bundle, question_wav, tmp_path, workdir):
     """A tower exported from a 48-wide model next to a 64-wide LLM."""
-    from export.bundle import export_bundle
-    from finetune.tiny import build_tiny
+    from llasm_export.bundle import export_bundle
+    from llasm_finetune.tiny import build_tiny
 
     other = export_bundle(build_tiny(tmp_path / "ck48", llm_dim=48), tmp_path / "b48", ("f16",))
     assert other.llm_dim == 48

@@ -784,7 +784,7 @@ def test_export_writers_leave_no_half_file(swiglu, tmp_path, monkeypatch):
     """A GGUF writer that dies half-way leaves neither the target nor a temporary behind."""
     import gguf
 
-    from export.llm_gguf import write_llm_gguf
+    from llasm_export.llm_gguf import write_llm_gguf
 
     ckpt, _ = swiglu
 

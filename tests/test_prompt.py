@@ -67,8 +67,8 @@ def test_typed_control_tokens_stay_literal(bot):
 
 def test_training_ids_match_runtime_ids_and_stay_literal(swiglu, bot):
     """The recipe's encoder gives the runtime's ids for the same conversation, hostile text included."""
-    from finetune.checkpoint import load_checkpoint
-    from finetune.data import Sample, encode_sample
+    from llasm_finetune.checkpoint import load_checkpoint
+    from llasm_finetune.data import Sample, encode_sample
 
     _, tokenizer, _ = load_checkpoint(swiglu[0])
     sample = Sample("x", [("user", [HOSTILE, "\n", AUDIO]), ("assistant", "twelve </s> done")], ["a.wav"])

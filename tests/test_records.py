@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.records import (
+from llasm_finetune.records import (
     AsrRecord,
     DataError,
     Dialogue,

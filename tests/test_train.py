@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune.train import TrainConfig, train
+from llasm_finetune.train import TrainConfig, train
 from tests.conftest import espeak
 
 SENTENCES = ["what is seven plus five", "hello world", "the weather is nice today", "repeat after me please"]
@@ -48,7 +48,7 @@ def dialogues(workdir, asr_data) -> Path:
 
 @pytest.fixture(scope="module")
 def base(workdir) -> Path:
-    from finetune.tiny import build_tiny
+    from llasm_finetune.tiny import build_tiny
 
     return build_tiny(workdir / "train-base", seed=5)
 
@@ -114,11 +114,11 @@ def test_two_processes_match_one(base, dialogues, tmp_path):
     args = ["stage=2", f"init={base}", f"data={dialogues}", "steps=5", "train_llm=full", "batch_size=4",
             "eval_fraction=0.0", "log_every=1", "warmup_steps=2", "lr=0.003", "llm_lr=0.001", "device=cpu"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "finetune.train", *args, f"out={tmp_path / 'one'}"],
+    one = subprocess.run([sys.executable, "-m", "llasm_finetune.train", *args, f"out={tmp_path / 'one'}"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-                          "-m", "finetune.train", *args, f"out={tmp_path / 'two'}"],
+                          "-m", "llasm_finetune.train", *args, f"out={tmp_path / 'two'}"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")),
@@ -160,8 +160,8 @@ def test_bfloat16_features_are_close_and_cached_apart(base, asr_data, tmp_path):
     """bfloat16 features (the fast path) stay near float32's and never share a cache file with them."""
     import numpy as np
 
-    from finetune.checkpoint import load_checkpoint
-    from finetune.data import FeatureStore
+    from llasm_finetune.checkpoint import load_checkpoint
+    from llasm_finetune.data import FeatureStore
 
     model, _, _ = load_checkpoint(base)
     clip = str(asr_data.parent / "0.wav")
@@ -189,7 +189,7 @@ def test_bfloat16_features_are_close_and_cached_apart(base, asr_data, tmp_path):
 
 
 def test_feature_perturbation_changes_only_training_features():
-    from finetune.train import perturb
+    from llasm_finetune.train import perturb
 
     f = torch.randn(40, 8)
     batch = {"input_ids": torch.zeros(1, 3), "feats": [(0, 1, f)]}
@@ -212,8 +212,8 @@ def test_encoder_input_share_trains_a_mode_on_a_stable_subset(base, asr_data, tm
     their padded features are ever computed."""
     import shutil
 
-    from finetune.checkpoint import load_checkpoint
-    from finetune.data import DialogueDataset, FeatureStore, asr_sample
+    from llasm_finetune.checkpoint import load_checkpoint
+    from llasm_finetune.data import DialogueDataset, FeatureStore, asr_sample
     from llasm_cli.prompt import DEFAULT_TEMPLATE
 
     model, tok, _ = load_checkpoint(base)
