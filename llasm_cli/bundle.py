@@ -201,7 +201,7 @@ class Bundle:
 
 
 def demo_bundle_path() -> Path | None:
-    """The small demo model that ships inside the package (see bench/train_demo.py), if present."""
+    """The small demo model that ships inside the package (see finetune/demo.py), if present."""
     path = Path(__file__).resolve().parent / "models" / "demo"
     return path if (path / MANIFEST_FILE).is_file() else None
 

@@ -35,6 +35,7 @@ ADAPTOR_TYPES: tuple[str, ...] = ("stack-swiglu", "llasm-v1")
 N_ENCODER_FRAMES = 1500  # Whisper encoder frames per 30 s window
 AUDIO_START = "<au_start>"
 AUDIO_END = "<au_end>"
+LLM_DIR = "llm"  # a checkpoint's LLM: a Hugging Face LlamaForCausalLM folder
 META_FILE = "llasm.json"  # the adaptor and audio tokens, beside the weights
 WHISPER_DIR = "whisper"  # a Hugging Face Whisper folder
 WHISPER_WEIGHTS = "model.safetensors"
@@ -317,6 +318,13 @@ def build_tower(whisper: WhisperConfig, cfg: AdaptorConfig, whisper_weights: dic
 
 def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def llm_width(ckpt: Path) -> int:
+    """The hidden size of a checkpoint's LLM, from its config alone."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(Path(ckpt) / LLM_DIR).hidden_size
 
 
 def load_tower(folder: Path, meta: CheckpointMeta | None = None) -> AudioTower:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from llasm_finetune.checkpoint import load_checkpoint
+
 from llasm_cli.audio import log_mel_spectrogram, split_windows
 
 

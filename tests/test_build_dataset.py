@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-
 from llasm_finetune.build_dataset import (
     JOURNAL_FILE,
     TtsError,

@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-from llasm_finetune.ct2_whisper import (
+from llasm_export.ct2_whisper import (
     ct2_to_hf_state,
     find_packaged_whisper,
     import_ct2_whisper,
     main,
     read_ct2_model,
 )
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
 from llasm_cli.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,7 +237,7 @@ def test_heads_default_to_64_dims_each_when_not_stored(tiny_hf, tmp_path):
 
 def test_cli_help_and_convert(tiny_ct2_dir, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "llasm_finetune.ct2_whisper", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "llasm_export.ct2_whisper", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert "CTranslate2" in done.stdout and "packaged:NAME" in done.stdout
     assert main([str(tiny_ct2_dir), str(tmp_path / "cli-out")]) == 0

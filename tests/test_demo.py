@@ -1,4 +1,4 @@
-"""The packaged demo model (real Whisper base weights, trained by bench/train_demo.py) answers
+"""The packaged demo model (real Whisper base weights, trained by finetune/demo.py) answers
 what it was trained to answer: the README's examples through `llasm ask`, and questions spoken
 at test time in espeak-ng voices it never heard in training, in English and in Chinese."""
 

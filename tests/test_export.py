@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from llasm_export.bundle import export_bundle
 from llasm_finetune.checkpoint import load_checkpoint
+
 from llasm_cli.bundle import MANIFEST_FILE, load_bundle, read_gguf
 from llasm_cli.engine import Engine
 from llasm_cli.errors import CheckpointError

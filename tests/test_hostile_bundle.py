@@ -783,7 +783,6 @@ def test_atomic_folder_keeps_the_old_one_until_the_new_one_is_complete(tmp_path)
 def test_export_writers_leave_no_half_file(swiglu, tmp_path, monkeypatch):
     """A GGUF writer that dies half-way leaves neither the target nor a temporary behind."""
     import gguf
-
     from llasm_export.llm_gguf import write_llm_gguf
 
     ckpt, _ = swiglu

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from llasm_finetune.manifests import aishell, commonvoice, join_tokens, librispeech, main
 from llasm_finetune.records import DataError, read_asr_manifest
+
 from tests.conftest import espeak
 
 

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from llasm_finetune.records import (
     AsrRecord,
     DataError,
@@ -18,6 +17,7 @@ from llasm_finetune.records import (
     write_asr_manifest,
     write_conversations,
 )
+
 from llasm_cli.errors import LlasmError
 from tests.conftest import espeak
 

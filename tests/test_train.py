@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from llasm_finetune.train import TrainConfig, train
 from safetensors.torch import load_file
 
-from llasm_finetune.train import TrainConfig, train
 from tests.conftest import espeak
 
 SENTENCES = ["what is seven plus five", "hello world", "the weather is nice today", "repeat after me please"]
@@ -159,7 +159,6 @@ def test_worker_processes_give_the_same_run(base, dialogues, tmp_path):
 def test_bfloat16_features_are_close_and_cached_apart(base, asr_data, tmp_path):
     """bfloat16 features (the fast path) stay near float32's and never share a cache file with them."""
     import numpy as np
-
     from llasm_finetune.checkpoint import load_checkpoint
     from llasm_finetune.data import FeatureStore
 
@@ -214,6 +213,7 @@ def test_encoder_input_share_trains_a_mode_on_a_stable_subset(base, asr_data, tm
 
     from llasm_finetune.checkpoint import load_checkpoint
     from llasm_finetune.data import DialogueDataset, FeatureStore, asr_sample
+
     from llasm_cli.prompt import DEFAULT_TEMPLATE
 
     model, tok, _ = load_checkpoint(base)

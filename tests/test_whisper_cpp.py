@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from llasm_export.whisper_cpp import GGML_MAGIC, map_name, read_whisper_cpp, write_whisper_cpp
 from safetensors.torch import save_file
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from llasm_export.whisper_cpp import GGML_MAGIC, map_name, read_whisper_cpp, write_whisper_cpp
 from llasm_cli.audio import mel_filters
 from llasm_cli.errors import CheckpointError
 
@@ -153,7 +153,7 @@ def test_truncated_file_is_reported(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_en_ggml(tmp_path_factory) -> Path:
-    from llasm_finetune.ct2_whisper import find_packaged_whisper, import_ct2_whisper
+    from llasm_export.ct2_whisper import find_packaged_whisper, import_ct2_whisper
 
     tmp = tmp_path_factory.mktemp("whisper-cpp")
     hf = import_ct2_whisper(find_packaged_whisper("tiny.en"), tmp / "tiny.en-hf")

