@@ -29,23 +29,14 @@ if str(ROOT) not in sys.path:
 
 def measure(model: str, extra: bool, threads: int, n_prompt: int, n_decode: int) -> dict:
     """One process's numbers: prompt tokens/s and decode tokens/s (runs in a child)."""
-    import ctypes
-
     import llama_cpp
 
-    @llama_cpp.llama_log_callback
-    def quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        pass
+    from llasm_cli.cpu_probe import open_bare
 
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
-    llama_cpp.llama_backend_init()
-    params = llama_cpp.llama_model_default_params()
-    params.use_extra_bufts = extra
-    m = llama_cpp.llama_model_load_from_file(model.encode(), params)
-    cp = llama_cpp.llama_context_default_params()
-    cp.n_ctx, cp.n_batch, cp.n_ubatch = n_prompt + n_decode + 8, n_prompt, n_prompt
-    cp.n_threads = cp.n_threads_batch = threads
-    ctx = llama_cpp.llama_init_from_model(m, cp)
+    opened = open_bare(model, extra, n_ctx=n_prompt + n_decode + 8, n_batch=n_prompt, threads=threads)
+    if opened is None:
+        raise RuntimeError(f"llama.cpp could not load {model}")
+    m, ctx = opened
     n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(m))
     batch = llama_cpp.llama_batch_init(n_prompt, 0, 1)
 

@@ -203,30 +203,40 @@ def write_random_llama(path: Path, n_embd: int, n_ff: int, n_layer: int, n_head:
     return path
 
 
-def child(model: str) -> int:
-    """Load ``model`` with the extra buffer types and decode a batch, then one token; check the logits."""
+def open_bare(model: str, extra_buffers: bool, n_ctx: int, n_batch: int, threads: int):
+    """(model, context) loaded by llama.cpp alone, its log silenced, the extra buffers as asked:
+    what the probe child and the extra-buffer benchmark measure. None where loading failed."""
     import ctypes
 
     import llama_cpp
 
-    @llama_cpp.llama_log_callback
-    def quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        pass
-
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+    llama_cpp.llama_log_set(_silent, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_default_params()
-    params.use_extra_bufts = True
+    params.use_extra_bufts = extra_buffers
     m = llama_cpp.llama_model_load_from_file(model.encode(), params)
     if not m:
+        return None
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
+    cparams.n_threads = cparams.n_threads_batch = threads
+    ctx = llama_cpp.llama_init_from_model(m, cparams)
+    return (m, ctx) if ctx else None
+
+
+def _silent_log(level: int, text: bytes, user_data) -> None:
+    pass
+
+
+def child(model: str) -> int:
+    """Load ``model`` with the extra buffer types and decode a batch, then one token; check the logits."""
+    import llama_cpp
+
+    opened = open_bare(model, True, n_ctx=64, n_batch=32, threads=2)
+    if opened is None:
         print("the probe model did not load", file=sys.stderr)
         return 3
-    cparams = llama_cpp.llama_context_default_params()
-    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_threads, cparams.n_threads_batch = 64, 32, 32, 2, 2
-    ctx = llama_cpp.llama_init_from_model(m, cparams)
-    if not ctx:
-        print("no context for the probe model", file=sys.stderr)
-        return 3
+    _, ctx = opened
     fault = os.environ.get(ENV_FAULT)
     if fault:
         os.kill(os.getpid(), getattr(signal, fault))
@@ -248,6 +258,14 @@ def child(model: str) -> int:
             return 5
     print(OK_LINE)
     return 0
+
+
+try:  # a C callback made once: the llama.cpp log goes nowhere in the probe and the benchmark
+    import llama_cpp as _llama_cpp
+
+    _silent = _llama_cpp.llama_log_callback(_silent_log)
+except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
+    _silent = None
 
 
 if __name__ == "__main__":
