@@ -1,5 +1,8 @@
 """Import a CTranslate2 (faster-whisper) Whisper model as a Hugging Face Whisper folder.
 
+(One source format in one file, as llama.cpp keeps one converter per source: the reader, the
+name table, the generation settings and the packaged weights; over 400 lines for that reason.)
+
 Many users already have faster-whisper models on disk (``model.bin`` + ``config.json`` +
 ``tokenizer.json`` / ``vocabulary.txt``). This module reads CTranslate2's ``model.bin`` with
 ``struct`` and numpy (no ctranslate2 install needed), maps every variable through one explicit

@@ -1,5 +1,7 @@
 """Write a Hugging Face Whisper folder as a whisper.cpp model file (whisper.cpp's own ggml format).
 
+(Writer and reader of one format side by side, so each checks the other; just over 400 lines.)
+
 whisper.cpp does not read GGUF: its models (``ggml-base.bin`` ...) are one binary file, all
 integers little-endian int32::
 

