@@ -1,5 +1,8 @@
 """Two-stage LLaSM training, top to bottom: setup -> train -> save.
 
+(Kept in one file on purpose, like nanoGPT's train.py: config, loop, checkpoints and the
+distributed set-up read in order; over 400 lines for that reason.)
+
     python -m llasm_finetune.train finetune/configs/stage1.yaml [key=value ...]
     torchrun --nproc-per-node 2 -m llasm_finetune.train finetune/configs/stage2.yaml
 
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from llasm_cli.files import atomic_folder, atomic_write_text
 from llasm_cli.prompt import DEFAULT_TEMPLATE
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -287,17 +291,13 @@ def evaluate(model, data: DialogueDataset, cfg: TrainConfig, device, dtype, pad_
 def save_state(out: Path, step: int, model, optimizer, cfg: TrainConfig, keep: int) -> None:
     """Trainable weights + optimizer + RNG at ``step``, written atomically into out/state-XXXXXXX."""
     dest = out / f"state-{step:07d}"
-    tmp = out / f".{dest.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     trainable = {n: p.detach().cpu() for n, p in _unwrap(model).named_parameters() if p.requires_grad}
-    torch.save(
-        {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(), "config": asdict(cfg),
-         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}},
-        tmp / "state.pt",
-    )
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    with atomic_folder(dest) as tmp:
+        torch.save(
+            {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(), "config": asdict(cfg),
+             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}},
+            tmp / "state.pt",
+        )
     for old in sorted(out.glob("state-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -359,7 +359,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int, world: int
     out = Path(cfg.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
 
     # model: frozen Whisper, the stage's trainable parts
     model, tokenizer, meta = load_checkpoint(Path(cfg.init))
