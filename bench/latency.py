@@ -515,7 +515,7 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int) -> list[dict]:
     llm = assets.bundle_files(bundle, "ggml")[0]
     parts = {
         "imports only": "import llasm_cli.cli, llasm_cli.assistant, llama_cpp",
-        "validate_llm only": f"from llasm_cli.bundle import validate_llm; from pathlib import Path; validate_llm(Path({str(llm)!r}))",
+        "validate_llm only": f"from llasm_cli.gguf_check import validate_llm; from pathlib import Path; validate_llm(Path({str(llm)!r}))",
         "Engine only": f"from llasm_cli.engine import Engine; Engine({str(llm)!r}, n_threads={threads})",
     }
     for what, code in parts.items():

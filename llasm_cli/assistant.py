@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from .audio import SAMPLE_RATE, audio_token_count, split_windows
-from .bundle import Bundle, check_widths, load_bundle, validate_llm
+from .bundle import Bundle, load_bundle
 from .engine import Engine, Sampler, Sampling
+from .gguf_check import check_widths, validate_llm
 from .prompt import DEFAULT_TEMPLATE, Message, prompt_pieces, render, segments, user_content
 from .towers import TowerBackend, open_tower
 

@@ -268,7 +268,8 @@ def export(
 @app.command()
 def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help="Bundle directory.")) -> None:
     """Show what a bundle holds and check every file in it."""
-    from .bundle import load_bundle, validate_llm, validate_tower
+    from .bundle import load_bundle
+    from .gguf_check import validate_llm, validate_tower
     from .ui import console
 
     bundle = load_bundle(_need_model(model))

@@ -9,8 +9,9 @@ from llama_cpp import mtmd_cpp
 
 from .. import native
 from ..audio import MIN_SAMPLES
-from ..bundle import Bundle, validate_tower
+from ..bundle import Bundle
 from ..errors import BackendUnavailableError, ModelFileError
+from ..gguf_check import validate_tower
 from . import TowerBackend
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..audio import log_mel_spectrogram, unpadded_frames
-from ..bundle import Bundle, check_widths
+from ..bundle import Bundle
 from ..errors import BackendUnavailableError
+from ..gguf_check import check_widths
 from . import TowerBackend
 
 
