@@ -1,5 +1,7 @@
 """Latency against the Whisper -> LLM cascade, measured side by side in one run.
 
+(Every system timed in one script, so they share audio, threads and models; over 400 lines for that.)
+
     python bench/latency.py [--quick] [--json] [--reps N] [--threads N] [--models gemma-270m,llama-1b]
 
 For espeak-ng questions of about 2, 5, 10 and 25 s of speech it measures, per LLM:
@@ -258,7 +260,6 @@ class ModelRun:
 def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, bf16: bool = True) -> tuple[ModelRun, dict]:
     from llasm_cli.assistant import Assistant
     from llasm_cli.bundle import Bundle, load_bundle
-    from llasm_cli.engine import Sampling
     from llasm_cli.prompt import render
     from llasm_cli.towers import open_tower
 
@@ -267,7 +268,7 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
     t = now()
     a = Assistant(b, backend="ggml", n_threads=threads)
     run.startup["assistant_init_s"] = now() - t  # validate_llm alone: see the RSS table's "validate_llm only"
-    sampling = Sampling(temperature=b.manifest.temperature)
+    sampling = a.default_sampling()
     t = now()
     ggml = a.tower
     run.startup["ggml_tower_open_s"] = now() - t
@@ -416,7 +417,7 @@ def measure_decode(run: ModelRun, ctx: dict, n_tokens: int, reps: int, threads: 
     tokens = llm.tokens(prompt)
     raw = RawLlama(a.bundle.llm_path(), threads, a.engine.n_ctx)
     greedy = Sampling(temperature=0.0, ignore_eos=True)
-    sampled = Sampling(temperature=a.bundle.manifest.temperature, top_k=40, top_p=0.95, ignore_eos=True)
+    sampled = a.default_sampling(top_k=40, top_p=0.95, ignore_eos=True)
 
     def llasm(s):
         def go() -> float:
@@ -561,7 +562,7 @@ def measure_overheads(run: ModelRun, ctx: dict, utts: list[Utterance], reps: int
 
     a.engine.reset()
     logits = a.engine.eval([toks])
-    for label, s in (("sample_greedy_ms", Sampling(temperature=0.0)), ("sample_default_ms", Sampling(temperature=a.bundle.manifest.temperature))):
+    for label, s in (("sample_greedy_ms", Sampling(temperature=0.0)), ("sample_default_ms", a.default_sampling())):
         sampler = Sampler(s)
         ts = []
         for _ in range(30):

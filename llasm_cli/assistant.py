@@ -69,9 +69,10 @@ class Assistant:
             return 2 + m.tokens_per_window * len(windows)
         return 2 + sum(audio_token_count(w.size, m.stack_factor) for w in windows)
 
-    def default_sampling(self) -> Sampling:
-        """The bundle's sampling settings (temperature), for callers that set none."""
-        return Sampling(temperature=self.bundle.manifest.temperature)
+    def default_sampling(self, temperature: float | None = None, **overrides) -> Sampling:
+        """Sampling settings: the bundle's temperature unless one is given, plus any other field."""
+        t = self.bundle.manifest.temperature if temperature is None else temperature
+        return Sampling(temperature=t, **overrides)
 
     def messages(self, audio_embd: np.ndarray | None, text: str | None, after: str | None, system: str | None) -> list[Message]:
         system = self.system_prompt if system is None else system

@@ -114,7 +114,6 @@ def ask(
     from .assistant import Assistant
     from .audio import load_audio
     from .conversation import ask as ask_once
-    from .engine import Sampling
     from .ui import console, stats_table, stream_answer
 
     if audio is None and not (text or after):
@@ -126,7 +125,7 @@ def ask(
         require_speech(samples, str(audio))
     bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers)
     try:
-        sampling = Sampling(temperature=bot.default_sampling().temperature if temperature is None else temperature, seed=seed)
+        sampling = bot.default_sampling(temperature, seed=seed)
         conv = ask_once(bot, samples, text=text, after=after, system=system)
         pieces = conv.respond(sampling, max_tokens)
         if as_json:
@@ -184,7 +183,6 @@ def chat(
     from .assistant import Assistant
     from .chat import ChatApp, ChatSettings
     from .conversation import Conversation
-    from .engine import Sampling
     from .ui import console
 
     if mic is None:
@@ -192,10 +190,9 @@ def chat(
     mode = "ptt" if ptt and mic is not False else ("mic" if mic else "text")
     bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers)
     try:
-        temp = bot.default_sampling().temperature if temperature is None else temperature
         settings = ChatSettings(
             mode=mode, device=_device_spec(device), trailing_silence=silence, max_turn=max_turn, stats=stats,
-            sampling=Sampling(temperature=temp, seed=seed, ignore_eos=ignore_eos), max_tokens=max_tokens,
+            sampling=bot.default_sampling(temperature, seed=seed, ignore_eos=ignore_eos), max_tokens=max_tokens,
             max_audio=max_audio,
         )
         ChatApp(Conversation(bot, system=system), settings, console).run(first_file=file, first_text=text)

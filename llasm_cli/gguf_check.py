@@ -313,8 +313,9 @@ def _check_llm_hparams(info: GGUFInfo, arch: str) -> int:
     used = info.fields.get(key, 0)
     kind = info.kv_types.get(key, V.UINT32.name)
     if kind.startswith(V.ARRAY.name):
-        if kind not in _INT_ARRAYS or len(used) > n_layer:
-            raise ModelFileError(f"{name}: key {key!r} is {kind} of {len(used)}, expected integers, one per block")
+        count = used if isinstance(used, int) else len(used)  # string arrays are read as their length
+        if kind not in _INT_ARRAYS or count > n_layer:
+            raise ModelFileError(f"{name}: key {key!r} is {kind} of {count}, expected integers, one per block")
         used = max(used, default=0)
     elif kind not in _INT_TYPES:
         raise ModelFileError(f"{name}: key {key!r} is {kind}, expected an integer")

@@ -787,3 +787,28 @@ def test_export_writers_leave_no_half_file(swiglu, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_llm_gguf(ckpt / "llm", tmp_path / "llm.gguf", "f16")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_expert_count_as_string_array_is_a_clear_error(tmp_path):
+    """A string array where llama.cpp expects integers (read by the header parser as its length)."""
+    import gguf
+
+    from llasm_cli.cpu_probe import write_random_llama
+
+    src = write_random_llama(tmp_path / "ok.gguf", 64, 128, 1, 2, 288)
+    reader = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), "llama")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
+            continue
+        w.add_key_value(field.name, field.contents(), field.types[0],
+                        field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
+    w.add_array("llama.expert_used_count", ["a", "b"])
+    for t in reader.tensors:
+        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelFileError, match="expert_used_count"):
+        validate_llm(tmp_path / "bad.gguf")
