@@ -798,11 +798,11 @@ def test_expert_count_as_string_array_is_a_clear_error(tmp_path):
     src = write_random_llama(tmp_path / "ok.gguf", 64, 128, 1, 2, 288)
     reader = gguf.GGUFReader(str(src))
     w = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), "llama")
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
+    for kv in reader.fields.values():
+        if kv.name.startswith("GGUF.") or kv.name == gguf.Keys.General.ARCHITECTURE:
             continue
-        w.add_key_value(field.name, field.contents(), field.types[0],
-                        field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
+        w.add_key_value(kv.name, kv.contents(), kv.types[0],
+                        kv.types[-1] if kv.types[0] == gguf.GGUFValueType.ARRAY else None)
     w.add_array("llama.expert_used_count", ["a", "b"])
     for t in reader.tensors:
         w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
