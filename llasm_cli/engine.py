@@ -57,7 +57,7 @@ class Sampler:
         z = logits[top].astype(np.float64) / self.s.temperature
         p = np.exp(z - z.max())
         p /= p.sum()
-        keep = int(np.searchsorted(np.cumsum(p), self.s.top_p) + 1)
+        keep = min(int(np.searchsorted(np.cumsum(p), self.s.top_p) + 1), p.size)  # the sum may end just below 1
         p = p[:keep] / p[:keep].sum()
         return int(top[self.rng.choice(keep, p=p)])
 

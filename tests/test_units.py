@@ -24,6 +24,7 @@ from llasm_cli.audio import (
 )
 from llasm_cli.engine import Sampler, Sampling, common_prefix
 from llasm_cli.errors import LlasmError, ModelFileError, TemplateError
+from llasm_cli.gguf_check import read_gguf
 from llasm_cli.prompt import (
     AUDIO,
     AUDIO_PLACEHOLDER,
@@ -37,12 +38,6 @@ from llasm_cli.prompt import (
     split_text,
     tokenize_run,
 )
-
-try:  # the GGUF parser is moving from bundle.py to gguf_check.py
-    from llasm_cli.gguf_check import read_gguf
-except ImportError:
-    from llasm_cli.bundle import read_gguf
-
 
 # --- sampler ---------------------------------------------------------------------------------
 
@@ -477,3 +472,13 @@ def test_log_mel_of_short_and_too_long_windows():
     assert log_mel_spectrogram(np.full(3, 0.1, np.float32)).shape == (80, 3000)
     with pytest.raises(ValueError, match="at most"):
         log_mel_spectrogram(np.zeros(N_SAMPLES + 1, np.float32))
+
+
+def test_top_p_one_keeps_every_token():
+    """The softmax's cumulative sum can end just below 1.0: top_p=1 must still keep every token."""
+    logits = np.array([0.0, 1.0, 2.0], dtype=np.float32)
+    s = Sampler(Sampling(temperature=1.0, top_p=1.0, top_k=0, seed=0))
+    ids = [s(logits) for _ in range(3000)]
+    assert set(ids) == {0, 1, 2}
+    counts = np.bincount(ids, minlength=3) / len(ids)
+    assert abs(counts[2] - 0.665) < 0.03
