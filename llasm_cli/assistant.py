@@ -15,7 +15,7 @@ from .audio import SAMPLE_RATE, audio_token_count, split_windows
 from .bundle import Bundle, load_bundle
 from .engine import Engine, Sampler, Sampling
 from .gguf_check import check_widths, validate_llm
-from .prompt import DEFAULT_TEMPLATE, Message, prompt_pieces, render, segments, user_content
+from .prompt import DEFAULT_TEMPLATE, Message, prompt_pieces, segments, user_content
 from .towers import TowerBackend, open_tower
 
 
@@ -80,11 +80,6 @@ class Assistant:
         clips = [audio_embd] if audio_embd is not None else []
         msgs.append(Message.of("user", user_content(text, audio_embd is not None, after), clips))
         return msgs
-
-    def render(self, msgs: list[Message], add_generation_prompt: bool = True) -> str:
-        """The conversation as the model's chat template spells it (for display and cascades)."""
-        return render(self.template, msgs, bos_token="", eos_token=self.engine.eos_text,
-                      add_generation_prompt=add_generation_prompt)
 
     def prompt(self, msgs: list[Message], add_generation_prompt: bool = True) -> list:
         """Token/embedding segments of a whole conversation, BOS included."""

@@ -178,14 +178,6 @@ class Engine:
                 "use a shorter recording or a larger --ctx"
             )
 
-    def eval_tokens(self, tokens: Sequence[int], logits: bool = True) -> None:
-        """Append token ids to the sequence; with ``logits`` the last one's logits are kept."""
-        self.eval([list(tokens)], logits=logits)
-
-    def eval_embeddings(self, embd: np.ndarray, logits: bool = True) -> None:
-        """Append rows of input embeddings (n, n_embd) to the sequence."""
-        self.eval([embd], logits=logits)
-
     def eval(self, segments: Sequence[Segment], logits: bool = True) -> np.ndarray | None:
         """Append token and embedding segments in order, all or nothing; returns the last logits.
 

@@ -413,11 +413,6 @@ def _validate_other_llm(info: GGUFInfo, arch: str) -> GGUFInfo:
     return info
 
 
-def llm_embedding_width(info: GGUFInfo) -> int:
-    arch = info.fields[K.General.ARCHITECTURE]
-    return int(info.fields[K.LLM.EMBEDDING_LENGTH.format(arch=arch)])
-
-
 # --- the audio tower (mmproj) ----------------------------------------------------------------
 
 # Keys mtmd's clip.cpp reads for an audio tower, with the GGUF type its getters assert on.
