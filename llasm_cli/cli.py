@@ -284,6 +284,72 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
         console.print(f"  tower torch {bundle.torch_tower_path().name}/")
 
 
+
+@app.command("pull")
+def pull_command(
+    name: str = typer.Argument(..., help="A name from `llasm models`, or a Hugging Face repository as owner/name."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit on the hub (default: main)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (they show only on a terminal anyway)."),
+) -> None:
+    """Download a model's files into the Hugging Face cache and print where they are.
+
+    Resumes an interrupted download and checks every file's size and sha256 against the hub.
+
+    Offline (HF_HUB_OFFLINE=1) it only looks in the cache: $HF_HUB_CACHE, by default $HF_HOME/hub.
+
+    Exit codes: 10 no such model, 11 gated, 12 no network, 13 disk full, 14 checksum mismatch.
+
+    llasm cannot run these published models yet (only llasm bundles run).
+
+    Examples:
+
+      llasm pull ultravox-1b
+
+      llasm pull ggml-org/Voxtral-Mini-3B-2507-GGUF --revision main
+
+      HF_HUB_OFFLINE=1 llasm pull ultravox-1b
+    """
+    from .hub import pull, resolve
+    from .registry import RUNS
+    from .ui import err_console
+
+    path = pull(name, revision, progress=False if quiet else None)
+    typer.echo(str(path))
+    model = resolve(name).model
+    if model is None or model.status != RUNS:
+        err_console.print(f"note: llasm cannot run {model.name if model else name} yet (only llasm bundles run); "
+                          "the files are ready for when it can", highlight=False, soft_wrap=True)
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the known speech LLMs (what `llasm pull` takes), which are cached, and local llasm bundles.
+
+    Examples:
+
+      llasm models
+
+      llasm pull ultravox-1b && llasm models
+    """
+    from .hub import cached_snapshot, hub_cache, resolve
+    from .registry import MODELS
+
+    typer.echo(f"Known models (`llasm pull NAME`; Hugging Face cache: {hub_cache()}):")
+    for m in MODELS:
+        here = "cached" if cached_snapshot(resolve(m.name)) else "-"
+        typer.echo(f"  {m.name:18} {m.size:>7}  {here:6}  {m.status}")
+        typer.echo(f"  {'':18} {m.repo}: {m.description}")
+    from .bundle import MANIFEST_FILE
+    from .cpu_probe import cache_dir
+
+    folder = cache_dir() / "models"
+    bundles = sorted(p.parent for p in folder.glob(f"*/{MANIFEST_FILE}")) if folder.is_dir() else []
+    typer.echo(f"llasm bundles in {folder} (these run: `llasm ask -m BUNDLE`):")
+    for b in bundles:
+        typer.echo(f"  {b.name}")
+    if not bundles:
+        typer.echo("  (none)")
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every failure becomes one line on stderr and a documented exit code.
 
