@@ -326,3 +326,13 @@ def test_offline_and_not_cached(hub, tmp_path):
     n = len(hub.requests)
     assert_clean_error(pull(env, "ultravox-1b"), 12, "offline", "not in the cache")
     assert len(hub.requests) == n
+
+
+def test_choose_takes_the_first_pattern_that_matches_in_each_choice():
+    from llasm_cli.hub import choose
+
+    names = ["m-Q8_0.gguf", "m-Q4_K_M.gguf", "mmproj-m-f16.gguf", "mmproj-m-Q8_0.gguf", "README.md"]
+    assert choose(names, (("*Q4_K_M.gguf", "*Q8_0.gguf"), ("mmproj-*Q8_0.gguf", "mmproj-*f16.gguf"))) == [
+        "m-Q4_K_M.gguf", "mmproj-m-Q8_0.gguf"]
+    assert choose(names, (("*Q5_K_M.gguf",),)) is None  # a part the repository lacks
+    assert choose(names, None) == sorted(names)
