@@ -34,6 +34,8 @@ COMMAND_OPTIONS = {
     "export": ["--type", "--tower-type", "--name", "--force"],
     "info": [],
     "devices": [],
+    "pull": ["--revision", "--quiet"],
+    "models": [],
 }
 
 
