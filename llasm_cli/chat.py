@@ -263,9 +263,12 @@ class ChatApp:
             c.print("[dim](interrupted)[/]")
         if self.s.stats:
             st = self.conv.stats
+            # a rate needs at least two tokens: the first one's time is the time to first token
+            rate = f" at {st.decode_tokens_per_s:.0f} tok/s" if st.answer_tokens > 1 else ""
             c.print(
                 f"[dim]audio {st.audio_seconds:.1f} s · encode {st.encode_ms:.0f} ms · prefill {st.prefill_ms:.0f} ms"
-                f" · first token {st.first_token_ms:.0f} ms · {st.decode_tokens_per_s:.0f} tok/s[/]"
+                f" · first token {st.first_token_ms:.0f} ms · {st.answer_tokens} token{'s' * (st.answer_tokens != 1)}"
+                f"{rate}[/]"
             )
 
 

@@ -14,7 +14,7 @@ from llasm_cli.audio import SAMPLE_RATE, load_audio
 from tests.conftest import espeak
 from tests.test_endpointing import speech_bounds
 
-ANSWER_DONE = "tok/s"  # end of the --stats line printed after every answer
+ANSWER_DONE = r"· \d+ tokens?"  # near the end of the --stats line printed after every answer
 TOL = 0.3
 
 
