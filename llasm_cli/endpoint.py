@@ -195,14 +195,24 @@ def _samples(seconds: float) -> int:
 
 
 MIN_VOICED = 0.1  # seconds of frames scored as speech that make a clip worth answering
+SPEECH_GATE = 0.25  # frame score that counts as speech for that question: lenient, a wrong "no" costs a question
+GATE_PEAK = 0.5  # the clip is scaled to this peak before scoring, so a quiet microphone is not "no speech"
 
 
-def voiced_seconds(samples: np.ndarray, threshold: float = 0.5, enough: float | None = None) -> float:
-    """Seconds of 32 ms frames that the voice-activity model scores as speech (counting stops
-    once ``enough`` is reached: a question is usually settled in its first second)."""
+def voiced_seconds(samples: np.ndarray, threshold: float = SPEECH_GATE, enough: float | None = None) -> float:
+    """Seconds of 32 ms frames that the voice-activity model scores as speech, on the clip scaled
+    to a fixed level (counting stops once ``enough`` is reached: most clips settle it in a second).
+
+    Measured on espeak-ng speech in six voices, clean, telephone band, 10 and 0 dB SNR and 40 dB
+    down: every clip but a few of the synthetic whisper voice passes, and tones, hum, chirps,
+    clicks, white and brown noise and silence all fail.
+    """
     score, reset = silero_scorer()
     reset()
     x = np.asarray(samples, dtype=np.float32).reshape(-1)
+    peak = float(np.percentile(np.abs(x), 99.9)) if x.size else 0.0
+    if peak > 0:
+        x = x * (GATE_PEAK / peak)
     voiced = 0
     for i in range(x.size // FRAME):  # shorter than one frame: nothing to judge, and too short to be a question
         voiced += score(x[i * FRAME : (i + 1) * FRAME]) >= threshold

@@ -221,10 +221,17 @@ def test_require_speech_tells_speech_from_tones_noise_and_clicks(question_audio)
 
     assert voiced_seconds(question_audio) > 1.0
     require_speech(question_audio, "speech")
-    require_speech(question_audio * 0.03, "quiet speech")  # 30 dB down is still speech
+    require_speech(question_audio * 0.01, "quiet speech")  # 40 dB down is still speech (a quiet microphone)
+    from llasm_finetune.demo import add_noise, phone_band
+
+    require_speech(phone_band(question_audio, SAMPLE_RATE), "telephone band")
+    require_speech(add_noise(question_audio, 0.0, True, 2), "speech in pink noise at 0 dB SNR")
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     rng = np.random.default_rng(0)
     for name, x in [("tone", 0.5 * np.sin(2 * np.pi * 440 * t)), ("noise", 0.1 * rng.standard_normal(SAMPLE_RATE)),
+                    ("brown noise", 0.001 * np.cumsum(rng.standard_normal(SAMPLE_RATE))),
+                    ("quiet noise", 1e-4 * rng.standard_normal(SAMPLE_RATE)),
+                    ("hum", 0.3 * np.sin(2 * np.pi * 50 * t) + 0.1 * np.sin(2 * np.pi * 150 * t)),
                     ("silence", np.zeros(SAMPLE_RATE)), ("1 ms", np.full(16, 0.1))]:
         assert voiced_seconds(x.astype(np.float32)) < MIN_VOICED, name
         with pytest.raises(NoSpeechError, match="--force"):
