@@ -76,3 +76,43 @@ class AudioTooLongError(AudioFileError):
         super().__init__(message)
         self.seconds = seconds  # the length the header announces, None when only decoding found it
         self.limit = limit
+
+
+class PullError(LlasmError):
+    """Base of the errors of ``llasm pull``."""
+
+    exit_code = 10
+
+
+class ModelNotFoundError(PullError):
+    """No such model name, repository, revision or file on the hub."""
+
+    exit_code = 10
+
+
+class GatedModelError(PullError):
+    """The repository is gated: its license must be accepted on the hub, and the user logged in."""
+
+    exit_code = 11
+
+
+class NoNetworkError(PullError):
+    """The hub cannot be reached, answered with a server error, or a download broke off."""
+
+    exit_code = 12
+
+
+class OfflineNotCachedError(NoNetworkError):
+    """Offline mode (HF_HUB_OFFLINE=1) and the model is not in the cache."""
+
+
+class DiskFullError(PullError):
+    """Not enough free space for the files still to fetch."""
+
+    exit_code = 13
+
+
+class ChecksumMismatchError(PullError):
+    """A downloaded file's size or checksum differs from the hub's metadata (the file is deleted)."""
+
+    exit_code = 14

@@ -17,7 +17,7 @@ How a pull goes:
    links it into the snapshot as it would its own download.
 4. ``refs/REVISION`` names the commit, so offline mode (``HF_HUB_OFFLINE=1``) finds it.
 
-Every failure a user can cause is a ``PullError`` subclass with its own exit code (10-14).
+Every failure a user can cause is a ``PullError`` subclass (errors.py) with its own exit code (10-14).
 """
 
 from __future__ import annotations
@@ -31,7 +31,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LlasmError
+from .errors import (
+    ChecksumMismatchError,
+    DiskFullError,
+    GatedModelError,
+    ModelNotFoundError,
+    NoNetworkError,
+    OfflineNotCachedError,
+    PullError,
+)
 from .files import atomic_write_text
 from .registry import KnownModel, by_repo, known
 
@@ -40,46 +48,6 @@ CHECKSUM = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # git blob id (sha1) 
 CHUNK = 1 << 20
 RETRIES = 4  # attempts in a row that bring no new byte before a download gives up
 RETRY_WAIT_S = 0.5
-
-
-class PullError(LlasmError):
-    """Base of the errors of ``llasm pull``."""
-
-    exit_code = 10
-
-
-class ModelNotFoundError(PullError):
-    """No such model name, repository, revision or file on the hub."""
-
-    exit_code = 10
-
-
-class GatedModelError(PullError):
-    """The repository is gated: its license must be accepted on the hub, and the user logged in."""
-
-    exit_code = 11
-
-
-class NoNetworkError(PullError):
-    """The hub cannot be reached, answered with a server error, or a download broke off."""
-
-    exit_code = 12
-
-
-class OfflineNotCachedError(NoNetworkError):
-    """Offline mode (HF_HUB_OFFLINE=1) and the model is not in the cache."""
-
-
-class DiskFullError(PullError):
-    """Not enough free space for the files still to fetch."""
-
-    exit_code = 13
-
-
-class ChecksumMismatchError(PullError):
-    """A downloaded file's size or checksum differs from the hub's metadata (the file is deleted)."""
-
-    exit_code = 14
 
 
 @dataclass(frozen=True)
