@@ -85,7 +85,7 @@ def test_recorded_speech_is_one_turn_of_the_right_length(pulse, workdir):
 
 def test_stream_is_closed_when_the_body_raises(pulse):
     with pytest.raises(ZeroDivisionError), Microphone("pulse") as mic:
-        assert mic.read(timeout=2.0).size > 0
+        assert mic.read(timeout=10.0).size > 0  # returns at the first chunk; a busy machine starts streams late
         raise ZeroDivisionError("the body fails")
     assert mic.closed
     with pytest.raises(RuntimeError, match="closed"):
