@@ -32,7 +32,7 @@ from llasm_cli.audio import (
 )
 from llasm_cli.files import atomic_path
 from llasm_cli.model import AudioTower
-from llasm_cli.prompt import AUDIO, Message, Piece, dialogue_pieces, tokenize_run
+from llasm_cli.prompt import AUDIO, Message, dialogue_pieces, tokenized
 
 log = logging.getLogger("llasm.data")
 IGNORE = -100
@@ -75,18 +75,8 @@ def encode_sample(
     ids: list[int] = [tokenizer.bos_token_id]
     labels: list[int] = [IGNORE]
     clips: list[tuple[int, str]] = []
-    run: list[Piece] = []  # template text and literal content, tokenized together as the runtime does
     after_answer = False
-    for p in [*pieces, Piece("end")]:
-        if p.kind in ("text", "content"):
-            run.append(p)
-            continue
-        toks = tokenize_run(run, tokenize)
-        ids += toks
-        labels += [IGNORE] * len(toks)
-        if run:
-            after_answer = False
-        run = []
+    for p in tokenized(pieces, tokenize):  # template text and literal content tokenized as the runtime does
         if p.kind == "audio":
             path = sample.audio[p.index]
             ids.append(audio_start)
@@ -97,10 +87,9 @@ def encode_sample(
         elif p.kind == "eos":
             ids.append(tokenizer.eos_token_id)
             labels.append(tokenizer.eos_token_id if after_answer else IGNORE)
-        elif p.kind == "answer":
-            toks = tokenize(p.text, False) if p.text else []
-            ids += toks
-            labels += toks
+        else:  # tokens, answer: only an answer's ids are learned
+            ids += p.ids
+            labels += p.ids if p.kind == "answer" else [IGNORE] * len(p.ids)
         after_answer = p.kind == "answer"
     return Encoded(ids, labels, clips)
 

@@ -224,6 +224,26 @@ def tokenize_run(run: Sequence[Piece], tokenize: Tokenize) -> list[int]:
     return ids
 
 
+def tokenized(pieces: Sequence[Piece], tokenize: Tokenize) -> list[Piece]:
+    """The pieces with their ids, as the runtime and training both read them: each run of
+    ``text``/``content`` becomes one ``tokens`` piece (see ``tokenize_run``), an ``answer`` gets
+    its literal ids, ``audio``, ``eos`` and ``tokens`` pass through."""
+    out: list[Piece] = []
+    run: list[Piece] = []
+    for p in [*pieces, Piece("end")]:
+        if p.kind in ("text", "content"):
+            run.append(p)
+            continue
+        if run:
+            out.append(Piece("tokens", ids=tokenize_run(run, tokenize)))
+            run = []
+        if p.kind == "answer":
+            out.append(Piece("answer", p.text, p.index, ids=tokenize(p.text, False) if p.text else []))
+        elif p.kind != "end":
+            out.append(p)
+    return out
+
+
 def segments(engine, pieces: Sequence[Piece], clips: Sequence[np.ndarray], audio_start: int, audio_end: int, bos: bool) -> list:
     """Token lists and embedding arrays for prompt pieces (clip i for audio piece i)."""
     return pieces_to_segments(pieces, engine.tokenize, clips, engine.bos if bos else None, engine.eos,
@@ -237,23 +257,15 @@ def pieces_to_segments(
     """Turn pieces into token lists and clips; consecutive tokens are merged into one list."""
     out: list = []
     tokens: list[int] = [bos] if bos is not None else []
-    run: list[Piece] = []
-    for p in [*pieces, Piece("end")]:
-        if p.kind in ("text", "content"):
-            run.append(p)
-            continue
-        tokens += tokenize_run(run, tokenize)
-        run = []
-        if p.kind == "answer":
-            tokens += tokenize(p.text, False) if p.text else []
-        elif p.kind == "tokens":
-            tokens += p.ids
-        elif p.kind == "eos":
+    for p in tokenized(pieces, tokenize):
+        if p.kind == "eos":
             tokens.append(eos)
         elif p.kind == "audio":
             if not 0 <= p.index < len(clips):
                 raise ValueError(f"audio piece {p.index} but {len(clips)} clips")
             out += [tokens + [audio_start], clips[p.index]]
             tokens = [audio_end]
+        else:  # tokens, answer
+            tokens += p.ids
     out.append(tokens)
     return [s for s in out if len(s)]
