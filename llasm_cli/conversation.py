@@ -62,7 +62,7 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     stats: TurnStats = field(default_factory=TurnStats)
-    prefilled_from_scratch: int = 0  # turns whose prompt shared nothing after the system prompt with the cache
+    prefilled_from_scratch: int = 0  # turns whose prefill evaluated again positions the cache had held
 
     def __post_init__(self) -> None:
         if self.system is None:
@@ -154,17 +154,11 @@ class Conversation:
             if self.turns and self.turns[-1].message.role == "user":
                 self.turns.pop()
             raise
-        if had and engine.reused <= self._system_positions():
+        if engine.reused < had:  # the cache lost positions it held: part of the history was prefilled again
             self.prefilled_from_scratch += 1
         st.prompt_tokens = sum(len(s) for s in segs) - engine.reused
         st.prefill_ms = (time.perf_counter() - self._t0) * 1e3
         return logits
-
-    def _system_positions(self) -> int:
-        """Positions of the prompt before the first turn (BOS, system prompt, template header)."""
-        if not self.turns:
-            return 0
-        return sum(len(s) for s in self.bot.prompt(self.messages()[:-len(self.turns)] or [], add_generation_prompt=False))
 
     # --- answering ------------------------------------------------------------------
 
