@@ -204,14 +204,13 @@ def write_random_llama(path: Path, n_embd: int, n_ff: int, n_layer: int, n_head:
 
 
 def open_bare(model: str, extra_buffers: bool, n_ctx: int, n_batch: int, threads: int):
-    """(model, context) loaded by llama.cpp alone, its log silenced, the extra buffers as asked:
+    """(model, context) loaded by llama.cpp alone, its log kept quiet, the extra buffers as asked:
     what the probe child and the extra-buffer benchmark measure. None where loading failed."""
-    import ctypes
-
     import llama_cpp
 
-    llama_cpp.llama_log_set(_silent, ctypes.c_void_p(0))
-    llama_cpp.llama_backend_init()
+    from . import native
+
+    native.init()
     params = llama_cpp.llama_model_default_params()
     params.use_extra_bufts = extra_buffers
     m = llama_cpp.llama_model_load_from_file(model.encode(), params)
@@ -222,10 +221,6 @@ def open_bare(model: str, extra_buffers: bool, n_ctx: int, n_batch: int, threads
     cparams.n_threads = cparams.n_threads_batch = threads
     ctx = llama_cpp.llama_init_from_model(m, cparams)
     return (m, ctx) if ctx else None
-
-
-def _silent_log(level: int, text: bytes, user_data) -> None:
-    pass
 
 
 def child(model: str) -> int:
@@ -258,14 +253,6 @@ def child(model: str) -> int:
             return 5
     print(OK_LINE)
     return 0
-
-
-try:  # a C callback made once: the llama.cpp log goes nowhere in the probe and the benchmark
-    import llama_cpp as _llama_cpp
-
-    _silent = _llama_cpp.llama_log_callback(_silent_log)
-except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
-    _silent = None
 
 
 if __name__ == "__main__":
