@@ -284,7 +284,6 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
         console.print(f"  tower torch {bundle.torch_tower_path().name}/")
 
 
-
 @app.command("pull")
 def pull_command(
     name: str = typer.Argument(..., help="A name from `llasm models`, or a Hugging Face repository as owner/name."),
@@ -350,10 +349,11 @@ def models_command() -> None:
     if not bundles:
         typer.echo("  (none)")
 
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every failure becomes one line on stderr and a documented exit code.
 
-    1-9: the user errors of ``errors.py``; 2 for command-line usage (Typer's own); 130: Ctrl-C;
+    1-14: the user errors of ``errors.py``; 2 also for command-line usage (Typer's own); 130: Ctrl-C;
     141: the reader of stdout went away; 70: a bug in llasm (the traceback with --verbose).
     """
     from .ui import error
