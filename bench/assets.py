@@ -189,8 +189,6 @@ def _write_bundle(dest: Path, name: str, llm_src: Path, llm_how: str, llm_dim: i
     meta = CheckpointMeta(adaptor=tower.cfg, audio_start=audio_tokens[0], audio_end=audio_tokens[1])
     write_tower_and_manifest(dest, name, tower, meta, {"q4_k_m": llm_file}, ("f16",),
                              progress=lambda step: log(f"{name}: {step}"))
-    for p in dest.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
 
 
 def gemma_bundle(log: Log = _quiet) -> Path:
