@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import stat
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -400,24 +401,76 @@ def _hann() -> np.ndarray:
     return (0.5 * (1.0 - np.cos(2.0 * math.pi * i / N_FFT))).astype(np.float32)
 
 
-def log_mel_spectrogram(window: np.ndarray, n_mels: int = 80) -> np.ndarray:
-    """Log-mel features of one window of at most 30 s, shape (n_mels, 3000), float32."""
+def log_mel_spectrogram(window: np.ndarray, n_mels: int = 80, n_frames: int | None = None) -> np.ndarray:
+    """Log-mel features of one window of at most 30 s, shape (n_mels, 3000), float32.
+
+    With ``n_frames`` only that many frames are computed and the max-8 clamp looks at them alone:
+    the chunked (streaming) input mode's definition, cheap for short windows and independent of
+    how much zero padding a 30 s window would add.
+    """
     if window.size > N_SAMPLES:
         raise ValueError(f"a window holds at most {N_SAMPLES} samples, got {window.size}")
+    total = N_FRAMES if n_frames is None else n_frames
+    if not 1 <= total <= N_FRAMES:
+        raise ValueError(f"n_frames must be from 1 to {N_FRAMES}, got {n_frames}")
     x = np.asarray(window, dtype=np.float32)
     if x.size < MIN_SAMPLES:
         x = np.pad(x, (0, MIN_SAMPLES - x.size))
     pad = N_FFT // 2
-    padded = np.concatenate(
-        [x[1 : pad + 1][::-1], x, np.zeros(N_SAMPLES + 2 * pad, dtype=np.float32)]
-    )
-    n_frames = (padded.size - N_FFT) // HOP_LENGTH + 1
+    behind = N_SAMPLES + 2 * pad if n_frames is None else max(0, (total - 1) * HOP_LENGTH + pad - x.size)
+    padded = np.concatenate([x[1 : pad + 1][::-1], x, np.zeros(behind, dtype=np.float32)])
+    n_frames_all = min((padded.size - N_FFT) // HOP_LENGTH + 1, N_FRAMES + 1 if n_frames is None else total)
     frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0])
+        padded, shape=(n_frames_all, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0])
     )
     spectrum = np.fft.rfft(frames * _hann(), axis=-1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     mel = np.log10(np.maximum(mel_filters(n_mels) @ power.T, MEL_FLOOR))  # (n_mels, n_frames)
     mel = np.maximum(mel, mel.max() - 8.0)
     mel = (mel + 4.0) / 4.0
-    return np.ascontiguousarray(mel[:, :N_FRAMES], dtype=np.float32)
+    return np.ascontiguousarray(mel[:, :total], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """One step of chunked (streaming) encoding, in samples of the whole utterance.
+
+    The encoder sees ``[start, end)``: the chunk ``[begin, end)`` behind up to ``context`` seconds of
+    the audio before it. Its first ``skip`` embeddings (the context's) are dropped and ``keep``
+    remain. A chunk depends only on audio up to its own end, so a stream encoded as it arrives and
+    the whole clip encoded at once give the same embeddings.
+    """
+
+    start: int
+    begin: int
+    end: int
+    skip: int
+    keep: int
+    n_frames: int  # mel frames the encoder reads: whole stacks over the window, zeros fill the last
+
+
+def chunk_spans(n_samples: int, chunk_seconds: float, context_seconds: float, stack_factor: int,
+                final: bool = True) -> list[ChunkSpan]:
+    """The chunks that cover ``n_samples``; with ``final=False`` only the chunks already complete."""
+    unit = SAMPLES_PER_ENCODER_FRAME * stack_factor  # samples per embedding
+    chunk, context = round(chunk_seconds * SAMPLE_RATE), round(context_seconds * SAMPLE_RATE)
+    if chunk <= 0 or chunk % unit or context < 0 or context % unit or chunk + context > N_SAMPLES:
+        raise ValueError(f"chunk ({chunk_seconds} s) and context ({context_seconds} s) must be whole multiples of "
+                         f"{unit / SAMPLE_RATE} s, the chunk positive, together at most {CHUNK_SECONDS} s")
+    spans = []
+    for begin in range(0, n_samples, chunk):
+        end = begin + chunk
+        if end > n_samples:
+            if not final:
+                break
+            end = n_samples
+        start = max(0, begin - context)
+        keep = -(-(end - begin) // unit)
+        skip = (begin - start) // unit
+        spans.append(ChunkSpan(start, begin, end, skip, keep, 2 * stack_factor * (skip + keep)))
+    return spans
+
+
+def chunk_mel(samples: np.ndarray, span: ChunkSpan, n_mels: int) -> np.ndarray:
+    """The log-mel input of one chunk's window: (n_mels, 2 k (skip + keep))."""
+    return log_mel_spectrogram(samples[span.start : span.end], n_mels, n_frames=span.n_frames)

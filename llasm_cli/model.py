@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +33,8 @@ from .errors import CheckpointError
 
 AdaptorType = Literal["stack-swiglu", "llasm-v1"]
 ADAPTOR_TYPES: tuple[str, ...] = ("stack-swiglu", "llasm-v1")
+ENCODER_INPUTS: tuple[str, ...] = ("padded", "unpadded", "chunked")
+BOUNDARIES: tuple[str, ...] = ("tokens", "embeddings")
 N_ENCODER_FRAMES = 1500  # Whisper encoder frames per 30 s window
 AUDIO_START = "<au_start>"
 AUDIO_END = "<au_end>"
@@ -60,8 +63,14 @@ class AdaptorConfig:
     n_queries: int = 64  # llasm-v1: decoder positions, one embedding each
     decoder_token_id: int = 50258  # llasm-v1: <|startoftranscript|>
     # Encoder inputs the adaptor was trained on: "padded" (30 s windows, as Whisper and
-    # llama.cpp's mtmd run it) and/or "unpadded" (only the real audio: much faster, torch only).
+    # llama.cpp's mtmd run it), "unpadded" (only the real audio: much faster) and/or "chunked"
+    # (chunk_seconds at a time behind context_seconds of earlier audio: encoded while the user speaks).
     encoder_input: list = field(default_factory=lambda: ["padded"])
+    chunk_seconds: float = 1.0  # chunked: new audio per encoder call
+    context_seconds: float = 2.0  # chunked: earlier audio the encoder sees again before each chunk
+    # How the audio span is marked in the LLM sequence: "tokens" (<au_start>/<au_end> added to the
+    # vocabulary) or "embeddings" (two learned rows, so a published LLM GGUF stays untouched).
+    boundary: str = "tokens"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,10 +81,16 @@ class AdaptorConfig:
                 raise ValueError(f"stack_factor {self.stack_factor} must divide {N_ENCODER_FRAMES}")
             if self.hidden_dim % 2:
                 raise ValueError(f"hidden_dim {self.hidden_dim} must be even (SwiGLU halves it)")
-        if not self.encoder_input or set(self.encoder_input) - {"padded", "unpadded"}:
-            raise ValueError(f"encoder_input must list 'padded' and/or 'unpadded', got {self.encoder_input}")
+        if not self.encoder_input or set(self.encoder_input) - set(ENCODER_INPUTS):
+            raise ValueError(f"encoder_input must list some of {ENCODER_INPUTS}, got {self.encoder_input}")
         if self.type == "llasm-v1" and self.encoder_input != ["padded"]:
             raise ValueError("llasm-v1 runs on padded 30 s windows only")
+        if "chunked" in self.encoder_input:
+            from .audio import chunk_spans
+
+            chunk_spans(1, self.chunk_seconds, self.context_seconds, self.stack_factor)  # raises if misaligned
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
 
     def tokens_per_window(self) -> int:
         """Embeddings one full 30 s window produces."""
@@ -119,6 +134,8 @@ class StackSwiGLUAdaptor(nn.Module):
         self.linear_1 = nn.Linear(cfg.encoder_dim * cfg.stack_factor, cfg.hidden_dim, bias=False)
         self.norm_mid = RMSNorm(cfg.hidden_dim // 2)
         self.linear_2 = nn.Linear(cfg.hidden_dim // 2, cfg.llm_dim, bias=False)
+        if cfg.boundary == "embeddings":  # rows 0/1: start/end of audio, injected around the clip
+            self.boundary = nn.Parameter(torch.zeros(2, cfg.llm_dim))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         b, t, c = frames.shape  # (B, T, C) encoder frames
@@ -174,6 +191,23 @@ class AudioTower(nn.Module):
             (mel.shape[0], self.cfg.n_queries), self.cfg.decoder_token_id, dtype=torch.long, device=mel.device
         )
         return self.decoder(input_ids=queries, encoder_hidden_states=frames).last_hidden_state  # (B, 64, d)
+
+    def chunked_features(self, samples: np.ndarray) -> torch.Tensor:
+        """Encoder frames of a whole clip in the chunked input mode: (n_tokens * k, d).
+
+        Each chunk's window runs alone and only the chunk's own frames are kept, exactly what the
+        runtime computes while the user is still speaking.
+        """
+        from .audio import chunk_mel, chunk_spans
+
+        cfg, k = self.cfg, self.cfg.stack_factor
+        dev = next(self.parameters()).device
+        out = []
+        for span in chunk_spans(samples.size, cfg.chunk_seconds, cfg.context_seconds, k):
+            mel = torch.from_numpy(chunk_mel(samples, span, self.n_mels))[None].to(dev)
+            frames = encode_frames(self.encoder, mel)[0]
+            out.append(frames[span.skip * k : (span.skip + span.keep) * k])
+        return torch.cat(out)
 
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         """The trained part: features -> LLM-space embeddings (B, n_tokens, llm_dim)."""
