@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, audio_token_count, split_windows
+from .audio import SAMPLE_RATE, audio_token_count, chunk_spans, split_windows
 from .bundle import Bundle, load_bundle
 from .engine import Engine, Sampler, Sampling
 from .gguf_check import check_widths, validate_llm
@@ -41,8 +41,11 @@ class Assistant:
         if tower_variant is None and llm_variant in m.tower_files:
             tower_variant = llm_variant  # same precision for both halves unless told otherwise
         self._tower_args = (backend, tower_variant, n_threads, llm_variant == "f32")
-        self.audio_start = self.engine.token_id(m.audio_start)
-        self.audio_end = self.engine.token_id(m.audio_end)
+        # the audio span's start/end: two learned rows (a published GGUF's vocabulary stays as it is),
+        # or two added vocabulary tokens
+        self.boundary = self.bundle.boundary_rows()
+        self.audio_start = self.engine.token_id(m.audio_start) if self.boundary is None else None
+        self.audio_end = self.engine.token_id(m.audio_end) if self.boundary is None else None
         self.template = self.engine.meta("tokenizer.chat_template") or DEFAULT_TEMPLATE
         self.system_prompt = m.system_prompt
         self.engine.warmup()
@@ -64,6 +67,8 @@ class Assistant:
         """Sequence positions a clip of ``n_samples`` takes (its embeddings and the two markers),
         known from the manifest before anything is encoded."""
         m = self.bundle.manifest
+        if "chunked" in m.encoder_input and m.adaptor == "stack-swiglu" and (self._tower is None or self._tower.chunked):
+            return 2 + sum(s.keep for s in chunk_spans(n_samples, m.chunk_seconds, m.context_seconds, m.stack_factor))
         windows = split_windows(np.zeros(n_samples, dtype=np.uint8))
         if m.adaptor == "llasm-v1":
             return 2 + m.tokens_per_window * len(windows)
@@ -84,8 +89,14 @@ class Assistant:
     def prompt(self, msgs: list[Message], add_generation_prompt: bool = True) -> list:
         """Token/embedding segments of a whole conversation, BOS included."""
         pieces = prompt_pieces(self.template, msgs, self.engine.eos_text, add_generation_prompt)
-        clips = [c for m in msgs for c in m.clips]
+        clips = [self.with_boundary(c) for m in msgs for c in m.clips]
         return segments(self.engine, pieces, clips, self.audio_start, self.audio_end, self.engine.add_bos)
+
+    def with_boundary(self, clip: np.ndarray) -> np.ndarray:
+        """A clip's embeddings between the learned start/end rows (unchanged for token boundaries)."""
+        if self.boundary is None:
+            return clip
+        return np.concatenate([self.boundary[:1], clip, self.boundary[1:]])
 
     def greedy_tokens(self, segs: list, max_tokens: int) -> list[int]:
         """Greedy token ids for prepared segments (what the parity tests compare)."""

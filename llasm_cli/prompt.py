@@ -244,7 +244,8 @@ def tokenized(pieces: Sequence[Piece], tokenize: Tokenize) -> list[Piece]:
     return out
 
 
-def segments(engine, pieces: Sequence[Piece], clips: Sequence[np.ndarray], audio_start: int, audio_end: int, bos: bool) -> list:
+def segments(engine, pieces: Sequence[Piece], clips: Sequence[np.ndarray], audio_start: int | None,
+             audio_end: int | None, bos: bool) -> list:
     """Token lists and embedding arrays for prompt pieces (clip i for audio piece i)."""
     return pieces_to_segments(pieces, engine.tokenize, clips, engine.bos if bos else None, engine.eos,
                               audio_start, audio_end)
@@ -252,9 +253,11 @@ def segments(engine, pieces: Sequence[Piece], clips: Sequence[np.ndarray], audio
 
 def pieces_to_segments(
     pieces: Sequence[Piece], tokenize: Tokenize, clips: Sequence, bos: int | None, eos: int,
-    audio_start: int, audio_end: int,
+    audio_start: int | None, audio_end: int | None,
 ) -> list:
-    """Turn pieces into token lists and clips; consecutive tokens are merged into one list."""
+    """Turn pieces into token lists and clips; consecutive tokens are merged into one list.
+
+    ``audio_start``/``audio_end`` None: the clips carry their own boundary rows."""
     out: list = []
     tokens: list[int] = [bos] if bos is not None else []
     for p in tokenized(pieces, tokenize):
@@ -263,8 +266,8 @@ def pieces_to_segments(
         elif p.kind == "audio":
             if not 0 <= p.index < len(clips):
                 raise ValueError(f"audio piece {p.index} but {len(clips)} clips")
-            out += [tokens + [audio_start], clips[p.index]]
-            tokens = [audio_end]
+            out += [tokens + ([audio_start] if audio_start is not None else []), clips[p.index]]
+            tokens = [audio_end] if audio_end is not None else []
         else:  # tokens, answer
             tokens += p.ids
     out.append(tokens)

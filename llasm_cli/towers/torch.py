@@ -64,6 +64,12 @@ class TorchTower(TowerBackend):
         self.n_mels = self.module.n_mels
         # encode only the real audio when the adaptor was trained that way: far less work
         self.unpadded = m.adaptor == "stack-swiglu" and "unpadded" in m.encoder_input
+        self.chunked = m.adaptor == "stack-swiglu" and "chunked" in m.encoder_input
+        self.chunk_seconds, self.context_seconds = m.chunk_seconds, m.context_seconds
+
+    def embed_mel(self, mel: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self._run(mel[None])[0]
 
     def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         torch = self.torch

