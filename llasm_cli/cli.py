@@ -201,6 +201,49 @@ def chat(
 
 
 @app.command()
+def serve(
+    model: Optional[Path] = ModelOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port (0: any free port)."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="LLASM_API_KEY", help="Require 'Authorization: Bearer KEY'. Env: LLASM_API_KEY."
+    ),
+    parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Conversations decoded at once."),
+    queue: int = typer.Option(16, "--queue", min=0, help="Requests that may wait for a free sequence; more get 503."),
+    backend: str = BackendOpt,
+    variant: Optional[str] = VariantOpt,
+    threads: Optional[int] = ThreadsOpt,
+    ctx: int = typer.Option(4096, "--ctx", help="Context length per conversation, in tokens (the cache holds --parallel of them)."),
+    gpu_layers: int = GpuOpt,
+    max_audio: float = typer.Option(300.0, "--max-audio", min=1.0, help="Longest audio clip accepted, in seconds."),
+    max_body: float = typer.Option(32.0, "--max-body", min=0.001, help="Largest request body accepted, in MiB."),
+) -> None:
+    """Serve the model over HTTP with OpenAI's chat-completions API, speech included.
+
+    POST /v1/chat/completions takes "text" and "input_audio" content parts (base64 wav, mp3, flac
+    or ogg) and streams with "stream": true; GET /v1/models, GET /health. Ctrl-C stops.
+
+    Examples:
+
+      llasm serve
+
+      llasm serve -m my-bundle --host 0.0.0.0 --port 8080 --api-key "$KEY" --parallel 8
+    """
+    from .serve import ServeSettings, close_server, load_server, run
+
+    settings = ServeSettings(
+        parallel=parallel, queue=queue, n_ctx=ctx, max_audio=max_audio, max_body=int(max_body * (1 << 20)),
+        api_key=api_key or None,
+    )
+    server = load_server(_need_model(model), settings, backend=backend, variant=variant, n_threads=threads,
+                         n_gpu_layers=gpu_layers)
+    try:
+        run(server, host, port, verbose=_state["verbose"])
+    finally:
+        close_server(server)
+
+
+@app.command()
 def devices() -> None:
     """List audio input devices (use the index or a part of the name with --device)."""
     from .mic import list_input_devices
@@ -353,7 +396,7 @@ def models_command() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every failure becomes one line on stderr and a documented exit code.
 
-    1-14: the user errors of ``errors.py``; 2 also for command-line usage (Typer's own); 130: Ctrl-C;
+    1-15: the user errors of ``errors.py``; 2 also for command-line usage (Typer's own); 130: Ctrl-C;
     141: the reader of stdout went away; 70: a bug in llasm (the traceback with --verbose).
     """
     from .ui import error

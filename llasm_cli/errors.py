@@ -116,3 +116,9 @@ class ChecksumMismatchError(PullError):
     """A downloaded file's size or checksum differs from the hub's metadata (the file is deleted)."""
 
     exit_code = 14
+
+
+class ServeError(LlasmError):
+    """``llasm serve`` cannot listen: the address is taken, not local, or not permitted."""
+
+    exit_code = 15

@@ -1,0 +1,385 @@
+"""OpenAI's chat-completions wire format: requests checked strictly, responses and errors built.
+
+A request body is parsed by hand rather than by a schema library so that every refusal is one
+OpenAI-style error naming the offending field (``messages[2].content[0].input_audio.data``).
+Message content is a string or a list of parts, ``{"type": "text", "text": ...}`` and
+``{"type": "input_audio", "input_audio": {"data": <base64>, "format": "wav"}}`` -- the shape
+OpenAI and llama.cpp's llama-server use. Audio is decoded from memory (nothing is written to
+disk) with the same checks ``audio.load_audio`` applies to files.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .audio import MAX_RATE, MIN_LOAD_SAMPLES, MIN_RATE, SAMPLE_RATE, check_finite
+from .errors import AudioFileError, AudioTooLongError
+
+AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
+ROLES = ("system", "developer", "user", "assistant")
+MAX_STOP = 4  # stop strings per request, as OpenAI allows
+MAX_STOP_CHARS = 256
+_BLOCK_FRAMES = 1 << 18
+_UNKNOWN_FRAMES = 1 << 62  # libsndfile's SF_COUNT_MAX: the header does not say
+
+
+class APIError(Exception):
+    """A request the server refuses, as HTTP status + OpenAI error body."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None,
+        type: str = "invalid_request_error", headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param, code)
+
+
+@dataclass
+class Part:
+    """A piece of a message: text, or base64 audio in a named format."""
+
+    param: str  # where it is in the request, for error messages
+    text: str | None = None
+    audio: str | None = None
+    format: str | None = None
+
+
+@dataclass
+class ChatMessage:
+    role: str  # system, user, assistant ("developer" is read as system)
+    parts: list[Part]
+    param: str
+
+    @property
+    def text(self) -> str:
+        return "\n".join(p.text for p in self.parts if p.text is not None)
+
+
+@dataclass
+class ChatRequest:
+    messages: list[ChatMessage]
+    model: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    ignore_eos: bool = False  # llama-server's extension: answer up to max_tokens whatever the model says
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON; malformed JSON (or NaN/Infinity, or absurd nesting) is a 400."""
+    if not body.strip():
+        raise bad("the request body is empty: send a JSON object", code="invalid_json")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+        raise bad(f"the request body is not valid JSON: {why}", code="invalid_json") from None
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    return "an object"
+
+
+def _want(obj: dict, key: str, kind: str, param: str, default: Any = None) -> Any:
+    """``obj[key]`` checked against ``kind`` (string, boolean, integer, number, array, object)."""
+    if key not in obj or obj[key] is None:
+        return default
+    v = obj[key]
+    ok = {
+        "string": isinstance(v, str),
+        "boolean": isinstance(v, bool),
+        "integer": isinstance(v, int) and not isinstance(v, bool),
+        "number": isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+        "array": isinstance(v, list),
+        "object": isinstance(v, dict),
+    }[kind]
+    if not ok:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise bad(f"{param} must be {article} {kind}, not {_type_name(v)}", param, "invalid_type")
+    return v
+
+
+def parse_chat_request(obj: Any, max_messages: int) -> ChatRequest:
+    """A chat-completions request, every field checked; anything unsupported is a 400 that names it."""
+    if not isinstance(obj, dict):
+        raise bad(f"the request body must be a JSON object, not {_type_name(obj)}", code="invalid_type")
+    raw_messages = _want(obj, "messages", "array", "messages")
+    if raw_messages is None:
+        raise bad("messages is required", "messages", "missing_required_parameter")
+    if not raw_messages:
+        raise bad("messages must hold at least one message", "messages", "invalid_value")
+    if len(raw_messages) > max_messages:
+        raise bad(f"messages holds {len(raw_messages)} messages; this server takes at most {max_messages}",
+                  "messages", "too_many_messages")
+    messages = [_message(m, f"messages[{i}]") for i, m in enumerate(raw_messages)]
+
+    n = _want(obj, "n", "integer", "n", 1)
+    if n != 1:
+        raise bad("n must be 1: this server gives one choice per request", "n", "unsupported_value")
+    if _want(obj, "logprobs", "boolean", "logprobs", False):
+        raise bad("logprobs are not supported", "logprobs", "unsupported_parameter")
+    if _want(obj, "tools", "array", "tools"):
+        raise bad("tools are not supported", "tools", "unsupported_parameter")
+    modalities = _want(obj, "modalities", "array", "modalities", [])
+    if any(m != "text" for m in modalities):
+        raise bad("this server answers in text only: modalities must be [\"text\"]", "modalities",
+                  "unsupported_value")
+
+    temperature = _want(obj, "temperature", "number", "temperature")
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise bad(f"temperature must be from 0 to 2, got {temperature}", "temperature", "invalid_value")
+    top_p = _want(obj, "top_p", "number", "top_p")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise bad(f"top_p must be above 0 and at most 1, got {top_p}", "top_p", "invalid_value")
+    max_tokens = _want(obj, "max_completion_tokens", "integer", "max_completion_tokens")
+    key = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, key = _want(obj, "max_tokens", "integer", "max_tokens"), "max_tokens"
+    if max_tokens is not None and max_tokens < 1:
+        raise bad(f"{key} must be at least 1, got {max_tokens}", key, "invalid_value")
+    seed = _want(obj, "seed", "integer", "seed")
+    if seed is not None and not -(2**63) <= seed < 2**64:
+        raise bad("seed must fit in 64 bits", "seed", "invalid_value")
+
+    stop = obj.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise bad("stop must be a string or an array of strings", "stop", "invalid_type")
+    if len(stops) > MAX_STOP:
+        raise bad(f"stop holds {len(stops)} strings; at most {MAX_STOP}", "stop", "invalid_value")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise bad(f"a stop string may be at most {MAX_STOP_CHARS} characters", "stop", "invalid_value")
+
+    stream = _want(obj, "stream", "boolean", "stream", False)
+    options = _want(obj, "stream_options", "object", "stream_options", {})
+    include_usage = _want(options, "include_usage", "boolean", "stream_options.include_usage", False)
+    return ChatRequest(
+        messages=messages, model=_want(obj, "model", "string", "model"), stream=stream,
+        include_usage=include_usage, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+        stop=stops, seed=seed, ignore_eos=_want(obj, "ignore_eos", "boolean", "ignore_eos", False),
+    )
+
+
+def _message(m: Any, param: str) -> ChatMessage:
+    if not isinstance(m, dict):
+        raise bad(f"{param} must be an object, not {_type_name(m)}", param, "invalid_type")
+    role = _want(m, "role", "string", f"{param}.role")
+    if role is None:
+        raise bad(f"{param}.role is required", f"{param}.role", "missing_required_parameter")
+    if role not in ROLES:
+        raise bad(f"{param}.role {role!r} is not one of {', '.join(ROLES)}", f"{param}.role", "invalid_value")
+    role = "system" if role == "developer" else role
+    content = m.get("content")
+    if content is None:
+        if role != "assistant":
+            raise bad(f"{param}.content is required", f"{param}.content", "missing_required_parameter")
+        parts = [Part(f"{param}.content", text="")]
+    elif isinstance(content, str):
+        parts = [Part(f"{param}.content", text=content)]
+    elif isinstance(content, list):
+        parts = [_part(p, f"{param}.content[{j}]") for j, p in enumerate(content)]
+    else:
+        raise bad(f"{param}.content must be a string or an array of content parts, not {_type_name(content)}",
+                  f"{param}.content", "invalid_type")
+    if role != "user":
+        for p in parts:
+            if p.audio is not None:
+                raise bad(f"{p.param}: only user messages may hold audio", p.param, "invalid_value")
+    if role == "user" and not parts:
+        raise bad(f"{param}.content is empty", f"{param}.content", "invalid_value")
+    return ChatMessage(role, parts, param)
+
+
+def _part(p: Any, param: str) -> Part:
+    if not isinstance(p, dict):
+        raise bad(f"{param} must be an object, not {_type_name(p)}", param, "invalid_type")
+    kind = _want(p, "type", "string", f"{param}.type")
+    if kind == "text":
+        text = _want(p, "text", "string", f"{param}.text")
+        if text is None:
+            raise bad(f"{param}.text is required", f"{param}.text", "missing_required_parameter")
+        return Part(param, text=text)
+    if kind == "input_audio":
+        audio = _want(p, "input_audio", "object", f"{param}.input_audio")
+        if audio is None:
+            raise bad(f"{param}.input_audio is required", f"{param}.input_audio", "missing_required_parameter")
+        data = _want(audio, "data", "string", f"{param}.input_audio.data")
+        if not data:
+            raise bad(f"{param}.input_audio.data is required (base64 audio)", f"{param}.input_audio.data",
+                      "missing_required_parameter")
+        fmt = _want(audio, "format", "string", f"{param}.input_audio.format")
+        if fmt is None:
+            raise bad(f"{param}.input_audio.format is required: one of {', '.join(AUDIO_FORMATS)}",
+                      f"{param}.input_audio.format", "missing_required_parameter")
+        if fmt.lower() not in AUDIO_FORMATS:
+            raise bad(f"{param}.input_audio.format {fmt!r} is not supported: use one of {', '.join(AUDIO_FORMATS)}",
+                      f"{param}.input_audio.format", "unsupported_value")
+        return Part(param, audio=data, format=fmt.lower())
+    if kind is None:
+        raise bad(f"{param}.type is required", f"{param}.type", "missing_required_parameter")
+    raise bad(f"{param}.type {kind!r} is not supported: this server reads \"text\" and \"input_audio\" parts",
+              f"{param}.type", "unsupported_content_type")
+
+
+# --- audio ------------------------------------------------------------------------------
+
+
+def decode_base64(data: str, param: str) -> bytes:
+    """Strict base64 (a ``data:audio/...;base64,`` prefix is allowed); anything else is a 400."""
+    if data.startswith("data:") and ";base64," in data[:100]:
+        data = data.split(";base64,", 1)[1]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad(f"{param} is not valid base64 ({exc})", param, "invalid_base64") from None
+
+
+def read_audio_bytes(raw: bytes, what: str, max_seconds: float) -> np.ndarray:
+    """Encoded audio in memory (wav/flac/ogg/mp3, any rate and channels) as 16 kHz mono float32.
+
+    The checks of ``audio.load_audio``: libsndfile must recognise it, the rate must be plausible,
+    no NaN/infinite/absurd samples, at least ``MIN_LOAD_SAMPLES``, and at most ``max_seconds`` --
+    from the header before decoding when it says, and decoding stops at the limit when it lies.
+    Raises ``AudioFileError`` (``AudioTooLongError``) with one sentence naming ``what``.
+    """
+    import soundfile as sf
+
+    if not raw:
+        raise AudioFileError(f"{what} is empty")
+    try:
+        f = sf.SoundFile(io.BytesIO(raw))
+    except Exception as exc:  # soundfile raises several types for data that is not audio
+        why = str(exc).removeprefix("Error opening ").split(": ", 1)[-1].strip().rstrip(".") or type(exc).__name__
+        raise AudioFileError(f"{what} is not audio that can be decoded ({why}); send wav, flac, ogg or mp3") from None
+    with f:
+        rate, channels = int(f.samplerate), int(f.channels)
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise AudioFileError(f"{what} has a sample rate of {rate} Hz; expected {MIN_RATE}-{MAX_RATE} Hz")
+        limit = int(math.ceil(max_seconds * rate))
+        frames = int(f.frames)
+        if 0 <= frames < _UNKNOWN_FRAMES and frames > limit:
+            raise _too_long(what, frames / rate, max_seconds)
+        mono, n_read = _decode(f, rate, channels, limit, what)
+    if n_read > limit:
+        raise _too_long(what, None, max_seconds)
+    if mono.size < MIN_LOAD_SAMPLES:
+        raise AudioFileError(f"{what} is too short ({n_read} samples): nothing to listen to")
+    return mono
+
+
+def _too_long(what: str, seconds: float | None, limit: float) -> AudioTooLongError:
+    lasts = "is longer than" if seconds is None else f"lasts {seconds:.4g} s, longer than"
+    return AudioTooLongError(f"{what} {lasts} this server's limit of {limit:g} s", seconds=seconds, limit=limit)
+
+
+def _decode(f, rate: int, channels: int, limit: int, what: str) -> tuple[np.ndarray, int]:
+    """Block by block (at most ``limit + 1`` frames): checked, downmixed, resampled as it goes."""
+    import soxr
+
+    stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+    out: list[np.ndarray] = []
+    n_read = 0
+    while n_read <= limit:
+        want = min(_BLOCK_FRAMES, limit + 1 - n_read)
+        try:
+            block = f.read(want, dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise AudioFileError(f"{what} is damaged: decoding stopped after {n_read / rate:.3g} s ({exc})") from None
+        if len(block):
+            check_finite(block, what, rate, n_read)
+            mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].copy()
+            out.append(mono if stream is None else stream.resample_chunk(mono, last=False))
+            n_read += len(block)
+        if len(block) < want:
+            break
+    if stream is not None and n_read:
+        out.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    mono = np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, np.float32)
+    return np.ascontiguousarray(mono), n_read
+
+
+# --- responses --------------------------------------------------------------------------
+
+
+def usage_body(prompt: int, completion: int, cached: int, audio: int) -> dict:
+    return {
+        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": audio},
+    }
+
+
+def completion_body(cid: str, created: int, model: str, text: str, finish: str, usage: dict) -> dict:
+    return {
+        "id": cid, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None, "finish_reason": finish,
+        }],
+        "usage": usage,
+    }
+
+
+def chunk_body(cid: str, created: int, model: str, delta: dict, finish: str | None = None) -> dict:
+    return {
+        "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def usage_chunk(cid: str, created: int, model: str, usage: dict) -> dict:
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": usage}
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
