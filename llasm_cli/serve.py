@@ -31,7 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +135,10 @@ class _Clip:
 
 @dataclass
 class _Prepared:
-    segments: list
+    """A request's messages, measured with placeholders where clips still have to be encoded."""
+
+    msgs: list[Message]
+    segments: list  # the prompt as measured (final when no clip needed encoding)
     clips: list[_Clip] = field(default_factory=list)
 
     @property
@@ -146,10 +149,17 @@ class _Prepared:
     def audio_positions(self) -> int:
         return sum(c.positions for c in self.clips)
 
-    def final_segments(self) -> list:
-        """The prompt with each placeholder replaced by its clip's embeddings."""
+    @property
+    def measured_only(self) -> bool:
+        return any(c.placeholder is not None for c in self.clips)
+
+    def final_segments(self, bot: Assistant) -> list:
+        """The prompt rendered again with each placeholder replaced by its clip's embeddings."""
+        if not self.measured_only:
+            return self.segments
         real = {id(c.placeholder): c.embd for c in self.clips if c.placeholder is not None}
-        return [real.get(id(s), s) if isinstance(s, np.ndarray) else s for s in self.segments]
+        msgs = [replace(m, clips=[real.get(id(x), x) for x in m.clips]) if m.clips else m for m in self.msgs]
+        return bot.prompt(msgs)
 
 
 class Server:
@@ -219,7 +229,7 @@ class Server:
                 slots.append(clip.embd if clip.embd is not None else clip.placeholder)
                 parts.append(AUDIO)
             msgs.append(Message.of("user", parts, slots))
-        prep = _Prepared(self.bot.prompt(msgs), clips)
+        prep = _Prepared(msgs, self.bot.prompt(msgs), clips)
         if prep.positions >= self.n_ctx_seq:
             raise ContextOverflowError(
                 f"the messages need {prep.positions} positions ({prep.audio_positions} of them audio) but a "
@@ -275,10 +285,11 @@ class Server:
             prep = await asyncio.to_thread(self._prepare, req)
             if any(c.embd is None for c in prep.clips):
                 await asyncio.get_running_loop().run_in_executor(self._encoder, self._encode, prep)
+            segments = await asyncio.to_thread(prep.final_segments, self.bot) if prep.measured_only else prep.segments
             events: asyncio.Queue = asyncio.Queue()
             loop = asyncio.get_running_loop()
             max_tokens = req.max_tokens or self.bot.bundle.manifest.max_tokens
-            job = Job(prep.final_segments(), self._sampling(req), max_tokens,
+            job = Job(segments, self._sampling(req), max_tokens,
                       emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), stop=req.stop)
             self.scheduler.submit(job)
         except BaseException:

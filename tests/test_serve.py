@@ -1,0 +1,424 @@
+"""`llasm serve` through the official openai client over real HTTP on loopback: text, audio, both,
+streaming, multi-turn with audio in earlier turns, sampling controls, and hostile requests, each
+refused with a 4xx and an OpenAI-style error body while the server goes on answering /health.
+
+The server runs the packaged demo model in this process (uvicorn in a thread); its answers are
+compared with what llasm's own single-conversation path (``Conversation`` on an ``Engine``) says
+to the same messages, token for token.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llasm_cli.bundle import demo_bundle_path
+
+openai = pytest.importorskip("openai")
+
+DEMO = demo_bundle_path()
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SEVEN_PLUS_FIVE = EXAMPLES / "what_is_seven_plus_five.wav"
+TWELVE_TIMES_THREE = EXAMPLES / "how_much_is_twelve_times_three.wav"
+TWENTY_MINUS_FOUR = EXAMPLES / "calculate_twenty_minus_four.wav"  # heard by one test only: encoded there first
+REPEAT = "repeat after me: the cat likes the red box"
+MAX_AUDIO = 20.0
+MAX_BODY = 2 << 20
+
+pytestmark = pytest.mark.skipif(DEMO is None, reason="no packaged demo model")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def audio_part(data: bytes | Path, fmt: str = "wav") -> dict:
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    return {"type": "input_audio", "input_audio": {"data": b64(raw), "format": fmt}}
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def user(*parts: dict | str) -> dict:
+    return {"role": "user", "content": [text_part(p) if isinstance(p, str) else p for p in parts]}
+
+
+def encoded(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def raw(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, headers, JSON body) of one raw request: for bodies no client library would send."""
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        res = conn.getresponse()
+        data = res.read()
+        return res.status, {k.lower(): v for k, v in res.getheaders()}, json.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+def assert_openai_error(body: dict, code: str | None = None, param: str | None = None) -> None:
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"]
+    if code is not None:
+        assert err["code"] == code, err
+    if param is not None:
+        assert err["param"] == param, err
+
+
+@pytest.fixture(scope="module")
+def served():
+    from llasm_cli.serve import ServerThread, ServeSettings, close_server, load_server
+
+    srv = load_server(DEMO, ServeSettings(parallel=4, queue=4, n_ctx=1024, max_audio=MAX_AUDIO, max_body=MAX_BODY))
+    try:
+        with ServerThread(srv) as st:
+            yield srv, st.url
+    finally:
+        close_server(srv)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served[1] + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    """llasm's own single-conversation path on the same bundle, for reference answers."""
+    from llasm_cli.assistant import Assistant
+
+    bot = Assistant(DEMO)
+    yield bot
+    bot.close()
+
+
+@pytest.fixture(autouse=True)
+def _alive_after(request):
+    """Whatever a test sent, the server answers /health afterwards."""
+    yield
+    if "served" in request.fixturenames:
+        status, _, body = raw(request.getfixturevalue("served")[1], "GET", "/health")
+        assert status == 200 and body["status"] == "ok", body
+
+
+GREEDY = {"temperature": 0, "seed": 0}
+
+
+def ask(client, messages, **kw):
+    return client.chat.completions.create(model="llasm-demo", messages=messages, **{**GREEDY, **kw})
+
+
+def reference(bot, turns: list[tuple[Path | None, str | None]], max_tokens: int = 64) -> list[tuple[str, int]]:
+    """(answer, answer tokens) per turn, from Conversation on the reference Assistant."""
+    from llasm_cli.audio import load_audio
+    from llasm_cli.conversation import Conversation
+    from llasm_cli.engine import Sampling
+
+    conv = Conversation(bot)
+    out = []
+    for wav, text in turns:
+        conv.add_user(load_audio(wav) if wav else None, text=text)
+        answer = "".join(conv.respond(Sampling(temperature=0), max_tokens)).strip()
+        out.append((answer, conv.stats.answer_tokens))
+    return out
+
+
+def prompt_positions(bot, wav: Path | None, text: str | None) -> tuple[int, int]:
+    """(prompt positions, audio positions) of a one-turn question, counted by the Assistant."""
+    from llasm_cli.audio import load_audio
+
+    n = load_audio(wav).size if wav else 0
+    audio = bot.audio_positions(n) if wav else 0
+    embd = np.zeros((audio - 2, bot.engine.n_embd), np.float32) if wav else None
+    segs = bot.prompt(bot.messages(embd, text, None, None))
+    return sum(len(s) for s in segs), audio
+
+
+# --- answers ----------------------------------------------------------------------------
+
+
+def test_models_and_health(served, client):
+    srv, url = served
+    assert [m.id for m in client.models.list().data] == [srv.bot.bundle.manifest.name]
+    assert client.models.retrieve(srv.bot.bundle.manifest.name).owned_by == "llasm"
+    status, _, body = raw(url, "GET", "/health")
+    assert status == 200 and body["slots_idle"] + body["slots_busy"] == 4
+
+
+@pytest.mark.parametrize("wav,text", [
+    (None, "what is seven plus five"),
+    (SEVEN_PLUS_FIVE, None),
+    (SEVEN_PLUS_FIVE, "answer in Chinese"),
+    (None, REPEAT),
+], ids=["text", "audio", "mixed", "repeat"])
+def test_answer_matches_llasm(served, client, ref, wav, text):
+    parts = ([text] if text else []) + ([audio_part(wav)] if wav else [])
+    r = ask(client, [user(*parts)])
+    [(expected, n_tokens)] = reference(ref, [(wav, text)])
+    assert r.choices[0].message.content == expected
+    assert r.choices[0].finish_reason == "stop"
+    positions, audio = prompt_positions(ref, wav, text)
+    assert r.usage.prompt_tokens == positions
+    assert r.usage.prompt_tokens_details.audio_tokens == audio
+    assert r.usage.completion_tokens == n_tokens
+    assert r.usage.total_tokens == positions + n_tokens
+    if wav is not None:
+        assert audio == 20  # 1.75 s of speech: 2 markers + ceil(28000 / 1600) embeddings
+    if (wav, text) == (SEVEN_PLUS_FIVE, "answer in Chinese"):
+        assert expected == "十二"
+
+
+def test_string_content_and_audio_formats(client):
+    assert ask(client, [{"role": "user", "content": REPEAT}]).choices[0].message.content == "the cat likes the box"
+    samples, rate = sf.read(SEVEN_PLUS_FIVE, dtype="float32")
+    for fmt in ("flac", "ogg", "mp3"):
+        data = encoded(samples, rate, fmt.upper())
+        r = ask(client, [user(audio_part(data, fmt))])
+        assert r.choices[0].message.content == "twelve", fmt
+    stereo = encoded(np.repeat(samples[:, None], 2, axis=1), rate, "WAV")  # two channels, averaged
+    assert ask(client, [user(audio_part(stereo))]).choices[0].message.content == "twelve"
+
+
+def test_stream_equals_whole_answer(client):
+    messages = [user("answer in Chinese", audio_part(TWELVE_TIMES_THREE))]
+    whole = ask(client, messages)
+    chunks = list(ask(client, messages, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and text
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["stop"]
+    assert not chunks[-1].choices  # the usage chunk comes last, with no choices
+    u, w = chunks[-1].usage, whole.usage
+    assert (u.prompt_tokens, u.completion_tokens, u.prompt_tokens_details.audio_tokens) == (
+        w.prompt_tokens, w.completion_tokens, w.prompt_tokens_details.audio_tokens)
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_multi_turn_with_audio_history_reuses_the_cache(served, client, ref):
+    srv, _ = served
+    turns = [(SEVEN_PLUS_FIVE, None), (TWENTY_MINUS_FOUR, "and this one?")]
+    expected = reference(ref, turns)
+    first = ask(client, [user(audio_part(SEVEN_PLUS_FIVE))])
+    assert first.choices[0].message.content == expected[0][0]
+    calls = srv.bot.tower.encode_calls
+    history = [user(audio_part(SEVEN_PLUS_FIVE)), {"role": "assistant", "content": first.choices[0].message.content},
+               user("and this one?", audio_part(TWENTY_MINUS_FOUR))]
+    second = ask(client, history)
+    assert second.choices[0].message.content == expected[1][0]
+    assert srv.bot.tower.encode_calls == calls + 1  # only the new clip was encoded
+    # everything the first request left in its sequence was kept: its prompt and the answer's ids
+    assert second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    from llasm_cli.audio import load_audio
+
+    new_clip = ref.audio_positions(load_audio(TWENTY_MINUS_FOUR).size)
+    assert second.usage.prompt_tokens_details.audio_tokens == first.usage.prompt_tokens_details.audio_tokens + new_clip
+
+
+def test_sampling_controls(client):
+    messages = [user(REPEAT)]
+    hot = [ask(client, messages, temperature=1.5, seed=7).choices[0].message.content for _ in range(2)]
+    assert hot[0] == hot[1]  # the same seed, the same answer
+    one = ask(client, messages, max_tokens=1)
+    assert one.choices[0].finish_reason == "length" and one.usage.completion_tokens == 1
+    stopped = ask(client, messages, stop=["likes", "zebra"])
+    assert stopped.choices[0].message.content == "the cat "
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in ask(client, messages, stop="likes", stream=True))
+    assert streamed == "the cat "
+    forced = ask(client, messages, max_tokens=40, extra_body={"ignore_eos": True})
+    assert forced.usage.completion_tokens == 40 and forced.choices[0].finish_reason == "length"
+
+
+def test_concurrent_requests_get_their_own_answers(client, ref):
+    """Eight requests at once on four sequences: each answer is the one it gets alone."""
+    cases = [(SEVEN_PLUS_FIVE, None), (TWELVE_TIMES_THREE, None), (SEVEN_PLUS_FIVE, "answer in Chinese"),
+             (None, REPEAT)] * 2
+    expected = [reference(ref, [c])[0][0] for c in cases]
+    got: list = [None] * len(cases)
+
+    def one(i: int) -> None:
+        wav, text = cases[i]
+        parts = ([text] if text else []) + ([audio_part(wav)] if wav else [])
+        try:
+            if i % 2:
+                got[i] = "".join(c.choices[0].delta.content or "" for c in ask(client, [user(*parts)], stream=True))
+            else:
+                got[i] = ask(client, [user(*parts)]).choices[0].message.content
+        except Exception as exc:  # reported by the comparison below
+            got[i] = repr(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == expected
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+
+def test_api_key(served, client):
+    srv, url = served
+    srv.settings.api_key = "sesame"
+    try:
+        with pytest.raises(openai.AuthenticationError) as err:
+            ask(client, [user(REPEAT)])
+        assert_openai_error(err.value.body and {"error": err.value.body}, "invalid_api_key")
+        keyed = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0)
+        assert ask(keyed, [user(REPEAT)]).choices[0].message.content
+        status, headers, body = raw(url, "GET", "/v1/models")
+        assert status == 401 and headers["www-authenticate"] == "Bearer"
+        assert raw(url, "GET", "/health")[0] == 200  # health needs no key
+    finally:
+        srv.settings.api_key = None
+
+
+def _nan_wav() -> bytes:
+    x = np.full(16000, 0.1, dtype=np.float32)
+    x[8000] = np.nan
+    return encoded(x, 16000, "WAV", "FLOAT")
+
+
+def _long_wav() -> bytes:
+    rng = np.random.default_rng(0)
+    return encoded((0.01 * rng.standard_normal(int(8000 * (MAX_AUDIO + 5)))).astype(np.float32), 8000, "WAV", "PCM_16")
+
+
+AUDIO_PARAM = "messages[0].content[0].input_audio"
+
+
+@pytest.mark.parametrize("messages,code,param", [
+    ([user({"type": "image_url", "image_url": {"url": "http://x/y.png"}})], "unsupported_content_type",
+     "messages[0].content[0].type"),
+    ([user({"type": "input_audio", "input_audio": {"data": "not base64 at all!", "format": "wav"}})],
+     "invalid_base64", AUDIO_PARAM + ".data"),
+    ([user({"type": "input_audio", "input_audio": {"data": "UklGRg=", "format": "wav"}})], "invalid_base64",
+     AUDIO_PARAM + ".data"),
+    ([user(audio_part(b"this is plain text, not a wav file" * 20))], "invalid_audio", AUDIO_PARAM),
+    ([user(audio_part(b"RIFF\x24\x00\x00\x00WAVEfmt "))], "invalid_audio", AUDIO_PARAM),
+    ([user(audio_part(_nan_wav()))], "invalid_audio", AUDIO_PARAM),
+    ([user(audio_part(_long_wav()))], "audio_too_long", AUDIO_PARAM),
+    ([user(audio_part(SEVEN_PLUS_FIVE, "aiff"))], "unsupported_value", AUDIO_PARAM + ".format"),
+    ([{"role": "user", "content": f"message {i}"} for i in range(10_000)], "too_many_messages", "messages"),
+    ([user("word " * 3000)], "context_length_exceeded", "messages"),
+    ([{"role": "assistant", "content": [audio_part(SEVEN_PLUS_FIVE)]}], "invalid_value", AUDIO_PARAM.replace(
+        ".input_audio", "")),
+    ([{"role": "robot", "content": "hi"}], "invalid_value", "messages[0].role"),
+    ([], "invalid_value", "messages"),
+], ids=["unknown-part-type", "not-base64", "bad-padding", "text-as-audio", "truncated-wav", "nan-samples",
+        "too-long", "unknown-format", "10000-messages", "larger-than-context", "assistant-audio", "unknown-role",
+        "no-messages"])
+def test_hostile_requests_get_400(client, messages, code, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, messages)
+    assert err.value.status_code == 400
+    assert_openai_error({"error": err.value.body}, code, param)
+
+
+@pytest.mark.parametrize("body,code,param", [
+    (b'{"messages": [', "invalid_json", None),
+    (b"\xff\xfe\x00garbage", "invalid_json", None),
+    (b"", "invalid_json", None),
+    (b'{"messages": NaN}', "invalid_json", None),
+    (b"[" * 100_000 + b"]" * 100_000, "invalid_json", None),
+    (b'[{"role": "user", "content": "hi"}]', "invalid_type", None),
+    (b'{"messages": "hello"}', "invalid_type", "messages"),
+    (b'{"messages": [{"role": "user", "content": 42}]}', "invalid_type", "messages[0].content"),
+    (b'{"messages": [{"role": "user", "content": [42]}]}', "invalid_type", "messages[0].content[0]"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "invalid_type", "temperature"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 9}', "invalid_value", "temperature"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"}', "invalid_type", "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "invalid_value", "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "invalid_type", "stream"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1.5}', "invalid_type", "seed"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stop": [1, 2]}', "invalid_type", "stop"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3}', "unsupported_value", "n"),
+    (b'{"messages": [{"role": "user"}]}', "missing_required_parameter", "messages[0].content"),
+], ids=["truncated", "not-utf8", "empty", "nan-literal", "deep-nesting", "array-body", "messages-string",
+        "content-number", "part-number", "temperature-string", "temperature-range", "max-tokens-string",
+        "max-tokens-zero", "stream-string", "seed-float", "stop-numbers", "n-3", "no-content"])
+def test_malformed_bodies_get_400(served, body, code, param):
+    status, _, reply = raw(served[1], "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    assert status == 400, reply
+    assert_openai_error(reply, code, param)
+
+
+def test_body_size_unknown_paths_and_methods(served, client):
+    url = served[1]
+    with pytest.raises(openai.APIStatusError) as err:  # a real body over the limit
+        ask(client, [user("x" * (MAX_BODY + 1000))])
+    assert err.value.status_code == 413
+    assert_openai_error({"error": err.value.body}, "request_too_large")
+    u = urlparse(url)  # a declared length over the limit is refused before the body is read
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Content-Length", str(10 * MAX_BODY))
+    conn.endheaders()
+    res = conn.getresponse()
+    assert res.status == 413 and json.loads(res.read())["error"]["code"] == "request_too_large"
+    conn.close()
+    status, _, body = raw(url, "GET", "/v1/nothing")
+    assert status == 404
+    assert_openai_error(body)
+    status, _, body = raw(url, "GET", "/v1/chat/completions")
+    assert status == 405
+    assert_openai_error(body)
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+# --- several at once: the queue, and clients that leave -----------------------------------
+
+
+def test_full_queue_is_503_and_a_client_that_leaves_frees_its_sequence(served):
+    """One sequence, no queue: a second request is refused at once with Retry-After; closing the
+    first one's stream frees the sequence long before its 1900 tokens could have been decoded."""
+    from llasm_cli.serve import Server, ServerThread, ServeSettings
+
+    srv = Server(served[0].bot, ServeSettings(parallel=1, queue=0, n_ctx=2048))
+    try:
+        with ServerThread(srv) as st:
+            c = openai.OpenAI(base_url=st.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+            stream = ask(c, [user(REPEAT)], stream=True, max_tokens=1900, extra_body={"ignore_eos": True})
+            chunks = iter(stream)
+            next(chunks)
+            assert next(chunks).choices[0].delta.content
+            with pytest.raises(openai.APIStatusError) as err:
+                ask(c, [user(REPEAT)])
+            assert err.value.status_code == 503
+            assert int(err.value.response.headers["retry-after"]) >= 1
+            assert_openai_error({"error": err.value.body}, "server_busy")
+            t0 = time.monotonic()
+            stream.close()
+            while srv.health()[1]["requests_in_flight"] or srv.health()[1]["slots_busy"]:
+                assert time.monotonic() - t0 < 10, srv.health()
+                time.sleep(0.01)
+            assert srv.scheduler.slots[0].fed_len < 1000  # stopped, not run to the end
+            assert srv.health()[1]["requests_served"] == 0
+            again = ask(c, [user(REPEAT)])
+            assert again.choices[0].message.content == "the cat likes the box"
+            assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    finally:
+        srv.close()
