@@ -422,3 +422,31 @@ def test_full_queue_is_503_and_a_client_that_leaves_frees_its_sequence(served):
             assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
     finally:
         srv.close()
+
+
+def test_a_shared_prefix_is_copied_from_a_busy_sequence(served, ref):
+    """A long system prompt another sequence holds is copied (cells shared), not prefilled again,
+    and the answer is the one llasm gives on its own."""
+    from llasm_cli.serve import Server, ServerThread, ServeSettings
+
+    system = "You are a careful calculator. Answer with one number in words. " * 12
+    question = "what is seven plus five"
+    srv = Server(served[0].bot, ServeSettings(parallel=2, queue=0, n_ctx=2048))
+    try:
+        with ServerThread(srv) as st:
+            c = openai.OpenAI(base_url=st.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+            busy = ask(c, [{"role": "system", "content": system}, user(REPEAT)], stream=True, max_tokens=1500,
+                       extra_body={"ignore_eos": True})
+            chunks = iter(busy)
+            next(chunks)  # the first sequence now holds the system prompt and is answering
+            r = ask(c, [{"role": "developer", "content": system}, user(question)])
+            busy.close()
+    finally:
+        srv.close()
+    from llasm_cli.conversation import Conversation
+    from llasm_cli.engine import Sampling
+
+    conv = Conversation(ref, system=system)
+    conv.add_user(text=question)
+    assert r.choices[0].message.content == "".join(conv.respond(Sampling(temperature=0), 64)).strip()
+    assert len(ref.engine.tokenize(system)) < r.usage.prompt_tokens_details.cached_tokens < r.usage.prompt_tokens
