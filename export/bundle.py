@@ -1,4 +1,4 @@
-"""Checkpoint -> bundle: the LLM GGUF(s), the tower (mmproj GGUF and/or torch folder), a manifest.
+"""Checkpoint -> bundle: the LLM GGUF(s), the tower (mmproj GGUF, ONNX graph, torch folder), a manifest.
 
 Everything is written into a temporary folder beside the output and renamed into place at the
 end, so a failed or interrupted export never leaves a half-written bundle behind.
@@ -15,10 +15,13 @@ from llasm_cli.files import atomic_folder
 from llasm_cli.model import LLM_DIR, AudioTower, CheckpointMeta, llm_width, load_tower, read_meta, save_tower
 
 from .llm_gguf import write_llm_gguf
+from .onnx_tower import write_onnx_tower
 from .quantize import LLM_QUANTS, TOWER_TYPES, quantize_llm
 from .tower_gguf import write_tower_gguf
 
 OUT_TYPES = ("f32", "f16", *LLM_QUANTS)
+ONNX_TOWER_FILE = "tower.onnx"
+BOUNDARY_FILE = "audio-boundary.npy"
 
 
 def export_bundle(
@@ -73,24 +76,39 @@ def write_tower_and_manifest(
     progress: Callable[[str], None] = lambda step: None,
 ) -> Manifest:
     """The rest of a bundle whose LLM GGUF(s) ``llm_files`` are already in ``dest``: the mmproj
-    tower(s) where mtmd can run the adaptor, the torch tower, and the manifest."""
+    tower(s) where mtmd can run the adaptor, the ONNX tower where the adaptor reads unpadded or
+    chunked audio (the onnx backend, no PyTorch), the learned boundary rows, the torch tower, and
+    the manifest."""
+    import numpy as np
     import torch
 
+    cfg = meta.adaptor
     tower_files = {}
-    if meta.adaptor.type == "stack-swiglu" and "padded" in meta.adaptor.encoder_input:  # mtmd pads
+    if cfg.type == "stack-swiglu" and "padded" in cfg.encoder_input:  # mtmd pads
         for t in tower_types:
             progress(f"writing the audio tower ({t})")
             tower_files[t] = f"tower.{t}.gguf"
             write_tower_gguf(tower, dest / tower_files[t], t, name=f"{name}-tower")
+    onnx_tower = None
+    if cfg.type == "stack-swiglu" and {"unpadded", "chunked"} & set(cfg.encoder_input):
+        progress("writing the ONNX tower")
+        onnx_tower = ONNX_TOWER_FILE
+        write_onnx_tower(tower, dest / onnx_tower)
+    boundary_file = None
+    if cfg.boundary == "embeddings":  # (2, llm_dim): rows around each clip, so the LLM's vocabulary stays as it is
+        boundary_file = BOUNDARY_FILE
+        np.save(dest / boundary_file, tower.adaptor.boundary.detach().float().cpu().numpy())
     progress("writing the torch tower")
     save_tower(tower.to(getattr(torch, torch_dtype)), meta, dest / TORCH_TOWER_DIR)
     manifest = Manifest(
-        name=name, adaptor=meta.adaptor.type, llm_dim=meta.adaptor.llm_dim, n_mels=tower.n_mels,
-        tokens_per_window=meta.adaptor.tokens_per_window(),
-        stack_factor=meta.adaptor.stack_factor if meta.adaptor.type == "stack-swiglu" else 0,
+        name=name, adaptor=cfg.type, llm_dim=cfg.llm_dim, n_mels=tower.n_mels,
+        tokens_per_window=cfg.tokens_per_window(),
+        stack_factor=cfg.stack_factor if cfg.type == "stack-swiglu" else 0,
         audio_start=meta.audio_start, audio_end=meta.audio_end, system_prompt=meta.system_prompt,
         llm_files=llm_files, tower_files=tower_files,
-        torch_tower=TORCH_TOWER_DIR, encoder_input=list(meta.adaptor.encoder_input),
+        torch_tower=TORCH_TOWER_DIR, encoder_input=list(cfg.encoder_input),
+        chunk_seconds=cfg.chunk_seconds, context_seconds=cfg.context_seconds,
+        boundary=cfg.boundary, boundary_file=boundary_file, onnx_tower=onnx_tower,
     )
     (dest / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest

@@ -91,6 +91,8 @@ def write_tower_gguf(tower: AudioTower, out: Path, ftype: str = "f32", name: str
             data = data[:, None]  # mtmd adds conv biases as [d, 1]
         tensors.append((map_encoder_name(hf_name), data))
     for hf_name, t in tower.adaptor.state_dict().items():
+        if hf_name == "boundary":  # learned start/end-of-audio rows: the bundle's audio-boundary.npy, not mtmd's
+            continue
         tensors.append((map_adaptor_name(hf_name), t.detach().float().numpy()))
     for gguf_name, data in tensors:
         payload, raw = tower_tensor(gguf_name, data, ftype)

@@ -1,9 +1,14 @@
-"""Audio towers: 16 kHz PCM in, LLM-space embeddings out (one contract, two backends).
+"""Audio towers: 16 kHz PCM in, LLM-space embeddings out (one contract, three backends).
 
+- ``onnx``: ONNX Runtime running the bundle's ``tower.onnx`` (stack-swiglu trained on unpadded or
+  chunked audio; float32, no PyTorch: what ``pip install .`` runs fast).
 - ``ggml``: llama.cpp's mtmd running the tower stored as an mmproj GGUF (stack-swiglu only).
 - ``torch``: the PyTorch module from ``finetune`` (any adaptor; needs the train extra).
 
-Both cut audio into 30 s windows, encode each window (Whisper pads it to 30 s) and keep only the
+``auto`` measures the backends that can run the bundle here and keeps the fastest (see
+``open_tower``); the choice is cached per bundle, thread count and device.
+
+Each cuts audio into 30 s windows, encodes each window (ggml pads it to 30 s) and keeps only the
 embeddings that cover real audio: ``ceil(n / (320 k))`` per window for stack-swiglu, 64 for
 llasm-v1.
 
@@ -15,7 +20,14 @@ embeddings.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import time
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 
@@ -23,12 +35,17 @@ from ..audio import audio_token_count, check_finite, chunk_mel, chunk_spans, spl
 from ..bundle import Bundle
 from ..errors import AudioFileError, BackendUnavailableError
 
-BACKENDS = ("auto", "ggml", "torch")
+BACKENDS = ("auto", "onnx", "ggml", "torch")
+CHOICE_FILE = "tower-backend.json"  # auto's measured choices, in the cache folder of cpu_probe
+CHOICE_VERSION = 1
+PROBE_SECONDS = 2.0  # audio auto encodes with each candidate (twice; the faster run counts)
 
 
 class TowerBackend(ABC):
     """Shared windowing and trimming; subclasses encode one padded window."""
 
+    name = "?"  # the backend's --backend name, reported in the turn's stats
+    choice = ""  # how auto came to pick it (measured or cached times), empty when named
     n_embd: int
     adaptor: str
     stack_factor: int
@@ -88,28 +105,58 @@ class TowerBackend(ABC):
         """Release native resources."""
 
 
-def auto_backend(bundle: Bundle) -> str:
-    """ggml where the bundle has an mmproj tower, unless the faster unpadded torch path is there."""
+def candidates(bundle: Bundle) -> list[str]:
+    """The backends that can run this bundle's encoder input on this installation, fastest-first guess.
+
+    A chunked model keeps to the backends that encode chunk by chunk (onnx, torch) when one is
+    here: ggml pads every window to 30 s, so it could never encode while the user speaks.
+    """
     m = bundle.manifest
-    if "unpadded" in m.encoder_input and _torch_available():
-        return "torch"
-    return "ggml" if m.tower_files else "torch"
+    found = []
+    if m.onnx_tower and m.adaptor == "stack-swiglu" and importlib.util.find_spec("onnxruntime") is not None:
+        found.append("onnx")
+    if m.torch_tower and _torch_available():
+        found.append("torch")
+    chunked = m.adaptor == "stack-swiglu" and "chunked" in m.encoder_input
+    if m.tower_files and "padded" in m.encoder_input and not (chunked and found):
+        found.append("ggml")
+    return found
+
+
+def auto_backend(bundle: Bundle) -> str:
+    """The one backend to try when none of the candidates is installed (its error says what to install)."""
+    found = candidates(bundle)
+    if found:
+        return found[0]
+    m = bundle.manifest
+    if m.onnx_tower:
+        return "onnx"
+    return "ggml" if m.tower_files and "padded" in m.encoder_input else "torch"
 
 
 def _torch_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
 
 
 def open_tower(
     bundle: Bundle, backend: str, engine, variant: str | None = None, n_threads: int | None = None, exact: bool = False
 ) -> TowerBackend:
-    """Build the tower for ``backend`` (``auto`` picks ggml where the bundle has it)."""
+    """Build the tower for ``backend``; ``auto`` measures the candidates (once per bundle and machine)."""
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    if backend == "auto":
-        backend = auto_backend(bundle)
+    if backend != "auto":
+        return _open(bundle, backend, engine, variant, n_threads, exact)
+    found = candidates(bundle)
+    if len(found) <= 1:
+        return _open(bundle, found[0] if found else auto_backend(bundle), engine, variant, n_threads, exact)
+    return _fastest(bundle, found, engine, variant, n_threads, exact)
+
+
+def _open(bundle: Bundle, backend: str, engine, variant: str | None, n_threads: int | None, exact: bool) -> TowerBackend:
+    if backend == "onnx":
+        from .onnx import OnnxTower
+
+        return OnnxTower(bundle, n_threads)
     if backend == "ggml":
         from .ggml import GgmlTower
 
@@ -117,6 +164,129 @@ def open_tower(
     from .torch import TorchTower
 
     return TorchTower(bundle, n_threads, exact=exact)
+
+
+def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_threads: int | None,
+             exact: bool) -> TowerBackend:
+    """The cached choice for this bundle and machine, else each candidate timed on the same audio.
+
+    A candidate that cannot start here (BackendUnavailableError) is left out; a broken model file
+    is an error, not a reason to quietly run another backend.
+    """
+    from ..cpu_probe import _read_cache, _write_cache, cache_dir
+    from ..native import default_threads
+
+    threads = n_threads or default_threads()
+    key = choice_key(bundle, found, threads, variant, exact)
+    path = cache_dir() / CHOICE_FILE
+    cached = _read_cache(path)
+    entry = cached.get(key)
+    if isinstance(entry, dict) and entry.get("backend") in found:
+        tower = _open(bundle, entry["backend"], engine, variant, n_threads, exact)
+        tower.choice = f"auto, cached: {_show_ms(entry.get('ms'))}"
+        return tower
+    best: TowerBackend | None = None
+    times: dict[str, float] = {}
+    unavailable: BackendUnavailableError | None = None
+    try:
+        for name in found:
+            try:
+                tower = _open(bundle, name, engine, variant, n_threads, exact)
+            except BackendUnavailableError as exc:
+                unavailable = unavailable or exc
+                continue
+            times[name] = _time_encode(tower)
+            if best is None or times[name] < times[best.name]:
+                best, tower = tower, best
+            if tower is not None:
+                tower.close()
+    except BaseException:
+        if best is not None:
+            best.close()
+        raise
+    if best is None:
+        raise unavailable or BackendUnavailableError("no audio-tower backend can run this model here")
+    ms = {k: round(v * 1e3, 2) for k, v in times.items()}
+    if len(times) > 1:
+        cached[key] = {"backend": best.name, "ms": ms, "bundle": str(bundle.root), "threads": threads,
+                       "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _write_cache(path, cached)
+    best.choice = f"auto, measured: {_show_ms(ms)}"
+    return best
+
+
+def _time_encode(tower: TowerBackend) -> float:
+    """Seconds for the faster of two encodes of PROBE_SECONDS of quiet noise, after one that warms
+    the backend up (first-call set-up is not what a conversation pays on every turn)."""
+    from ..audio import SAMPLE_RATE
+
+    audio = np.random.default_rng(0).standard_normal(int(PROBE_SECONDS * SAMPLE_RATE)).astype(np.float32) * 0.01
+    tower.encode(audio)
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        tower.encode(audio)
+        best = min(best, time.perf_counter() - t0)
+    tower.encode_calls = 0
+    return best
+
+
+def _show_ms(ms) -> str:
+    if not isinstance(ms, dict):
+        return "?"
+    return ", ".join(f"{k} {v:.0f} ms" for k, v in ms.items() if isinstance(v, (int, float)))
+
+
+def choice_key(bundle: Bundle, found: list[str], threads: int, variant: str | None, exact: bool) -> str:
+    """What auto's choice depends on: the bundle's files (path, size, mtime), the candidates, the
+    thread count, the tower variant and precision, and the device (CPU, GPU, ONNX Runtime providers)."""
+    m = bundle.manifest
+    files = [bundle.root / "llasm-bundle.json"]
+    if "onnx" in found:
+        onnx = bundle.root / m.onnx_tower
+        files += [onnx, onnx.with_name(onnx.name + ".data")]
+    if "torch" in found:
+        folder = bundle.root / m.torch_tower
+        files += sorted(p for p in folder.rglob("*") if p.is_file())
+    if "ggml" in found:
+        files += [bundle.tower_path(variant)]
+    stats = []
+    for f in files:
+        try:
+            st = f.stat()
+            stats.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+        except OSError:
+            stats.append([str(f), None, None])
+    providers = None
+    if "onnx" in found:
+        from .onnx import import_ort
+
+        providers = import_ort().get_available_providers()
+    parts = [CHOICE_VERSION, stats, found, threads, variant, exact, providers, _device()]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+
+def _device() -> list:
+    """The hardware and builds a timing depends on, cheaply (without importing torch)."""
+    import importlib.metadata
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name":
+                cpu = value.strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "torch", "llama_cpp_python"):
+        try:
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    gpus = sorted(p for p in ("/dev/nvidiactl", "/dev/kfd", "/dev/dri") if os.path.exists(p))
+    return [platform.machine(), platform.system(), cpu, os.cpu_count(), versions, gpus]
 
 
 class ChunkStream:

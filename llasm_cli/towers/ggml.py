@@ -16,6 +16,8 @@ from . import TowerBackend
 
 
 class GgmlTower(TowerBackend):
+    name = "ggml"
+
     def __init__(self, bundle: Bundle, engine, variant: str | None = None, n_threads: int | None = None) -> None:
         super().__init__()
         native.init()

@@ -35,6 +35,8 @@ def pick_device(torch) -> str:
 
 
 class TorchTower(TowerBackend):
+    name = "torch"
+
     def __init__(
         self, bundle: Bundle, n_threads: int | None = None, device: str | None = None, dtype: str | None = None,
         exact: bool = False,

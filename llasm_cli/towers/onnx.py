@@ -1,0 +1,117 @@
+"""The onnx backend: ONNX Runtime runs the bundle's ``tower.onnx`` (stack-swiglu; no PyTorch needed).
+
+The graph (export/onnx_tower.py) maps an unpadded log-mel (1, n_mels, T) to (1, T / 2k, n_embd)
+in float32, the same numbers as the torch backend in float32. It serves the chunked input mode
+(``embed_mel``, one call per chunk) and the unpadded one (each window's real audio only); a
+padded-only model gets its whole 3000-frame windows.
+
+ONNX Runtime's worker threads do not spin while idle (``session.intra_op.allow_spinning`` 0):
+spinning threads would take the CPU from llama.cpp decoding beside them. CUDA or CoreML run
+the graph where this onnxruntime build offers them, the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..audio import log_mel_spectrogram, unpadded_frames
+from ..bundle import Bundle
+from ..errors import BackendUnavailableError, ModelFileError
+from ..gguf_check import check_widths
+from . import TowerBackend
+
+INPUT, OUTPUT = "mel", "embeddings"
+ACCELERATORS = ("CUDAExecutionProvider", "CoreMLExecutionProvider")  # used first where the build has them
+
+
+def import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError(
+            "the onnx backend needs ONNX Runtime: pip install onnxruntime (or use --backend torch or ggml)"
+        ) from None
+    return onnxruntime
+
+
+def pick_providers(ort) -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ACCELERATORS if p in available] + ["CPUExecutionProvider"]
+
+
+class OnnxTower(TowerBackend):
+    name = "onnx"
+
+    def __init__(self, bundle: Bundle, n_threads: int | None = None, providers: list[str] | None = None) -> None:
+        super().__init__()
+        ort = import_ort()
+        m = bundle.manifest
+        if m.adaptor != "stack-swiglu":
+            raise BackendUnavailableError(f"the onnx backend runs stack-swiglu towers, not {m.adaptor!r}: use --backend torch")
+        path = bundle.onnx_tower_path()
+        if n_threads is None:
+            from ..native import default_threads
+
+            n_threads = default_threads()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = n_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3  # errors only; they come back as exceptions anyway
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers or pick_providers(ort))
+        except Exception as exc:  # ONNX Runtime raises its own classes: bad protobuf, bad graph, missing data file
+            raise ModelFileError(f"ONNX Runtime could not load {path}: {_first_line(exc)}") from None
+        self.providers = self.session.get_providers()
+        self._check_io(path, m.n_mels, m.llm_dim)
+        self.n_embd = m.llm_dim
+        self.adaptor = m.adaptor
+        self.stack_factor = m.stack_factor
+        self.tokens_per_window = m.tokens_per_window
+        self.n_mels = m.n_mels
+        self.unpadded = "unpadded" in m.encoder_input
+        self.chunked = "chunked" in m.encoder_input
+        self.chunk_seconds, self.context_seconds = m.chunk_seconds, m.context_seconds
+
+    def _check_io(self, path, n_mels: int, llm_dim: int) -> None:
+        """One input (1, n_mels, T) and one output (1, tokens, llm_dim), as export/onnx_tower.py writes them."""
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in ins] != [INPUT] or OUTPUT not in [o.name for o in outs]:
+            raise ModelFileError(f"{path.name} is not a llasm ONNX tower: it takes {[i.name for i in ins]} and gives "
+                                 f"{[o.name for o in outs]}, not {INPUT!r} -> {OUTPUT!r}")
+        mel_shape = ins[0].shape
+        out_shape = next(o.shape for o in outs if o.name == OUTPUT)
+        if len(mel_shape) != 3 or mel_shape[1] != n_mels or len(out_shape) != 3:
+            raise ModelFileError(f"{path.name} takes a mel of shape {mel_shape}; the manifest says {n_mels} mel bins")
+        if isinstance(out_shape[2], int):
+            check_widths(out_shape[2], llm_dim, path.name)
+
+    def embed_mel(self, mel: np.ndarray) -> np.ndarray:
+        return self._run(mel[None])[0]
+
+    def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for w in windows:
+            mel = log_mel_spectrogram(w, self.n_mels)
+            if self.unpadded:  # only the real audio, as the adaptor was trained (and as the torch backend does)
+                mel = mel[:, : unpadded_frames(w.size, self.stack_factor)]
+            out.append(self._run(mel[None])[0])
+        return out
+
+    def _run(self, mel: np.ndarray) -> np.ndarray:
+        try:
+            (emb,) = self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(mel, dtype=np.float32)})
+        except Exception as exc:  # a graph that loads but cannot run this input
+            raise ModelFileError(f"ONNX Runtime failed on the audio tower: {_first_line(exc)}") from None
+        if emb.ndim != 3 or emb.shape[2] != self.n_embd:
+            raise ModelFileError(f"the ONNX tower gave embeddings of shape {emb.shape}, not (1, n, {self.n_embd})")
+        return emb
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
