@@ -32,6 +32,7 @@ class TurnStats:
     """Timings of one answer, in milliseconds unless named otherwise."""
 
     audio_seconds: float = 0.0
+    backend: str | None = None  # the audio tower backend that encoded this turn's audio (onnx, torch, ggml)
     encode_ms: float = 0.0
     prefill_ms: float = 0.0
     first_token_ms: float = 0.0  # end of input -> first answer token (encode + prefill + 1st sample)
@@ -84,6 +85,8 @@ class Conversation:
         clips = [(self.tower or self.bot.tower).encode(audio)] if audio is not None else []
         self.stats = TurnStats(audio_seconds=0.0 if audio is None else audio.size / SAMPLE_RATE)
         self.stats.encode_ms = (time.perf_counter() - t0) * 1e3
+        if audio is not None:
+            self.stats.backend = (self.tower or self.bot.tower).name
         turn = Turn(Message.of("user", user_content(text, audio is not None, after), clips), audio)
         self.turns.append(turn)
         return turn
