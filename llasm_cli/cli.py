@@ -30,7 +30,9 @@ ModelOpt = typer.Option(
     None, "--model", "-m", envvar="LLASM_MODEL",
     help="Bundle directory (from `llasm export`). Env: LLASM_MODEL. Default: the built-in demo model.",
 )
-BackendOpt = typer.Option("auto", "--backend", help="Audio tower backend: auto, ggml (llama.cpp) or torch.")
+BackendOpt = typer.Option(
+    "auto", "--backend", help="Audio tower backend: auto (the fastest here, measured once), onnx (ONNX Runtime), ggml (llama.cpp) or torch."
+)
 VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle's files to run, e.g. f16 or f32 (f32 also runs attention and the KV cache in f32).")
 ThreadsOpt = typer.Option(
     None, "--threads", "-t", envvar="LLASM_THREADS", help="CPU threads (default: all cores, up to 8). Env: LLASM_THREADS."
