@@ -7,6 +7,12 @@ as the very tokens that were generated, so the prefix still matches after it. Wh
 is full the oldest turns are dropped (and what is left is prefilled once). A turn interrupted
 while it is encoded or prefilled leaves no trace: the turn is removed and the engine has
 already taken its positions back out of the cache.
+
+A spoken turn can also be streamed (``begin_audio``): the template text before the audio is
+prefilled at once, each chunk of speech is encoded and prefilled as soon as it has arrived, and at
+the end of speech only the last chunk, the end of the audio span and the template text after it
+remain, in one llama_decode. The finished turn is in the history and the cache exactly as if the
+whole clip had been added with ``add_user`` and prefilled; a cancelled one leaves no trace.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ import numpy as np
 from .assistant import Assistant
 from .audio import SAMPLE_RATE
 from .engine import Sampler, Sampling, TextStream
-from .errors import ContextOverflowError, LlasmError
+from .errors import AudioFileError, ContextOverflowError, LlasmError
 from .prompt import Message, user_content
-from .towers import TowerBackend
+from .towers import ChunkStream, TowerBackend
 
 
 @dataclass
@@ -38,7 +44,14 @@ class TurnStats:
     first_token_ms: float = 0.0  # end of input -> first answer token (encode + prefill + 1st sample)
     prompt_tokens: int = 0  # positions prefilled for this turn (what the cache already held is not counted)
     answer_tokens: int = 0
-    decode_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float | None = None  # None: no token was decoded after the first (nothing to time)
+    decode_ms_per_token: float | None = None  # the same rate as time per token: decode + sampling
+    # a streamed turn (begin_audio): work done while the user still spoke; the fields above are then
+    # what remained after the end of speech, and first_token_ms is counted from the end of speech
+    streamed: bool = False
+    early_audio_seconds: float = 0.0  # audio whose embeddings were in the cache before the end of speech
+    early_positions: int = 0  # positions prefilled before the end of speech (template text + audio)
+    early_ms: float = 0.0  # encode + prefill time spent while the user spoke
 
     def to_dict(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -64,6 +77,8 @@ class Conversation:
     notices: list[str] = field(default_factory=list)
     stats: TurnStats = field(default_factory=TurnStats)
     prefilled_from_scratch: int = 0  # turns whose prefill evaluated again positions the cache had held
+    _live: AudioTurnStream | None = field(default=None, repr=False)  # a streamed turn not yet finished
+    _ready: tuple | None = field(default=None, repr=False)  # (logits, turn, n_past) a finished stream left
 
     def __post_init__(self) -> None:
         if self.system is None:
@@ -79,6 +94,7 @@ class Conversation:
         """Record a user turn; its audio is encoded now, once."""
         if audio is None and not (text or after):
             raise LlasmError("an empty turn: say something or type something")
+        self._no_live_stream()
         if audio is not None:
             self._check_fits(audio)
         t0 = time.perf_counter()
@@ -102,7 +118,20 @@ class Conversation:
                 f"--ctx (this model was trained for up to {self.bot.engine.n_ctx_train})"
             )
 
+    def begin_audio(self, text: str | None = None, after: str | None = None) -> AudioTurnStream:
+        """Start a spoken turn whose audio arrives while it is spoken (typed ``text`` before it and
+        ``after`` it, as in ``add_user``): ``feed`` it the audio, then ``finish`` (and ``respond``)
+        or ``cancel``. The template text before the audio is prefilled now."""
+        self._no_live_stream()
+        return AudioTurnStream(self, text, after)
+
+    def _no_live_stream(self) -> None:
+        if self._live is not None:
+            raise RuntimeError("a streamed turn is still open: finish() or cancel() it first")
+
     def reset(self) -> None:
+        if self._live is not None:
+            self._live.cancel()
         self.turns.clear()
         self.bot.engine.reset()
 
@@ -120,16 +149,17 @@ class Conversation:
     def _prompt(self) -> list:
         return self.bot.prompt(self.messages())
 
-    def _fit(self) -> list:
-        """The prompt's segments, dropping the oldest turns if they do not fit with the reserve."""
+    def _fit(self, extra: int = 0) -> list:
+        """The prompt's segments, dropping the oldest turns if they do not fit with the reserve (and
+        ``extra`` positions more: audio a streamed turn will still add)."""
         n_ctx = self.bot.engine.n_ctx
         segs = self._prompt()
         dropped = 0
-        while sum(len(s) for s in segs) + self.reserve > n_ctx:
+        while sum(len(s) for s in segs) + extra + self.reserve > n_ctx:
             if len(self.turns) <= 1:
                 raise ContextOverflowError(
-                    f"this turn needs {sum(len(s) for s in segs)} positions (+{self.reserve} for the answer) but the "
-                    f"context holds {n_ctx}; use a shorter recording or a larger --ctx"
+                    f"this turn needs {sum(len(s) for s in segs) + extra} positions (+{self.reserve} for the answer) "
+                    f"but the context holds {n_ctx}; use a shorter recording or a larger --ctx"
                 )
             # drop the oldest user turn and the answer that followed it
             cut = next((i for i in range(1, len(self.turns)) if self.turns[i].message.role == "user"), len(self.turns) - 1)
@@ -148,6 +178,12 @@ class Conversation:
         """
         st = self.stats
         self._t0 = time.perf_counter()
+        ready, self._ready = self._ready, None
+        if ready is not None and self.turns and ready[1] is self.turns[-1] and ready[2] == self.bot.engine.n_past:
+            self._t_input_end = ready[3]
+            return ready[0]  # a finished stream: the cache holds the whole prompt already
+        self._t_input_end = self._t0 - st.encode_ms / 1e3  # the start of encoding
+        self._no_live_stream()
         try:
             segs = self._fit()
             engine = self.bot.engine
@@ -169,12 +205,10 @@ class Conversation:
         """Prefill the new turn and stream the answer; an interrupted answer is kept as said."""
         sampling = sampling or self.bot.default_sampling()
         max_tokens = max_tokens or self.bot.bundle.manifest.max_tokens
-        st = self.stats
         logits = self.prefill()
         answer: list[int] = []
-        t0 = self._t0 - st.encode_ms / 1e3  # first token counted from the start of encoding
-        try:
-            yield from self._stream(logits, Sampler(sampling), max_tokens, t0, answer)
+        try:  # the first token is timed from the end of speech (streamed turn) or the start of encoding
+            yield from self._stream(logits, Sampler(sampling), max_tokens, self._t_input_end, answer)
         finally:
             text = self.bot.engine.detokenize(answer).strip()
             self.turns.append(Turn(Message.of("assistant", [text], tokens=list(answer))))
@@ -183,7 +217,7 @@ class Conversation:
         """Generate and yield text pieces, timed against ``t0``; the ids go to ``tokens``."""
         engine, st = self.bot.engine, self.stats
         text = TextStream()
-        t_first = None
+        t_first = t_done = None
         try:
             for tok in engine.generate(logits, sampler, max_tokens):
                 if t_first is None:
@@ -193,13 +227,21 @@ class Conversation:
                 piece = text.push(engine.piece(tok))
                 if piece:
                     yield piece
+            t_done = time.perf_counter()
             tail = text.flush()
             if tail:
                 yield tail
         finally:
             st.answer_tokens = len(tokens)
-            if t_first is not None and len(tokens) > 1:
-                st.decode_tokens_per_s = (len(tokens) - 1) / max(time.perf_counter() - t_first, 1e-9)
+            # Every token generate() yields is decoded before the next is sampled; a generation that
+            # ran to its end (end-of-text or max_tokens) decoded its last token too. So the time from
+            # the first token on covers one decode per token (one fewer when the reader stopped early):
+            # a rate even for a one-token answer.
+            steps = len(tokens) if t_done is not None else len(tokens) - 1
+            if t_first is not None and steps > 0:
+                ms = ((t_done or time.perf_counter()) - t_first) * 1e3 / steps
+                st.decode_ms_per_token = ms
+                st.decode_tokens_per_s = 1e3 / max(ms, 1e-9)
 
     # --- saving ---------------------------------------------------------------------
 
@@ -227,6 +269,191 @@ class Conversation:
         data = {"model": self.bot.bundle.manifest.name, "system": self.system, "turns": records}
         atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         return path
+
+
+class AudioTurnStream:
+    """A user turn encoded and prefilled while it is spoken (``Conversation.begin_audio``).
+
+    ``feed(samples)`` as audio arrives: a chunked model's completed chunks are encoded and their
+    embeddings prefilled right away (any other model's audio waits for ``finish``). ``finish()``
+    encodes what is left and evaluates it with the end of the audio span and the template text
+    after it in one llama_decode, and returns the next-token logits (``Conversation.respond``
+    then streams the answer without prefilling anything). ``cancel()`` takes the turn back: the
+    history is as it was, and the cache holds what it held before (less anything this turn's
+    prompt did not share with it). Any error in ``feed`` or ``finish`` cancels the turn first.
+
+    The sequence equals, position by position, what ``Assistant.prompt`` renders for the finished
+    turn: the template is rendered with a stand-in clip (a row of NaN that cannot occur in real
+    embeddings) and cut where that clip sits.
+    """
+
+    def __init__(self, conv: Conversation, text: str | None, after: str | None) -> None:
+        self.conv = conv
+        self.tower = conv.tower or conv.bot.tower
+        self.chunks: ChunkStream | None = self.tower.stream() if self.tower.chunked else None
+        engine = conv.bot.engine
+        self.samples: list[np.ndarray] = []
+        self.n = 0  # samples fed
+        self.rows: list[np.ndarray] = []  # embeddings prefilled so far, chunk by chunk
+        self.closed = False
+        self._turns_before = list(conv.turns)
+        self._notices_before = len(conv.notices)
+        stand_in = np.full((1, engine.n_embd), np.nan, dtype=np.float32)
+        self.turn = Turn(Message.of("user", user_content(text, True, after), [stand_in]))
+        conv.stats = TurnStats(streamed=True, backend=self.tower.name)
+        conv.turns.append(self.turn)
+        conv._live, conv._ready = self, None
+        self._early_ms = 0.0
+        t0 = time.perf_counter()
+        try:
+            self._layout(0)
+            self._kept = engine.n_past  # refined by the sync below
+            self._sync()
+        except BaseException:
+            self.cancel()
+            raise
+        self._early_ms += (time.perf_counter() - t0) * 1e3
+
+    # --- the prompt around the audio -------------------------------------------------
+
+    def _layout(self, audio_rows: int) -> None:
+        """Render the prompt (dropping the oldest turns if ``audio_rows`` of audio would not fit) and
+        cut it at the stand-in clip: ``prefix`` (segments up to the first audio row: the template
+        text, ``<au_start>`` or the learned start row), ``tail_rows`` (the learned end row, if any)
+        and ``suffix`` (token ids after the audio: ``<au_end>``, the rest of the template)."""
+        segs = self.conv._fit(extra=max(0, audio_rows - 1))  # the stand-in is one row of them
+        slots = [i for i, seg in enumerate(segs) if isinstance(seg, np.ndarray) and np.isnan(seg).any()]
+        if len(slots) != 1:
+            raise LlasmError("the chat template did not place this turn's audio exactly once")
+        i = slots[0]
+        nan = np.flatnonzero(np.isnan(segs[i]).any(axis=1))
+        head, self.tail_rows = segs[i][: nan[0]], segs[i][nan[-1] + 1 :]
+        self.before = segs[:i]  # the prompt's own segments before this turn's clip
+        self.prefix = self.before + ([head] if len(head) else [])
+        if any(isinstance(seg, np.ndarray) for seg in segs[i + 1 :]):
+            raise LlasmError("the chat template put audio after this turn's audio")
+        self.suffix = [int(t) for seg in segs[i + 1 :] for t in seg]
+
+    def _sync(self) -> None:
+        """Bring the cache to the prefix and the rows so far, keeping what it already holds of them."""
+        engine = self.conv.bot.engine
+        engine.sync(self.prefix + self.rows, logits=False)
+        self._kept = min(self._kept, engine.reused)
+
+    def _room(self, new_rows: int) -> None:
+        """Make sure ``new_rows`` more audio rows fit with the rest of the prompt and the reserve:
+        drop the oldest turns and prefill what is left again if that is what it takes, or refuse."""
+        conv, engine = self.conv, self.conv.bot.engine
+        need = engine.n_past + new_rows + len(self.tail_rows) + len(self.suffix) + conv.reserve
+        if need <= engine.n_ctx:
+            return
+        rows = sum(len(r) for r in self.rows) + new_rows
+        alone = conv.bot.prompt([m for m in conv.messages() if m.role == "system"] + [self.turn.message])
+        if sum(len(seg) for seg in alone) + rows - 1 + conv.reserve > engine.n_ctx:
+            raise ContextOverflowError(  # not even without the history: refuse before dropping any of it
+                f"this recording ({self.n / SAMPLE_RATE:.0f} s so far) needs more positions than the context holds "
+                f"({engine.n_ctx}, {conv.reserve} kept for the answer); speak for less time or use a larger --ctx"
+            )
+        self._layout(rows)
+        self._sync()
+
+    # --- audio in ---------------------------------------------------------------------
+
+    def feed(self, samples: np.ndarray) -> int:
+        """The next piece of the turn's audio (16 kHz mono float32); returns the embedding rows it
+        put in the cache (0 until a chunk completes; always 0 for a model that is not chunked)."""
+        self._open()
+        try:
+            x = np.array(samples, dtype=np.float32).reshape(-1)  # our copy: the caller may reuse its buffer
+            self._check_length(self.n + x.size)
+            self.samples.append(x)
+            self.n += x.size
+            if self.chunks is None or not x.size:
+                return 0
+            t0 = time.perf_counter()
+            emb = self.chunks.push(x)
+            if len(emb):
+                self._room(len(emb))
+                self.conv.bot.engine.eval([emb], logits=False)
+                self.rows.append(emb)
+            self._early_ms += (time.perf_counter() - t0) * 1e3
+            return len(emb)
+        except BaseException:
+            self.cancel()
+            raise
+
+    def _check_length(self, n_samples: int) -> None:
+        """Refuse audio longer than the whole context could hold, whatever the history."""
+        conv = self.conv
+        need = 2 + self.tower.positions(n_samples)
+        room = conv.bot.engine.n_ctx - conv.reserve
+        if need > room:
+            raise ContextOverflowError(
+                f"this recording ({n_samples / SAMPLE_RATE:.0f} s so far) needs {need} positions but the context "
+                f"holds {conv.bot.engine.n_ctx} ({conv.reserve} kept for the answer); speak for less time or use a "
+                f"larger --ctx"
+            )
+
+    def finish(self) -> np.ndarray:
+        """The end of speech: the last chunk, the end of the audio span and the template text after it
+        in one llama_decode; returns the next-token logits (``respond`` uses them)."""
+        self._open()
+        conv, engine = self.conv, self.conv.bot.engine
+        st = conv.stats
+        t0 = time.perf_counter()
+        st.early_positions = engine.n_past - self._kept
+        st.early_audio_seconds = sum(len(r) for r in self.rows) * self._seconds_per_row()
+        st.early_ms = self._early_ms
+        try:
+            if self.n == 0:
+                raise AudioFileError("the audio is empty")
+            audio = np.concatenate(self.samples)
+            last = self.chunks.finish() if self.chunks is not None else self.tower.encode(audio)
+            t1 = time.perf_counter()
+            self._room(len(last))
+            logits = engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
+            clip = np.ascontiguousarray(np.concatenate([*self.rows, last]), dtype=np.float32)
+            self.turn.message.clips[0] = clip
+            self.turn.audio = audio
+            # What went in must be the finished turn's prompt, position by position (regroup checks),
+            # recorded as that prompt's segments so that the next turn finds it all in the common prefix.
+            engine.regroup([*self.before, conv.bot.with_boundary(clip), self.suffix])
+        except BaseException:
+            self.cancel()
+            raise
+        t2 = time.perf_counter()
+        self.closed = True
+        conv._live = None
+        conv._ready = (logits, self.turn, engine.n_past, t0)
+        st.audio_seconds = self.n / SAMPLE_RATE
+        st.encode_ms = (t1 - t0) * 1e3
+        st.prefill_ms = (t2 - t1) * 1e3
+        st.prompt_tokens = engine.n_past - self._kept
+        return logits
+
+    def _seconds_per_row(self) -> float:
+        return 320 * self.tower.stack_factor / SAMPLE_RATE if self.tower.adaptor == "stack-swiglu" else 0.0
+
+    def cancel(self) -> None:
+        """Take the turn back: the history as before it, and its positions out of the cache."""
+        if self.closed:
+            return
+        self.closed = True
+        conv = self.conv
+        conv.turns[:] = self._turns_before
+        del conv.notices[self._notices_before :]
+        conv._live, conv._ready = None, None
+        engine = conv.bot.engine
+        engine.truncate(min(getattr(self, "_kept", engine.n_past), engine.n_past))
+
+    def _open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this streamed turn is finished or cancelled")
+
+    @property
+    def seconds(self) -> float:
+        """Audio fed so far."""
+        return self.n / SAMPLE_RATE
 
 
 def ask(

@@ -26,6 +26,11 @@ from .errors import ContextOverflowError, ModelFileError
 
 # Architectures whose graph scales token embeddings (and not injected rows) by sqrt(n_embd).
 EMBED_SCALE_ARCHS = {"gemma", "gemma2", "gemma3", "gemma3n"}
+# Architectures whose graph reads injected rows exactly as it reads the token_embd rows of tokens,
+# but for a factor the token path applies (src/models/<arch>.cpp: llama, qwen2 and qwen3 use
+# build_inp_embd as it is; gemma3 scales token input only by sqrt(n_embd)). There, tokens can join
+# the embedding rows of one llama_decode (Engine.eval_joined). True: scale by sqrt(n_embd).
+JOINABLE_ARCHS = {"llama": False, "qwen2": False, "qwen3": False, "gemma3": True}
 
 Segment = Sequence[int] | np.ndarray  # token ids, or embeddings of shape (n, n_embd)
 
@@ -106,6 +111,7 @@ class Engine:
         self._closed = False
         self.fed: list[Segment] = []  # what the KV cache holds, in order (token lists merged)
         self.reused = 0  # positions the last sync() kept from what the cache held
+        self._token_rows: dict[int, np.ndarray] = {}  # token_rows' cache
 
     # --- metadata and vocabulary --------------------------------------------------------
 
@@ -212,21 +218,72 @@ class Engine:
                 self.fed.append(seg)
         return out
 
-    def sync(self, segments: Sequence[Segment]) -> np.ndarray:
+    def sync(self, segments: Sequence[Segment], logits: bool = True) -> np.ndarray | None:
         """Make the cache hold exactly ``segments``, keeping the longest prefix it already holds.
 
         A system prompt and chat scaffolding that repeat from question to question, and the
         history of a conversation, are then prefilled once, not once per question. At least
-        the last position is evaluated again, for its logits.
+        the last position is evaluated again, for its logits (with ``logits`` False nothing is
+        evaluated again, and None comes back).
         """
         segments = [_as_segment(s, self.n_embd) for s in segments if len(s)]
         total = sum(len(s) for s in segments)
         if not total:
             raise ValueError("nothing to evaluate")
-        keep = min(common_prefix(self.fed, segments), total - 1)
+        keep = min(common_prefix(self.fed, segments), total - 1 if logits else total)
         self.truncate(keep)
         self.reused = keep
-        return self.eval(_drop_positions(segments, keep))
+        rest = _drop_positions(segments, keep)
+        return self.eval(rest, logits=logits) if rest else None
+
+    def eval_joined(self, rows: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
+        """Embedding ``rows`` and then ``tokens``, with the last one's logits, in one llama_decode
+        where the architecture allows it (the tokens go in as their own embedding rows, see
+        ``token_rows``; elsewhere in two). Recorded in ``fed`` as rows and tokens; all or nothing."""
+        rows = _as_segment(rows, self.n_embd) if len(rows) else np.zeros((0, self.n_embd), np.float32)
+        tokens = [int(t) for t in tokens]
+        extra = self.token_rows(tokens) if len(rows) and tokens else None
+        if extra is None:
+            return self.eval([s for s in (rows, tokens) if len(s)])
+        out = self.eval([np.concatenate([rows, extra])])
+        self.fed[-1:] = [rows, tokens]  # the same positions, recorded as what they are
+        return out
+
+    def token_rows(self, tokens: Sequence[int]) -> np.ndarray | None:
+        """What the first layer sees for ``tokens`` when they are fed as embedding rows: their rows of
+        the GGUF's token_embd table (dequantized), scaled as the token path scales them; None for an
+        architecture not in JOINABLE_ARCHS."""
+        if self.arch not in JOINABLE_ARCHS:
+            return None
+        cache = self._token_rows
+        missing = sorted({int(t) for t in tokens} - cache.keys())
+        if missing:
+            import gguf
+
+            from .gguf_check import read_gguf
+
+            info = read_gguf(self.path)
+            name = "token_embd.weight"
+            if name not in info.offsets or info.tensors[name][-1] != self.n_embd:
+                return None
+            qtype = gguf.GGMLQuantizationType[info.types[name]]
+            block, size = gguf.GGML_QUANT_SIZES[qtype]
+            row_bytes = self.n_embd // block * size
+            scale = np.float32(math.sqrt(self.n_embd)) if JOINABLE_ARCHS[self.arch] else np.float32(1.0)
+            with open(self.path, "rb") as f:
+                for t in missing:
+                    if not 0 <= t < info.tensors[name][0]:
+                        raise ValueError(f"token id {t} is outside the vocabulary")
+                    f.seek(info.offsets[name] + t * row_bytes)
+                    raw = np.frombuffer(f.read(row_bytes), dtype=np.uint8)
+                    if qtype == gguf.GGMLQuantizationType.F32:
+                        row = raw.view(np.float32)
+                    elif qtype == gguf.GGMLQuantizationType.F16:
+                        row = raw.view(np.float16).astype(np.float32)
+                    else:
+                        row = gguf.quants.dequantize(raw[None], qtype)[0].astype(np.float32)
+                    cache[t] = row * scale
+        return np.stack([cache[int(t)] for t in tokens]) if len(tokens) else np.zeros((0, self.n_embd), np.float32)
 
     def _decode_tokens(self, tokens: list[int], logits: bool) -> None:
         b = self._tok_batch
@@ -285,6 +342,21 @@ class Engine:
         """Positions in the KV cache, asked of llama.cpp itself: a Ctrl-C that lands between a
         decode and our bookkeeping can then never put the next batch at a wrong position."""
         return llama_cpp.llama_memory_seq_pos_max(self._mem, 0) + 1
+
+    def regroup(self, segments: Sequence[Segment]) -> None:
+        """Record the cache's content as ``segments``: the very positions ``fed`` lists, grouped
+        differently (audio prefilled chunk by chunk, recorded as the one clip that the next prompt
+        holds, so that ``sync`` finds it in the common prefix). Anything else is a ValueError."""
+        segments = [_as_segment(s, self.n_embd) for s in segments if len(s)]
+        if not same_positions(self.fed, segments):
+            raise ValueError("regroup: the segments are not what the cache holds")
+        fed: list[Segment] = []
+        for seg in segments:  # token lists merged, as eval records them
+            if not isinstance(seg, np.ndarray) and fed and not isinstance(fed[-1], np.ndarray):
+                fed[-1] = [*fed[-1], *seg]
+            else:
+                fed.append(seg if isinstance(seg, np.ndarray) else list(seg))
+        self.fed = fed
 
     def truncate(self, n_keep: int) -> None:
         """Forget every position from ``n_keep`` on (e.g. to rewind to the end of the system prompt)."""
@@ -360,6 +432,28 @@ def common_prefix(a: Sequence[Segment], b: Sequence[Segment]) -> int:
         if ob == len(sb):
             ib, ob = ib + 1, 0
     return n
+
+
+def same_positions(a: Sequence[Segment], b: Sequence[Segment]) -> bool:
+    """Whether two segment lists hold the same positions, however each groups them."""
+    n = common_prefix(a, b)  # cheap on what is shared as the same objects
+    runs_a, runs_b = _runs(_drop_positions(a, n)), _runs(_drop_positions(b, n))
+    return len(runs_a) == len(runs_b) and all(
+        isinstance(x, np.ndarray) == isinstance(y, np.ndarray)
+        and (np.array_equal(x, y) if isinstance(x, np.ndarray) else list(x) == list(y))
+        for x, y in zip(runs_a, runs_b)
+    )
+
+
+def _runs(segments: Sequence[Segment]) -> list[Segment]:
+    """Consecutive token lists joined, consecutive embedding arrays joined."""
+    groups: list[list[Segment]] = []
+    for seg in segments:
+        if groups and isinstance(groups[-1][0], np.ndarray) == isinstance(seg, np.ndarray):
+            groups[-1].append(seg)
+        else:
+            groups.append([seg])
+    return [np.concatenate(g) if isinstance(g[0], np.ndarray) else [int(t) for s in g for t in s] for g in groups]
 
 
 def _drop_positions(segments: Sequence[Segment], n: int, keep_head: bool = False) -> list[Segment]:

@@ -74,6 +74,7 @@ class GGUFInfo:
     tensors: dict[str, tuple[int, ...]]  # name -> shape in numpy order (outermost first)
     types: dict[str, str]  # name -> ggml type name ("F32", "F16", "Q8_0", ...)
     kv_types: dict[str, str] = field(default_factory=dict)  # key -> "UINT32", "STRING", "ARRAY[STRING]", ...
+    offsets: dict[str, int] = field(default_factory=dict)  # tensor name -> byte offset of its data in the file
 
 
 def read_gguf(path: Path) -> GGUFInfo:
@@ -236,6 +237,7 @@ def _parse_gguf(path: Path, f, size: int) -> GGUFInfo:
 
     tensors: dict[str, tuple[int, ...]] = {}
     types: dict[str, str] = {}
+    offsets: dict[str, int] = {}
     if infos:
         data_start = _pad(f.tell(), align)
         if data_start > size:
@@ -256,7 +258,8 @@ def _parse_gguf(path: Path, f, size: int) -> GGUFInfo:
                 )
             tensors[name] = tuple(reversed(dims))
             types[name] = qtype.name
-    return GGUFInfo(path, fields, tensors, types, kv_types)
+            offsets[name] = data_start + offset
+    return GGUFInfo(path, fields, tensors, types, kv_types, offsets)
 
 
 # --- keys ------------------------------------------------------------------------------------

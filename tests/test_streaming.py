@@ -1,0 +1,276 @@
+"""Streamed spoken turns: audio encoded and prefilled while it is spoken, on tiny chunked models.
+
+A streamed turn must end up exactly where a whole clip added with ``add_user`` and prefilled ends
+up: the same embeddings, the same sequence (position by position), the same logits, and a history
+the next turn reuses. A cancelled one must leave no trace, and one that cannot fit is refused
+without touching what the cache held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+from llasm_cli.assistant import Assistant
+from llasm_cli.audio import SAMPLE_RATE, chunk_spans, load_audio
+from llasm_cli.bundle import MANIFEST_FILE, load_bundle
+from llasm_cli.conversation import Conversation, answer
+from llasm_cli.engine import Engine, Sampling, same_positions
+from llasm_cli.errors import ContextOverflowError
+from tests.conftest import speech_of_length
+from tests.reference import rel_err
+
+GREEDY = Sampling(temperature=0.0)
+CHUNK, CONTEXT = 0.5, 1.0  # seconds; whole multiples of the tiny tower's 0.1 s per embedding
+BLOCK = 640  # samples fed at a time: 40 ms, as a microphone delivers them
+
+
+def chunked_bundle(src, dest, boundary: str):
+    """A copy of an exported tiny bundle whose manifest runs the chunked input mode (torch tower),
+    with vocabulary-token or learned-row audio boundaries."""
+    shutil.copytree(src, dest)
+    m = load_bundle(dest).manifest
+    for f in m.tower_files.values():
+        (dest / f).unlink()  # the mmproj pads to 30 s: no chunked encoding there
+    m = dataclasses.replace(m, encoder_input=["chunked"], chunk_seconds=CHUNK, context_seconds=CONTEXT, tower_files={})
+    if boundary == "embeddings":
+        rows = np.random.default_rng(7).normal(0.0, 0.2, (2, m.llm_dim)).astype(np.float32)
+        np.save(dest / "audio-boundary.npy", rows)
+        m = dataclasses.replace(m, boundary="embeddings", boundary_file="audio-boundary.npy")
+    (dest / MANIFEST_FILE).write_text(m.to_json(), encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def chunked(swiglu, workdir):
+    """{"tokens": bundle, "embeddings": bundle}"""
+    out = {}
+    for boundary in ("tokens", "embeddings"):
+        dest = workdir / f"bundle-chunked-{boundary}"
+        out[boundary] = dest if dest.is_dir() else chunked_bundle(swiglu[1], dest, boundary)
+    return out
+
+
+@pytest.fixture(scope="module")
+def speech(question_audio):
+    """3.3 s of real speech: six whole 0.5 s chunks and a partial one."""
+    return speech_of_length(question_audio, 3.3)
+
+
+def open_bot(bundle, **kw) -> Assistant:
+    return Assistant(bundle, backend="torch", llm_variant="f32", **kw)
+
+
+@pytest.fixture(scope="module", params=["tokens", "embeddings"])
+def bot(request, chunked):
+    b = open_bot(chunked[request.param])
+    yield b
+    b.close()
+
+
+def stream(conv: Conversation, audio: np.ndarray, text: str | None = None, block: int = BLOCK):
+    """Feed ``audio`` block by block into a new streamed turn; returns (turn, logits, rows before the end)."""
+    turn = conv.begin_audio(text=text)
+    early = sum(turn.feed(audio[i : i + block]) for i in range(0, audio.size, block))
+    return turn, turn.finish(), early
+
+
+def fresh_logits(bot: Assistant, segments) -> np.ndarray:
+    with Engine(bot.bundle.llm_path("f32"), exact=True) as fresh:
+        return fresh.eval(segments)
+
+
+def test_streamed_turn_is_the_whole_clip_turn(bot, speech):
+    """Same embeddings (<= 1e-5), the same sequence position by position, the same logits (<= 1e-4)
+    and the same answer as the whole clip through add_user + prefill."""
+    assert bot.tower.chunked
+    bot.engine.reset()
+    conv = Conversation(bot)
+    turn, logits, early = stream(conv, speech, text="please answer:")
+    spans = chunk_spans(speech.size, CHUNK, CONTEXT, bot.tower.stack_factor)
+    assert early == sum(s.keep for s in spans[:-1])  # every whole chunk was in the cache before the end
+    st = conv.stats
+    assert st.streamed and st.early_audio_seconds == pytest.approx(6 * CHUNK)
+    assert st.early_positions > early  # the template text before the audio went in early too
+
+    clip = conv.turns[-1].message.clips[0]
+    whole = bot.tower.encode(speech)
+    assert clip.shape == whole.shape and np.abs(clip - whole).max() <= 1e-5
+
+    # the cache holds exactly the finished turn's prompt, as Assistant.prompt renders it
+    prompt = bot.prompt(conv.messages())
+    assert same_positions(bot.engine.fed, prompt)
+    assert bot.engine.n_past == sum(len(s) for s in prompt)
+    reference = bot.prompt(bot.messages(whole, "please answer:", None, None))
+    assert [s if isinstance(s, list) else s.shape for s in reference] == [
+        s if isinstance(s, list) else s.shape for s in prompt]
+    if bot.boundary is not None:  # learned rows around the clip, as with_boundary puts them
+        slot = next(s for s in bot.engine.fed if isinstance(s, np.ndarray))
+        assert np.array_equal(slot[0], bot.boundary[0]) and np.array_equal(slot[-1], bot.boundary[1])
+
+    assert rel_err(logits, fresh_logits(bot, reference)) <= 1e-4
+    streamed_answer = "".join(conv.respond(GREEDY, max_tokens=8))
+    assert conv.stats.answer_tokens > 0
+
+    bot.engine.reset()
+    whole_conv = Conversation(bot)
+    whole_conv.add_user(speech, text="please answer:")
+    assert rel_err(whole_conv.prefill(), logits) <= 1e-4
+    bot.engine.reset()
+    assert answer(bot, speech, text="please answer:", sampling=GREEDY, max_tokens=8) == streamed_answer.strip()
+
+
+def test_final_chunk_and_template_go_in_one_decode(bot, speech):
+    """At the end of speech: one llama_decode for the last chunk, the end of the span and the template."""
+    bot.engine.reset()
+    conv = Conversation(bot)
+    turn = conv.begin_audio()
+    for i in range(0, speech.size, BLOCK):
+        turn.feed(speech[i : i + BLOCK])
+    real, calls = bot.engine._decode, []
+
+    def count(batch):
+        calls.append(batch.n_tokens)
+        real(batch)
+
+    bot.engine._decode = count
+    try:
+        turn.finish()
+    finally:
+        del bot.engine._decode
+    last = chunk_spans(speech.size, CHUNK, CONTEXT, bot.tower.stack_factor)[-1].keep
+    assert len(calls) == 1 and calls[0] > last
+
+
+def test_cancel_rolls_back_exactly(bot, speech, mandarin_wav):
+    """A dropped turn (a cough, a false start) leaves the history and the cache as they were: the next
+    turn computes what a conversation that never heard it computes."""
+    bot.engine.reset()
+    conv = Conversation(bot)
+    conv.add_user(load_audio(mandarin_wav), text="hello")
+    first = "".join(conv.respond(GREEDY, max_tokens=4))
+    fed = [s.copy() if isinstance(s, np.ndarray) else list(s) for s in bot.engine.fed]
+    n_past, turns = bot.engine.n_past, list(conv.turns)
+
+    turn = conv.begin_audio(text="listen:")
+    rows = sum(turn.feed(speech[i : i + BLOCK]) for i in range(0, 2 * SAMPLE_RATE, BLOCK))
+    assert rows > 0 and bot.engine.n_past > n_past  # the dropped turn really was in the cache
+    turn.cancel()
+    assert bot.engine.n_past == n_past and same_positions(bot.engine.fed, fed)
+    assert conv.turns == turns
+    with pytest.raises(RuntimeError):
+        turn.feed(speech[:BLOCK])
+
+    conv.add_user(text="go on")
+    logits = conv.prefill()
+    assert conv.prefilled_from_scratch == 0  # the history stayed in the cache
+
+    bot.engine.reset()
+    never = Conversation(bot)
+    never.add_user(load_audio(mandarin_wav), text="hello")
+    assert "".join(never.respond(GREEDY, max_tokens=4)) == first
+    never.add_user(text="go on")
+    assert rel_err(logits, never.prefill()) <= 1e-4
+
+
+def test_streamed_second_turn_reuses_the_first(bot, speech, mandarin_wav):
+    """A streamed turn after a whole-clip turn: the first clip is never encoded again, and a third turn
+    keeps everything in the cache and computes what a fresh context fed the whole chat computes."""
+    bot.engine.reset()
+    conv = Conversation(bot)
+    conv.add_user(load_audio(mandarin_wav), text="please answer:")
+    "".join(conv.respond(GREEDY, max_tokens=4))
+    calls, held = bot.tower.encode_calls, bot.engine.n_past
+
+    stream(conv, speech)
+    assert bot.tower.encode_calls == calls + len(chunk_spans(speech.size, CHUNK, CONTEXT, bot.tower.stack_factor))
+    assert conv.stats.early_positions > 0 and conv.stats.prompt_tokens < bot.engine.n_past - held + 1
+    "".join(conv.respond(GREEDY, max_tokens=4))
+    assert bot.tower.encode_calls == calls + len(chunk_spans(speech.size, CHUNK, CONTEXT, bot.tower.stack_factor))
+
+    held = bot.engine.n_past
+    conv.add_user(text="thanks")
+    logits = conv.prefill()
+    assert bot.engine.reused == held and conv.prefilled_from_scratch == 0
+    assert rel_err(logits, fresh_logits(bot, bot.prompt(conv.messages()))) <= 1e-4
+
+
+def test_overflow_is_refused_without_touching_the_cache(chunked, speech):
+    """Audio that cannot fit the context is refused mid-stream, the cache and the chat as they were;
+    if older turns were dropped to make room first, the chat gets them back and the next turn
+    computes what a conversation that never heard the refused turn computes."""
+    small = open_bot(chunked["tokens"], n_ctx=256)
+    try:
+        conv = Conversation(small, reserve=32)
+        conv.add_user(text="hello")
+        "".join(conv.respond(GREEDY, max_tokens=3))
+        fed = [list(s) for s in small.engine.fed]
+        turns = list(conv.turns)
+        long = speech_of_length(speech, 20.0)
+
+        turn = conv.begin_audio()
+        turn.feed(long[:BLOCK])
+        with pytest.raises(ContextOverflowError, match="--ctx"):
+            turn.feed(long[BLOCK:])  # 20 s at once: more than the context holds even without the history
+        assert turn.closed and small.engine.fed == fed and conv.turns == turns
+
+        turn = conv.begin_audio()
+        with pytest.raises(ContextOverflowError, match="--ctx"):
+            for i in range(0, long.size, BLOCK):  # as a microphone delivers it: the history goes first
+                turn.feed(long[i : i + BLOCK])
+        assert i > 0 and turn.closed and conv.turns == turns
+        assert small.engine.n_past == sum(len(s) for s in small.engine.fed)
+        conv.add_user(text="go on")  # the chat goes on
+        logits = conv.prefill()
+
+        small.engine.reset()
+        never = Conversation(small, reserve=32)
+        never.add_user(text="hello")
+        "".join(never.respond(GREEDY, max_tokens=3))
+        never.add_user(text="go on")
+        assert rel_err(logits, never.prefill()) <= 1e-4
+    finally:
+        small.close()
+
+
+def test_full_context_drops_the_oldest_turns_mid_stream(chunked, speech):
+    """A streamed turn that fits alone but not with the history drops the oldest turns, like a
+    whole-clip turn, and the cache still holds exactly the resulting prompt."""
+    small = open_bot(chunked["tokens"], n_ctx=256)
+    try:
+        conv = Conversation(small, reserve=16)
+        for i in range(2):
+            conv.add_user(text=f"turn {i} hello there")
+            "".join(conv.respond(GREEDY, max_tokens=6))
+        assert not conv.notices
+        audio = speech_of_length(speech, 6.0)
+        turn = conv.begin_audio()
+        assert not conv.notices  # the history fits with the beginning of the turn
+        for i in range(0, audio.size, BLOCK):
+            turn.feed(audio[i : i + BLOCK])
+        assert any("dropped" in n for n in conv.notices) and conv.turns[0].message.content != "turn 0 hello there"
+        logits = turn.finish()
+        assert same_positions(small.engine.fed, small.prompt(conv.messages()))
+        assert rel_err(logits, fresh_logits(small, small.prompt(conv.messages()))) <= 1e-4
+    finally:
+        small.close()
+
+
+def test_model_without_chunks_buffers_until_the_end(swiglu, question_audio):
+    """Same API on a model that is not chunked: the template text goes in early, the audio at the end."""
+    bot = Assistant(swiglu[1], backend="ggml", llm_variant="f32")
+    try:
+        assert not bot.tower.chunked
+        conv = Conversation(bot)
+        turn, logits, early = stream(conv, question_audio, text="please answer:")
+        assert early == 0 and conv.stats.early_positions > 0 and conv.stats.early_audio_seconds == 0
+        assert same_positions(bot.engine.fed, bot.prompt(conv.messages()))
+        bot.engine.reset()
+        whole = Conversation(bot)
+        whole.add_user(question_audio, text="please answer:")
+        assert rel_err(whole.prefill(), logits) <= 1e-4
+    finally:
+        bot.close()
