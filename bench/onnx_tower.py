@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,7 +63,6 @@ MAX_NEW_LENGTHS = 25  # so that they stay below the next target
 WARMUP_LENGTH = 1.0
 LLM_DIM = 640  # Gemma 3 270M, as the bench's gemma bundle
 SEED = 1
-OPSET = 17
 TEXT = "what is the capital of france"
 SR = 16000
 VAD_FRAMES = 60  # 512-sample frames (about 1.9 s) scored in each VAD step
@@ -166,6 +164,7 @@ def ort_session(model: str | Path, threads: int):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the runtime's onnx backend
     so.log_severity_level = 3
     return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
 
@@ -224,32 +223,11 @@ def build_tower():
 
 
 def export_onnx(tower, path: Path) -> None:
-    """mel (1, n_mels, T) -> embeddings (1, T/(2k), llm_dim) and frames (1, T/2, d): T dynamic.
+    """The runtime's export (export/onnx_tower.py) with the encoder frames as a second output, so
+    that Whisper's decoder can check the variants; timed runs fetch only embeddings."""
+    from llasm_export.onnx_tower import export_graph
 
-    ``frames`` (the encoder's output, an intermediate of the embeddings anyway) is a second
-    output so that Whisper's decoder can check the variants; timed runs fetch only embeddings.
-    """
-    import torch
-
-    from llasm_cli.model import encode_frames
-
-    class WithFrames(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tower = tower
-
-        def forward(self, mel):
-            frames = encode_frames(self.tower.encoder, mel)
-            return self.tower.adapt(frames), frames
-
-    example = torch.zeros(1, tower.n_mels, 2 * tower.cfg.stack_factor * 50)  # T = 500: any multiple of 2k
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python ints and the legacy exporter's deprecation
-        torch.onnx.export(
-            WithFrames().eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=["mel"], output_names=["embeddings", "frames"],
-            dynamic_axes={"mel": {2: "mel_frames"}, "embeddings": {1: "tokens"}, "frames": {1: "encoder_frames"}},
-        )
+    export_graph(tower, path, frames=True)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -434,6 +412,8 @@ def print_report(result: dict) -> None:
     print(f"load average {result['load_average'][0]:.2f} at start, {result['load_average_at_end'][0]:.2f} at end; "
           f"OPENBLAS_NUM_THREADS={result['openblas_threads']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v))
+    from llasm_export.onnx_tower import OPSET
+
     m = result["models"]
     print(f"ONNX: opset {OPSET}, fp32 {m['fp32_mb']:.0f} MB (session {m['fp32_load_s']:.2f} s), "
           f"int8 {m['int8_mb']:.0f} MB (session {m['int8_load_s']:.2f} s), export {m['export_s']:.1f} s")

@@ -55,26 +55,36 @@ class OnnxReport:
 
 
 class _Graph(torch.nn.Module):
-    """The exported function: mel -> Whisper encoder frames -> adaptor."""
+    """The exported function: mel -> Whisper encoder frames -> adaptor (and the frames, if asked)."""
 
-    def __init__(self, tower: AudioTower) -> None:
+    def __init__(self, tower: AudioTower, frames: bool) -> None:
         super().__init__()
         self.tower = tower
+        self.frames = frames
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (1, n_mels, T) -> (1, T / 2k, llm_dim)
-        return self.tower.adapt(encode_frames(self.tower.encoder, mel))
+    def forward(self, mel: torch.Tensor):  # (1, n_mels, T) -> (1, T / 2k, llm_dim) [, (1, T / 2, d)]
+        frames = encode_frames(self.tower.encoder, mel)
+        emb = self.tower.adapt(frames)
+        return (emb, frames) if self.frames else emb
 
 
-def export_graph(tower: AudioTower, path: Path) -> None:
-    """torch.onnx.export with a dynamic time axis (traced at T = 100 k frames, any multiple of 2k runs)."""
+def export_graph(tower: AudioTower, path: Path, frames: bool = False) -> None:
+    """torch.onnx.export with a dynamic time axis (traced at T = 100 k frames, any multiple of 2k runs).
+
+    ``frames=True`` adds the encoder's output as a second output, ``frames`` (1, T / 2, d), for
+    checks that read Whisper's own frames (bench/onnx_tower.py); the runtime's file has none.
+    """
     k = tower.cfg.stack_factor
     example = torch.zeros(1, tower.n_mels, 2 * k * min(50, MAX_FRAMES // (2 * k)))
+    outputs, axes = [OUTPUT], {INPUT: {2: "mel_frames"}, OUTPUT: {1: "tokens"}}
+    if frames:
+        outputs.append("frames")
+        axes["frames"] = {1: "encoder_frames"}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints, and the legacy exporter's deprecation
         torch.onnx.export(
-            _Graph(tower).eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_axes={INPUT: {2: "mel_frames"}, OUTPUT: {1: "tokens"}},
+            _Graph(tower, frames).eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
+            input_names=[INPUT], output_names=outputs, dynamic_axes=axes,
         )
 
 

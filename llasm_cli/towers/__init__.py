@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import audio_token_count, check_finite, chunk_mel, chunk_spans, split_windows
-from ..bundle import Bundle
+from ..bundle import MANIFEST_FILE, Bundle
 from ..errors import AudioFileError, BackendUnavailableError
 
 BACKENDS = ("auto", "onnx", "ggml", "torch")
@@ -241,7 +241,7 @@ def choice_key(bundle: Bundle, found: list[str], threads: int, variant: str | No
     """What auto's choice depends on: the bundle's files (path, size, mtime), the candidates, the
     thread count, the tower variant and precision, and the device (CPU, GPU, ONNX Runtime providers)."""
     m = bundle.manifest
-    files = [bundle.root / "llasm-bundle.json"]
+    files = [bundle.root / MANIFEST_FILE]
     if "onnx" in found:
         onnx = bundle.root / m.onnx_tower
         files += [onnx, onnx.with_name(onnx.name + ".data")]
