@@ -27,8 +27,10 @@ AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
 MAX_STOP_CHARS = 256
-_BLOCK_FRAMES = 1 << 18
+_BLOCK_SAMPLES = 1 << 20  # decode this many samples (all channels together) at a time
 _UNKNOWN_FRAMES = 1 << 62  # libsndfile's SF_COUNT_MAX: the header does not say
+_PCM_WIDTH = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
+              "ULAW": 1, "ALAW": 1}  # bytes per sample of uncompressed data: its size bounds the length
 
 
 class APIError(Exception):
@@ -307,6 +309,9 @@ def read_audio_bytes(raw: bytes, what: str, max_seconds: float) -> np.ndarray:
             raise AudioFileError(f"{what} has a sample rate of {rate} Hz; expected {MIN_RATE}-{MAX_RATE} Hz")
         limit = int(math.ceil(max_seconds * rate))
         frames = int(f.frames)
+        width = _PCM_WIDTH.get(str(f.subtype))
+        if width is not None and str(f.format) in ("WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "CAF"):
+            frames = min(frames, len(raw) // (width * channels))  # a header may claim more than the data holds
         if 0 <= frames < _UNKNOWN_FRAMES and frames > limit:
             raise _too_long(what, frames / rate, max_seconds)
         mono, n_read = _decode(f, rate, channels, limit, what)
@@ -329,8 +334,9 @@ def _decode(f, rate: int, channels: int, limit: int, what: str) -> tuple[np.ndar
     stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
     out: list[np.ndarray] = []
     n_read = 0
+    block_frames = max(1, _BLOCK_SAMPLES // channels)  # memory stays bounded whatever the channel count
     while n_read <= limit:
-        want = min(_BLOCK_FRAMES, limit + 1 - n_read)
+        want = min(block_frames, limit + 1 - n_read)
         try:
             block = f.read(want, dtype="float32", always_2d=True)
         except Exception as exc:

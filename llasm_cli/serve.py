@@ -38,6 +38,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
 from . import __version__
@@ -68,13 +69,14 @@ from .openai_api import (
     usage_chunk,
 )
 from .prompt import AUDIO, Message
-from .scheduler import BatchEngine, Finished, Job, Scheduler, Text
+from .scheduler import BatchEngine, Failed, Finished, Job, Scheduler, Text
 
 log = logging.getLogger("llasm.serve")
 
 DEFAULT_MAX_AUDIO = 300.0  # seconds of audio per clip
 DEFAULT_MAX_BODY = 32 << 20  # bytes of request body
 DEFAULT_MAX_MESSAGES = 1024
+DISCONNECT_POLL_S = 0.25  # how often a whole (non-streamed) answer checks that its client is still there
 
 
 @dataclass
@@ -310,11 +312,14 @@ class Server:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(int(declared), limit)
         chunks, n = [], 0
-        async for chunk in request.stream():
-            n += len(chunk)
-            if n > limit:
-                raise _too_large(None, limit)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                n += len(chunk)
+                if n > limit:
+                    raise _too_large(None, limit)
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone while sending: nobody to answer
+            raise APIError(400, "the client disconnected while sending the request", code="client_disconnected") from None
         return b"".join(chunks)
 
     def remember(self, fin: Finished) -> None:
@@ -386,27 +391,29 @@ class _Reply:
         return usage_body(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens, self.audio_positions)
 
     async def whole(self, events: asyncio.Queue, request) -> object:
-        text: list[str] = []
+        """Wait for the whole answer, asking every quarter second whether the client is still there."""
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + DISCONNECT_POLL_S
         getter = None
         try:
             while True:
-                if getter is None:
-                    getter = asyncio.ensure_future(events.get())
-                done, _ = await asyncio.wait({getter}, timeout=0.5)
-                if not done:
+                if loop.time() >= next_check:
                     if await request.is_disconnected():  # nobody to answer: free the sequence now
                         return JSONResponse(error_body("client disconnected", "invalid_request_error"), 499)
+                    next_check = loop.time() + DISCONNECT_POLL_S
+                if getter is None:
+                    getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter}, timeout=max(0.0, next_check - loop.time()))
+                if not done:
                     continue
                 ev, getter = getter.result(), None
-                if isinstance(ev, Text):
-                    text.append(ev.text)
-                elif isinstance(ev, Finished):
+                if isinstance(ev, Finished):
                     self.finished = True
                     self.server.remember(ev)
                     body = completion_body(self.id, self.created, self.server.name, ev.text, ev.finish_reason,
                                            self._usage(ev))
                     return JSONResponse(body)
-                else:
+                if isinstance(ev, Failed):
                     self.finished = True
                     raise as_api_error(ev.error)
         finally:

@@ -420,6 +420,16 @@ def test_full_queue_is_503_and_a_client_that_leaves_frees_its_sequence(served):
             again = ask(c, [user(REPEAT)])
             assert again.choices[0].message.content == "the cat likes the box"
             assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+            # a client that gives up on a whole (non-streamed) answer frees the sequence too
+            impatient = openai.OpenAI(base_url=st.url + "/v1", api_key="unused", max_retries=0, timeout=0.5)
+            with pytest.raises(openai.APITimeoutError):
+                ask(impatient, [user(REPEAT)], max_tokens=1900, extra_body={"ignore_eos": True})
+            t0 = time.monotonic()
+            while srv.health()[1]["requests_in_flight"] or srv.health()[1]["slots_busy"]:
+                assert time.monotonic() - t0 < 10, srv.health()
+                time.sleep(0.01)
+            assert srv.scheduler.slots[0].fed_len < 1000
+            assert srv.health()[1]["requests_served"] == 1
     finally:
         srv.close()
 
