@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from .audio import SAMPLE_RATE, audio_token_count, chunk_spans, split_windows
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle
 from .engine import Engine, Sampler, Sampling
 from .gguf_check import check_widths, validate_llm
 from .prompt import DEFAULT_TEMPLATE, Message, prompt_pieces, segments, user_content
+from .published import PublishedPair, open_model
 from .towers import TowerBackend, open_tower
 
 
@@ -27,7 +28,9 @@ class Assistant:
         tower_variant: str | None = None, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
         tower: TowerBackend | None = None,
     ) -> None:
-        self.bundle = model if isinstance(model, Bundle) else load_bundle(model)
+        # a llasm bundle, or a published LLM + mmproj pair (published.py) run the same way
+        self.bundle = model if isinstance(model, Bundle) else open_model(model)
+        self.pair = self.bundle if isinstance(self.bundle, PublishedPair) else None
         m = self.bundle.manifest
         llm_path = self.bundle.llm_path(llm_variant)
         info = validate_llm(llm_path)  # llama.cpp aborts the process on a malformed file
@@ -44,9 +47,13 @@ class Assistant:
         # the audio span's start/end: two learned rows (a published GGUF's vocabulary stays as it is),
         # or two added vocabulary tokens
         self.boundary = self.bundle.boundary_rows()
-        self.audio_start = self.engine.token_id(m.audio_start) if self.boundary is None else None
-        self.audio_end = self.engine.token_id(m.audio_end) if self.boundary is None else None
-        self.template = self.engine.meta("tokenizer.chat_template") or DEFAULT_TEMPLATE
+        if self.pair is not None:  # the family's marker text: no token, one, or several
+            self.audio_start, self.audio_end = self.pair.marker_ids(self.engine)
+        else:
+            self.audio_start = self.engine.token_id(m.audio_start) if self.boundary is None else None
+            self.audio_end = self.engine.token_id(m.audio_end) if self.boundary is None else None
+        fallback = self.pair.family.template if self.pair is not None else DEFAULT_TEMPLATE
+        self.template = self.engine.meta("tokenizer.chat_template") or fallback
         self.system_prompt = m.system_prompt
         self.engine.warmup()
 
@@ -67,6 +74,10 @@ class Assistant:
         """Sequence positions a clip of ``n_samples`` takes (its embeddings and the two markers),
         known from the manifest before anything is encoded."""
         m = self.bundle.manifest
+        if self.pair is not None:
+            markers = len(self.audio_start) + len(self.audio_end)
+            return markers + sum(self.pair.embeddings_per_window(w.size)
+                                 for w in split_windows(np.zeros(n_samples, dtype=np.uint8)))
         if "chunked" in m.encoder_input and m.adaptor == "stack-swiglu" and (self._tower is None or self._tower.chunked):
             return 2 + sum(s.keep for s in chunk_spans(n_samples, m.chunk_seconds, m.context_seconds, m.stack_factor))
         windows = split_windows(np.zeros(n_samples, dtype=np.uint8))

@@ -443,8 +443,56 @@ _TOWER_KEY_TYPES = {
 
 
 def validate_tower(path: Path, llm_dim: int) -> GGUFInfo:
-    """Check an ultravox mmproj GGUF against what mtmd's whisper graph asserts on."""
+    """Check an ultravox mmproj GGUF (a llasm bundle's tower) against what mtmd's whisper graph asserts on."""
     path = Path(path)
+    info, enc = _read_audio_mmproj(path)
+    proj = info.fields.get(K.Clip.PROJECTOR_TYPE) or info.fields.get(K.ClipAudio.PROJECTOR_TYPE)
+    if proj != gguf.VisionProjectorType.ULTRAVOX:
+        raise ModelFileError(f"{path.name}: projector type {_show(proj)}; llasm runs {gguf.VisionProjectorType.ULTRAVOX!r} towers")
+    k = _int(info, K.ClipAudio.Projector.STACK_FACTOR, 1 << 32, lo=0)
+    if k <= 0 or N_ENCODER_FRAMES % k:
+        raise ModelFileError(f"{path.name}: stack factor {k} must divide {N_ENCODER_FRAMES} (mtmd aborts otherwise)")
+    _check_audio_projector(info, enc, proj, k, llm_dim)
+    return info
+
+
+# Audio projectors of the published families (mtmd's clip.cpp), as tensors around the Whisper encoder
+AUDIO_PROJECTORS = (
+    gguf.VisionProjectorType.ULTRAVOX, gguf.VisionProjectorType.QWEN2A, gguf.VisionProjectorType.QWEN25O,
+    gguf.VisionProjectorType.VOXTRAL,
+)
+
+
+def validate_audio_mmproj(path: Path, llm_dim: int) -> GGUFInfo:
+    """Check a published audio mmproj (Ultravox with any stack factor, Qwen2-Audio/Omni, Voxtral):
+    the Whisper encoder and the projector's tensors, before mtmd (or llasm's own projector) reads them."""
+    path = Path(path)
+    info, enc = _read_audio_mmproj(path)
+    proj = info.fields.get(K.ClipAudio.PROJECTOR_TYPE) or info.fields.get(K.Clip.PROJECTOR_TYPE)
+    if proj not in AUDIO_PROJECTORS:
+        raise ModelFileError(f"{path.name}: audio projector type {_show(proj)}; llasm runs "
+                             + ", ".join(repr(p) for p in AUDIO_PROJECTORS))
+    if info.fields.get(K.Clip.HAS_VISION_ENCODER) is True:
+        raise ModelFileError(f"{path.name} also holds a vision encoder, which llasm does not check or run; "
+                             "use an audio-only mmproj")
+    k = 0
+    if proj in (gguf.VisionProjectorType.ULTRAVOX, gguf.VisionProjectorType.VOXTRAL):
+        k = _int(info, K.ClipAudio.Projector.STACK_FACTOR, N_ENCODER_FRAMES)
+    _check_audio_projector(info, enc, proj, k, llm_dim)
+    return info
+
+
+@dataclass
+class _Encoder:
+    d: int
+    n_ff: int
+    n_layer: int
+    n_mels: int
+    out_dim: int
+
+
+def _read_audio_mmproj(path: Path) -> tuple[GGUFInfo, _Encoder]:
+    """Header, key types and the Whisper encoder's sizes of an audio mmproj."""
     info = read_gguf(path)
     arch = _str(info, K.General.ARCHITECTURE)
     if arch != MMPROJ_ARCH:
@@ -457,18 +505,16 @@ def validate_tower(path: Path, llm_dim: int) -> GGUFInfo:
     _float(info, K.ClipAudio.Attention.LAYERNORM_EPS)
     if info.fields.get(K.Clip.HAS_AUDIO_ENCODER) is not True:
         raise ModelFileError(f"{path.name}: the mmproj file has no audio encoder")
-    proj = info.fields.get(K.Clip.PROJECTOR_TYPE) or info.fields.get(K.ClipAudio.PROJECTOR_TYPE)
-    if proj != gguf.VisionProjectorType.ULTRAVOX:
-        raise ModelFileError(f"{path.name}: projector type {_show(proj)}; llasm runs {gguf.VisionProjectorType.ULTRAVOX!r} towers")
-    d = _int(info, K.ClipAudio.EMBEDDING_LENGTH, _MAX_WIDTH)
-    n_ff = _int(info, K.ClipAudio.FEED_FORWARD_LENGTH, _MAX_WIDTH * 4)
-    n_layer = _int(info, K.ClipAudio.BLOCK_COUNT, 1 << 12)
+    enc = _Encoder(
+        d=_int(info, K.ClipAudio.EMBEDDING_LENGTH, _MAX_WIDTH),
+        n_ff=_int(info, K.ClipAudio.FEED_FORWARD_LENGTH, _MAX_WIDTH * 4),
+        n_layer=_int(info, K.ClipAudio.BLOCK_COUNT, 1 << 12),
+        n_mels=0, out_dim=0,
+    )
     n_head = _int(info, K.ClipAudio.Attention.HEAD_COUNT, 1 << 12)
-    n_mels = _int(info, K.ClipAudio.NUM_MEL_BINS, 1024)
-    out_dim = _int(info, K.ClipAudio.PROJECTION_DIM, _MAX_WIDTH)
-    k = _int(info, K.ClipAudio.Projector.STACK_FACTOR, 1 << 32, lo=0)
-    if k <= 0 or N_ENCODER_FRAMES % k:
-        raise ModelFileError(f"{path.name}: stack factor {k} must divide {N_ENCODER_FRAMES} (mtmd aborts otherwise)")
+    enc.n_mels = _int(info, K.ClipAudio.NUM_MEL_BINS, 1024)
+    enc.out_dim = _int(info, K.ClipAudio.PROJECTION_DIM, _MAX_WIDTH)
+    d = enc.d
     if d % n_head:
         raise ModelFileError(f"{path.name}: {n_head} heads do not divide width {d}")
     # Whisper attends with every head over its own slice: other values make mtmd's graph assert
@@ -479,10 +525,13 @@ def validate_tower(path: Path, llm_dim: int) -> GGUFInfo:
             f"{path.name}: key {KEY_AUDIO_HEAD_COUNT_KV!r} = {n_head_kv} and "
             f"{KEY_AUDIO_HEAD_DIM!r} = {head_dim} do not fit {n_head} heads over width {d} (mtmd aborts otherwise)"
         )
-    _check_layers(info, n_layer, 16)
-    mlp1 = _tensor(T.A_MMPROJ, 1)
-    shape1 = info.tensors.get(mlp1, ())
-    hidden = shape1[0] if len(shape1) == 2 else 0
+    _check_layers(info, enc.n_layer, 16)
+    return info, enc
+
+
+def _check_audio_projector(info: GGUFInfo, enc: _Encoder, proj: str, k: int, llm_dim: int) -> None:
+    """Every tensor of the Whisper encoder and of projector ``proj``: names, shapes and types."""
+    path, d, n_ff, n_mels, out_dim = info.path, enc.d, enc.n_ff, enc.n_mels, enc.out_dim
     pos, conv1, conv2 = _tensor(T.A_ENC_EMBD_POS), _tensor(T.A_ENC_CONV1D, 1), _tensor(T.A_ENC_CONV1D, 2)
     expected = {
         pos: (N_ENCODER_FRAMES, d),
@@ -492,12 +541,25 @@ def validate_tower(path: Path, llm_dim: int) -> GGUFInfo:
         _tensor(T.A_ENC_CONV1D, 2, BIAS): (d, 1),
         _tensor(T.A_POST_NORM): (d,),
         _tensor(T.A_POST_NORM, part=BIAS): (d,),
-        _tensor(T.A_MM_NORM_PRE): (d * k,),
-        mlp1: (hidden, d * k),
-        _tensor(T.A_MM_NORM_MID): (hidden // 2,),
-        _tensor(T.A_MMPROJ, 2): (out_dim, hidden // 2),
     }
-    for i in range(n_layer):
+    mlp1 = _tensor(T.A_MMPROJ, 1)
+    if proj == gguf.VisionProjectorType.ULTRAVOX:
+        shape1 = info.tensors.get(mlp1, ())
+        hidden = shape1[0] if len(shape1) == 2 else 0
+        if hidden == 0 or hidden % 2:
+            raise ModelFileError(f"{path.name}: tensor {mlp1!r} is missing or has an odd width")
+        expected |= {
+            _tensor(T.A_MM_NORM_PRE): (d * k,),
+            mlp1: (hidden, d * k),
+            _tensor(T.A_MM_NORM_MID): (hidden // 2,),
+            _tensor(T.A_MMPROJ, 2): (out_dim, hidden // 2),
+        }
+    elif proj == gguf.VisionProjectorType.VOXTRAL:  # stacks k frames; linear_1 -> GELU -> linear_2, no biases
+        expected |= {mlp1: (out_dim, d * k), _tensor(T.A_MMPROJ, 2): (out_dim, out_dim)}
+    else:  # qwen2a / qwen2.5o: one Linear with bias after the average pooling
+        fc = _tensor(T.A_MMPROJ_FC)
+        expected |= {fc: (out_dim, d), _tensor(T.A_MMPROJ_FC, part=BIAS): (out_dim,)}
+    for i in range(enc.n_layer):
         for kind in (T.A_ENC_ATTN_Q, T.A_ENC_ATTN_V, T.A_ENC_OUTPUT):
             expected |= {_tensor(kind, i): (d, d), _tensor(kind, i, BIAS): (d,)}
         expected |= {
@@ -507,8 +569,6 @@ def validate_tower(path: Path, llm_dim: int) -> GGUFInfo:
             _tensor(T.A_ENC_FFN_UP, i): (n_ff, d), _tensor(T.A_ENC_FFN_UP, i, BIAS): (n_ff,),
             _tensor(T.A_ENC_FFN_DOWN, i): (d, n_ff), _tensor(T.A_ENC_FFN_DOWN, i, BIAS): (d,),
         }
-    if hidden == 0 or hidden % 2:
-        raise ModelFileError(f"{path.name}: tensor {mlp1!r} is missing or has an odd width")
     _check_tensors(info, expected)
     for name in (pos, conv1, conv2):
         if info.types[name] not in (Q.F32.name, Q.F16.name):
@@ -522,7 +582,6 @@ def validate_tower(path: Path, llm_dim: int) -> GGUFInfo:
     if k_bias in info.tensors:
         raise ModelFileError(f"{path.name}: Whisper has no key bias, but {k_bias!r} is present")
     check_widths(out_dim, llm_dim, path.name)
-    return info
 
 
 def check_widths(tower_dim: int, llm_dim: int, what: str) -> None:

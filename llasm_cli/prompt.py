@@ -244,8 +244,11 @@ def tokenized(pieces: Sequence[Piece], tokenize: Tokenize) -> list[Piece]:
     return out
 
 
-def segments(engine, pieces: Sequence[Piece], clips: Sequence[np.ndarray], audio_start: int | None,
-             audio_end: int | None, bos: bool) -> list:
+Marker = int | Sequence[int] | None  # an audio span's start/end: a token, several (a published family's text), none
+
+
+def segments(engine, pieces: Sequence[Piece], clips: Sequence[np.ndarray], audio_start: Marker,
+             audio_end: Marker, bos: bool) -> list:
     """Token lists and embedding arrays for prompt pieces (clip i for audio piece i)."""
     return pieces_to_segments(pieces, engine.tokenize, clips, engine.bos if bos else None, engine.eos,
                               audio_start, audio_end)
@@ -253,11 +256,12 @@ def segments(engine, pieces: Sequence[Piece], clips: Sequence[np.ndarray], audio
 
 def pieces_to_segments(
     pieces: Sequence[Piece], tokenize: Tokenize, clips: Sequence, bos: int | None, eos: int,
-    audio_start: int | None, audio_end: int | None,
+    audio_start: Marker, audio_end: Marker,
 ) -> list:
     """Turn pieces into token lists and clips; consecutive tokens are merged into one list.
 
-    ``audio_start``/``audio_end`` None: the clips carry their own boundary rows."""
+    ``audio_start``/``audio_end`` None: the clips carry their own boundary rows; a list: those tokens."""
+    start, end = _marker(audio_start), _marker(audio_end)
     out: list = []
     tokens: list[int] = [bos] if bos is not None else []
     for p in tokenized(pieces, tokenize):
@@ -266,9 +270,13 @@ def pieces_to_segments(
         elif p.kind == "audio":
             if not 0 <= p.index < len(clips):
                 raise ValueError(f"audio piece {p.index} but {len(clips)} clips")
-            out += [tokens + ([audio_start] if audio_start is not None else []), clips[p.index]]
-            tokens = [audio_end] if audio_end is not None else []
+            out += [tokens + start, clips[p.index]]
+            tokens = list(end)
         else:  # tokens, answer
             tokens += p.ids
     out.append(tokens)
     return [s for s in out if len(s)]
+
+
+def _marker(m: Marker) -> list[int]:
+    return [] if m is None else [m] if isinstance(m, int) else list(m)

@@ -1,4 +1,11 @@
-"""The ggml backend: llama.cpp's mtmd runs the mmproj GGUF (projector type ``ultravox``)."""
+"""The ggml backend: llama.cpp's mtmd runs the audio mmproj GGUF.
+
+A llasm bundle's tower is projector type ``ultravox``. A published pair (published.py) brings its
+family's projector: ``qwen2a`` and ``ultravox`` with a stack factor dividing 1500 run in mtmd as they
+are; ``voxtral`` and ``ultravox`` with another stack factor (8, Ultravox's own) would abort the
+process inside mtmd, so mtmd runs their Whisper encoder alone and the projector runs in numpy
+(encoder_only.py).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +19,12 @@ from ..audio import MIN_SAMPLES
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, ModelFileError
 from ..gguf_check import validate_tower
+from ..published import PublishedPair
 from . import TowerBackend
+from .encoder_only import encoder_only_path, load_projector, needs_split, write_encoder_only
 
 
 class GgmlTower(TowerBackend):
-    name = "ggml"
-
     def __init__(self, bundle: Bundle, engine, variant: str | None = None, n_threads: int | None = None) -> None:
         super().__init__()
         native.init()
@@ -27,15 +34,27 @@ class GgmlTower(TowerBackend):
                 "this model's adaptor was trained on unpadded audio only, which llama.cpp's mtmd cannot feed "
                 "(it always pads to 30 s): use --backend onnx or torch"
             )
+        self.pair = bundle if isinstance(bundle, PublishedPair) else None
         path = bundle.tower_path(variant)
-        validate_tower(path, engine.n_embd)  # mtmd aborts the process on a malformed file
+        # mtmd aborts the process on a malformed file
+        info = self.pair.validate_tower(variant, engine.n_embd) if self.pair else validate_tower(path, engine.n_embd)
         mtmd_cpp.mtmd_log_set(native._log_callback, ctypes.c_void_p(0))
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = True
         params.print_timings = False
         params.warmup = False
         params.n_threads = n_threads or native.default_threads()
-        self.ctx = mtmd_cpp.mtmd_init_from_file(str(path).encode(), engine.model, params)
+        self.projector = None  # the numpy projector after an encoder-only mtmd model (split mode)
+        if self.pair is not None and needs_split(info.fields):
+            from ..cpu_probe import cache_dir
+
+            encoder = encoder_only_path(path, cache_dir() / "encoders")
+            if not encoder.is_file():
+                write_encoder_only(path, encoder)
+            self.projector = load_projector(path, info.fields)
+            self.ctx = mtmd_cpp.mtmd_init_from_file(str(encoder).encode(), None, params)
+        else:
+            self.ctx = mtmd_cpp.mtmd_init_from_file(str(path).encode(), engine.model, params)
         if not self.ctx:
             raise ModelFileError(f"mtmd could not load the audio tower {path}: {native.last_log()}")
         if not mtmd_cpp.mtmd_support_audio(self.ctx):
@@ -45,6 +64,12 @@ class GgmlTower(TowerBackend):
         self.adaptor = m.adaptor
         self.stack_factor = m.stack_factor
         self.tokens_per_window = m.tokens_per_window
+        self.width = int(info.fields["clip.audio.embedding_length"]) if self.projector else self.n_embd
+
+    def token_count(self, n_samples: int) -> int:
+        if self.pair is not None:
+            return self.pair.embeddings_per_window(n_samples)
+        return super().token_count(n_samples)
 
     def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         return [self._encode_one(w) for w in windows]
@@ -59,28 +84,41 @@ class GgmlTower(TowerBackend):
         )
         chunks = mtmd_cpp.mtmd_input_chunks_init()
         try:
+            self._tokenize(chunks, bitmap)
+            for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
+                chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
+                if mtmd_cpp.mtmd_input_chunk_get_type(chunk) != mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_AUDIO:
+                    continue  # a family's marker text (the prompt adds it itself)
+                n_tokens = mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
+                if mtmd_cpp.mtmd_encode_chunk(self.ctx, chunk) != 0:
+                    raise ModelFileError(f"mtmd failed to encode the audio: {native.last_log()}")
+                ptr = mtmd_cpp.mtmd_get_output_embd(self.ctx)
+                out = np.ctypeslib.as_array(ptr, shape=(n_tokens * self.width,)).copy().reshape(n_tokens, self.width)
+                if self.projector is not None:  # glma's boundary rows around the 1500 Whisper frames
+                    return np.ascontiguousarray(self.projector(out[1:-1]), dtype=np.float32)
+                return out  # first audio chunk = this window
+            raise ModelFileError("mtmd produced no audio chunk for the window")
+        finally:
+            mtmd_cpp.mtmd_input_chunks_free(chunks)
+            mtmd_cpp.mtmd_bitmap_free(bitmap)
+
+    def _tokenize(self, chunks, bitmap) -> None:
+        if self.projector is not None:  # no LLM vocabulary here: the bitmap alone, no marker text
+            part = mtmd_cpp.mtmd_input_part()
+            part.text = None
+            part.bitmap = bitmap
+            parts = (ctypes.POINTER(mtmd_cpp.mtmd_input_part) * 1)(ctypes.pointer(part))
+            rc = mtmd_cpp.mtmd_tokenize_from_parts(self.ctx, chunks, parts, 1, False)
+        else:
             text = mtmd_cpp.mtmd_input_text()
             text.text = self.marker
             text.text_len = len(self.marker)
             text.add_special = False
             text.parse_special = False
             bitmaps = (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            if mtmd_cpp.mtmd_tokenize(self.ctx, chunks, ctypes.byref(text), bitmaps, 1) != 0:
-                raise ModelFileError(f"mtmd could not preprocess the audio: {native.last_log()}")
-            for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
-                chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
-                if mtmd_cpp.mtmd_input_chunk_get_type(chunk) != mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_AUDIO:
-                    continue
-                n_tokens = mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
-                if mtmd_cpp.mtmd_encode_chunk(self.ctx, chunk) != 0:
-                    raise ModelFileError(f"mtmd failed to encode the audio: {native.last_log()}")
-                ptr = mtmd_cpp.mtmd_get_output_embd(self.ctx)
-                out = np.ctypeslib.as_array(ptr, shape=(n_tokens * self.n_embd,)).copy()
-                return out.reshape(n_tokens, self.n_embd)  # first audio chunk = this window
-            raise ModelFileError("mtmd produced no audio chunk for the window")
-        finally:
-            mtmd_cpp.mtmd_input_chunks_free(chunks)
-            mtmd_cpp.mtmd_bitmap_free(bitmap)
+            rc = mtmd_cpp.mtmd_tokenize(self.ctx, chunks, ctypes.byref(text), bitmaps, 1)
+        if rc != 0:
+            raise ModelFileError(f"mtmd could not preprocess the audio: {native.last_log()}")
 
     def close(self) -> None:
         if getattr(self, "ctx", None):

@@ -1,0 +1,188 @@
+"""mtmd runs the Whisper encoder alone; the audio projector runs here, in numpy.
+
+Why: for two published families the vendored mtmd counts fewer embeddings than its graph makes,
+and ``clip.cpp`` aborts the process ("expected output 187 tokens, got 188"):
+
+- Ultravox with a stack factor that does not divide 1500 (8, what fixie-ai trains): the count aligns
+  the 3000 mel frames to k and halves (3000 / 8 / 2 = 187), the graph stacks the 1500 encoder frames
+  with zero padding (ceil(1500 / 8) = 188);
+- Voxtral: the count and the graph both average frame pairs first (1500 -> 750) and then stack 4:
+  187 counted, 188 made. (Hugging Face's Voxtral does not average: it stacks 4 of the 1500 frames,
+  375 embeddings per 30 s, and that is what runs here.)
+
+No input length changes this (mtmd always cuts 3000-frame windows), so the mmproj is rewritten once
+into an encoder-only file that mtmd runs without a mismatch: projector type ``glma`` with stack factor
+1 (count 1500 + 2 = graph 1500 + 2), the Whisper ``post_ln`` moved into glma's pre-norm (the same
+LayerNorm), and an identity feed-forward: ``W1 = [I; -I]``, ``W2 = [I, -I]`` with GELU between them,
+exact because ``gelu(x) - gelu(-x) = x``. Its output is the 1500 Whisper frames (between glma's two
+boundary rows, which are dropped); the family's projector then runs on them with the weights of the
+original file.
+
+The encoder-only file is written into llasm's cache (about the size of the mmproj) the first time a
+model is used, and reused while the source file is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from ..errors import ModelFileError
+
+K, T = gguf.Keys, gguf.MODEL_TENSOR
+ULTRAVOX, VOXTRAL = gguf.VisionProjectorType.ULTRAVOX, gguf.VisionProjectorType.VOXTRAL
+GLMA = gguf.VisionProjectorType.GLMA
+N_FRAMES = 1500  # Whisper encoder frames in one 30 s window
+RMS_EPS = 1e-6  # mtmd's and Ultravox's RMSNorm epsilon
+VOXTRAL_STACK = 4  # Hugging Face Voxtral: intermediate_size // hidden_size
+FORMAT_VERSION = 1  # of the encoder-only file; part of its cache key
+
+
+def _name(kind: gguf.MODEL_TENSOR, bid: int | None = None, part: str = "weight") -> str:
+    return f"{gguf.TENSOR_NAMES[kind].format(bid=bid)}.{part}"
+
+
+POST_LN = (_name(T.A_POST_NORM), _name(T.A_POST_NORM, part="bias"))
+PROJECTOR_PREFIX = "mm."  # every projector tensor (mm.a.mlp.1.weight, mm.a.norm_pre.weight, ...)
+
+
+def projector_type(fields: dict) -> str | None:
+    return fields.get(K.ClipAudio.PROJECTOR_TYPE) or fields.get(K.Clip.PROJECTOR_TYPE)
+
+
+def needs_split(fields: dict) -> bool:
+    """Whether mtmd's own graph for this mmproj aborts (see the module's docstring)."""
+    proj = projector_type(fields)
+    k = fields.get(K.ClipAudio.Projector.STACK_FACTOR, 0)
+    return proj == VOXTRAL or (proj == ULTRAVOX and isinstance(k, int) and k > 0 and N_FRAMES % k != 0)
+
+
+# --- the projectors --------------------------------------------------------------------------
+
+
+def _rms_norm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + RMS_EPS) * w
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return 0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float32])(x / math.sqrt(2.0)))
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def stack_frames(frames: np.ndarray, k: int) -> np.ndarray:
+    """(T, d) -> (ceil(T / k), k d): k consecutive frames side by side, zeros after the last one."""
+    n = -(-frames.shape[0] // k)
+    padded = np.zeros((n * k, frames.shape[1]), dtype=np.float32)
+    padded[: frames.shape[0]] = frames
+    return padded.reshape(n, k * frames.shape[1])
+
+
+class Projector:
+    """The family's projector on Whisper frames: (1500, d) -> (rows, n_embd)."""
+
+    def __init__(self, proj: str, k: int, weights: dict[str, np.ndarray]) -> None:
+        self.proj, self.k, self.w = proj, k, weights
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:  # (T, d)
+        w = self.w
+        if self.proj == ULTRAVOX:
+            # StackAudioFrames -> RMSNorm -> Linear -> SwiGLU (silu on the second half) -> RMSNorm -> Linear
+            x = _rms_norm(stack_frames(frames, self.k), w[_name(T.A_MM_NORM_PRE)])  # (T/k, k d)
+            h = x @ w[_name(T.A_MMPROJ, 1)].T  # (T/k, H)
+            half = h.shape[1] // 2
+            h = h[:, :half] * _silu(h[:, half:])
+            return _rms_norm(h, w[_name(T.A_MM_NORM_MID)]) @ w[_name(T.A_MMPROJ, 2)].T
+        # Voxtral: 4 frames stacked -> Linear -> GELU -> Linear (no biases)
+        x = stack_frames(frames, self.k)  # (T/4, 4 d)
+        return _gelu(x @ w[_name(T.A_MMPROJ, 1)].T) @ w[_name(T.A_MMPROJ, 2)].T
+
+    def rows(self, n_frames: int = N_FRAMES) -> int:
+        return -(-n_frames // self.k)
+
+
+def load_projector(path: Path, fields: dict) -> Projector:
+    """The projector's weights from an mmproj GGUF, dequantized to float32."""
+    proj = projector_type(fields)
+    k = VOXTRAL_STACK if proj == VOXTRAL else int(fields[K.ClipAudio.Projector.STACK_FACTOR])
+    reader = gguf.GGUFReader(path)
+    weights = {}
+    for t in reader.tensors:
+        if t.name.startswith(PROJECTOR_PREFIX):
+            data = gguf.quants.dequantize(t.data, t.tensor_type)
+            weights[t.name] = np.ascontiguousarray(data.reshape(tuple(int(d) for d in reversed(t.shape))),
+                                                   dtype=np.float32)
+    return Projector(proj, k, weights)
+
+
+# --- the encoder-only mmproj ----------------------------------------------------------------
+
+
+def encoder_only_path(src: Path, cache: Path) -> Path:
+    """Where the encoder-only copy of ``src`` lives in the cache (keyed by the file and its state)."""
+    st = src.stat()
+    key = f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{FORMAT_VERSION}"
+    return cache / f"encoder-{hashlib.sha256(key.encode()).hexdigest()[:20]}.gguf"
+
+
+def write_encoder_only(src: Path, out: Path) -> None:
+    """Rewrite an audio mmproj as projector type glma with an identity projector (module docstring)."""
+    from ..files import atomic_path
+
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
+    skip = {K.General.ARCHITECTURE, K.General.ALIGNMENT, K.Clip.PROJECTOR_TYPE, K.ClipAudio.PROJECTOR_TYPE,
+            K.ClipAudio.Projector.STACK_FACTOR, K.ClipAudio.PROJECTION_DIM, K.Clip.HAS_VISION_ENCODER}
+    for field in reader.fields.values():
+        if field.name in skip or field.name.startswith("GGUF."):
+            continue
+        _copy_field(writer, field)
+    writer.add_clip_projector_type(GLMA)
+    writer.add_audio_stack_factor(1)
+    d = None
+    post = {}
+    for t in reader.tensors:
+        if t.name.startswith(PROJECTOR_PREFIX):
+            continue
+        if t.name in POST_LN:
+            post[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
+            continue
+        if t.name == _name(T.A_ENC_EMBD_POS):
+            d = int(t.shape[0])
+        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)  # bytes as they are
+    if d is None or set(post) != set(POST_LN):
+        raise ModelFileError(f"{src.name}: the Whisper encoder's position embeddings or post_ln are missing")
+    writer.add_audio_projection_dim(d)
+    eye = np.eye(d, dtype=np.float32)
+    writer.add_tensor(_name(T.A_MM_NORM_PRE), post[POST_LN[0]])
+    writer.add_tensor(_name(T.A_MM_NORM_PRE, part="bias"), post[POST_LN[1]])
+    writer.add_tensor(_name(T.A_MMPROJ, 1), np.concatenate([eye, -eye]))  # (2d, d): x -> [x, -x]
+    writer.add_tensor(_name(T.A_MMPROJ, 1, "bias"), np.zeros(2 * d, dtype=np.float32))
+    writer.add_tensor(_name(T.A_MMPROJ, 2), np.concatenate([eye, -eye], axis=1))  # (d, 2d): gelu(x) - gelu(-x) = x
+    writer.add_tensor(_name(T.A_MMPROJ, 2, "bias"), np.zeros(d, dtype=np.float32))
+    for boundary in (T.V_TOK_BOI, T.V_TOK_EOI):  # glma's two boundary rows ("v.boi", no suffix); dropped
+        writer.add_tensor(gguf.TENSOR_NAMES[boundary], np.zeros(d, dtype=np.float32))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+
+def _copy_field(writer: gguf.GGUFWriter, field) -> None:
+    """One key-value pair as it is in the source file."""
+    vtype = field.types[0]
+    if vtype == gguf.GGUFValueType.ARRAY:
+        etype = field.types[1] if len(field.types) > 1 else gguf.GGUFValueType.INT32
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=etype)
+    else:
+        writer.add_key_value(field.name, field.contents(), vtype)
