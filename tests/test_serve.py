@@ -460,3 +460,34 @@ def test_a_shared_prefix_is_copied_from_a_busy_sequence(served, ref):
     conv.add_user(text=question)
     assert r.choices[0].message.content == "".join(conv.respond(Sampling(temperature=0), 64)).strip()
     assert len(ref.engine.tokenize(system)) < r.usage.prompt_tokens_details.cached_tokens < r.usage.prompt_tokens
+
+
+def test_tiny_random_bundle_with_the_ggml_tower(swiglu, question_wav):
+    """Any bundle serves, here a tiny random one built at test time, its f32 variant (exact KV and
+    attention) and the ggml (mtmd) tower in the encoder thread: the answer and the counts are
+    llasm's own."""
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.audio import load_audio
+    from llasm_cli.conversation import Conversation
+    from llasm_cli.engine import Sampling
+    from llasm_cli.serve import ServerThread, ServeSettings, close_server, load_server
+
+    srv = load_server(swiglu[1], ServeSettings(parallel=2, queue=0, n_ctx=512), backend="ggml", variant="f32")
+    try:
+        with ServerThread(srv) as st:
+            c = openai.OpenAI(base_url=st.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+            r = ask(c, [user("please answer:", audio_part(question_wav))], max_tokens=8)
+    finally:
+        close_server(srv)
+    bot = Assistant(swiglu[1], backend="ggml", llm_variant="f32")
+    try:
+        conv = Conversation(bot)
+        audio = load_audio(question_wav)
+        conv.add_user(audio, text="please answer:")
+        expected = "".join(conv.respond(Sampling(temperature=0), 8))
+        assert r.choices[0].message.content == expected.lstrip()
+        assert r.usage.completion_tokens == conv.stats.answer_tokens
+        assert r.usage.prompt_tokens == conv.stats.prompt_tokens
+        assert r.usage.prompt_tokens_details.audio_tokens == bot.audio_positions(audio.size)
+    finally:
+        bot.close()
