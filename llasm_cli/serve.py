@@ -560,7 +560,7 @@ def close_server(server: Server) -> None:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; failure is a ``ServeError`` that says why."""
+    """A listening TCP socket (clients may connect as soon as it returns); failure is a ``ServeError``."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -570,6 +570,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
+        sock.listen(2048)  # connections wait in the backlog from now on, before uvicorn accepts any
     except OSError as exc:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -600,9 +601,8 @@ def _uvicorn(server: Server, verbose: bool):
     return uvicorn.Server(config)
 
 
-def run(server: Server, host: str, port: int, verbose: bool = False, announce=None) -> None:
-    """Serve until Ctrl-C (or SIGTERM). ``announce`` gets the one line saying where."""
-    sock = bind(host, port)
+def run(server: Server, sock: socket.socket, verbose: bool = False, announce=None) -> None:
+    """Serve on ``sock`` (from ``bind``) until Ctrl-C or SIGTERM. ``announce`` gets the lines saying where."""
     say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
     if not is_loopback(sock) and server.settings.api_key is None:
         say(f"warning: listening on {sock.getsockname()[0]} without --api-key: anyone who can reach this "

@@ -491,3 +491,20 @@ def test_tiny_random_bundle_with_the_ggml_tower(swiglu, question_wav):
         assert r.usage.prompt_tokens_details.audio_tokens == bot.audio_positions(audio.size)
     finally:
         bot.close()
+
+
+def test_cli_port_taken_exits_15():
+    """`llasm serve` on a port that is taken: one line on stderr and exit code 15, before any model loads."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "llasm_cli", "serve", "--port", str(port)], capture_output=True,
+                             text=True, timeout=120)
+    assert res.returncode == 15, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "Traceback" not in res.stderr, res.stderr
