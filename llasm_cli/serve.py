@@ -601,15 +601,22 @@ def _uvicorn(server: Server, verbose: bool):
     return uvicorn.Server(config)
 
 
-def run(server: Server, sock: socket.socket, verbose: bool = False, announce=None) -> None:
-    """Serve on ``sock`` (from ``bind``) until Ctrl-C or SIGTERM. ``announce`` gets the lines saying where."""
-    say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
-    if not is_loopback(sock) and server.settings.api_key is None:
-        say(f"warning: listening on {sock.getsockname()[0]} without --api-key: anyone who can reach this "
-            "port can use the model")
+def startup_lines(server: Server, sock: socket.socket) -> list[str]:
+    """What ``llasm serve`` says when it starts: where, how much, and a warning when it is open to others."""
     s = server.settings
-    say(f"llasm serve: {server.name} at {url_of(sock)}/v1 ({s.parallel} conversations at once, "
-        f"{server.n_ctx_seq} positions each, queue {s.queue}); Ctrl-C stops")
+    lines = []
+    if not is_loopback(sock) and s.api_key is None:
+        lines.append(f"warning: listening on {sock.getsockname()[0]} without --api-key: anyone who can reach "
+                     "this port can use the model")
+    lines.append(f"llasm serve: {server.name} at {url_of(sock)}/v1 ({s.parallel} conversations at once, "
+                 f"{server.n_ctx_seq} positions each, queue {s.queue}); Ctrl-C stops")
+    return lines
+
+
+def run(server: Server, sock: socket.socket, verbose: bool = False) -> None:
+    """Serve on ``sock`` (from ``bind``) until Ctrl-C or SIGTERM; the start-up lines go to stderr."""
+    for line in startup_lines(server, sock):
+        print(line, file=sys.stderr, flush=True)
     _uvicorn(server, verbose).run(sockets=[sock])
 
 

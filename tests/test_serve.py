@@ -508,3 +508,20 @@ def test_cli_port_taken_exits_15():
     assert res.returncode == 15, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "Traceback" not in res.stderr, res.stderr
+
+
+def test_startup_warns_when_open_to_others_without_a_key(served):
+    import socket
+
+    from llasm_cli.serve import bind, startup_lines
+
+    srv = served[0]
+    with bind("127.0.0.1", 0) as local, socket.socket() as everywhere:
+        everywhere.bind(("0.0.0.0", 0))  # bound, never listening: nothing can reach it
+        assert not any(line.startswith("warning") for line in startup_lines(srv, local))
+        assert startup_lines(srv, everywhere)[0].startswith("warning: listening on 0.0.0.0 without --api-key")
+        srv.settings.api_key = "k"
+        try:
+            assert not any(line.startswith("warning") for line in startup_lines(srv, everywhere))
+        finally:
+            srv.settings.api_key = None
