@@ -28,7 +28,9 @@ app = typer.Typer(
 
 ModelOpt = typer.Option(
     None, "--model", "-m", envvar="LLASM_MODEL",
-    help="Bundle directory (from `llasm export`). Env: LLASM_MODEL. Default: the built-in demo model.",
+    help="Bundle directory (from `llasm export`), a folder or LLM GGUF of a published speech model (its mmproj "
+    "beside it), a name from `llasm models` or hf:owner/repo (as `llasm pull` cached it). Env: LLASM_MODEL. "
+    "Default: the built-in demo model.",
 )
 BackendOpt = typer.Option(
     "auto", "--backend", help="Audio tower backend: auto (the fastest here, measured once), onnx (ONNX Runtime), ggml (llama.cpp) or torch."
@@ -72,9 +74,12 @@ def _root(
 
 
 def _need_model(model: Optional[Path]) -> Path:
-    """The bundle to run: --model, else $LLASM_MODEL, else the demo model shipped in the package."""
+    """The bundle to run: --model, else $LLASM_MODEL, else the demo model shipped in the package.
+    A registered name or hf:owner/repo is its snapshot in the Hugging Face cache."""
     if model is not None:
-        return model
+        from .published import resolve_model
+
+        return resolve_model(str(model))
     from .bundle import demo_bundle_path
 
     demo = demo_bundle_path()
@@ -279,7 +284,9 @@ def _has_input_device() -> bool:
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Argument(..., help="llasm checkpoint directory (llasm.json, llm/, whisper/, adaptor)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="llasm checkpoint directory (llasm.json, llm/, whisper/, adaptor), or a Hugging Face Ultravox checkpoint."
+    ),
     out: Path = typer.Argument(..., help="Bundle directory to create."),
     types: list[str] = typer.Option(
         ["f16"], "--type", help="LLM precision(s): f32, f16, q8_0, q5_k_m, q4_k_m (repeat for several)."
@@ -289,18 +296,35 @@ def export(
     ),
     name: Optional[str] = typer.Option(None, "--name", help="Model name stored in the bundle."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    llm: Optional[Path] = typer.Option(
+        None, "--llm", help="Ultravox: the LLM, a GGUF file or a Llama folder (default: the config's text_model_id, "
+        "from the Hugging Face cache)."
+    ),
 ) -> None:
     """Convert a training checkpoint into a runnable bundle (GGUF LLM + audio tower + manifest).
 
-    Example:
+    A Hugging Face Ultravox checkpoint becomes an LLM GGUF + audio mmproj GGUF folder (as llama.cpp
+    publishes them), which runs with `llasm ask -m OUT`.
+
+    Examples:
 
       llasm export runs/stage2/final my-bundle --type f16 --type f32
+
+      llasm export ultravox-checkpoint my-ultravox --llm Llama-3.2-1B-Instruct-Q4_K_M.gguf
     """
     try:
         from llasm_export.bundle import export_bundle
+        from llasm_export.ultravox import export_ultravox, is_ultravox
     except ImportError as exc:
         raise LlasmError(f"exporting needs the training extras ({exc.name} is missing): pip install 'llasm[train]'") from None
     from .ui import err_console
+
+    if is_ultravox(checkpoint):
+        with err_console.status("exporting") as status:
+            written = export_ultravox(checkpoint, out, llm, tuple(types), (tower_types or ["f16"])[0], name=name,
+                                      overwrite=force, progress=lambda s: status.update(s))
+        err_console.print(f"wrote {out}: " + ", ".join(f.name for f in written))
+        return
 
     with err_console.status("exporting") as status:
         manifest = export_bundle(
@@ -312,13 +336,14 @@ def export(
 
 
 @app.command()
-def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help="Bundle directory.")) -> None:
+def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help="Bundle or published model (as --model).")) -> None:
     """Show what a bundle holds and check every file in it."""
-    from .bundle import load_bundle
-    from .gguf_check import validate_llm, validate_tower
+    from .gguf_check import validate_audio_mmproj, validate_llm, validate_tower
+    from .published import PublishedPair, open_model
     from .ui import console
 
-    bundle = load_bundle(_need_model(model))
+    bundle = open_model(_need_model(model))
+    check_tower = validate_audio_mmproj if isinstance(bundle, PublishedPair) else validate_tower
     m = bundle.manifest
     console.print(f"[bold]{m.name}[/]  adaptor {m.adaptor}, LLM width {m.llm_dim}, {m.tokens_per_window} embeddings / 30 s")
     for variant in m.llm_files:
@@ -327,7 +352,7 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
         console.print(f"  llm   {variant:5} {path.name:24} {path.stat().st_size / 1e6:9.1f} MB  ok")
     for variant in m.tower_files:
         path = bundle.tower_path(variant)
-        validate_tower(path, m.llm_dim)
+        check_tower(path, m.llm_dim)
         console.print(f"  tower {variant:5} {path.name:24} {path.stat().st_size / 1e6:9.1f} MB  ok")
     if m.torch_tower:
         console.print(f"  tower torch {bundle.torch_tower_path().name}/")
@@ -347,7 +372,7 @@ def pull_command(
 
     Exit codes: 10 no such model, 11 gated, 12 no network, 13 disk full, 14 checksum mismatch.
 
-    llasm cannot run these published models yet (only llasm bundles run).
+    The models marked "runs" in `llasm models` then run with `llasm ask -m NAME` (or hf:owner/repo).
 
     Examples:
 
@@ -364,9 +389,11 @@ def pull_command(
     path = pull(name, revision, progress=False if quiet else None)
     typer.echo(str(path))
     model = resolve(name).model
-    if model is None or model.status != RUNS:
-        err_console.print(f"note: llasm cannot run {model.name if model else name} yet (only llasm bundles run); "
-                          "the files are ready for when it can", highlight=False, soft_wrap=True)
+    if model is not None and model.status == RUNS:
+        err_console.print(f"run it: llasm ask question.wav -m {model.name}", highlight=False, soft_wrap=True)
+    elif model is not None:
+        err_console.print(f"note: llasm cannot run {model.name} yet ({model.status}); the files are ready for when "
+                          "it can", highlight=False, soft_wrap=True)
 
 
 @app.command("models")

@@ -33,7 +33,10 @@ DEFAULT_TEMPLATE = (
     "{% else %}ASSISTANT:{{ message['content'] }}{{ eos_token }}\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
-_STAND_IN = "\x1e{}\x1e"  # stands in for message i's content while the template is rendered
+# Stands in for message i's content while the template is rendered. Private-use characters: Python
+# counts "\x1e" as whitespace, and a template's ``content | trim`` (Llama 3's) would strip it away.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_STAND_IN = _OPEN + "{}" + _CLOSE
 
 
 class AudioSlot:
@@ -148,7 +151,7 @@ def _render(template, contents, messages, bos_token, eos_token, add_generation_p
 
 def split_text(text: str, eos_text: str) -> list[Piece]:
     """Cut rendered template text at EOS strings and content stand-ins (``answer`` pieces, index = message)."""
-    marks = ["\x1e(\\d+)\x1e"] + ([re.escape(eos_text)] if eos_text else [])
+    marks = [f"{_OPEN}(\\d+){_CLOSE}"] + ([re.escape(eos_text)] if eos_text else [])
     pieces, pos = [], 0
     for m in re.finditer("|".join(marks), text):
         if m.start() > pos:

@@ -207,7 +207,7 @@ def find_pair(folder: Path) -> PublishedPair | None:
                               "move one away or give the LLM GGUF's path")
         kind[variant] = path
     if not llms or not towers:
-        missing = "an audio mmproj (mmproj-*.gguf)" if llms else "an LLM GGUF"
+        missing = "audio mmproj (mmproj-*.gguf)" if llms else "LLM GGUF"
         raise BundleError(f"{folder} holds GGUF files but no {missing}; a published speech model needs both")
     return PublishedPair(folder, llms, towers)
 

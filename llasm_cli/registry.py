@@ -1,8 +1,9 @@
 """Speech LLMs people already have: short names for their Hugging Face repositories.
 
-Each entry says which files ``llasm pull`` fetches and what llasm can do with them today. None of
-these published models runs in llasm yet: llasm runs its own bundles (``llasm export``); pulling
-them now puts the files in the standard Hugging Face cache for the runtime support that comes next.
+Each entry says which files ``llasm pull`` fetches and what llasm can do with them today. The GGUF
+pairs (an LLM and an audio mmproj, for llama.cpp's mtmd) of Ultravox and Voxtral run as they are
+(``llasm ask -m ultravox-1b``; published.py); the others are fetched into the standard Hugging Face
+cache for runtime support that comes later.
 
 ``files`` is a list of choices: each choice is a tuple of glob patterns in order of preference,
 and the first pattern that matches any file of the repository is fetched (all of its matches).
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 RUNS = "runs"
 DOWNLOAD_ONLY = "download only: support is coming"
+MROPE = "download only: its LLM needs M-RoPE positions (llama-mtmd-cli runs it)"
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class KnownModel:
     files: tuple[tuple[str, ...], ...]  # choices of glob patterns, see the module's docstring
     description: str  # one line
     size: str  # approximate download, as people read it ("2.2 GB")
-    status: str  # RUNS or DOWNLOAD_ONLY
+    status: str  # RUNS, or why it does not run yet
 
 
 MODELS: tuple[KnownModel, ...] = (
@@ -33,7 +35,7 @@ MODELS: tuple[KnownModel, ...] = (
         files=(("*Q4_K_M.gguf", "*Q8_0.gguf"), ("mmproj-*f16.gguf", "mmproj-*.gguf")),
         description="Ultravox 0.5 on Llama 3.2 1B (Whisper encoder + projector), laptop size; GGUF for llama.cpp's mtmd",
         size="2.2 GB",
-        status=DOWNLOAD_ONLY,
+        status=RUNS,
     ),
     KnownModel(
         name="ultravox-8b",
@@ -41,7 +43,7 @@ MODELS: tuple[KnownModel, ...] = (
         files=(("*Q4_K_M.gguf", "*Q8_0.gguf"), ("mmproj-*f16.gguf", "mmproj-*.gguf")),
         description="Ultravox 0.5 on Llama 3.1 8B: better answers, needs about 8 GB of memory; GGUF for llama.cpp's mtmd",
         size="6.3 GB",
-        status=DOWNLOAD_ONLY,
+        status=RUNS,
     ),
     KnownModel(
         name="voxtral-3b",
@@ -49,7 +51,7 @@ MODELS: tuple[KnownModel, ...] = (
         files=(("*Q4_K_M.gguf", "*Q8_0.gguf"), ("mmproj-*Q8_0.gguf", "mmproj-*f16.gguf", "mmproj-*.gguf")),
         description="Mistral's Voxtral Mini 3B: speech understanding and transcription; GGUF for llama.cpp's mtmd",
         size="3.2 GB",
-        status=DOWNLOAD_ONLY,
+        status=RUNS,
     ),
     KnownModel(
         name="qwen2.5-omni-3b",
@@ -57,7 +59,7 @@ MODELS: tuple[KnownModel, ...] = (
         files=(("*Q4_K_M.gguf", "*Q8_0.gguf"), ("mmproj-*Q8_0.gguf", "mmproj-*f16.gguf", "mmproj-*.gguf")),
         description="Qwen2.5-Omni 3B, its audio path (the projector also holds the vision encoder); text answers only",
         size="3.6 GB",
-        status=DOWNLOAD_ONLY,
+        status=MROPE,
     ),
     KnownModel(
         name="llasm-cllama2",

@@ -226,7 +226,7 @@ def test_pull_fetches_the_registered_files_once(hub, tmp_path):
     assert sorted(p.name for p in snapshot.iterdir()) == sorted([LLM, MMPROJ])  # the Q4_K_M and the projector
     for name in (LLM, MMPROJ):
         assert (snapshot / name).read_bytes() == files[name]
-    assert "cannot run ultravox-1b yet" in res.stderr
+    assert "llasm ask question.wav -m ultravox-1b" in res.stderr  # it runs (test_published runs a pulled pair)
     assert (snapshot.parent.parent / "refs" / "main").read_text() == COMMIT
     assert not list((snapshot.parent.parent / "blobs").glob("*.incomplete"))
 
@@ -244,7 +244,7 @@ def test_pull_fetches_the_registered_files_once(hub, tmp_path):
     rows = {line.split()[0]: line for line in listing.stdout.splitlines() if line.startswith("  ") and line[2] != " "}
     assert {"ultravox-1b", "ultravox-8b", "voxtral-3b", "qwen2.5-omni-3b", "llasm-cllama2", "whisper-large-v2"} <= set(rows)
     assert rows["ultravox-1b"].split()[3] == "cached" and rows["voxtral-3b"].split()[3] == "-"
-    assert "download only: support is coming" in rows["ultravox-1b"]
+    assert rows["ultravox-1b"].rstrip().endswith("runs") and "M-RoPE" in rows["qwen2.5-omni-3b"]
 
 
 def test_pull_a_repo_gets_every_file_and_checks_git_blob_ids(hub, tmp_path):

@@ -31,6 +31,7 @@ from llasm_cli.prompt import (
     DEFAULT_TEMPLATE,
     Message,
     Piece,
+    _STAND_IN,
     dialogue_pieces,
     pieces_to_segments,
     prompt_pieces,
@@ -241,7 +242,7 @@ def test_template_errors_are_template_errors():
 
 
 def test_split_text_cuts_at_eos_and_stand_ins():
-    pieces = split_text("a</s>b\x1e12\x1ec</s>", "</s>")
+    pieces = split_text("a</s>b" + _STAND_IN.format(12) + "c</s>", "</s>")
     assert kinds(pieces) == [
         ("text", "a", -1, []), ("eos", "", -1, []), ("text", "b", -1, []), ("answer", "", 12, []),
         ("text", "c", -1, []), ("eos", "", -1, []),
