@@ -4,6 +4,13 @@ Input modes: ``mic`` (hands-free, the voice-activity endpointer decides when a t
 ``ptt`` (Enter starts and stops recording) and ``text`` (typed only). In every mode typed lines
 work too; a typed line ending with ':' waits for the next spoken turn and goes with it
 (e.g. ``translate this to Chinese:`` then say the sentence).
+
+Speech from the microphone is streamed into the conversation while it is spoken
+(``Conversation.begin_audio``): from the moment the endpointer hears speech (with the pre-roll
+it keeps), or push-to-talk starts, each block goes to the turn, and a chunked model encodes and
+prefills it at once. At the end of speech only the last chunk and the first token remain. A turn
+that is not sent (no speech in a push-to-talk recording, a typed line, Ctrl-C) is cancelled,
+which takes it back out of the KV cache.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from rich.live import Live
 from rich.text import Text
 
 from .audio import SAMPLE_RATE, load_audio
-from .conversation import Conversation
+from .conversation import AudioTurnStream, Conversation, TurnStats
+from .endpoint import SpeechEnd
 from .engine import Sampling
 from .errors import LlasmError, MicrophoneError, NoSpeechError
 from .keys import KeyReader
@@ -42,6 +50,49 @@ class ChatSettings:
     sampling: Sampling | None = None
     max_tokens: int | None = None
     max_audio: float | None = None  # longest audio file accepted (seconds)
+
+
+class LiveTurn:
+    """A spoken turn fed to the conversation while it is heard. A refusal (the context cannot hold
+    it) is kept in ``error`` to show at the end of speech; the rest of the audio is then dropped."""
+
+    def __init__(self, conv: Conversation, text: str | None) -> None:
+        self.fed = 0  # samples fed so far
+        self.error: LlasmError | None = None
+        self.stream: AudioTurnStream | None = None
+        try:
+            self.stream = conv.begin_audio(text=text)
+        except LlasmError as exc:
+            self.error = exc
+
+    def feed(self, samples: np.ndarray) -> None:
+        if samples.size and self.stream is not None:
+            try:
+                self.stream.feed(samples)
+            except LlasmError as exc:  # the stream has taken the turn back already
+                self.error, self.stream = exc, None
+        self.fed += samples.size
+
+    def cancel(self) -> None:
+        if self.stream is not None:
+            self.stream.cancel()
+            self.stream = None
+
+
+def stats_line(st: TurnStats) -> str:
+    """The --stats line after an answer. A streamed turn's times run from the end of speech; the
+    decode rate counts every token decoded after the first, so a one-token answer has one too."""
+    head = f"audio {st.audio_seconds:.1f} s · encode {st.encode_ms:.0f} ms · prefill {st.prefill_ms:.0f} ms"
+    first = f"first token {st.first_token_ms:.0f} ms"
+    if st.streamed:
+        first += (f" after end of speech ({st.early_audio_seconds:.1f} s of audio, {st.early_positions} positions "
+                  f"prefilled while you spoke, {st.early_ms:.0f} ms)")
+    tokens = f"{st.answer_tokens} token{'s' * (st.answer_tokens != 1)}"
+    if st.decode_ms_per_token is None:
+        rate = "decode n/a"
+    else:
+        rate = f"decode {st.decode_ms_per_token:.0f} ms/token ({st.decode_tokens_per_s:.0f} tok/s)"
+    return f"{head} · {first} · {tokens} · {rate}"
 
 
 def level_bar(db: float, width: int = 16) -> str:
@@ -80,8 +131,9 @@ class ChatApp:
                     break
                 kind, payload = item
                 if kind == "audio":  # hands-free turns passed the voice-activity detector already
-                    self._spoken_turn(payload, f"{payload.size / SAMPLE_RATE:.1f} s of speech",
-                                      heard=self.s.mode == "mic")
+                    live, audio = payload
+                    self._spoken_turn(audio, f"{audio.size / SAMPLE_RATE:.1f} s of speech",
+                                      heard=self.s.mode == "mic", live=live)
                 elif not self._handle_line(payload):
                     break
         except KeyboardInterrupt:
@@ -124,37 +176,55 @@ class ChatApp:
     # --- listening ------------------------------------------------------------------
 
     def _listen(self, keys: KeyReader):
-        """Hands-free or push-to-talk capture with a live level meter; typed lines interrupt it."""
+        """Hands-free or push-to-talk capture with a live level meter; typed lines interrupt it.
+
+        The turn's audio streams into the conversation as it is heard; a spoken turn comes back as
+        ("audio", (LiveTurn, the whole clip)). One that does not come back is cancelled."""
         ptt = self.s.mode == "ptt"
         recording = not ptt
         self.endpointer.reset()
         self.mic.flush()
         chunks: list[np.ndarray] = []
+        turn: LiveTurn | None = None
         t0, db, speaking = time.monotonic(), -120.0, False
-        with Live(Text(""), console=self.console, transient=True, refresh_per_second=12) as live:
-            while True:
-                line = keys.poll(0.0)
-                if line is KeyReader.EOF:
-                    return EOF_
-                if line is not None:
-                    if ptt and line == "":
-                        if recording:
-                            return ("audio", np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
-                        recording, chunks, t0 = True, [], time.monotonic()
-                        self.mic.flush()
-                        continue
-                    return ("text", line)
-                chunk = self.mic.read(timeout=0.03)
-                if chunk.size:
-                    db = self.endpointer.level(chunk)
-                    if ptt and recording:
-                        chunks.append(chunk)
-                    elif not ptt:
-                        for ev in self.endpointer.push(chunk):
-                            if hasattr(ev, "audio"):
-                                return ("audio", ev.audio)
-                            speaking = True
-                live.update(self._meter(db, time.monotonic() - t0, recording, speaking, keys.buffer))
+        try:
+            with Live(Text(""), console=self.console, transient=True, refresh_per_second=12) as live:
+                while True:
+                    line = keys.poll(0.0)
+                    if line is KeyReader.EOF:
+                        return EOF_
+                    if line is not None:
+                        if ptt and line == "":
+                            if recording:
+                                audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+                                item, turn = ("audio", (turn, audio)), None
+                                return item
+                            recording, chunks, t0 = True, [], time.monotonic()
+                            self.mic.flush()
+                            turn = LiveTurn(self.conv, self.pending_text)
+                            continue
+                        return ("text", line)
+                    chunk = self.mic.read(timeout=0.03)
+                    if chunk.size:
+                        db = self.endpointer.level(chunk)
+                        if ptt and recording:
+                            chunks.append(chunk)
+                            turn.feed(chunk)
+                        elif not ptt:
+                            for ev in self.endpointer.push(chunk):
+                                if isinstance(ev, SpeechEnd):  # the rest of the turn, then it is sent
+                                    turn = turn or LiveTurn(self.conv, self.pending_text)
+                                    turn.feed(ev.audio[turn.fed :])
+                                    item, turn = ("audio", (turn, ev.audio)), None
+                                    return item
+                                speaking = True
+                                turn = LiveTurn(self.conv, self.pending_text)  # pre-roll and speech so far
+                            if turn is not None:
+                                turn.feed(self.endpointer.committed(turn.fed))
+                    live.update(self._meter(db, time.monotonic() - t0, recording, speaking, keys.buffer))
+        finally:
+            if turn is not None:  # not handed over: a typed line, end of input, Ctrl-C, an error
+                turn.cancel()
 
     def _meter(self, db: float, elapsed: float, recording: bool, speaking: bool, typed: str) -> Text:
         if self.s.mode == "ptt" and not recording:
@@ -223,27 +293,41 @@ class ChatApp:
             c.print(f"[yellow]unknown command {name}[/] — {HELP.splitlines()[0]}")
         return True
 
-    def _spoken_turn(self, audio: np.ndarray, label: str, heard: bool = False) -> None:
-        """Send a recording, unless it holds no speech (a file of silence, a push-to-talk cough)."""
-        if audio.size == 0:
-            return
-        if not heard:
-            from .endpoint import require_speech
+    def _spoken_turn(self, audio: np.ndarray, label: str, heard: bool = False, live: LiveTurn | None = None) -> None:
+        """Send a recording, unless it holds no speech (a file of silence, a push-to-talk cough).
 
-            try:
-                require_speech(audio, label)
-            except NoSpeechError as exc:
-                self.console.print(f"[yellow]not sent:[/] {str(exc).split('; ')[0]}")
+        ``live``: the turn streamed while it was recorded; it is finished, or cancelled if not sent."""
+        try:
+            if audio.size == 0:
                 return
-        text, self.pending_text = self.pending_text, None
-        self.console.print(f"[bold cyan]you›[/] {text + ' ' if text else ''}[dim]\\[{label}][/]")
-        self._turn(audio=audio, text=text)
+            if not heard:
+                from .endpoint import require_speech
 
-    def _turn(self, audio: np.ndarray | None = None, text: str | None = None) -> None:
+                try:
+                    require_speech(audio, label)
+                except NoSpeechError as exc:
+                    self.console.print(f"[yellow]not sent:[/] {str(exc).split('; ')[0]}")
+                    return
+            if live is not None and live.error is not None:
+                self.console.print(f"[red]error:[/] {live.error}")
+                return
+            text, self.pending_text = self.pending_text, None
+            self.console.print(f"[bold cyan]you›[/] {text + ' ' if text else ''}[dim]\\[{label}][/]")
+            self._turn(audio=audio, text=text, live=live)
+            live = None
+        finally:
+            if live is not None:
+                live.cancel()
+
+    def _turn(self, audio: np.ndarray | None = None, text: str | None = None, live: LiveTurn | None = None) -> None:
         c = self.console
         try:
             with c.status("listening to you…" if audio is not None else "thinking…", spinner="dots"):
-                self.conv.add_user(audio, text=text)
+                if live is not None and live.stream is not None:
+                    stream, live.stream = live.stream, None
+                    stream.finish()  # the last chunk and the template: the turn is in the cache
+                else:
+                    self.conv.add_user(audio, text=text)
                 stream = self.conv.respond(self.s.sampling, self.s.max_tokens)
                 first = next(stream, None)
         except LlasmError as exc:  # the conversation has already taken the failed turn back
@@ -262,14 +346,7 @@ class ChatApp:
             stream.close()
             c.print("[dim](interrupted)[/]")
         if self.s.stats:
-            st = self.conv.stats
-            # a rate needs at least two tokens: the first one's time is the time to first token
-            rate = f" at {st.decode_tokens_per_s:.0f} tok/s" if st.answer_tokens > 1 else ""
-            c.print(
-                f"[dim]audio {st.audio_seconds:.1f} s · encode {st.encode_ms:.0f} ms · prefill {st.prefill_ms:.0f} ms"
-                f" · first token {st.first_token_ms:.0f} ms · {st.answer_tokens} token{'s' * (st.answer_tokens != 1)}"
-                f"{rate}[/]"
-            )
+            c.print(f"[dim]{stats_line(self.conv.stats)}[/]", highlight=False)
 
 
 def _chain(first, rest):

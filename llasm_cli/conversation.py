@@ -261,7 +261,7 @@ class Conversation:
             if turn.audio is not None:
                 wav = clip_dir / f"turn{i:03d}.wav"
                 buf = io.BytesIO()
-                sf.write(buf, turn.audio, SAMPLE_RATE, format="WAV")
+                sf.write(buf, turn.audio, SAMPLE_RATE, format="WAV", subtype="FLOAT")  # exactly what the model heard
                 atomic_write_bytes(wav, buf.getvalue())
                 rec["audio"] = str(wav.relative_to(path.parent))
                 rec["audio_seconds"] = round(turn.audio.size / SAMPLE_RATE, 3)

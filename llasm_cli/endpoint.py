@@ -169,6 +169,23 @@ class Endpointer:
         if self._start is None:
             self._trim(self._pos - self.pre_roll)
 
+    def committed(self, since: int = 0) -> np.ndarray:
+        """The running turn's audio from its sample ``since`` on, as far as its SpeechEnd audio will
+        certainly reach (pre-roll, the speech so far, post-roll heard already): what can be encoded
+        while the user still speaks. Empty while no turn runs (before SpeechStart)."""
+        if not self._speaking:
+            return np.zeros(0, dtype=np.float32)
+        lo = max(self._kept_from, self._start - self.pre_roll) + since
+        hi = min(self._pos, self._last_voiced + self.post_roll)
+        parts, end = [], self._pos  # the kept frames end at _pos; walk back to lo
+        for frame in reversed(self._kept):
+            if end <= lo:
+                break
+            begin = end - frame.size
+            parts.append(frame[max(0, lo - begin) : max(0, min(frame.size, hi - begin))])
+            end = begin
+        return np.concatenate(parts[::-1]) if parts else np.zeros(0, dtype=np.float32)
+
     def _finish(self, events: list[Event], t_end: int, truncated: bool) -> None:
         """Emit SpeechEnd for the running turn and go back to waiting for speech."""
         assert self._start is not None

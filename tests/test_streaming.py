@@ -9,19 +9,26 @@ without touching what the cache held.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import shutil
+import subprocess
+import time
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from llasm_cli.assistant import Assistant
 from llasm_cli.audio import SAMPLE_RATE, chunk_spans, load_audio
 from llasm_cli.bundle import MANIFEST_FILE, load_bundle
 from llasm_cli.conversation import Conversation, answer
+from llasm_cli.endpoint import FRAME, Endpointer, SpeechEnd, SpeechStart
 from llasm_cli.engine import Engine, Sampling, same_positions
 from llasm_cli.errors import ContextOverflowError
-from tests.conftest import speech_of_length
+from tests.conftest import espeak, speech_of_length
 from tests.reference import rel_err
+from tests.test_chat import finish, spawn
 
 GREEDY = Sampling(temperature=0.0)
 CHUNK, CONTEXT = 0.5, 1.0  # seconds; whole multiples of the tiny tower's 0.1 s per embedding
@@ -272,5 +279,76 @@ def test_model_without_chunks_buffers_until_the_end(swiglu, question_audio):
         whole = Conversation(bot)
         whole.add_user(question_audio, text="please answer:")
         assert rel_err(whole.prefill(), logits) <= 1e-4
+    finally:
+        bot.close()
+
+
+def test_endpointer_commits_only_audio_the_turn_will_hold():
+    """What the chat streams before the end of speech is always the start of the SpeechEnd's audio,
+    however the stream is cut into blocks (a loudness scorer stands in for Silero)."""
+    rng = np.random.default_rng(3)
+    loud = lambda n: (0.3 * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
+    quiet = lambda n: np.zeros(n, np.float32)  # noqa: E731
+    audio = np.concatenate([quiet(8000), loud(12000), quiet(3000), loud(9000), quiet(16000)])
+    scorer = (lambda f: float(np.abs(f).mean() > 0.05), lambda: None)
+    for block in (100, FRAME, 700, 5000):
+        ep = Endpointer(scorer=scorer)
+        streamed, ended = [], None
+        for i in range(0, audio.size, block):
+            events = ep.push(audio[i : i + block])
+            end = [e for e in events if isinstance(e, SpeechEnd)]
+            if end:
+                ended = end[0]
+                break
+            if any(isinstance(e, SpeechStart) for e in events) or streamed:
+                streamed.append(ep.committed(sum(x.size for x in streamed)))
+        got = np.concatenate(streamed)
+        assert ended is not None and 0 < got.size <= ended.audio.size, block
+        assert np.array_equal(got, ended.audio[: got.size]), block
+        assert ended.audio.size - got.size <= ep.trailing  # only the tail after the last voiced frame waited
+    assert ep.committed().size == 0  # no turn running
+
+
+def _say_into_the_mic(bundle, pulse, tmp_path, text: str, *args: str):
+    """Play ``text`` into the virtual microphone of a `llasm chat --mic`; returns (clip, answer, stats line)."""
+    wav = espeak(text, tmp_path / "say.wav")
+    child = spawn(bundle, "--backend", "torch", "--variant", "f32", "--max-tokens", "6", *args, env=pulse)
+    child.expect(r"input: (microphone|push-to-talk) \(pulse\)")
+    ptt = "--ptt" in args
+    if ptt:
+        child.send("\r")  # Enter starts recording
+    time.sleep(1.0)  # the stream is open and listening
+    subprocess.run(["paplay", str(wav)], env=pulse, check=True, timeout=30)
+    if ptt:
+        time.sleep(0.3)
+        child.send("\r")  # Enter stops it
+    child.expect(r"\[(\d+\.\d) s of speech\]", timeout=30)
+    child.expect("llasm›")
+    child.expect(r"(?s)(audio .*?decode (n/a|\d+ ms/token \(\d+ tok/s\)))")
+    stats = " ".join(child.match.group(1).split())  # the terminal may have wrapped the line
+    transcript = tmp_path / "mic.json"
+    child.send(f"/save {transcript}\r")
+    child.expect("saved")
+    child.expect("listening|press Enter")  # keys typed before the chat listens again may be flushed
+    child.sendcontrol("d")
+    finish(child)
+    data = json.loads(transcript.read_text())
+    clip, _ = sf.read(transcript.parent / data["turns"][0]["audio"], dtype="float32")
+    return clip, data["turns"][1]["content"], stats
+
+
+@pytest.mark.parametrize("mode", ["mic", "ptt"])
+def test_spoken_chat_turn_streams_and_answers_as_the_file_path(pulse, chunked, tmp_path, mode):
+    """Speech from the (virtual) microphone goes into the cache while it is spoken, hands-free or
+    push-to-talk, and the answer is the one the same clip gets as a file."""
+    bundle = chunked["tokens"]
+    args = ("--mic", "--device", "pulse") + (("--ptt",) if mode == "ptt" else ())
+    clip, said, stats = _say_into_the_mic(bundle, pulse, tmp_path, "please tell me what seven plus five is", *args)
+    early = re.search(r"after end of speech \((\d+\.\d) s of audio, (\d+) positions", stats)
+    assert early and float(early.group(1)) >= CHUNK and int(early.group(2)) > 0, stats
+    assert re.search(r"decode (\d+ ms/token \(\d+ tok/s\)|n/a)", stats), stats
+    bot = open_bot(bundle)
+    try:
+        assert answer(bot, clip, sampling=GREEDY, max_tokens=6) == said
     finally:
         bot.close()
