@@ -43,6 +43,7 @@ from starlette.responses import StreamingResponse
 
 from . import __version__
 from .assistant import Assistant
+from .audio import SAMPLE_RATE
 from .engine import Sampling
 from .errors import (
     AudioFileError,
@@ -221,6 +222,8 @@ class Server:
             parts: list = []
             slots: list[np.ndarray] = []
             for p in m.parts:
+                if p.audio is None and not p.text:
+                    continue
                 if parts:
                     parts.append("\n")  # text and speech one per line, as `llasm ask --text T audio.wav`
                 if p.audio is None:
@@ -251,7 +254,7 @@ class Server:
         positions = self.bot.audio_positions(samples.size)
         if positions >= self.n_ctx_seq:  # before spending time encoding it
             raise ContextOverflowError(
-                f"{what} ({samples.size / 16000:.3g} s) needs {positions} positions but a conversation on this "
+                f"{what} ({samples.size / SAMPLE_RATE:.3g} s) needs {positions} positions but a conversation on this "
                 f"server holds {self.n_ctx_seq}; send a shorter clip"
             )
         placeholder = np.zeros((positions - 2, self.batch.n_embd), dtype=np.float32)
