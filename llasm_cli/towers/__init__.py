@@ -38,6 +38,7 @@ from ..errors import AudioFileError, BackendUnavailableError
 BACKENDS = ("auto", "onnx", "ggml", "torch")
 CHOICE_FILE = "tower-backend.json"  # auto's measured choices, in the cache folder of cpu_probe
 CHOICE_VERSION = 1
+MAX_CHOICES = 64  # cache entries kept
 PROBE_SECONDS = 2.0  # audio auto encodes with each candidate (twice; the faster run counts)
 
 
@@ -208,9 +209,10 @@ def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_th
         raise unavailable or BackendUnavailableError("no audio-tower backend can run this model here")
     ms = {k: round(v * 1e3, 2) for k, v in times.items()}
     if len(times) > 1:
+        cached.pop(key, None)
         cached[key] = {"backend": best.name, "ms": ms, "bundle": str(bundle.root), "threads": threads,
                        "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-        _write_cache(path, cached)
+        _write_cache(path, dict(list(cached.items())[-MAX_CHOICES:]))  # the newest; old bundles' entries go
     best.choice = f"auto, measured: {_show_ms(ms)}"
     return best
 
