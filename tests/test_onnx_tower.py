@@ -22,12 +22,12 @@ from llasm_export.bundle import write_tower_and_manifest
 from llasm_export.onnx_tower import write_onnx_tower
 from transformers import WhisperConfig
 
-from llasm_cli.audio import chunk_mel, chunk_spans, load_audio, log_mel_spectrogram
+from llasm_cli.audio import chunk_mel, chunk_spans, load_audio, log_mel_spectrogram, unpadded_frames
 from llasm_cli.bundle import MANIFEST_FILE, load_bundle
 from llasm_cli.errors import BundleError, ModelFileError, TowerMismatchError
 from llasm_cli.model import AdaptorConfig, AudioTower, CheckpointMeta
 from llasm_cli.towers import CHOICE_FILE, candidates, open_tower
-from llasm_cli.towers.onnx import OnnxTower
+from llasm_cli.towers.onnx import OnnxTower, unpadded_mel
 
 from .conftest import espeak, speech_of_length
 
@@ -163,6 +163,21 @@ def test_unpadded_windows_match_torch(unpadded, speech):
         got = ort_tower.encode(clip)
         assert got.shape == (ort_tower.positions(clip.size), 48)
         assert err(got, torch_tower.encode(clip)) <= TOL
+
+
+@pytest.mark.parametrize("k", [5, 10])
+def test_unpadded_mel_is_the_padded_windows_mel_cut_short(k):
+    """Only the frames that touch the audio are computed; the max-8 clamp still sees the loudest
+    frame, even when it is a click in the very last samples (beyond the kept frames)."""
+    rng = np.random.default_rng(k)
+    for n in (1, 201, 1601, 32000, 32199, 479801, 480000):
+        for click in (False, True):
+            x = (rng.standard_normal(n) * 0.01).astype(np.float32)
+            if click:
+                x[-1] = 5.0
+            ref = log_mel_spectrogram(x, 80)[:, : unpadded_frames(n, k)]
+            got = unpadded_mel(x, 80, k)
+            assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-6, (n, click)
 
 
 def test_auto_measures_once_then_reads_the_cache(chunked, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..audio import log_mel_spectrogram, unpadded_frames
+from ..audio import HOP_LENGTH, MIN_SAMPLES, N_FFT, N_FRAMES, log_mel_spectrogram, unpadded_frames
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, ModelFileError
 from ..gguf_check import check_widths
@@ -93,9 +93,10 @@ class OnnxTower(TowerBackend):
     def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         out = []
         for w in windows:
-            mel = log_mel_spectrogram(w, self.n_mels)
-            if self.unpadded:  # only the real audio, as the adaptor was trained (and as the torch backend does)
-                mel = mel[:, : unpadded_frames(w.size, self.stack_factor)]
+            if self.unpadded:  # only the real audio, as the adaptor was trained
+                mel = unpadded_mel(w, self.n_mels, self.stack_factor)
+            else:
+                mel = log_mel_spectrogram(w, self.n_mels)
             out.append(self._run(mel[None])[0])
         return out
 
@@ -110,6 +111,21 @@ class OnnxTower(TowerBackend):
 
     def close(self) -> None:
         self.session = None
+
+
+def unpadded_mel(window: np.ndarray, n_mels: int, stack_factor: int) -> np.ndarray:
+    """``log_mel_spectrogram(window)[:, :unpadded_frames(...)]`` without the 30 s of padding.
+
+    The max-8 clamp of the padded window looks at every frame, but frames that hold none of the
+    window's samples are silence at the floor and never the maximum: computing only the frames
+    that touch the audio gives the same numbers, for a 2 s window about a hundredth of the work
+    (the whole padded mel took longer than ONNX Runtime's encoder).
+    """
+    keep = unpadded_frames(window.size, stack_factor)
+    touched = -(-(max(window.size, MIN_SAMPLES) + N_FFT // 2) // HOP_LENGTH)  # frames starting inside the audio
+    need = max(keep, touched)
+    mel = log_mel_spectrogram(window, n_mels, n_frames=need) if need <= N_FRAMES else log_mel_spectrogram(window, n_mels)
+    return np.ascontiguousarray(mel[:, :keep])
 
 
 def _first_line(exc: Exception) -> str:
