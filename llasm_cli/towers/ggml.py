@@ -25,6 +25,8 @@ from .encoder_only import encoder_only_path, load_projector, needs_split, write_
 
 
 class GgmlTower(TowerBackend):
+    name = "ggml"
+
     def __init__(self, bundle: Bundle, engine, variant: str | None = None, n_threads: int | None = None) -> None:
         super().__init__()
         native.init()
