@@ -59,6 +59,8 @@ class OnnxTower(TowerBackend):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3  # errors only; they come back as exceptions anyway
+        # opened by path: a tower over ~1.5 GB keeps its weights in <name>.data beside the graph, and
+        # ONNX Runtime (1.24 on) refuses weight files that a hostile graph names outside its folder
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers or pick_providers(ort))
         except Exception as exc:  # ONNX Runtime raises its own classes: bad protobuf, bad graph, missing data file
