@@ -345,7 +345,8 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
     bundle = open_model(_need_model(model))
     check_tower = validate_audio_mmproj if isinstance(bundle, PublishedPair) else validate_tower
     m = bundle.manifest
-    console.print(f"[bold]{m.name}[/]  adaptor {m.adaptor}, LLM width {m.llm_dim}, {m.tokens_per_window} embeddings / 30 s")
+    kind = f"published {bundle.family.name} pair" if isinstance(bundle, PublishedPair) else f"adaptor {m.adaptor}"
+    console.print(f"[bold]{m.name}[/]  {kind}, LLM width {m.llm_dim}, {m.tokens_per_window} embeddings / 30 s")
     for variant in m.llm_files:
         path = bundle.llm_path(variant)
         validate_llm(path)

@@ -22,8 +22,6 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 LLAMA_CPP_DIST = "llama-cpp-python"
 # the parts of the source distribution the converter needs
 CONVERTER_PARTS = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/")
@@ -110,9 +108,8 @@ def convert(jobs: list[list[str]]) -> None:
 
 def _tokenizer(folder: Path, special: list[str], template: str, bos: str = "<s>", eos: str = "</s>"):
     """A SentencePiece tokenizer (trained on a few lines) with the family's special tokens and template."""
-    from transformers import LlamaTokenizer
-
     from llasm_finetune.tiny import train_tokenizer
+    from transformers import LlamaTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         spm = train_tokenizer(Path(tmp))
@@ -255,5 +252,3 @@ def build_ultravox(out: Path, llm: Path, stack_factor: int = 8, seed: int = 0, l
     return out
 
 
-def random_rows(n: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, width)).astype(np.float32)

@@ -369,10 +369,10 @@ def test_ultravox_checkpoint_exports_what_llama_cpp_converts(published, speech, 
 
 
 def test_ultravox_export_refuses_what_it_cannot_map(published, tmp_path):
+    from llasm_export.ultravox import export_ultravox
     from safetensors.numpy import load_file, save_file
 
     from llasm_cli.errors import CheckpointError
-    from llasm_export.ultravox import export_ultravox
 
     bad = tmp_path / "bad"
     shutil.copytree(published["hf"] / "ultravox", bad)

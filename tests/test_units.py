@@ -26,12 +26,12 @@ from llasm_cli.engine import Sampler, Sampling, common_prefix
 from llasm_cli.errors import LlasmError, ModelFileError, TemplateError
 from llasm_cli.gguf_check import read_gguf
 from llasm_cli.prompt import (
+    _STAND_IN,
     AUDIO,
     AUDIO_PLACEHOLDER,
     DEFAULT_TEMPLATE,
     Message,
     Piece,
-    _STAND_IN,
     dialogue_pieces,
     pieces_to_segments,
     prompt_pieces,
