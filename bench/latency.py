@@ -3,6 +3,7 @@
 (Every system timed in one script, so they share audio, threads and models; over 400 lines for that.)
 
     python bench/latency.py [--quick] [--json] [--reps N] [--threads N] [--models gemma-270m,llama-1b]
+    python bench/latency.py --realtime [--block-ms 40] [--reps 3] [--json]
 
 For espeak-ng questions of about 2, 5, 10 and 25 s of speech it measures, per LLM:
 
@@ -15,6 +16,18 @@ For espeak-ng questions of about 2, 5, 10 and 25 s of speech it measures, per LL
   Llama.generate, same GGUF, prompt, token count (EOS ignored) and threads;
 - peak RSS of an ``llasm ask`` process against the bundle files it loads;
 - runtime overheads: start-up, first (cold) call, template rendering, prompt split, sampling.
+
+``--realtime`` times what a user waits for in a conversation: each clip is played to llasm's
+streamed turn (``Conversation.begin_audio``) in blocks of ``--block-ms`` at the pace of the audio
+clock (the bench sleeps until each block has been "spoken"), so chunks are encoded and prefilled
+while the speech goes on, and the latency runs from the moment the last sample was delivered to
+the first answer token. It needs a model trained on chunked audio: until the real one ships, a
+bundle of Gemma 3 270M + whisper-base with a random adaptor for 1 s chunks behind 2 s of context
+(stack factor 10, learned boundary rows) is built once, exactly as export writes bundles. Beside it
+run the same bundle's whole-clip turn and the cascades on the same audio and GGUF; a cascade's ASR
+takes the whole clip, so it can start no earlier than the end of speech and is timed as always
+(whisper.cpp also with ``audio_ctx`` trimmed to the clip). The JSON's "summary" maps each
+utterance length (the target, s) to llasm streaming's latency ratio against the faster cascade.
 
 The machine is shared and noisy, so every system runs once per repetition in a rotating order,
 the same audio back to back, and the tables report medians and median per-repetition ratios.
@@ -163,6 +176,42 @@ class Llasm:
             "prompt_tokens": st.prompt_tokens + self.a.engine.reused, "reused_tokens": self.a.engine.reused})
 
 
+class LlasmStreaming:
+    """llasm's streamed turn: the clip fed in blocks at real-time pace, the latency counted from the
+    moment its last sample was delivered (the end of speech) to the first sampled answer token."""
+
+    def __init__(self, assistant, tower, sampling, block_s: float) -> None:
+        self.a, self.tower, self.sampling, self.block = assistant, tower, sampling, max(1, round(block_s * SAMPLE_RATE))
+
+    def __call__(self, audio: np.ndarray) -> Timing:
+        from llasm_cli.conversation import Conversation
+        from llasm_cli.engine import common_prefix
+
+        conv = Conversation(self.a, tower=self.tower)
+        static = self.a.prompt(conv.messages(), add_generation_prompt=False)
+        self.a.engine.truncate(common_prefix(self.a.engine.fed, static))  # as Llasm: a new question each time
+        t_start = now()
+        turn = conv.begin_audio()  # the user starts speaking: the template text before the audio goes in
+        for i in range(0, audio.size, self.block):
+            block = audio[i : i + self.block]
+            wait = t_start + (i + block.size) / SAMPLE_RATE - now()  # the block's last sample is spoken then
+            if wait > 0:
+                time.sleep(wait)
+            turn.feed(block)
+        end_of_speech = t_start + audio.size / SAMPLE_RATE
+        lag = max(0.0, now() - end_of_speech)  # work still queued behind the audio clock
+        turn.finish()
+        stream = conv.respond(self.sampling, max_tokens=1)
+        next(stream, None)
+        stream.close()
+        st = conv.stats
+        first = (st.first_token_ms - st.encode_ms - st.prefill_ms) / 1e3
+        return Timing(lag + st.encode_ms / 1e3, st.prefill_ms / 1e3, first, {
+            "audio_tokens": int(conv.turns[0].message.clips[0].shape[0]), "lag_ms": 1e3 * lag,
+            "early_s": st.early_audio_seconds, "early_positions": st.early_positions,
+            "prompt_tokens": st.prompt_tokens + self.a.engine.reused, "reused_tokens": self.a.engine.reused})
+
+
 class CascadeLLM:
     """llama-cpp-python's Llama on the same GGUF, same threads/batch/context, flash attention on
     (llasm's Engine leaves it on auto, which llama.cpp resolves to on for these CPU models)."""
@@ -234,7 +283,12 @@ def faster_whisper_asr(ct2_dir: Path, threads: int) -> Callable[[np.ndarray], st
     return run
 
 
-def whisper_cpp_asr(ggml_path: Path, threads: int) -> Callable[[np.ndarray], str]:
+AUDIO_CTX_MARGIN = 64  # encoder positions (20 ms each) beyond the clip when whisper.cpp's audio_ctx is trimmed
+
+
+def whisper_cpp_asr(ggml_path: Path, threads: int, trim_ctx: bool = False) -> Callable[[np.ndarray], str]:
+    """whisper.cpp greedy; ``trim_ctx``: the encoder runs only the positions that cover the clip
+    (``audio_ctx``, whisper.cpp's own lever for short audio) instead of the whole 30 s window."""
     from pywhispercpp.model import Model
 
     model = Model(
@@ -243,7 +297,8 @@ def whisper_cpp_asr(ggml_path: Path, threads: int) -> Callable[[np.ndarray], str
     )
 
     def run(audio: np.ndarray) -> str:
-        return " ".join(s.text for s in model.transcribe(audio))
+        ctx = min(1500, -(-audio.size // 320) + AUDIO_CTX_MARGIN) if trim_ctx else 0  # 0: the whole window
+        return " ".join(s.text for s in model.transcribe(audio, audio_ctx=ctx))
 
     return run
 
@@ -265,7 +320,6 @@ class ModelRun:
 def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, bf16: bool = True) -> tuple[ModelRun, dict]:
     from llasm_cli.assistant import Assistant
     from llasm_cli.bundle import Bundle, load_bundle
-    from llasm_cli.prompt import render
     from llasm_cli.towers import open_tower
 
     run = ModelRun(name, bundle)
@@ -295,6 +349,14 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
         run.systems["llasm torch bf16"] = Llasm(a, TorchTower(b, threads, dtype="bfloat16"), sampling)
         if "llasm torch-unpadded" in run.systems:
             run.systems["llasm torch-unpadded bf16"] = Llasm(a, TorchTower(bu, threads, dtype="bfloat16"), sampling)
+    llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling)
+    return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": [ggml, torch_tower]}
+
+
+def add_cascades(run: ModelRun, a, llm_path: Path, threads: int, want_whisper_cpp: bool, sampling,
+                 trim_ctx: bool = False) -> tuple[CascadeLLM, Callable[[str], str]]:
+    """The cascades on the assistant's GGUF and chat prompt; whisper.cpp also with audio_ctx trimmed."""
+    from llasm_cli.prompt import render
 
     eos = _eos_text(a.engine)
 
@@ -302,7 +364,7 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
         return render(a.template, a.messages(None, text, None, None), bos_token="", eos_token=eos)
 
     t = now()
-    llm = CascadeLLM(b.llm_path(), threads, a.engine.n_ctx)
+    llm = CascadeLLM(llm_path, threads, a.engine.n_ctx)
     run.startup["llama_cpp_python_init_s"] = now() - t
     t = now()
     fw = faster_whisper_asr(assets.whisper_base_ct2(), threads)
@@ -313,7 +375,81 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
         wc = whisper_cpp_asr(assets.whisper_cpp_base(), threads)
         run.startup["whisper_cpp_init_s"] = now() - t
         run.systems["cascade whisper.cpp"] = Cascade("whisper.cpp", wc, llm, prompt_of, sampling)
-    return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": [ggml, torch_tower]}
+        if trim_ctx:
+            wt = whisper_cpp_asr(assets.whisper_cpp_base(), threads, trim_ctx=True)
+            run.systems["cascade whisper.cpp audio_ctx"] = Cascade("whisper.cpp audio_ctx", wt, llm, prompt_of, sampling)
+    return llm, prompt_of
+
+
+# --------------------------------------------------------------------------------------------
+# --realtime: a model trained on chunked audio, streamed while the clip plays
+
+CHUNKED = dict(stack_factor=10, chunk_seconds=1.0, context_seconds=2.0)  # the default model's chunking
+
+
+def chunked_bundle(log=assets._quiet) -> Path:
+    """Gemma 3 270M (real, Q4_K_M) + whisper-base with a random adaptor for chunked audio and learned
+    boundary rows, written by export's write_tower_and_manifest (mmproj-free: ONNX + torch towers)."""
+    target = assets.bench_root() / f"bundle-gemma-270m-chunked-{assets.RECIPE}"
+    if target.is_dir():
+        return target
+    gguf_path = assets.gemma_gguf(log)
+
+    def build(tmp: Path) -> None:
+        import torch
+        from llasm_export.bundle import write_tower_and_manifest
+        from transformers import WhisperConfig
+
+        from llasm_cli.model import AdaptorConfig, CheckpointMeta, build_tower, whisper_state
+
+        llm_file = "llm.q4_k_m.gguf"
+        try:
+            os.link(gguf_path, tmp / llm_file)
+        except OSError:
+            shutil.copyfile(gguf_path, tmp / llm_file)
+        hf = assets.whisper_base_hf(log)
+        wcfg = WhisperConfig.from_pretrained(hf)
+        cfg = AdaptorConfig(type="stack-swiglu", encoder_dim=wcfg.d_model, llm_dim=640, hidden_dim=2 * 640,
+                            encoder_input=["chunked"], boundary="embeddings", **CHUNKED)
+        torch.manual_seed(1)
+        tower = build_tower(wcfg, cfg, whisper_state(hf)).eval()
+        with torch.no_grad():
+            tower.adaptor.boundary.normal_(0.0, 0.02)
+        meta = CheckpointMeta(adaptor=cfg, audio_start=assets.GEMMA_AUDIO_TOKENS[0], audio_end=assets.GEMMA_AUDIO_TOKENS[1])
+        write_tower_and_manifest(tmp, "gemma-270m-chunked", tower, meta, {"q4_k_m": llm_file},
+                                 progress=lambda step: log(f"gemma-270m-chunked: {step}"))
+
+    return assets._atomic_dir(target, build)
+
+
+def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, block_s: float) -> tuple[ModelRun, dict]:
+    """llasm streaming (each backend that encodes chunks here) and whole-clip on the chunked bundle,
+    and the cascades on its GGUF."""
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.bundle import load_bundle
+    from llasm_cli.errors import BackendUnavailableError
+    from llasm_cli.towers import open_tower
+
+    run = ModelRun("gemma-270m-chunked", bundle)
+    b = load_bundle(bundle)
+    t = now()
+    a = Assistant(b, backend="torch", n_threads=threads)
+    run.startup["assistant_init_s"] = now() - t
+    sampling = a.default_sampling()
+    towers = []
+    for backend in ("onnx", "torch"):
+        t = now()
+        try:
+            tower = open_tower(b, backend, a.engine, None, threads)
+        except BackendUnavailableError as exc:
+            log(f"no {backend} tower: {exc}")
+            continue
+        run.startup[f"{backend}_tower_open_s"] = now() - t
+        towers.append(tower)
+        run.systems[f"llasm stream {backend}"] = LlasmStreaming(a, tower, sampling, block_s)
+        run.systems[f"llasm whole-clip {backend}"] = Llasm(a, tower, sampling)
+    llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling, trim_ctx=True)
+    return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": towers}
 
 
 def _eos_text(engine) -> str:
@@ -358,8 +494,27 @@ def latency_rows(run: ModelRun, utts: list[Utterance]) -> list[dict]:
                 "prompt_tokens": info.get("prompt_tokens"), "audio_tokens": info.get("audio_tokens"),
                 "reused_tokens": med(t.info.get("reused_tokens", 0) for t in turns),
                 "transcript": info.get("transcript"), "reps": len(turns),
+                # streamed turns: audio and positions in the cache before the end of speech, lag behind the audio clock
+                "early_s": info.get("early_s"), "early_positions": info.get("early_positions"),
+                "lag_ms": round(med(t.info["lag_ms"] for t in turns), 1) if "lag_ms" in info else None,
             })
     return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    """Utterance target length (s) -> the fastest llasm system's latency ratio against the faster
+    cascade (a streaming one where any ran); the first LLM's rows."""
+    if not rows:
+        return {}
+    model = rows[0]["model"]
+    mine = [r for r in rows if r["model"] == model and r["system"].startswith("llasm")]
+    if any(r["system"].startswith("llasm stream") for r in mine):
+        mine = [r for r in mine if r["system"].startswith("llasm stream")]
+    out = {}
+    for target in dict.fromkeys(r["target_s"] for r in mine):
+        best = min((r for r in mine if r["target_s"] == target), key=lambda r: r["total_ms"])
+        out[f"{target:g}"] = best["vs_faster_cascade"]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,16 +654,27 @@ def peak_rss(cmd: list[str]) -> tuple[int, int, str, str, float]:
         return res["rc"], res["maxrss_kib"] * 1024, out.read_text(errors="replace"), err.read_text(errors="replace"), wall
 
 
-def measure_rss(name: str, bundle: Path, wav: Path, threads: int) -> list[dict]:
+def _bundle_files(bundle: Path, backend: str) -> list[Path]:
+    """What `llasm ask --backend` loads from the bundle: the LLM, the tower, the boundary rows."""
+    from llasm_cli.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    files = [b.llm_path(), b.onnx_tower_path()] if backend == "onnx" else assets.bundle_files(bundle, backend)
+    if b.manifest.boundary_file:
+        files.append(b.root / b.manifest.boundary_file)
+    return files
+
+
+def measure_rss(name: str, bundle: Path, wav: Path, threads: int, backends: tuple[str, ...] = ("ggml", "torch")) -> list[dict]:
     rows = []
-    for backend in ("ggml", "torch"):
+    for backend in backends:
         cmd = [sys.executable, "-m", "llasm_cli", "ask", str(wav), "--model", str(bundle), "--backend", backend,
                "--max-tokens", "16", "--threads", str(threads), "--json"]
         rc, peak, stdout, stderr, wall = peak_rss(cmd)
         if rc != 0:
             log(f"llasm ask --backend {backend} failed ({rc}): {stderr.strip()[-300:]}")
             continue
-        files = assets.bundle_files(bundle, backend)
+        files = _bundle_files(bundle, backend)
         size = sum(p.stat().st_size for p in files)
         timings = json.loads(stdout.strip().splitlines()[-1]).get("timings", {})
         rows.append({
@@ -518,7 +684,7 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int) -> list[dict]:
             "files": [str(p.relative_to(bundle)) for p in files],
         })
     # what the peak is made of: each piece alone in a fresh process
-    llm = assets.bundle_files(bundle, "ggml")[0]
+    llm = _bundle_files(bundle, backends[0])[0]
     parts = {
         "imports only": "import llasm_cli.cli, llasm_cli.assistant, llama_cpp",
         "validate_llm only": f"from llasm_cli.gguf_check import validate_llm; from pathlib import Path; validate_llm(Path({str(llm)!r}))",
@@ -613,7 +779,7 @@ def print_tables(result: dict) -> None:
     t = Table(title="end of speech → first answer token (ms, median)")
     for c, j in (("LLM", "left"), ("speech", "right"), ("system", "left"), ("encode / ASR", "right"), ("prefill", "right"),
                  ("1st token", "right"), ("total", "right"), ("× faster cascade", "right"), ("prompt tok", "right"),
-                 ("kept", "right")):
+                 ("kept", "right"), ("in cache before end of speech", "right")):
         t.add_column(c, justify=j)
     last = None
     for r in result["latency"]:
@@ -625,8 +791,11 @@ def print_tables(result: dict) -> None:
         style = "green" if ratio < 0.95 else ("red" if ratio > 1.05 else "")
         t.add_row(r["model"], f"{r['utterance_s']:.1f} s", r["system"], f"{r['encode_ms']:.0f}", f"{r['prefill_ms']:.0f}",
                   f"{r['first_token_ms']:.1f}", f"{r['total_ms']:.0f}", f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}",
-                  str(r["prompt_tokens"]), f"{r['reused_tokens']:.0f}")
+                  str(r["prompt_tokens"]), f"{r['reused_tokens']:.0f}", _early(r))
     con.print(t)
+    if result.get("summary"):
+        con.print("llasm against the faster cascade, by utterance length: "
+                  + ", ".join(f"{k} s → {v:.2f}×" for k, v in result["summary"].items()))
 
     t = Table(title="cascade transcripts (first repetition)")
     for c in ("LLM", "speech", "ASR", "transcript"):
@@ -669,6 +838,13 @@ def print_tables(result: dict) -> None:
         con.print(t)
 
 
+def _early(r: dict) -> str:
+    if r.get("early_s") is None:
+        return ""
+    lag = f", {r['lag_ms']:.0f} ms behind" if r.get("lag_ms") else ""
+    return f"{r['early_s']:.1f} s audio, {r['early_positions']} pos{lag}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repetitions, Gemma 270M only, 64 decode tokens (< ~5 min)")
@@ -682,15 +858,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-whisper-cpp", action="store_true", help="skip the whisper.cpp cascade")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 torch-tower rows")
+    parser.add_argument("--realtime", action="store_true",
+                        help="stream each clip to llasm at the audio clock's pace (chunked model; latency from the end "
+                        "of speech) beside the cascades; default 3 repetitions")
+    parser.add_argument("--block-ms", type=float, default=40.0, help="--realtime: audio delivered per block (20-100 ms)")
     parser.add_argument("--omp-passive", action="store_true",
                         help="run everything with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning "
                         "at barriers: far steadier on a machine whose cores other processes use)")
     args = parser.parse_args(argv)
-    reps = args.reps or (3 if args.quick else 5)
-    models = (args.models or ("gemma-270m" if args.quick else "gemma-270m,llama-1b")).split(",")
+    reps = args.reps or (3 if args.quick or args.realtime else 5)
+    if reps < 3:
+        parser.error("--reps: at least 3 (the tables report medians)")
+    if args.realtime and not 20 <= args.block_ms <= 100:
+        parser.error("--block-ms must be from 20 to 100")
+    models = (args.models or ("gemma-270m" if args.quick or args.realtime else "gemma-270m,llama-1b")).split(",")
     unknown = set(models) - set(assets.BUNDLES)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(assets.BUNDLES)}")
+    if args.realtime and models != ["gemma-270m"]:
+        parser.error("--realtime runs the chunked Gemma 3 270M bundle only (leave --models out)")
     n_decode = args.decode_tokens or (64 if args.quick else 128)
     want_wcpp = not args.no_whisper_cpp
     if want_wcpp:
@@ -704,11 +890,15 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"config": {
         "load_average_at_start": list(os.getloadavg()), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "quick": args.quick, "reps": reps, "threads": args.threads, "models": models, "decode_tokens": n_decode,
+        "realtime": args.realtime, "block_ms": args.block_ms if args.realtime else None,
         "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}", "python": platform.python_version(),
         "versions": _versions(),
     }, "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
 
-    bundles = {m: assets.BUNDLES[m](log) for m in models}  # build (once) before timing anything
+    if args.realtime:
+        bundles = {"gemma-270m-chunked": chunked_bundle(log)}
+    else:
+        bundles = {m: assets.BUNDLES[m](log) for m in models}  # build (once) before timing anything
     if want_wcpp:
         assets.whisper_cpp_base(log)
     with tempfile.TemporaryDirectory(prefix="llasm-bench-") as tmp:
@@ -718,9 +908,12 @@ def main(argv: list[str] | None = None) -> int:
 
         wav = Path(tmp) / "rss.wav"
         sf.write(wav, utts[min(1, len(utts) - 1)].audio, SAMPLE_RATE)
-        for m in models:
+        for m in bundles:
             log(f"{m}: loading")
-            run, ctx = load_systems(m, bundles[m], args.threads, want_wcpp, bf16=not args.no_bf16 and _cpu_bf16())
+            if args.realtime:
+                run, ctx = load_realtime_systems(bundles[m], args.threads, want_wcpp, args.block_ms / 1e3)
+            else:
+                run, ctx = load_systems(m, bundles[m], args.threads, want_wcpp, bf16=not args.no_bf16 and _cpu_bf16())
             measure_latency(run, utts, reps)
             result["latency"] += latency_rows(run, utts)
             log(f"{m}: decode rate")
@@ -733,7 +926,9 @@ def main(argv: list[str] | None = None) -> int:
             del run, ctx
             if not args.no_rss:
                 log(f"{m}: peak RSS of llasm ask")
-                result["rss"] += measure_rss(m, bundles[m], wav, args.threads)
+                result["rss"] += measure_rss(m, bundles[m], wav, args.threads,
+                                             ("onnx", "torch") if args.realtime else ("ggml", "torch"))
+    result["summary"] = summary(result["latency"])
     result["config"]["wall_s"] = round(now() - started, 1)
     result["config"]["load_average_at_end"] = list(os.getloadavg())
     if args.save:
