@@ -97,9 +97,9 @@ def main() -> None:
     p.add_argument("--backends", default="ggml,torch", help="tower backends, comma-separated")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     a = p.parse_args()
-    from llasm_cli.bundle import demo_bundle_path
+    from llasm_cli.bundle import default_bundle_path
 
-    model = a.model or demo_bundle_path()
+    model = a.model or default_bundle_path()
     if model is None:
         raise SystemExit("no packaged demo model: pass --model DIR")
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]

@@ -64,9 +64,9 @@ class TorchSide:
 
     def __init__(self, tower_dir: Path, gguf: Path) -> None:
         import torch
+        from llasm_finetune.distill import PREFIX, SUFFIX, load_llm
 
         from llasm_cli.model import load_tower
-        from llasm_finetune.distill import PREFIX, SUFFIX, load_llm
 
         self.torch = torch
         self.tower = load_tower(tower_dir).eval()

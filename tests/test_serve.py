@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm_cli.bundle import demo_bundle_path
+from llasm_cli.bundle import default_bundle_path
 
 openai = pytest.importorskip("openai")
 
-DEMO = demo_bundle_path()
+DEMO = default_bundle_path()
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SEVEN_PLUS_FIVE = EXAMPLES / "what_is_seven_plus_five.wav"
 TWELVE_TIMES_THREE = EXAMPLES / "how_much_is_twelve_times_three.wav"

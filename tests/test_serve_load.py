@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from llasm_cli.bundle import demo_bundle_path
+from llasm_cli.bundle import default_bundle_path
 
 openai = pytest.importorskip("openai")
 
@@ -35,7 +35,7 @@ LOAD_SECONDS = 10.0
 MAX_REQUESTS = 3000
 RSS_MARGIN_MB = 24
 
-pytestmark = pytest.mark.skipif(demo_bundle_path() is None, reason="no packaged demo model")
+pytestmark = pytest.mark.skipif(default_bundle_path() is None, reason="no packaged demo model")
 
 
 def _audio(name: str) -> dict:
