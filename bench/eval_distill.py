@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tower", type=Path, required=True, help="the trained tower folder (distill's OUT/tower)")
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--gguf", type=Path, default=None, help="the LLM GGUF the tower was trained for (default: SmolLM2)")
     ap.add_argument("--limit", type=int, default=80, help="held-out questions per condition")
     ap.add_argument("--max-tokens", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        sides["pytorch"] = TorchSide(args.tower, smollm2_gguf())
+        sides["pytorch"] = TorchSide(args.tower, args.gguf or smollm2_gguf(), args.data)
     typed = {}
     t0 = time.time()
     for c in chosen:

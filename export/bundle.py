@@ -74,6 +74,7 @@ def write_tower_and_manifest(
     dest: Path, name: str, tower: AudioTower, meta: CheckpointMeta, llm_files: dict[str, str],
     tower_types: tuple[str, ...] = ("f16",), torch_dtype: str = "float32",
     progress: Callable[[str], None] = lambda step: None, llm_packages: dict[str, str] | None = None,
+    llm_external: dict[str, str] | None = None,
     torch_tower: bool = True, half_onnx: bool = False,
 ) -> Manifest:
     """The rest of a bundle whose LLM GGUF(s) ``llm_files`` are already in ``dest``: the mmproj
@@ -108,6 +109,7 @@ def write_tower_and_manifest(
         stack_factor=cfg.stack_factor if cfg.type == "stack-swiglu" else 0,
         audio_start=meta.audio_start, audio_end=meta.audio_end, system_prompt=meta.system_prompt,
         llm_files=llm_files, tower_files=tower_files, llm_packages=dict(llm_packages or {}),
+        llm_external=dict(llm_external or {}),
         torch_tower=TORCH_TOWER_DIR if torch_tower else None, encoder_input=list(cfg.encoder_input),
         chunk_seconds=cfg.chunk_seconds, context_seconds=cfg.context_seconds,
         boundary=cfg.boundary, boundary_file=boundary_file, onnx_tower=onnx_tower,

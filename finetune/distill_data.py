@@ -126,7 +126,7 @@ def template_questions(rng: random.Random) -> list[dict]:
     return qs
 
 
-def sampled_questions(llm, n: int, rng: random.Random, batch: int = 32) -> list[dict]:
+def sampled_questions(llm: Teacher, n: int, rng: random.Random, batch: int = 32) -> list[dict]:
     """Questions the LLM writes itself (sampled), kept when they look like one short question."""
     out: list[dict] = []
     seen: set[str] = set()
@@ -134,7 +134,7 @@ def sampled_questions(llm, n: int, rng: random.Random, batch: int = 32) -> list[
     while len(out) < n and tries < 4 * n:
         prompts = [f"Write one short question that a curious person might ask about {rng.choice(TOPICS)}. "
                    "Reply with the question only." for _ in range(batch)]
-        for text in llm.generate([chat(p) for p in prompts], max_new=24, sample=True):
+        for text in llm.generate([llm.fmt.typed(p) for p in prompts], max_new=24, sample=True):
             tries += 1
             q = text.strip().split("\n")[0].strip().strip('"')
             words = q.split()
@@ -145,10 +145,55 @@ def sampled_questions(llm, n: int, rng: random.Random, batch: int = 32) -> list[
     return out[:n]
 
 
-def chat(user: str) -> str:
-    """The ChatML prompt the runtime renders for one typed question (SmolLM2's template)."""
-    return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+class PromptFormat:
+    """The runtime's own prompt for a GGUF (its chat template, BOS rule, system prompt), as token ids.
+
+    Rendered by llasm_cli.prompt exactly as the runtime renders a turn, so the teacher reads what a
+    typed question becomes and the student what a spoken one becomes, token for token.
+    """
+
+    def __init__(self, gguf: Path, tokenizer, system: str | None) -> None:
+        from gguf import GGUFReader
+
+        from llasm_cli.prompt import DEFAULT_TEMPLATE
+
+        from .data import hf_tokenize
+
+        fields = GGUFReader(str(gguf)).fields
+
+        def value(key: str):
+            f = fields.get(key)
+            if f is None:
+                return None
+            v = f.parts[f.data[0]]
+            return bytes(v).decode() if f.types[0].name == "STRING" else v.tolist()[0]
+
+        self.template = value("tokenizer.chat_template") or DEFAULT_TEMPLATE
+        self.bos = value("tokenizer.ggml.bos_token_id") if value("tokenizer.ggml.add_bos_token") else None
+        self.eos = value("tokenizer.ggml.eos_token_id")
+        self.eos_text = tokenizer.convert_ids_to_tokens(self.eos)
+        self.system = system
+        self.tokenize = hf_tokenize(tokenizer)
+
+    def _segments(self, user_parts: list, clips: list) -> list:
+        from llasm_cli.prompt import Message, pieces_to_segments, prompt_pieces
+
+        msgs = ([Message.of("system", [self.system])] if self.system else []) + [Message.of("user", user_parts, clips)]
+        pieces = prompt_pieces(self.template, msgs, self.eos_text, True)
+        return pieces_to_segments(pieces, self.tokenize, clips, self.bos, self.eos, None, None)
+
+    def typed(self, question: str) -> list[int]:
+        """Ids of a typed question's whole prompt, up to where the answer begins."""
+        return [t for seg in self._segments([question], []) for t in seg]
+
+    def spoken(self) -> tuple[list[int], list[int]]:
+        """Ids before and after a spoken question's audio span (its boundary rows go between)."""
+        from llasm_cli.prompt import AUDIO
+
+        marker = np.zeros((1, 1), dtype=np.float32)
+        segs = self._segments([AUDIO], [marker])
+        i = next(i for i, s in enumerate(segs) if s is marker)
+        return ([t for s in segs[:i] for t in s], [t for s in segs[i + 1 :] for t in s])
 
 
 # --- 2. teacher --------------------------------------------------------------------------------
@@ -157,30 +202,41 @@ def chat(user: str) -> str:
 class Teacher:
     """The frozen LLM in PyTorch (the GGUF dequantised by transformers)."""
 
-    def __init__(self, gguf: Path) -> None:
+    def __init__(self, gguf: Path, system: str | None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        self.tok.padding_side = "left"
         self.model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                          torch_dtype=torch.float32).eval()
-        self.eos = self.tok.convert_tokens_to_ids("<|im_end|>")
+                                                          dtype=torch.float32).eval()
+        self.fmt = PromptFormat(gguf, self.tok, system)
+        self.eos = self.fmt.eos
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos
 
-    def generate(self, prompts: list[str], max_new: int, sample: bool = False) -> list[str]:
+    def generate(self, prompts: list[list[int]], max_new: int, sample: bool = False) -> list[str]:
         ids = self.generate_ids(prompts, max_new, sample)
         return [self.tok.decode(i, skip_special_tokens=True) for i in ids]
 
-    def generate_ids(self, prompts: list[str], max_new: int, sample: bool = False) -> list[list[int]]:
+    def _left_padded(self, seqs: list[list[int]]):
         torch = self.torch
-        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.pad)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        return ids, mask
+
+    def generate_ids(self, prompts: list[list[int]], max_new: int, sample: bool = False) -> list[list[int]]:
+        torch = self.torch
+        ids, mask = self._left_padded(prompts)
         with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=max_new, do_sample=sample, temperature=0.9 if sample else None,
-                                      top_p=0.95 if sample else None, top_k=None, eos_token_id=self.eos,
-                                      pad_token_id=self.tok.pad_token_id)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=sample,
+                                      temperature=0.9 if sample else None, top_p=0.95 if sample else None,
+                                      top_k=None, eos_token_id=self.eos, pad_token_id=self.pad)
         res = []
-        for row in out[:, enc.input_ids.shape[1]:].tolist():
+        for row in out[:, ids.shape[1]:].tolist():
             ids = []
             for t in row:
                 ids.append(t)
@@ -189,16 +245,11 @@ class Teacher:
             res.append(ids)
         return res
 
-    def top_k(self, prompts: list[str], answers: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def top_k(self, prompts: list[list[int]], answers: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Teacher-forced top-k log-probabilities at each answer position."""
         torch = self.torch
-        seqs = [self.tok(p, add_special_tokens=False).input_ids + a for p, a in zip(prompts, answers)]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.tok.pad_token_id)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
+        ids, mask = self._left_padded([p + a for p, a in zip(prompts, answers)])
+        width = ids.shape[1]
         with torch.inference_mode():
             logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
         out = []
@@ -214,7 +265,7 @@ def answer_all(teacher: Teacher, questions: list[dict], batch: int, progress) ->
     arrays: dict[str, np.ndarray] = {}
     for i in range(0, len(questions), batch):
         part = questions[i : i + batch]
-        prompts = [chat(q["text"]) for q in part]
+        prompts = [teacher.fmt.typed(q["text"]) for q in part]
         answers = teacher.generate_ids(prompts, MAX_ANSWER_TOKENS)
         for q, a, (ids, lp) in zip(part, answers, teacher.top_k(prompts, answers, TOP_K)):
             q["answer_ids"] = a
@@ -279,7 +330,7 @@ def speak_clips(root: Path, clips: list[dict], texts: dict[str, str], progress) 
 
 
 def build(out: Path, gguf: Path, n_questions: int, n_sampled: int, per_question: int, heldout: float,
-          seed: int = 0) -> None:
+          seed: int = 0, system: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     t0 = time.time()
@@ -290,7 +341,7 @@ def build(out: Path, gguf: Path, n_questions: int, n_sampled: int, per_question:
     qfile = out / QUESTIONS_FILE
     if not (qfile.is_file() and (out / TEACHER_FILE).is_file()):
         log("loading the teacher LLM")
-        teacher = Teacher(gguf)
+        teacher = Teacher(gguf, system)
         questions = template_questions(rng)
         rng.shuffle(questions)
         questions = questions[: max(0, n_questions - n_sampled)]
@@ -329,13 +380,17 @@ def smollm2_gguf() -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--gguf", type=Path, default=None, help="teacher LLM GGUF (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--gguf", type=Path, default=None, help="the LLM GGUF to give ears (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--system", default=None, help="system prompt (default: SmolLM2's own; none for another GGUF)")
     ap.add_argument("--questions", type=int, default=3000)
     ap.add_argument("--sampled", type=int, default=400, help="of which written by the LLM itself")
     ap.add_argument("--clips-per-question", type=int, default=2)
     ap.add_argument("--heldout", type=float, default=0.05, help="share of questions held out (facts: half)")
     args = ap.parse_args(argv)
-    build(args.out, args.gguf or smollm2_gguf(), args.questions, args.sampled, args.clips_per_question, args.heldout)
+    system = args.system if args.system is not None else (None if args.gguf else SYSTEM_PROMPT)
+    build(args.out, args.gguf or smollm2_gguf(), args.questions, args.sampled, args.clips_per_question, args.heldout,
+          system=system)
+    (args.out / "prompt.json").write_text(json.dumps({"system": system}) + "\n")
     return 0
 
 

@@ -62,6 +62,7 @@ class Manifest:
     boundary_file: str | None = None  # .npy (2, llm_dim): start and end rows
     onnx_tower: str | None = None  # ONNX file: mel (1, n_mels, T) -> embeddings (1, T / 2k, llm_dim)
     llm_packages: dict[str, str] = field(default_factory=dict)  # variant -> "module/file.gguf" in an installed package
+    llm_external: dict[str, str] = field(default_factory=dict)  # variant -> absolute path of a GGUF the bundle names
     temperature: float = 0.2
     max_tokens: int = 1024
 
@@ -148,6 +149,11 @@ class Manifest:
             for v, f in self.llm_packages.items()
         ):
             raise bad("llm_packages", 'an object mapping variant names to "module/file.gguf"')
+        if not isinstance(self.llm_external, dict) or any(
+            not isinstance(v, str) or not isinstance(f, str) or not Path(f).is_absolute() or not f.endswith(".gguf")
+            for v, f in self.llm_external.items()
+        ):
+            raise bad("llm_external", "an object mapping variant names to absolute paths of .gguf files")
         for name in ("llm_files", "tower_files"):
             files = getattr(self, name)
             if not isinstance(files, dict):
@@ -156,7 +162,7 @@ class Manifest:
                 if not variant or not isinstance(file, str):
                     raise bad(name, "an object mapping variant names to file names")
                 _check_file_name(file, f"{name}[{variant!r}]", where)
-        if not self.llm_files and not self.llm_packages:
+        if not self.llm_files and not self.llm_packages and not self.llm_external:
             raise BundleError(f"{where} lists no LLM file")
         if self.torch_tower is not None:
             if not isinstance(self.torch_tower, str):
@@ -190,16 +196,23 @@ class Bundle:
 
     def llm_path(self, variant: str | None = None) -> Path:
         m = self.manifest
-        files = m.llm_files | m.llm_packages
+        files = m.llm_external | m.llm_packages | m.llm_files
         if variant is None:
             variant = next((v for v in PREFERRED_VARIANTS if v in files), next(iter(files)))
-        if variant in m.llm_packages and variant not in m.llm_files:
+        if variant in m.llm_files or variant not in files:
+            return self._pick(m.llm_files, variant, "LLM")
+        if variant in m.llm_packages:
             return packaged_file(m.llm_packages[variant])
-        return self._pick(m.llm_files, variant, "LLM")
+        path = Path(m.llm_external[variant])
+        if not path.is_file():
+            raise BundleError(f"bundle {self.root} runs the LLM {path}, which is missing: put the file back, or edit "
+                              f"llm_external in {MANIFEST_FILE}")
+        return path
 
     def variants(self) -> list[str]:
         """LLM variants this bundle can run."""
-        return list(self.manifest.llm_files | self.manifest.llm_packages)
+        m = self.manifest
+        return list(m.llm_external | m.llm_packages | m.llm_files)
 
     def boundary_rows(self):
         """The learned (2, llm_dim) start/end-of-audio rows, or None for token boundaries."""
