@@ -37,7 +37,8 @@ def stream_answer(pieces: Iterable[str], out: Console = console) -> str:
 def stats_table(stats: dict, title: str = "timings") -> Table:
     table = Table(title=title, show_header=False, box=None, pad_edge=False)
     for key, value in stats.items():
-        table.add_row(key.replace("_", " "), f"{value:.1f}" if isinstance(value, float) else str(value))
+        shown = f"{value:.1f}" if isinstance(value, float) else ("n/a" if value is None else str(value))
+        table.add_row(key.replace("_", " "), shown)
     return table
 
 
