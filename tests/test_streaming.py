@@ -352,3 +352,22 @@ def test_spoken_chat_turn_streams_and_answers_as_the_file_path(pulse, chunked, t
         assert answer(bot, clip, sampling=GREEDY, max_tokens=6) == said
     finally:
         bot.close()
+
+
+def test_decode_rate_of_a_one_token_answer(bot):
+    """A one-token answer that ran to its end decoded that token: its rate is measured, not 0."""
+    from llasm_cli.chat import stats_line
+
+    bot.engine.reset()
+    conv = Conversation(bot)
+    conv.add_user(text="hello")
+    "".join(conv.respond(GREEDY, max_tokens=1))
+    st = conv.stats
+    assert st.answer_tokens == 1 and st.decode_ms_per_token > 0 and st.decode_tokens_per_s > 0
+    assert re.search(r"· 1 token · decode \d+ ms/token \(\d+ tok/s\)$", stats_line(st))
+    conv.add_user(text="again")
+    answer_stream = conv.respond(GREEDY, max_tokens=5)
+    next(answer_stream)
+    answer_stream.close()  # stopped at once (Ctrl-C): nothing after the first token was timed
+    if conv.stats.answer_tokens == 1:
+        assert conv.stats.decode_ms_per_token is None and stats_line(conv.stats).endswith("decode n/a")
