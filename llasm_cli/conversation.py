@@ -333,6 +333,7 @@ class AudioTurnStream:
         if any(isinstance(seg, np.ndarray) for seg in segs[i + 1 :]):
             raise LlasmError("the chat template put audio after this turn's audio")
         self.suffix = [int(t) for seg in segs[i + 1 :] for t in seg]
+        self.conv.bot.engine.token_rows(self.suffix)  # read now, while the user speaks, for finish's one decode
 
     def _sync(self) -> None:
         """Bring the cache to the prefix and the rows so far, keeping what it already holds of them."""
