@@ -2,6 +2,8 @@
 
     python bench/eval_demo.py [--model DIR] [--questions 60] [--repeats 20] [--backends ggml,torch]
 
+DIR defaults to the bundle `python -m llasm_finetune.demo` writes (~/.cache/llasm/demo-run/bundle).
+
 Speaks fresh questions in espeak-ng voices, variants, speeds and pitches that training never used
 (`finetune/demo_tasks.py`), then asks the bundle (as `llasm ask` does) about clean, noisy (20 and
 10 dB SNR, white or pink) and telephone-band (8 kHz, 300-3400 Hz) copies of the same clips.
@@ -97,11 +99,11 @@ def main() -> None:
     p.add_argument("--backends", default="ggml,torch", help="tower backends, comma-separated")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     a = p.parse_args()
-    from llasm_cli.bundle import default_bundle_path
+    from llasm_finetune.demo import ROOT_DEFAULT
 
-    model = a.model or default_bundle_path()
-    if model is None:
-        raise SystemExit("no packaged demo model: pass --model DIR")
+    model = a.model or ROOT_DEFAULT / "bundle"
+    if not (model / "llasm-bundle.json").is_file():
+        raise SystemExit(f"no demo bundle in {model}: train one (python -m llasm_finetune.demo) or pass --model DIR")
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
     report = run(model, questions(a.questions, a.repeats), backends)
     print(f"held-out voices, {report['n']} questions, exact match:\n")
