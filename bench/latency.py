@@ -427,13 +427,13 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
     and the cascades on its GGUF."""
     from llasm_cli.assistant import Assistant
     from llasm_cli.bundle import load_bundle
-    from llasm_cli.errors import BackendUnavailableError
+    from llasm_cli.errors import LlasmError
     from llasm_cli.towers import open_tower
 
-    run = ModelRun("gemma-270m-chunked", bundle)
     b = load_bundle(bundle)
+    run = ModelRun(b.manifest.name, bundle)
     t = now()
-    a = Assistant(b, backend="torch", n_threads=threads)
+    a = Assistant(b, backend="onnx" if b.manifest.onnx_tower else "torch", n_threads=threads)
     run.startup["assistant_init_s"] = now() - t
     sampling = a.default_sampling()
     towers = []
@@ -441,7 +441,7 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
         t = now()
         try:
             tower = open_tower(b, backend, a.engine, None, threads)
-        except BackendUnavailableError as exc:
+        except LlasmError as exc:  # not installed here, or not in the bundle
             log(f"no {backend} tower: {exc}")
             continue
         run.startup[f"{backend}_tower_open_s"] = now() - t
@@ -681,7 +681,7 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int, backends: tupl
             "model": name, "backend": backend, "peak_rss_mb": round(peak / 2**20, 1),
             "bundle_files_mb": round(size / 2**20, 1), "rss_over_files": round(peak / size, 2),
             "process_wall_s": round(wall, 2), "first_token_ms_in_process": timings.get("first_token_ms"),
-            "files": [str(p.relative_to(bundle)) for p in files],
+            "files": [str(p.relative_to(bundle)) if p.is_relative_to(bundle) else str(p) for p in files],  # an LLM may come from a package
         })
     # what the peak is made of: each piece alone in a fresh process
     llm = _bundle_files(bundle, backends[0])[0]
@@ -862,6 +862,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stream each clip to llasm at the audio clock's pace (chunked model; latency from the end "
                         "of speech) beside the cascades; default 3 repetitions")
     parser.add_argument("--block-ms", type=float, default=40.0, help="--realtime: audio delivered per block (20-100 ms)")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="--realtime: a chunked bundle to stream (e.g. llasm_cli/models/default); default: the "
+                        "Gemma 3 270M bundle built for the bench")
     parser.add_argument("--omp-passive", action="store_true",
                         help="run everything with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning "
                         "at barriers: far steadier on a machine whose cores other processes use)")
@@ -875,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(models) - set(assets.BUNDLES)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(assets.BUNDLES)}")
+    if args.bundle is not None and not args.realtime:
+        parser.error("--bundle goes with --realtime")
     if args.realtime and models != ["gemma-270m"]:
         parser.error("--realtime runs the chunked Gemma 3 270M bundle only (leave --models out)")
     n_decode = args.decode_tokens or (64 if args.quick else 128)
@@ -896,7 +901,10 @@ def main(argv: list[str] | None = None) -> int:
     }, "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
 
     if args.realtime:
-        bundles = {"gemma-270m-chunked": chunked_bundle(log)}
+        from llasm_cli.bundle import load_bundle
+
+        path = args.bundle.resolve() if args.bundle else chunked_bundle(log)
+        bundles = {load_bundle(path).manifest.name: path}
     else:
         bundles = {m: assets.BUNDLES[m](log) for m in models}  # build (once) before timing anything
     if want_wcpp:
