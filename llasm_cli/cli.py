@@ -300,25 +300,39 @@ def export(
         None, "--llm", help="Ultravox: the LLM, a GGUF file or a Llama folder (default: the config's text_model_id, "
         "from the Hugging Face cache)."
     ),
+    whisper: Optional[Path] = typer.Option(
+        None, "--whisper", help="Original LLaSM: its Whisper folder (default: openai/whisper-large-v2 from the Hugging "
+        "Face cache, as `llasm pull whisper-large-v2` puts it)."
+    ),
 ) -> None:
     """Convert a training checkpoint into a runnable bundle (GGUF LLM + audio tower + manifest).
 
     A Hugging Face Ultravox checkpoint becomes an LLM GGUF + audio mmproj GGUF folder (as llama.cpp
-    publishes them), which runs with `llasm ask -m OUT`.
+    publishes them), which runs with `llasm ask -m OUT`. The original LLaSM release (LinkSoul/LLaSM-Cllama2,
+    model_type llaaa) becomes a bundle with its Whisper encoder-decoder tower and its own prompt.
 
     Examples:
 
       llasm export runs/stage2/final my-bundle --type f16 --type f32
 
       llasm export ultravox-checkpoint my-ultravox --llm Llama-3.2-1B-Instruct-Q4_K_M.gguf
+
+      llasm export "$(llasm pull llasm-cllama2)" cllama2 --type q4_k_m
     """
     try:
         from llasm_export.bundle import export_bundle
+        from llasm_export.llasm_v1 import export_llasm_v1, is_llasm_v1
         from llasm_export.ultravox import export_ultravox, is_ultravox
     except ImportError as exc:
         raise LlasmError(f"exporting needs the training extras ({exc.name} is missing): pip install 'llasm[train]'") from None
     from .ui import err_console
 
+    if is_llasm_v1(checkpoint):
+        with err_console.status("exporting") as status:
+            manifest = export_llasm_v1(checkpoint, out, whisper, tuple(types), (tower_types or ["f16"])[0], name=name,
+                                       overwrite=force, progress=lambda s: status.update(s))
+        err_console.print(f"wrote {out}: " + ", ".join([*manifest.llm_files.values(), manifest.torch_tower or ""]))
+        return
     if is_ultravox(checkpoint):
         with err_console.status("exporting") as status:
             written = export_ultravox(checkpoint, out, llm, tuple(types), (tower_types or ["f16"])[0], name=name,
@@ -359,6 +373,54 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
         console.print(f"  tower torch {bundle.torch_tower_path().name}/")
 
 
+@app.command("eval-quant")
+def eval_quant_command(
+    model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help="Bundle or published model (as --model)."),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="Folder of spoken prompts (wav, flac, ogg, mp3)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", help="A typed prompt (repeat for several)."),
+    variants: Optional[list[str]] = typer.Option(
+        None, "--variants", help="LLM variants to score, comma-separated or repeated (default: all; the reference always runs)."
+    ),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="Longest reference answer in tokens."),
+    backend: str = BackendOpt,
+    threads: Optional[int] = ThreadsOpt,
+    ctx: int = typer.Option(2048, "--ctx", help="LLM context length in tokens."),
+    as_run: bool = typer.Option(
+        False, "--as-run", help="Run each variant as `llasm ask --variant` does (f16 KV cache and flash attention except "
+        "f32) instead of all with an f32 KV cache and attention (the default: only the weights differ)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+) -> None:
+    """Score every LLM quantization of a bundle against f32 on the same spoken and typed prompts.
+
+    The reference (f32, else the most precise variant present) answers each prompt greedily; each variant
+    is teacher-forced along that answer: top-1 agreement, mean KL(reference || variant), identical answers,
+    decode tokens/s and file size. Without --audio or --text, a few typed questions are used.
+
+    Examples:
+
+      llasm eval-quant my-bundle --audio examples/
+
+      llasm eval-quant my-bundle --audio clips/ --text "What is the capital of France?" --variants q8_0,q4_k_m --json
+    """
+    from .eval_quant import DEFAULT_TEXTS, audio_prompts, eval_quant, text_prompts
+    from .ui import err_console
+
+    prompts = (audio_prompts(audio) if audio is not None else []) + text_prompts(text or [])
+    if not prompts:
+        prompts = text_prompts(DEFAULT_TEXTS)
+    wanted = [v.strip() for item in variants or [] for v in item.split(",") if v.strip()] or None
+    with err_console.status("evaluating") as status:
+        report = eval_quant(_need_model(model), prompts, wanted, max_tokens=max_tokens, backend=backend,
+                            n_threads=threads, n_ctx=ctx, as_run=as_run, progress=lambda s: status.update(s))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+        return
+    typer.echo(f"{report.model}: {len(report.prompts)} prompts, {report.answer_tokens} reference answer tokens; "
+               f"{report.note}; context: {report.context}")
+    typer.echo(report.markdown())
+
+
 @app.command("pull")
 def pull_command(
     name: str = typer.Argument(..., help="A name from `llasm models`, or a Hugging Face repository as owner/name."),
@@ -384,7 +446,7 @@ def pull_command(
       HF_HUB_OFFLINE=1 llasm pull ultravox-1b
     """
     from .hub import pull, resolve
-    from .registry import RUNS
+    from .registry import COMPANION, CONVERTS, RUNS
     from .ui import err_console
 
     path = pull(name, revision, progress=False if quiet else None)
@@ -392,6 +454,11 @@ def pull_command(
     model = resolve(name).model
     if model is not None and model.status == RUNS:
         err_console.print(f"run it: llasm ask question.wav -m {model.name}", highlight=False, soft_wrap=True)
+    elif model is not None and model.status in (CONVERTS, COMPANION):
+        err_console.print(f"note: {model.name}: {model.status}", highlight=False, soft_wrap=True)
+        if model.status == CONVERTS:
+            err_console.print(f"convert it: llasm export {path} my-{model.name} --type q4_k_m, then "
+                              f"llasm ask question.wav -m my-{model.name}", highlight=False, soft_wrap=True)
     elif model is not None:
         err_console.print(f"note: llasm cannot run {model.name} yet ({model.status}); the files are ready for when "
                           "it can", highlight=False, soft_wrap=True)

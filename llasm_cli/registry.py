@@ -7,6 +7,9 @@ cache for runtime support that comes later.
 
 ``files`` is a list of choices: each choice is a tuple of glob patterns in order of preference,
 and the first pattern that matches any file of the repository is fetched (all of its matches).
+
+The original LLaSM (LinkSoul/LLaSM-Cllama2, PyTorch weights) runs once ``llasm export`` has converted it
+and its Whisper (whisper-large-v2, fetched beside it) into a bundle (export/llasm_v1.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 RUNS = "runs"
 DOWNLOAD_ONLY = "download only: support is coming"
 MROPE = "download only: its LLM needs M-RoPE positions (llama-mtmd-cli runs it)"
+CONVERTS = "runs after conversion: llasm export FOLDER BUNDLE (Whisper encoder-decoder tower on the torch backend)"
+COMPANION = "companion download: llasm export reads it when converting llasm-cllama2"
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ MODELS: tuple[KnownModel, ...] = (
         files=(("*",),),
         description="The original LLaSM (Chinese-Llama-2-7B + adaptor), PyTorch weights; needs whisper-large-v2",
         size="14 GB",
-        status=DOWNLOAD_ONLY,
+        status=CONVERTS,
     ),
     KnownModel(
         name="whisper-large-v2",
@@ -75,7 +80,7 @@ MODELS: tuple[KnownModel, ...] = (
         files=(("*.json",), ("*.txt",), ("model.safetensors", "pytorch_model.bin")),
         description="Whisper large-v2, the speech encoder llasm-cllama2 was trained with (companion download)",
         size="6.2 GB",
-        status=DOWNLOAD_ONLY,
+        status=COMPANION,
     ),
 )
 
