@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import random
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ class DistillConfig:
     save_every_minutes: float = 5.0
     seed: int = 0
     threads: int = 2
+    max_answer: int = 24  # answer tokens trained on (the teacher's targets hold up to 40)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -130,43 +132,61 @@ def examples(clips: list[dict], questions: dict[str, dict], teacher, feats: dict
 
 
 class Student(torch.nn.Module):
-    """Frozen LLM + trainable adaptor and boundary rows: builds the input embeddings and scores them."""
+    """Frozen LLM + trainable adaptor and boundary rows: builds the input embeddings and scores them.
 
-    def __init__(self, llm, tower: AudioTower, prefix: list[int], suffix: list[int]) -> None:
+    The prompt before the audio is the same for every example, so its keys and values are computed
+    once and shared; logits are computed only where an answer token is predicted (the vocabulary
+    projection is a fifth of the LLM). ``max_answer`` keeps the first answer tokens: what a
+    listener hears first, and most of the cost.
+    """
+
+    def __init__(self, llm, tower: AudioTower, prefix: list[int], suffix: list[int], max_answer: int = 0) -> None:
         super().__init__()
-        self.llm, self.tower = llm, tower
+        self.llm, self.tower, self.max_answer = llm, tower, max_answer
         emb = llm.get_input_embeddings().weight
-        self.register_buffer("prefix", emb[prefix].detach().clone(), persistent=False)
         self.register_buffer("suffix", emb[suffix].detach().clone(), persistent=False)
+        with torch.no_grad():
+            self.prefix_cache = llm(inputs_embeds=emb[prefix][None], use_cache=True).past_key_values
+        self.n_prefix = len(prefix)
+
+    def answer(self, ex: Example) -> int:
+        return min(len(ex.answer), self.max_answer) if self.max_answer else len(ex.answer)
 
     def sequence(self, ex: Example) -> tuple[torch.Tensor, int]:
-        """Input embeddings for one example and the index whose logits predict the first answer token."""
+        """Input embeddings after the shared prefix, and the index whose output predicts the first answer token."""
         emb = self.llm.get_input_embeddings()
         audio = self.tower.adapt(torch.from_numpy(ex.feats.astype(np.float32))[None])[0]
         b = self.tower.adaptor.boundary
-        ans = emb(torch.tensor(ex.answer[:-1], dtype=torch.long))
-        seq = torch.cat([self.prefix, b[:1], audio, b[1:], self.suffix, ans])
-        first = self.prefix.shape[0] + 2 + audio.shape[0] + self.suffix.shape[0] - 1
-        return seq, first
+        ans = emb(torch.tensor(ex.answer[: self.answer(ex) - 1], dtype=torch.long))
+        seq = torch.cat([b[:1], audio, b[1:], self.suffix, ans])
+        return seq, 2 + audio.shape[0] + self.suffix.shape[0] - 1
 
     def forward(self, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(KL loss summed over answer tokens, top-1 agreements, answer tokens)."""
+        import copy
+
         seqs = [self.sequence(ex) for ex in batch]
         width = max(s.shape[0] for s, _ in seqs)
         x = torch.zeros(len(seqs), width, seqs[0][0].shape[1])
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width + self.n_prefix, dtype=torch.long)
+        mask[:, : self.n_prefix] = 1
         for i, (s, _) in enumerate(seqs):
             x[i, : s.shape[0]] = s
-            mask[i, : s.shape[0]] = 1
-        logits = self.llm(inputs_embeds=x, attention_mask=mask).logits
+            mask[i, self.n_prefix : self.n_prefix + s.shape[0]] = 1
+        cache = copy.deepcopy(self.prefix_cache)
+        cache.batch_repeat_interleave(len(seqs))
+        hidden = self.llm.model(inputs_embeds=x, attention_mask=mask, past_key_values=cache, use_cache=True)[0]
+        rows = torch.cat([hidden[i, first : first + self.answer(ex)] for i, (ex, (_, first)) in enumerate(zip(batch, seqs))])
+        logp_all = F.log_softmax(self.llm.lm_head(rows).float(), -1)
         loss, agree, n = x.new_zeros(()), 0, 0
-        for i, (ex, (_, first)) in enumerate(zip(batch, seqs)):
-            lp = F.log_softmax(logits[i, first : first + len(ex.answer)].float(), -1)
-            ids = torch.from_numpy(ex.top_ids.astype(np.int64))
-            p = torch.softmax(torch.from_numpy(ex.top_logp), -1)  # teacher top-k, renormalised
+        for ex in batch:
+            m = self.answer(ex)
+            lp, logp_all = logp_all[:m], logp_all[m:]
+            ids = torch.from_numpy(ex.top_ids[:m].astype(np.int64))
+            p = torch.softmax(torch.from_numpy(ex.top_logp[:m]), -1)  # teacher top-k, renormalised
             loss = loss + (p * (p.clamp_min(1e-12).log() - lp.gather(1, ids))).sum()
             agree += int((lp.argmax(-1) == ids[:, 0]).sum())
-            n += len(ex.answer)
+            n += m
         return loss, torch.tensor(agree), n
 
 
@@ -214,7 +234,8 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     questions = {q["id"]: q for q in read_jsonl(data / QUESTIONS_FILE)}
     clips = read_jsonl(data / CLIPS_FILE)
     teacher = dict(np.load(data / TEACHER_FILE))
-    wcfg, wstate = load_whisper("packaged:base", out / "work")
+    with tempfile.TemporaryDirectory(dir=out) as work:  # the packaged CTranslate2 weights, converted in passing
+        wcfg, wstate = load_whisper("packaged:base", Path(work))
     gguf = gguf or smollm2_gguf()
     llm, tok = load_llm(gguf)
     system = data_system_prompt(data)
@@ -233,7 +254,8 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     held_eval = random.Random(1).sample(held, min(cfg.eval_clips, len(held)))
     train_eval = random.Random(2).sample(train, min(cfg.eval_clips, len(train)))
     prefix, suffix = PromptFormat(gguf, tok, system).spoken()
-    student = Student(llm, tower, prefix, suffix)
+    student = Student(llm, tower, prefix, suffix, cfg.max_answer)
+    full = Student(llm, tower, prefix, suffix)  # evaluation: the whole answer
     params = list(tower.adaptor.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, trained = 0, 0.0  # trained: seconds of training so far (resumable)
@@ -264,14 +286,14 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
         opt.step()
         step += 1
         if step % 20 == 0:
-            rec = {"step": step, "min": round((time.time() - t0) / 60, 2), "kl": float(loss) / n,
+            rec = {"step": step, "min": round((time.time() - t0) / 60, 2), "kl": float(loss.detach()) / n,
                    "top1": int(agree) / n, "lr": opt.param_groups[0]["lr"]}
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if time.time() - last_eval > cfg.eval_every_minutes * 60:
             tower.adaptor.eval()
-            rec = {"step": step, "min": round((time.time() - t0) / 60, 2), "heldout": evaluate(student, held_eval, 16)}
+            rec = {"step": step, "min": round((time.time() - t0) / 60, 2), "heldout": evaluate(full, held_eval, 16)}
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             last_eval = time.time()
@@ -281,7 +303,7 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     _save_state(state_path, tower, opt, step, time.time() - t0)
     tower.adaptor.eval()
     final = {"step": step, "train_minutes": round((time.time() - t0) / 60, 1), "feature_seconds": round(t_feats),
-             "heldout": evaluate(student, held, 16), "train_sample": evaluate(student, train_eval, 16),
+             "heldout": evaluate(full, held, 16), "train_sample": evaluate(full, train_eval, 16),
              "config": asdict(cfg)}
     print(json.dumps(final), flush=True)
     log.write(json.dumps(final) + "\n")
