@@ -60,6 +60,7 @@ class DistillConfig:
     seed: int = 0
     threads: int = 2
     max_answer: int = 24  # answer tokens trained on (the teacher's targets hold up to 40)
+    repeat_weight: float = 0.5  # the repeat-the-question warm-up's share of the loss (0: KL alone)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -115,16 +116,19 @@ class Example:
     answer: list[int]  # teacher's greedy answer tokens
     top_ids: np.ndarray  # (len(answer), K)
     top_logp: np.ndarray
+    transcript: list[int] = None  # the question's own tokens + end of turn: the warm-up's target
 
 
-def examples(clips: list[dict], questions: dict[str, dict], teacher, feats: dict[str, np.ndarray]) -> list[Example]:
+def examples(clips: list[dict], questions: dict[str, dict], teacher, feats: dict[str, np.ndarray],
+             tokenize=None, eos: int | None = None) -> list[Example]:
     out = []
     for c in clips:
         q = questions[c["question"]]
         if not q["answer_ids"]:
             continue
+        transcript = tokenize(q["text"], False) + [eos] if tokenize else None
         out.append(Example(c["id"], feats[c["id"]], q["answer_ids"], teacher[f"{q['id']}/ids"],
-                           teacher[f"{q['id']}/logp"].astype(np.float32)))
+                           teacher[f"{q['id']}/logp"].astype(np.float32), transcript))
     return out
 
 
@@ -190,6 +194,43 @@ class Student(torch.nn.Module):
         return loss, torch.tensor(agree), n
 
 
+class Repeater(Student):
+    """The warm-up that teaches the adaptor words: the same spoken question, then a typed request to
+    repeat it, and cross-entropy on the question's own tokens. An LLM can only repeat the words it
+    heard, so this carries what the answers' KL alone carries slowly (which question, not which kind)."""
+
+    def __init__(self, llm, tower: AudioTower, prefix: list[int], request: list[int]) -> None:
+        super().__init__(llm, tower, prefix, request)
+
+    def answer(self, ex: Example) -> int:
+        return len(ex.transcript)
+
+    def sequence(self, ex: Example) -> tuple[torch.Tensor, int]:
+        emb = self.llm.get_input_embeddings()
+        audio = self.tower.adapt(torch.from_numpy(ex.feats.astype(np.float32))[None])[0]
+        b = self.tower.adaptor.boundary
+        said = emb(torch.tensor(ex.transcript[:-1], dtype=torch.long))
+        return torch.cat([b[:1], audio, b[1:], self.suffix, said]), 2 + audio.shape[0] + self.suffix.shape[0] - 1
+
+    def forward(self, batch: list[Example]) -> tuple[torch.Tensor, int]:
+        import copy
+
+        seqs = [self.sequence(ex) for ex in batch]
+        width = max(s.shape[0] for s, _ in seqs)
+        x = torch.zeros(len(seqs), width, seqs[0][0].shape[1])
+        mask = torch.zeros(len(seqs), width + self.n_prefix, dtype=torch.long)
+        mask[:, : self.n_prefix] = 1
+        for i, (s, _) in enumerate(seqs):
+            x[i, : s.shape[0]] = s
+            mask[i, self.n_prefix : self.n_prefix + s.shape[0]] = 1
+        cache = copy.deepcopy(self.prefix_cache)
+        cache.batch_repeat_interleave(len(seqs))
+        hidden = self.llm.model(inputs_embeds=x, attention_mask=mask, past_key_values=cache, use_cache=True)[0]
+        rows = torch.cat([hidden[i, first : first + len(ex.transcript)] for i, (ex, (_, first)) in enumerate(zip(batch, seqs))])
+        target = torch.tensor([t for ex in batch for t in ex.transcript])
+        return F.cross_entropy(self.llm.lm_head(rows).float(), target, reduction="sum"), len(target)
+
+
 def evaluate(student: Student, exs: list[Example], batch: int) -> dict:
     """Teacher-forced top-1 agreement and mean KL per answer token."""
     kl = agree = n = 0.0
@@ -249,12 +290,17 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
         tower.adaptor.boundary.copy_(emb.mean(0) + 0.02 * torch.randn(2, emb.shape[1]) * emb.std())
     feats = compute_features(tower.eval(), data, clips, out, cfg.threads)
     t_feats = time.time() - t_start
-    train = examples([c for c in clips if c["split"] == "train"], questions, teacher, feats)
+    from .data import hf_tokenize
+
+    fmt = PromptFormat(gguf, tok, system)
+    train = examples([c for c in clips if c["split"] == "train"], questions, teacher, feats, hf_tokenize(tok), fmt.eos)
     held = examples([c for c in clips if c["split"] == "heldout"], questions, teacher, feats)
     held_eval = random.Random(1).sample(held, min(cfg.eval_clips, len(held)))
     train_eval = random.Random(2).sample(train, min(cfg.eval_clips, len(train)))
-    prefix, suffix = PromptFormat(gguf, tok, system).spoken()
+    prefix, suffix = fmt.spoken()
     student = Student(llm, tower, prefix, suffix, cfg.max_answer)
+    request = hf_tokenize(tok)("\nRepeat my question word for word.", False) + suffix
+    repeater = Repeater(llm, tower, prefix, request) if cfg.repeat_weight > 0 else None
     full = Student(llm, tower, prefix, suffix)  # evaluation: the whole answer
     params = list(tower.adaptor.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -281,13 +327,20 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
         tower.adaptor.train()
         loss, agree, n = student(batch)
         opt.zero_grad(set_to_none=True)
-        (loss / n).backward()
+        total = loss / n
+        if repeater is not None:
+            rep, m = repeater(batch)
+            total = total + cfg.repeat_weight * rep / m
+            rep_loss = float(rep.detach()) / m
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         if step % 20 == 0:
             rec = {"step": step, "min": round((time.time() - t0) / 60, 2), "kl": float(loss.detach()) / n,
                    "top1": int(agree) / n, "lr": opt.param_groups[0]["lr"]}
+            if repeater is not None:
+                rec["repeat_ce"] = rep_loss
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
