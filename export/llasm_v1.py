@@ -45,7 +45,7 @@ from llasm_cli.files import atomic_folder, atomic_path
 from llasm_cli.model import DEFAULT_SYSTEM_PROMPT, AdaptorConfig, CheckpointMeta
 
 from .bundle import write_tower_and_manifest
-from .llm_gguf import FTYPES, SKIPPED_SUFFIXES, map_name, permute_for_rope, read_vocab
+from .llm_gguf import SKIPPED_SUFFIXES, llama_writer, map_name, permute_for_rope, read_vocab
 from .quantize import LLM_QUANTS, quantize_llm
 
 MODEL_TYPE = "llaaa"
@@ -211,8 +211,6 @@ def write_llm(config: dict, state: dict, src: Path, out: Path, ftype: str, name:
     """The LLaMA half as a ``llama`` GGUF (f32 or f16): LLaSM's vocabulary, template and BOS handling."""
     n_head = config["num_attention_heads"]
     n_head_kv = config.get("num_key_value_heads") or n_head
-    n_embd = config["hidden_size"]
-    head_dim = config.get("head_dim") or n_embd // n_head
     if "model.embed_tokens.weight" not in state:
         raise CheckpointError("the checkpoint has no model.embed_tokens.weight")
     n_vocab = state["model.embed_tokens.weight"].shape[0]
@@ -220,22 +218,7 @@ def write_llm(config: dict, state: dict, src: Path, out: Path, ftype: str, name:
     names = [k for k in sorted(state) if not k.endswith(SKIPPED_SUFFIXES)]
     mapped = {k: map_name(k) for k in names}  # every name known before anything is written
 
-    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    writer.add_name(name)
-    writer.add_file_type(FTYPES[ftype])
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
-    writer.add_vocab_size(n_vocab)
-    if head_dim != n_embd // n_head:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+    writer = llama_writer(config, n_vocab, ftype, name)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)

@@ -117,25 +117,13 @@ def read_chat_template(llm_dir: Path) -> str | None:
     return None
 
 
-def write_llm_gguf(llm_dir: Path, out: Path, ftype: str = "f32", name: str = "llasm") -> None:
-    """Convert the LLM folder of a checkpoint to ``out`` in the given type (f32 or f16)."""
-    llm_dir = Path(llm_dir)
-    cfg = json.loads((llm_dir / "config.json").read_text())
-    if cfg.get("model_type") != "llama":
-        raise CheckpointError(f"LLM model_type is {cfg.get('model_type')!r}; only 'llama' exports so far")
-    if cfg.get("rope_scaling"):
-        raise CheckpointError("rope_scaling is not supported by the exporter yet")
-    n_head, n_head_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+def llama_writer(cfg: dict, n_vocab: int, ftype: str, name: str) -> gguf.GGUFWriter:
+    """A GGUF writer holding a ``llama`` model's hyper-parameters from its Hugging Face config."""
+    n_head = cfg["num_attention_heads"]
+    n_head_kv = cfg.get("num_key_value_heads") or n_head
     n_embd = cfg["hidden_size"]
     head_dim = cfg.get("head_dim") or n_embd // n_head
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(llm_dir.glob("*.safetensors")):
-        state |= load_file(str(f))
-    if not state:
-        raise CheckpointError(f"no safetensors weights in {llm_dir}")
-    n_vocab = state["model.embed_tokens.weight"].shape[0]
-
-    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])  # the file: see the end
+    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     writer.add_name(name)
     writer.add_file_type(FTYPES[ftype])
     writer.add_context_length(cfg["max_position_embeddings"])
@@ -151,6 +139,26 @@ def write_llm_gguf(llm_dir: Path, out: Path, ftype: str = "f32", name: str = "ll
     if head_dim != n_embd // n_head:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
+    return writer
+
+
+def write_llm_gguf(llm_dir: Path, out: Path, ftype: str = "f32", name: str = "llasm") -> None:
+    """Convert the LLM folder of a checkpoint to ``out`` in the given type (f32 or f16)."""
+    llm_dir = Path(llm_dir)
+    cfg = json.loads((llm_dir / "config.json").read_text())
+    if cfg.get("model_type") != "llama":
+        raise CheckpointError(f"LLM model_type is {cfg.get('model_type')!r}; only 'llama' exports so far")
+    if cfg.get("rope_scaling"):
+        raise CheckpointError("rope_scaling is not supported by the exporter yet")
+    n_head, n_head_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(llm_dir.glob("*.safetensors")):
+        state |= load_file(str(f))
+    if not state:
+        raise CheckpointError(f"no safetensors weights in {llm_dir}")
+    n_vocab = state["model.embed_tokens.weight"].shape[0]
+
+    writer = llama_writer(cfg, n_vocab, ftype, name)  # the file: see the end
 
     tokens, scores, types = read_vocab(llm_dir, n_vocab)
     writer.add_tokenizer_model("llama")

@@ -156,6 +156,21 @@ class Student(torch.nn.Module):
     def answer(self, ex: Example) -> int:
         return min(len(ex.answer), self.max_answer) if self.max_answer else len(ex.answer)
 
+    def hidden(self, seqs: list[torch.Tensor]) -> torch.Tensor:
+        """The LLM's last hidden states for sequences that follow the shared prefix (right-padded)."""
+        import copy
+
+        width = max(q.shape[0] for q in seqs)
+        x = torch.zeros(len(seqs), width, seqs[0].shape[1])
+        mask = torch.zeros(len(seqs), width + self.n_prefix, dtype=torch.long)
+        mask[:, : self.n_prefix] = 1
+        for i, q in enumerate(seqs):
+            x[i, : q.shape[0]] = q
+            mask[i, self.n_prefix : self.n_prefix + q.shape[0]] = 1
+        cache = copy.deepcopy(self.prefix_cache)
+        cache.batch_repeat_interleave(len(seqs))
+        return self.llm.model(inputs_embeds=x, attention_mask=mask, past_key_values=cache, use_cache=True)[0]
+
     def sequence(self, ex: Example) -> tuple[torch.Tensor, int]:
         """Input embeddings after the shared prefix, and the index whose output predicts the first answer token."""
         emb = self.llm.get_input_embeddings()
@@ -167,22 +182,11 @@ class Student(torch.nn.Module):
 
     def forward(self, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(KL loss summed over answer tokens, top-1 agreements, answer tokens)."""
-        import copy
-
         seqs = [self.sequence(ex) for ex in batch]
-        width = max(s.shape[0] for s, _ in seqs)
-        x = torch.zeros(len(seqs), width, seqs[0][0].shape[1])
-        mask = torch.zeros(len(seqs), width + self.n_prefix, dtype=torch.long)
-        mask[:, : self.n_prefix] = 1
-        for i, (s, _) in enumerate(seqs):
-            x[i, : s.shape[0]] = s
-            mask[i, self.n_prefix : self.n_prefix + s.shape[0]] = 1
-        cache = copy.deepcopy(self.prefix_cache)
-        cache.batch_repeat_interleave(len(seqs))
-        hidden = self.llm.model(inputs_embeds=x, attention_mask=mask, past_key_values=cache, use_cache=True)[0]
+        hidden = self.hidden([q for q, _ in seqs])
         rows = torch.cat([hidden[i, first : first + self.answer(ex)] for i, (ex, (_, first)) in enumerate(zip(batch, seqs))])
         logp_all = F.log_softmax(self.llm.lm_head(rows).float(), -1)
-        loss, agree, n = x.new_zeros(()), 0, 0
+        loss, agree, n = hidden.new_zeros(()), 0, 0
         for ex in batch:
             m = self.answer(ex)
             lp, logp_all = logp_all[:m], logp_all[m:]
@@ -213,19 +217,8 @@ class Repeater(Student):
         return torch.cat([b[:1], audio, b[1:], self.suffix, said]), 2 + audio.shape[0] + self.suffix.shape[0] - 1
 
     def forward(self, batch: list[Example]) -> tuple[torch.Tensor, int]:
-        import copy
-
         seqs = [self.sequence(ex) for ex in batch]
-        width = max(s.shape[0] for s, _ in seqs)
-        x = torch.zeros(len(seqs), width, seqs[0][0].shape[1])
-        mask = torch.zeros(len(seqs), width + self.n_prefix, dtype=torch.long)
-        mask[:, : self.n_prefix] = 1
-        for i, (s, _) in enumerate(seqs):
-            x[i, : s.shape[0]] = s
-            mask[i, self.n_prefix : self.n_prefix + s.shape[0]] = 1
-        cache = copy.deepcopy(self.prefix_cache)
-        cache.batch_repeat_interleave(len(seqs))
-        hidden = self.llm.model(inputs_embeds=x, attention_mask=mask, past_key_values=cache, use_cache=True)[0]
+        hidden = self.hidden([q for q, _ in seqs])
         rows = torch.cat([hidden[i, first : first + len(ex.transcript)] for i, (ex, (_, first)) in enumerate(zip(batch, seqs))])
         target = torch.tensor([t for ex in batch for t in ex.transcript])
         return F.cross_entropy(self.llm.lm_head(rows).float(), target, reduction="sum"), len(target)
