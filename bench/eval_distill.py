@@ -1,6 +1,6 @@
 """Does speaking a question equal typing it? The default model on held-out voices and questions.
 
-    python bench/eval_distill.py DATA --tower runs/distill/tower --bundle llasm_cli/models/default [--limit 80]
+    python bench/eval_distill.py DATA --tower runs/distill/tower --bundle EARS_BUNDLE [--limit 80]
 
 DATA is the folder ``python -m llasm_finetune.distill_data`` wrote; only its held-out questions,
 spoken in held-out voices, are used (never seen in training). Each clip is heard clean, with

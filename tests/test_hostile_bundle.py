@@ -716,7 +716,7 @@ def test_fuzz_real_manifest(edits):
     _check_manifest(data)
 
 
-_REAL_MANIFEST = Path(__file__).resolve().parents[1] / "llasm_cli" / "models" / "default" / MANIFEST_FILE
+_REAL_MANIFEST = Path(__file__).resolve().parents[1] / "llasm_cli" / "models" / "demo" / MANIFEST_FILE
 _FALLBACK_MANIFEST = {
     "format": "llasm-bundle", "version": 1, "name": "x", "adaptor": "stack-swiglu", "llm_dim": 64, "n_mels": 80,
     "tokens_per_window": 300, "stack_factor": 5, "audio_start": "<au_start>", "audio_end": "<au_end>",

@@ -522,7 +522,10 @@ def test_a_shared_prefix_is_copied_from_a_busy_sequence(served, ref):
     and the answer is the one llasm gives on its own (up to the rounding of shared batches)."""
     from llasm_cli.serve import Server, ServerThread, ServeSettings
 
-    system = "You are a helpful assistant. Answer every question in one short sentence. " * 12
+    sentence = "You are a helpful assistant. Answer every question in one short sentence. "
+    system = sentence
+    while len(ref.engine.tokenize(system)) < 150:  # long, but well inside one 512-position prefill batch
+        system += sentence
     question = QUESTION
     srv = Server(served[0].bot, ServeSettings(parallel=2, queue=0, n_ctx=2048))
     try:
