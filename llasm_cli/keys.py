@@ -33,7 +33,7 @@ class KeyReader:
             import tty
 
             self._saved = termios.tcgetattr(self.fd)
-            tty.setcbreak(self.fd)
+            tty.setcbreak(self.fd, termios.TCSANOW)  # TCSAFLUSH (the default) would drop keys typed a moment ago
         return self
 
     def __exit__(self, *exc) -> None:
