@@ -114,6 +114,7 @@ class ChatApp:
     # --- the loop -------------------------------------------------------------------
 
     def run(self, first_file: Path | None = None, first_text: str | None = None) -> None:
+        _ctrl_c_interrupts()
         c = self.console
         m = self.conv.bot.bundle.manifest
         self.pending_text = first_text
@@ -347,6 +348,17 @@ class ChatApp:
             c.print("[dim](interrupted)[/]")
         if self.s.stats:
             c.print(f"[dim]{stats_line(self.conv.stats)}[/]", highlight=False)
+
+
+def _ctrl_c_interrupts() -> None:
+    """Ctrl-C stops an answer, so it must raise KeyboardInterrupt even when llasm was started with
+    SIGINT ignored (a background job of a non-interactive shell, some launchers): Python then never
+    installs its handler, and Ctrl-C would do nothing at all."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _chain(first, rest):

@@ -80,12 +80,8 @@ def test_ctrl_c_stops_the_answer_not_the_chat(workdir, tmp_path):
     child.sendline("tell me everything")
     child.expect("llasm›")
     time.sleep(1.0)
-    for _ in range(3):  # a loaded machine can take a Ctrl-C between two terminal-mode switches: press again
-        child.sendintr()
-        if child.expect([r"\(interrupted\)", pexpect.TIMEOUT], timeout=15) == 0:
-            break
-    else:
-        raise AssertionError("Ctrl-C did not stop the answer")
+    child.sendintr()
+    child.expect(r"\(interrupted\)")
     child.expect("you›")
     child.sendline("/save " + str(tmp_path / "t.json"))
     child.expect("saved")
