@@ -37,15 +37,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gguf
-import numpy as np
 
 from llasm_cli.bundle import Manifest
 from llasm_cli.errors import CheckpointError, LlasmError
-from llasm_cli.files import atomic_folder, atomic_path
+from llasm_cli.files import atomic_folder
 from llasm_cli.model import DEFAULT_SYSTEM_PROMPT, AdaptorConfig, CheckpointMeta
 
 from .bundle import write_tower_and_manifest
-from .llm_gguf import SKIPPED_SUFFIXES, llama_writer, map_name, permute_for_rope, read_vocab
+from .llm_gguf import SKIPPED_SUFFIXES, add_llama_tensors, llama_writer, map_name, read_vocab, write_gguf
 from .quantize import LLM_QUANTS, quantize_llm
 
 MODEL_TYPE = "llaaa"
@@ -230,20 +229,8 @@ def write_llm(config: dict, state: dict, src: Path, out: Path, ftype: str, name:
     writer.add_add_bos_token(False)  # the template writes BOS after the first system block
     writer.add_add_eos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
-    for hf_name in names:
-        gguf_name, perm = mapped[hf_name]
-        data = state[hf_name].float().numpy()
-        if perm == "q":
-            data = permute_for_rope(data, n_head)
-        elif perm == "k":
-            data = permute_for_rope(data, n_head_kv)
-        dtype = np.float16 if (ftype == "f16" and data.ndim == 2) else np.float32
-        writer.add_tensor(gguf_name, np.ascontiguousarray(data.astype(dtype)))
-    with atomic_path(out) as tmp:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+    add_llama_tensors(writer, state, mapped, n_head, n_head_kv, ftype)
+    write_gguf(writer, out)
 
 
 def find_whisper(config: dict, whisper: Path | None) -> Path:

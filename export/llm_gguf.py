@@ -175,10 +175,16 @@ def write_llm_gguf(llm_dir: Path, out: Path, ftype: str = "f32", name: str = "ll
     if template:
         writer.add_chat_template(template)
 
-    for hf_name in sorted(state):
-        if hf_name.endswith(SKIPPED_SUFFIXES):
-            continue
-        gguf_name, perm = map_name(hf_name)
+    mapped = {k: map_name(k) for k in sorted(state) if not k.endswith(SKIPPED_SUFFIXES)}
+    add_llama_tensors(writer, state, mapped, n_head, n_head_kv, ftype)
+    write_gguf(writer, out)
+
+
+def add_llama_tensors(writer: gguf.GGUFWriter, state: dict, mapped: dict, n_head: int, n_head_kv: int,
+                      ftype: str) -> None:
+    """Each Hugging Face tensor under its GGUF name (``mapped``: name -> (GGUF name, rope permutation)),
+    q/k rows permuted for llama.cpp's rope, matrices in f16 when ``ftype`` is f16."""
+    for hf_name, (gguf_name, perm) in mapped.items():
         data = state[hf_name].float().numpy()
         if perm == "q":
             data = permute_for_rope(data, n_head)
@@ -187,7 +193,10 @@ def write_llm_gguf(llm_dir: Path, out: Path, ftype: str = "f32", name: str = "ll
         dtype = np.float16 if (ftype == "f16" and data.ndim == 2) else np.float32
         writer.add_tensor(gguf_name, np.ascontiguousarray(data.astype(dtype)))
 
-    with atomic_path(out) as tmp:  # a failed or interrupted write leaves no half file at out
+
+def write_gguf(writer: gguf.GGUFWriter, out: Path) -> None:
+    """Write the file; a failed or interrupted write leaves no half file at ``out``."""
+    with atomic_path(out) as tmp:
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
