@@ -7,6 +7,10 @@ The engine is the one owner of what the KV cache holds: ``fed`` lists the segmen
 order. Every evaluation is all-or-nothing (an error or Ctrl-C halfway removes the positions it
 added), and ``sync`` brings the cache to any wanted sequence by keeping the longest common
 prefix, so callers describe the whole prompt and never track positions themselves.
+
+Positions: one per row, the row's index in the sequence. An LLM with M-RoPE (qwen2vl: Qwen2.5-Omni)
+rotates with several position axes; llama.cpp gives a token row its one position on every axis, and
+reads an embedding batch's ``pos`` as ``n_pos_per_embd`` axes section-major (``mrope_positions``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,31 @@ EMBED_SCALE_ARCHS = {"gemma", "gemma2", "gemma3", "gemma3n"}
 JOINABLE_ARCHS = {"llama": False, "qwen2": False, "qwen3": False, "gemma3": True}
 
 Segment = Sequence[int] | np.ndarray  # token ids, or embeddings of shape (n, n_embd)
+MROPE_SECTIONS = 4  # GGML_MROPE_SECTIONS: the position axes of an M-RoPE model's embedding rows
+
+
+def n_pos_per_embd(model) -> int:
+    """Positions llama.cpp reads per embedding row: ``MROPE_SECTIONS`` for M-RoPE models, else 1
+    (llama_hparams::n_pos_per_embd; mtmd asks ``llama_model_rope_type`` the same way)."""
+    rope = llama_cpp.llama_model_rope_type(model)
+    return MROPE_SECTIONS if rope in (llama_cpp.LLAMA_ROPE_TYPE_MROPE, llama_cpp.LLAMA_ROPE_TYPE_IMROPE) else 1
+
+
+def mrope_positions(first: int, n: int, sections: int) -> np.ndarray:
+    """``pos`` of an embedding batch of ``n`` rows from position ``first`` on, for an M-RoPE model:
+    section-major (``pos[j * n + i]`` is row i on axis j; llama_batch_compat reads it so), every axis
+    the row's sequence position, as mtmd's ``set_position_mrope_1d`` places audio. Text rows after the
+    span then continue at ``first + n``, as token batches (one position, broadcast to every axis) do."""
+    return np.tile(np.arange(first, first + n, dtype=np.int32), sections)
+
+
+def mrope_batch(b, first: int, sections: int):
+    """The embedding batch ``b`` (``b.n_tokens`` rows of one sequence from position ``first`` on) as an M-RoPE
+    model needs it: the same rows, ``pos`` pointing at ``mrope_positions`` (llama_batch_init made room for one
+    position per row only). ``b`` itself is left as it is; the new batch keeps its positions alive."""
+    pos = np.ctypeslib.as_ctypes(mrope_positions(first, b.n_tokens, sections))
+    return llama_cpp.llama_batch(n_tokens=b.n_tokens, token=b.token, embd=b.embd, pos=pos, n_seq_id=b.n_seq_id,
+                                 seq_id=b.seq_id, logits=b.logits)
 
 
 @dataclass
@@ -108,6 +137,7 @@ class Engine:
         self.embed_scale = math.sqrt(self.n_embd) if self.arch in EMBED_SCALE_ARCHS else 1.0
         self._tok_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._emb_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
+        self.n_pos_per_embd = n_pos_per_embd(self.model)  # > 1: M-RoPE positions for embedding rows
         self._closed = False
         self.fed: list[Segment] = []  # what the KV cache holds, in order (token lists merged)
         self.reused = 0  # positions the last sync() kept from what the cache held
@@ -314,7 +344,7 @@ class Engine:
                 b.seq_id[i][0] = 0
                 b.logits[i] = logits and last and i == n - 1
             b.n_tokens = n
-            self._decode(b)
+            self._decode(b if self.n_pos_per_embd == 1 else mrope_batch(b, base, self.n_pos_per_embd))
 
     def warmup(self) -> None:
         """One throw-away decode: the first llama_decode allocates graphs and is several times slower."""

@@ -472,7 +472,10 @@ def validate_audio_mmproj(path: Path, llm_dim: int) -> GGUFInfo:
     if proj not in AUDIO_PROJECTORS:
         raise ModelFileError(f"{path.name}: audio projector type {_show(proj)}; llasm runs "
                              + ", ".join(repr(p) for p in AUDIO_PROJECTORS))
-    if info.fields.get(K.Clip.HAS_VISION_ENCODER) is True:
+    # Qwen2.5-Omni's published mmproj holds its vision encoder too: its audio part is checked here and
+    # the ggml backend hands mtmd an audio-only copy (towers/encoder_only.write_audio_only), so the
+    # vision part never reaches mtmd
+    if info.fields.get(K.Clip.HAS_VISION_ENCODER) is True and proj != gguf.VisionProjectorType.QWEN25O:
         raise ModelFileError(f"{path.name} also holds a vision encoder, which llasm does not check or run; "
                              "use an audio-only mmproj")
     k = 0

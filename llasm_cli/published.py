@@ -10,12 +10,15 @@ model's family (the projector type in the mmproj), as mtmd has it:
 | family | projector | audio span in the prompt | embeddings per 30 s window |
 |---|---|---|---|
 | Ultravox | ``ultravox``, stack factor k | the embeddings alone | ``ceil(1500 / k)``, trimmed to the real audio |
-| Qwen2-Audio / Omni | ``qwen2a``, ``qwen2.5o`` | ``<|audio_bos|>`` embeddings ``<|audio_eos|>`` | 750, trimmed to the real audio |
+| Qwen2-Audio | ``qwen2a`` | ``<|audio_bos|>`` embeddings ``<|audio_eos|>`` | 750, trimmed to the real audio |
+| Qwen2.5-Omni | ``qwen2.5o`` (mtmd runs its audio part as ``qwen2a``) | ``<|audio_bos|>`` embeddings ``<|audio_eos|>`` | 750, trimmed to the real audio |
 | Voxtral | ``voxtral`` (4 frames stacked) | ``[BEGIN_AUDIO]`` embeddings | 375, every one (Voxtral pads to 30 s) |
 
 The chat template is the LLM GGUF's own (``tokenizer.chat_template``); the family's is used only
-when the file has none. Markers are template text: tokenized with control tokens parsed, exactly as
-mtmd adds them.
+when the file has none. Qwen2.5-Omni's LLM (arch ``qwen2vl``) rotates with M-RoPE: the engine gives
+its audio rows the positions mtmd gives them (engine.mrope_positions); its mmproj also holds the
+vision encoder, which the ggml backend leaves out (towers/encoder_only.write_audio_only). Markers
+are template text: tokenized with control tokens parsed, exactly as mtmd adds them.
 
 ``--model`` takes a folder or an LLM GGUF path (its mmproj beside it), a name from
 ``llasm models`` or ``hf:owner/repo``: the latter two resolve to the cached download (``llasm pull``).
@@ -75,10 +78,15 @@ MISTRAL = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST]{{ message['content'] }}[/INST]"
     "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
+# The system prompt of Qwen's own Qwen2.5-Omni demos and model card (the model was tuned with it)
+OMNI_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+               "auditory and visual inputs, as well as generating text and speech.")
 FAMILIES = (
     Family("ultravox", (P.ULTRAVOX,), "", "", trim=True, system_prompt="", template=LLAMA3),
-    Family("qwen2-audio", (P.QWEN2A, P.QWEN25O), "<|audio_bos|>", "<|audio_eos|>", trim=True,
+    Family("qwen2-audio", (P.QWEN2A,), "<|audio_bos|>", "<|audio_eos|>", trim=True,
            system_prompt="You are a helpful assistant.", template=CHATML),
+    Family("qwen2.5-omni", (P.QWEN25O,), "<|audio_bos|>", "<|audio_eos|>", trim=True,
+           system_prompt=OMNI_SYSTEM, template=CHATML),
     Family("voxtral", (P.VOXTRAL,), "[BEGIN_AUDIO]", "", trim=False, system_prompt="", template=MISTRAL),
 )
 PUBLISHED = "published"  # the variant name of a file whose quantization the header does not say
@@ -106,11 +114,6 @@ class PublishedPair(Bundle):
         arch = llm.fields.get(K.General.ARCHITECTURE)
         if not isinstance(arch, str) or arch == MMPROJ_ARCH:
             raise ModelFileError(f"{llm.path.name} is not an LLM GGUF")
-        if f"{arch}.rope.dimension_sections" in llm.fields:
-            raise ModelFileError(
-                f"{llm.path.name}: this LLM ({arch}) places text and audio with multi-axis (M-RoPE) positions, "
-                "which llasm's engine does not feed yet; Qwen2.5-Omni runs in llama.cpp's llama-mtmd-cli"
-            )
         n_embd = llm.fields.get(f"{arch}.embedding_length")
         if not isinstance(n_embd, int) or n_embd < 1:
             raise ModelFileError(f"{llm.path.name}: key '{arch}.embedding_length' is missing")

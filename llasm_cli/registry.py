@@ -1,9 +1,9 @@
 """Speech LLMs people already have: short names for their Hugging Face repositories.
 
 Each entry says which files ``llasm pull`` fetches and what llasm can do with them today. The GGUF
-pairs (an LLM and an audio mmproj, for llama.cpp's mtmd) of Ultravox and Voxtral run as they are
-(``llasm ask -m ultravox-1b``; published.py); the others are fetched into the standard Hugging Face
-cache for runtime support that comes later.
+pairs (an LLM and an audio mmproj, for llama.cpp's mtmd) of Ultravox, Voxtral and Qwen2.5-Omni run as
+they are (``llasm ask -m ultravox-1b``; published.py); the others are fetched into the standard Hugging
+Face cache for runtime support that comes later.
 
 ``files`` is a list of choices: each choice is a tuple of glob patterns in order of preference,
 and the first pattern that matches any file of the repository is fetched (all of its matches).
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 RUNS = "runs"
 DOWNLOAD_ONLY = "download only: support is coming"
-MROPE = "download only: its LLM needs M-RoPE positions (llama-mtmd-cli runs it)"
 CONVERTS = "runs after conversion: llasm export FOLDER BUNDLE (Whisper encoder-decoder tower on the torch backend)"
 COMPANION = "companion download: llasm export reads it when converting llasm-cllama2"
 
@@ -62,9 +61,9 @@ MODELS: tuple[KnownModel, ...] = (
         name="qwen2.5-omni-3b",
         repo="ggml-org/Qwen2.5-Omni-3B-GGUF",
         files=(("*Q4_K_M.gguf", "*Q8_0.gguf"), ("mmproj-*Q8_0.gguf", "mmproj-*f16.gguf", "mmproj-*.gguf")),
-        description="Qwen2.5-Omni 3B, its audio path (the projector also holds the vision encoder); text answers only",
+        description="Qwen2.5-Omni 3B, its audio path (M-RoPE LLM; the vision encoder in its mmproj is left out); text answers only",
         size="3.6 GB",
-        status=MROPE,
+        status=RUNS,
     ),
     KnownModel(
         name="llasm-cllama2",

@@ -30,7 +30,8 @@ import llama_cpp
 import numpy as np
 
 from . import native
-from .engine import Engine, Sampler, Sampling, Segment, TextStream, _as_segment, _drop_positions, common_prefix
+from .engine import (Engine, Sampler, Sampling, Segment, TextStream, _as_segment, _drop_positions, common_prefix,
+                     mrope_batch)
 from .errors import ContextOverflowError, LlasmError, ModelFileError
 
 log = logging.getLogger("llasm.serve")
@@ -112,7 +113,8 @@ class BatchEngine:
             b.seq_id[i][0] = seq
             b.logits[i] = logits_last and i == n - 1
         b.n_tokens = n
-        self._decode(b)
+        sections = self.engine.n_pos_per_embd
+        self._decode(b if sections == 1 else mrope_batch(b, pos, sections))  # M-RoPE: as engine.py feeds them
 
     def _decode(self, batch) -> None:
         rc = llama_cpp.llama_decode(self.ctx, batch)

@@ -249,6 +249,66 @@ def build_ultravox(out: Path, llm: Path, stack_factor: int = 8, seed: int = 0, l
         "audio_config": audio_config, "text_config": text, "ignore_index": -100, "audio_token_index": 128256,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    # the processor's image normalisation (CLIP's, as Qwen's preprocessor_config.json has it): the converter
+    # writes it into the mmproj's vision part
+    preprocessor = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                    "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "feature_size": 128,
+                    "sampling_rate": 16000, "n_samples": 480000, "chunk_length": 30}
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     return out
 
 
+
+
+# Qwen2.5-Omni's special tokens: ChatML, the audio span and the vision span (tokenizer_config.json)
+OMNI_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>", "<|vision_bos|>",
+                "<|IMAGE|>", "<|vision_eos|>", "<|VIDEO|>"]
+
+
+def build_qwen25_omni(out: Path, seed: int = 0) -> Path:
+    """Qwen2.5-Omni as Qwen publishes it: config.json ``Qwen2_5OmniModel`` (model_type ``qwen2_5_omni``) whose
+    ``thinker_config`` holds the audio encoder, the vision encoder and the Qwen2 LLM with M-RoPE
+    (``rope_scaling.mrope_section``), and the thinker's weights as ``thinker.{audio_tower,visual,model,lm_head}.*``.
+    The talker and token2wav (speech output) are left out: llama.cpp's converter reads the thinker only."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(out, OMNI_SPECIAL, CHATML, eos="<|im_end|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in OMNI_SPECIAL}
+    text = dict(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6, bos_token_id=1,
+        eos_token_id=ids["<|im_end|>"], tie_word_embeddings=False,
+        # head_dim 16: 8 rotary pairs split over time, height and width (Qwen2.5-Omni-3B: [16, 24, 24] of 64)
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    )
+    audio = dict(d_model=64, encoder_layers=3, encoder_attention_heads=4, encoder_ffn_dim=256, num_mel_bins=128,
+                 max_source_positions=1500, n_window=100, output_dim=64)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1])
+    cfg = Qwen2_5OmniThinkerConfig(
+        text_config=text, audio_config=audio, vision_config=vision, audio_token_index=ids["<|AUDIO|>"],
+        image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"], audio_end_token_id=ids["<|audio_eos|>"],
+    )
+    model = Qwen2_5OmniThinkerForConditionalGeneration(cfg)
+    _widen(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        state = load_file(str(Path(tmp) / "model.safetensors"))
+    save_file({f"thinker.{k}": v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    thinker = cfg.to_dict()
+    config = {"architectures": ["Qwen2_5OmniModel"], "model_type": "qwen2_5_omni", "enable_audio_output": False,
+              "thinker_config": thinker}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    # the processor's image normalisation (CLIP's, as Qwen's preprocessor_config.json has it): the converter
+    # writes it into the mmproj's vision part
+    preprocessor = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                    "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "feature_size": 128,
+                    "sampling_rate": 16000, "n_samples": 480000, "chunk_length": 30}
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    return out

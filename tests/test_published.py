@@ -5,7 +5,8 @@ Each family is checked against something independent of llasm's own code path: t
 against the Hugging Face model's encoder and projector in PyTorch, the answer of ``llasm ask``
 against a greedy decode of the family's prompt (spelled out here by hand) with those embeddings
 injected into llama.cpp, the stack-8 Ultravox and Voxtral against the abort they cause in mtmd's own
-graph, and the encoder-only route against mtmd's graph where that graph works.
+graph, and the encoder-only route against mtmd's graph where that graph works. Qwen2.5-Omni (an M-RoPE
+LLM) is checked against llama.cpp's own multimodal path, mtmd_helper_eval_chunks: logits and answers.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import pytest
 from llasm_cli.assistant import Assistant
 from llasm_cli.audio import SAMPLE_RATE, log_mel_spectrogram
 from llasm_cli.conversation import Conversation
+from llasm_cli import engine as engine_module
 from llasm_cli.engine import Engine, Sampler, Sampling
 from llasm_cli.gguf_check import read_gguf
 from llasm_cli.published import PublishedPair, open_model
 
 from . import hf_layouts as hf
-from .conftest import espeak
+from .conftest import espeak, speech_of_length
 from .test_errors import assert_clean_error, run_llasm
 
 GREEDY = Sampling(temperature=0.0)
@@ -47,7 +49,8 @@ def published(tmp_path_factory) -> dict[str, Path]:
     hf.build_llama(hfd / "llama")
     hf.build_ultravox(hfd / "ultravox", hfd / "llama", stack_factor=8)
     hf.build_ultravox(hfd / "ultravox4", hfd / "llama", stack_factor=4, seed=3)
-    pairs = {f: root / "pairs" / f for f in (*FAMILIES, "ultravox4")}
+    hf.build_qwen25_omni(hfd / "qwen25o")
+    pairs = {f: root / "pairs" / f for f in (*FAMILIES, "ultravox4", "qwen25o")}
     for folder in pairs.values():
         folder.mkdir(parents=True)
     jobs = [
@@ -59,6 +62,8 @@ def published(tmp_path_factory) -> dict[str, Path]:
         [str(hfd / "ultravox"), "--mmproj", "--outtype", "f32", "--outfile", str(pairs["ultravox"] / "mmproj-ultravox-f32.gguf")],
         [str(hfd / "ultravox"), "--mmproj", "--outtype", "f16", "--outfile", str(root / "mmproj-ultravox-f16.gguf")],
         [str(hfd / "ultravox4"), "--mmproj", "--outtype", "f32", "--outfile", str(pairs["ultravox4"] / "mmproj-ultravox4-f32.gguf")],
+        [str(hfd / "qwen25o"), "--outtype", "f32", "--outfile", str(pairs["qwen25o"] / "Qwen2.5-Omni-F32.gguf")],
+        [str(hfd / "qwen25o"), "--mmproj", "--outtype", "f32", "--outfile", str(pairs["qwen25o"] / "mmproj-qwen25o-f32.gguf")],
     ]
     hf.convert(jobs)
     shutil.copy(pairs["ultravox"] / "Llama-F32.gguf", pairs["ultravox4"] / "Llama-F32.gguf")
@@ -124,6 +129,9 @@ PROMPTS = {
     "voxtral": ("[INST][BEGIN_AUDIO]", "[/INST]"),
     "ultravox": ("<|start_header_id|>user<|end_header_id|>\n\n",
                  "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+    "qwen25o": ("<|im_start|>system\nYou are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
+                "perceiving auditory and visual inputs, as well as generating text and speech.<|im_end|>\n"
+                "<|im_start|>user\n<|audio_bos|>", "<|audio_eos|><|im_end|>\n<|im_start|>assistant\n"),
 }
 
 
@@ -263,8 +271,9 @@ def test_published_f16_projector_runs(published, speech, tmp_path):
     assert np.abs(out["f16"] - out["f32"]).max() < 2e-2 * np.abs(out["f32"]).max()
 
 
-def test_chat_reuses_the_cache_with_a_pair(published, speech):
-    bot = Assistant(published["qwen2a"], backend="ggml", llm_variant="f32")
+@pytest.mark.parametrize("family", ["qwen2a", "qwen25o"])  # qwen25o: KV reuse with M-RoPE positions
+def test_chat_reuses_the_cache_with_a_pair(published, speech, family):
+    bot = Assistant(published[family], backend="ggml", llm_variant="f32")
     try:
         conv = Conversation(bot)
         conv.add_user(samples_of(speech))
@@ -282,6 +291,144 @@ def test_chat_reuses_the_cache_with_a_pair(published, speech):
         assert np.abs(logits - ref).max() <= 1e-4 * np.abs(ref).max()
     finally:
         bot.close()
+
+
+# --- Qwen2.5-Omni: an M-RoPE LLM, a vision + audio mmproj ----------------------------------------------
+
+
+def mtmd_prefill(engine: Engine, mmproj: Path, before: str, after: str, audio: np.ndarray) -> tuple[np.ndarray, int]:
+    """llama.cpp's own multimodal path in ``engine``'s context: mtmd tokenizes ``before`` + its media marker +
+    ``after`` with the clip (adding the family's audio markers itself) and ``mtmd_helper_eval_chunks`` encodes the
+    audio and decodes every chunk at the positions mtmd chooses. The logits of the last position, and how many
+    positions mtmd used."""
+    import ctypes
+
+    from llama_cpp import llama_cpp as lc
+    from llama_cpp import mtmd_cpp
+
+    params = mtmd_cpp.mtmd_context_params_default()
+    params.use_gpu = False
+    params.warmup = False
+    ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), engine.model, params)  # vision + audio, as published
+    assert ctx and mtmd_cpp.mtmd_support_vision(ctx) and mtmd_cpp.mtmd_decode_use_mrope(ctx)
+    samples = np.ascontiguousarray(audio, dtype=np.float32)
+    bitmap = mtmd_cpp.mtmd_bitmap_init_from_audio(samples.size, samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+    chunks = mtmd_cpp.mtmd_input_chunks_init()
+    try:
+        prompt = (before + mtmd_cpp.mtmd_default_marker().decode() + after).encode()
+        text = mtmd_cpp.mtmd_input_text()
+        text.text, text.text_len, text.add_special, text.parse_special = prompt, len(prompt), True, True
+        assert mtmd_cpp.mtmd_tokenize(ctx, chunks, ctypes.byref(text), (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) == 0
+        n_past = lc.llama_pos(0)
+        assert mtmd_cpp.mtmd_helper_eval_chunks(ctx, engine.ctx, chunks, 0, 0, engine.n_batch, True,
+                                                ctypes.byref(n_past)) == 0
+        return engine.logits(), n_past.value
+    finally:
+        mtmd_cpp.mtmd_input_chunks_free(chunks)
+        mtmd_cpp.mtmd_bitmap_free(bitmap)
+        mtmd_cpp.mtmd_free(ctx)
+
+
+def serve_prefill(engine: Engine, segs: list, seq: int) -> np.ndarray:
+    """``segs`` prefilled on sequence ``seq`` of a fresh serve context (scheduler.BatchEngine, two sequences)
+    over ``engine``'s model, batch by batch; the logits of the last position."""
+    from llasm_cli.scheduler import BatchEngine
+
+    serve = BatchEngine(engine, n_seq=2, n_ctx_seq=1024, exact=True)
+    try:
+        pos, n_batch = 0, serve.n_batch
+        for k, seg in enumerate(segs):
+            for start in range(0, len(seg), n_batch):
+                part = seg[start:start + n_batch]
+                last = k == len(segs) - 1 and start + n_batch >= len(seg)
+                if isinstance(part, np.ndarray):
+                    serve.decode_embeddings(part, pos, seq, last)
+                else:
+                    serve.decode_tokens([(t, pos + i, seq, last and i == len(part) - 1) for i, t in enumerate(part)])
+                pos += len(part)
+        return serve.logits(len(part) - 1)
+    finally:
+        serve.close()
+
+
+def one_axis_positions(first: int, n: int, sections: int) -> np.ndarray:
+    """Wrong on purpose: ``pos`` as a model without M-RoPE takes it (one position per row; the other axes 0).
+    Giving llama.cpp only n entries would let it read 3 n more past the buffer."""
+    pos = np.zeros(n * sections, dtype=np.int32)
+    pos[:n] = np.arange(first, first + n)
+    return pos
+
+
+@pytest.fixture(scope="module")
+def omni_question(speech, tmp_path_factory) -> Path:
+    """The spoken question tiled to fill one 30 s window: mtmd keeps every one of its 750 embeddings, and llasm
+    does too (ceil(n / 640) = 750 from n = 479361 on). From 479999 samples on mtmd cuts two windows."""
+    import soundfile as sf
+
+    path = tmp_path_factory.mktemp("omni") / "question-30s.wav"
+    sf.write(path, speech_of_length(samples_of(speech), 29.98), SAMPLE_RATE, subtype="FLOAT")
+    return path
+
+
+def test_omni_logits_equal_mtmd_own_path(published, omni_question, monkeypatch):
+    """Qwen2.5-Omni's LLM (qwen2vl) rotates with M-RoPE. After the spoken prompt llasm's logits equal those of
+    llama.cpp's own mtmd path (the published mmproj with its vision encoder, mtmd_helper_eval_chunks); audio rows
+    given one position axis instead of M-RoPE's four are far off. llasm serve's batched context agrees too."""
+    audio = samples_of(omni_question)
+    bot = Assistant(published["qwen25o"], backend="ggml", llm_variant="f32")
+    try:
+        assert bot.bundle.family.name == "qwen2.5-omni" and bot.engine.n_pos_per_embd == 4
+        emb = bot.tower.encode(audio)
+        segs = bot.prompt(bot.messages(emb, None, None, None))
+        before, after = PROMPTS["qwen25o"]
+        assert len(segs) == 3 and segs[1] is emb and emb.shape == (750, 64)
+        assert segs[0] == ([bot.engine.bos] if bot.engine.add_bos else []) + bot.engine.tokenize(before, True)
+        assert segs[2] == bot.engine.tokenize(after, True)
+        llm = bot.bundle.llm_path("f32")
+        mmproj = bot.bundle.tower_path()
+    finally:
+        bot.close()
+    # mtmd ran llasm's audio-only copy: every audio tensor and key of the published file, nothing of its vision part
+    from llasm_cli.cpu_probe import cache_dir
+    from llasm_cli.towers.encoder_only import audio_only_path
+
+    published_file, copy = read_gguf(mmproj), read_gguf(audio_only_path(mmproj, cache_dir() / "encoders"))
+    assert published_file.fields["clip.has_vision_encoder"] is True and copy.fields["clip.has_vision_encoder"] is False
+    audio_part = {n: s for n, s in published_file.tensors.items() if n.startswith(("a.", "mm.a."))}
+    assert copy.tensors == audio_part and len(audio_part) < len(published_file.tensors)
+    assert {k: v for k, v in copy.fields.items() if k != "clip.has_vision_encoder"} == {
+        k: v for k, v in published_file.fields.items()
+        if not k.startswith("clip.vision.") and k not in ("clip.has_vision_encoder", "general.alignment")}
+    with Engine(llm, n_ctx=2048, exact=True) as engine:
+        theirs, n_pos = mtmd_prefill(engine, mmproj, before.removesuffix("<|audio_bos|>"),
+                                     after.removeprefix("<|audio_eos|>"), audio)
+        assert n_pos == engine.n_past == sum(len(s) for s in segs)  # mtmd's audio chunk takes one position per row
+        engine.reset()
+        ours = engine.eval(segs)
+        served = serve_prefill(engine, segs, seq=1)  # llasm serve's context feeds audio rows the same way
+        engine.reset()
+        monkeypatch.setattr(engine_module, "mrope_positions", one_axis_positions)
+        wrong = engine.eval(segs)
+    scale = np.abs(theirs).max()
+    assert np.abs(ours - theirs).max() <= 1e-4 * scale, np.abs(ours - theirs).max()
+    assert np.abs(served - theirs).max() <= 1e-4 * scale, np.abs(served - theirs).max()
+    assert np.abs(wrong - theirs).max() > 0.1 * scale, np.abs(wrong - theirs).max()
+
+
+def test_omni_llasm_ask_answers_as_mtmd_does(published, omni_question):
+    res = run_llasm("ask", str(omni_question), "-m", str(published["qwen25o"]), "--temperature", "0", "--max-tokens",
+                    str(MAX_TOKENS), "--variant", "f32", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    before, after = PROMPTS["qwen25o"]
+    pair = open_model(published["qwen25o"])
+    with Engine(pair.llm_path("f32"), n_ctx=2048, exact=True) as engine:
+        logits, n_pos = mtmd_prefill(engine, pair.tower_path(), before.removesuffix("<|audio_bos|>"),
+                                     after.removeprefix("<|audio_eos|>"), samples_of(omni_question))
+        ids = list(engine.generate(logits, Sampler(GREEDY), MAX_TOKENS))  # token batches: llama.cpp's own positions
+        reference = engine.detokenize(ids).strip()
+    assert out["timings"]["prompt_tokens"] == n_pos
+    assert out["answer"] and out["answer"] == reference
 
 
 # --- names and repositories: the cached download runs ----------------------------------------------
@@ -394,3 +541,6 @@ def test_speech_length_per_window_counts(published):
     assert vox.rows_per_window == 375 and vox.embeddings_per_window(100) == 375
     qwen = open_model(published["qwen2a"])
     assert qwen.rows_per_window == 750 and qwen.embeddings_per_window(640 * 10) == 10
+    omni = open_model(published["qwen25o"])
+    assert omni.family.name == "qwen2.5-omni" and omni.family.audio_start == "<|audio_bos|>"
+    assert omni.rows_per_window == 750 and omni.embeddings_per_window(640 * 10 + 1) == 11

@@ -244,7 +244,7 @@ def test_pull_fetches_the_registered_files_once(hub, tmp_path):
     rows = {line.split()[0]: line for line in listing.stdout.splitlines() if line.startswith("  ") and line[2] != " "}
     assert {"ultravox-1b", "ultravox-8b", "voxtral-3b", "qwen2.5-omni-3b", "llasm-cllama2", "whisper-large-v2"} <= set(rows)
     assert rows["ultravox-1b"].split()[3] == "cached" and rows["voxtral-3b"].split()[3] == "-"
-    assert rows["ultravox-1b"].rstrip().endswith("runs") and "M-RoPE" in rows["qwen2.5-omni-3b"]
+    assert rows["ultravox-1b"].rstrip().endswith("runs") and rows["qwen2.5-omni-3b"].rstrip().endswith("runs")
 
 
 def test_pull_a_repo_gets_every_file_and_checks_git_blob_ids(hub, tmp_path):

@@ -184,6 +184,45 @@ def write_encoder_only(src: Path, out: Path) -> None:
         writer.close()
 
 
+# --- the audio-only mmproj (Qwen2.5-Omni) -----------------------------------------------------
+
+AUDIO_PREFIXES = ("a.", "mm.a.")  # the Whisper encoder (a.blk.*, a.conv1d.*, ...) and the audio projector (mm.a.fc)
+VISION_KEY_PREFIX = "clip.vision."
+
+
+def audio_only_path(src: Path, cache: Path) -> Path:
+    """Where the audio-only copy of ``src`` lives in the cache (keyed like ``encoder_only_path``)."""
+    return cache / encoder_only_path(src, cache).name.replace("encoder-", "audio-", 1)
+
+
+def write_audio_only(src: Path, out: Path) -> None:
+    """Copy a vision + audio mmproj (Qwen2.5-Omni's, projector type ``qwen2.5o``) without its vision part.
+
+    mtmd loads every encoder a file holds; llasm checks and runs the audio one only, so mtmd gets a copy
+    holding the audio encoder and projector tensors byte for byte, every key but the vision ones
+    (``clip.vision.*``), and ``clip.has_vision_encoder`` false. mtmd's audio context reads the same
+    keys and tensors from it as from the original (qwen2.5o's audio part runs as ``qwen2a``)."""
+    from ..files import atomic_path
+
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
+    skip = {K.General.ARCHITECTURE, K.General.ALIGNMENT, K.Clip.HAS_VISION_ENCODER}
+    for field in reader.fields.values():
+        if field.name in skip or field.name.startswith(("GGUF.", VISION_KEY_PREFIX)):
+            continue
+        _copy_field(writer, field)
+    writer.add_bool(K.Clip.HAS_VISION_ENCODER, False)
+    for t in reader.tensors:
+        if t.name.startswith(AUDIO_PREFIXES):
+            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)  # bytes as they are
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+
 def _copy_field(writer: gguf.GGUFWriter, field) -> None:
     """One key-value pair as it is in the source file."""
     vtype = field.types[0]

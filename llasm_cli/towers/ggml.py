@@ -2,15 +2,16 @@
 
 A llasm bundle's tower is projector type ``ultravox``. A published pair (published.py) brings its
 family's projector: ``qwen2a`` and ``ultravox`` with a stack factor dividing 1500 run in mtmd as they
-are; ``voxtral`` and ``ultravox`` with another stack factor (8, Ultravox's own) would abort the
-process inside mtmd, so mtmd runs their Whisper encoder alone and the projector runs in numpy
-(encoder_only.py).
+are, ``qwen2.5o`` (Qwen2.5-Omni) from an audio-only copy of its vision + audio mmproj; ``voxtral``
+and ``ultravox`` with another stack factor (8, Ultravox's own) would abort the process inside mtmd,
+so mtmd runs their Whisper encoder alone and the projector runs in numpy (encoder_only.py).
 """
 
 from __future__ import annotations
 
 import ctypes
 
+import gguf
 import numpy as np
 from llama_cpp import mtmd_cpp
 
@@ -21,7 +22,8 @@ from ..errors import BackendUnavailableError, ModelFileError
 from ..gguf_check import validate_tower
 from ..published import PublishedPair
 from . import TowerBackend
-from .encoder_only import encoder_only_path, load_projector, needs_split, write_encoder_only
+from .encoder_only import (audio_only_path, encoder_only_path, load_projector, needs_split, write_audio_only,
+                           write_encoder_only)
 
 
 class GgmlTower(TowerBackend):
@@ -56,6 +58,8 @@ class GgmlTower(TowerBackend):
             self.projector = load_projector(path, info.fields)
             self.ctx = mtmd_cpp.mtmd_init_from_file(str(encoder).encode(), None, params)
         else:
+            if self.pair is not None and info.fields.get(gguf.Keys.Clip.HAS_VISION_ENCODER) is True:
+                path = self._audio_only(path, engine.n_embd)  # Qwen2.5-Omni: mtmd never sees the vision part
             self.ctx = mtmd_cpp.mtmd_init_from_file(str(path).encode(), engine.model, params)
         if not self.ctx:
             raise ModelFileError(f"mtmd could not load the audio tower {path}: {native.last_log()}")
@@ -67,6 +71,18 @@ class GgmlTower(TowerBackend):
         self.stack_factor = m.stack_factor
         self.tokens_per_window = m.tokens_per_window
         self.width = int(info.fields["clip.audio.embedding_length"]) if self.projector else self.n_embd
+
+    @staticmethod
+    def _audio_only(path, llm_dim: int):
+        """The audio-only copy of a vision + audio mmproj in llasm's cache, written the first time and checked."""
+        from ..cpu_probe import cache_dir
+        from ..gguf_check import validate_audio_mmproj
+
+        audio = audio_only_path(path, cache_dir() / "encoders")
+        if not audio.is_file():
+            write_audio_only(path, audio)
+        validate_audio_mmproj(audio, llm_dim)
+        return audio
 
     def token_count(self, n_samples: int) -> int:
         if self.pair is not None:
