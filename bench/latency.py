@@ -4,6 +4,7 @@
 
     python bench/latency.py [--quick] [--json] [--reps N] [--threads N] [--models gemma-270m,llama-1b]
     python bench/latency.py --realtime [--block-ms 40] [--reps 3] [--json]
+    python bench/latency.py --rss-only [--bundle PATH] [--json]
 
 For espeak-ng questions of about 2, 5, 10 and 25 s of speech it measures, per LLM:
 
@@ -14,7 +15,8 @@ For espeak-ng questions of about 2, 5, 10 and 25 s of speech it measures, per LL
   whisper.cpp (pywhispercpp, weights converted by export/whisper_cpp.py);
 - decode tokens/s of llasm's Engine.generate against llama.cpp's own loop and llama-cpp-python's
   Llama.generate, same GGUF, prompt, token count (EOS ignored) and threads;
-- peak RSS of an ``llasm ask`` process against the bundle files it loads;
+- peak RSS of an ``llasm ask`` process against the bundle files it loads, and of its parts alone
+  (imports, VAD, LLM with the context ``ask`` sizes, a 4096-position Engine, the ONNX tower);
 - runtime overheads: start-up, first (cold) call, template rendering, prompt split, sampling.
 
 ``--realtime`` times what a user waits for in a conversation: each clip is played to llasm's
@@ -71,6 +73,7 @@ now = time.perf_counter
 TARGETS = (2.0, 5.0, 10.0, 25.0)
 ESPEAK_SPEED = 160
 SETTLE_S = 0.05  # pause between measured calls: lets the previous system's worker threads go idle
+RSS_TARGET = 1.3  # issue #13: peak RSS of `llasm ask` at most this times the bundle files it loads
 
 
 def log(msg: str) -> None:
@@ -655,14 +658,27 @@ def peak_rss(cmd: list[str]) -> tuple[int, int, str, str, float]:
 
 
 def _bundle_files(bundle: Path, backend: str) -> list[Path]:
-    """What `llasm ask --backend` loads from the bundle: the LLM, the tower, the boundary rows."""
-    from llasm_cli.bundle import load_bundle
+    """What `llasm ask --backend` loads from the bundle: the LLM, the tower (an ONNX tower's weights
+    file beside it, if any), the boundary rows and the manifest."""
+    from llasm_cli.bundle import MANIFEST_FILE, load_bundle
 
     b = load_bundle(bundle)
-    files = [b.llm_path(), b.onnx_tower_path()] if backend == "onnx" else assets.bundle_files(bundle, backend)
+    if backend == "onnx":
+        onnx = b.onnx_tower_path()
+        files = [b.llm_path(), onnx] + [p for p in (onnx.with_name(onnx.name + ".data"),) if p.is_file()]
+    else:
+        files = assets.bundle_files(bundle, backend)
     if b.manifest.boundary_file:
         files.append(b.root / b.manifest.boundary_file)
-    return files
+    return files + [b.root / MANIFEST_FILE]
+
+
+def bundle_backends(bundle: Path) -> tuple[str, ...]:
+    """The tower backends a bundle carries files for (onnx first: what `pip install .` runs)."""
+    from llasm_cli.bundle import load_bundle
+
+    m = load_bundle(bundle).manifest
+    return tuple(name for name, has in (("onnx", m.onnx_tower), ("ggml", m.tower_files), ("torch", m.torch_tower)) if has)
 
 
 def measure_rss(name: str, bundle: Path, wav: Path, threads: int, backends: tuple[str, ...] = ("ggml", "torch")) -> list[dict]:
@@ -683,17 +699,30 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int, backends: tupl
             "process_wall_s": round(wall, 2), "first_token_ms_in_process": timings.get("first_token_ms"),
             "files": [str(p.relative_to(bundle)) if p.is_relative_to(bundle) else str(p) for p in files],  # an LLM may come from a package
         })
-    # what the peak is made of: each piece alone in a fresh process
+    # what the peak is made of: each piece alone in a fresh process (each includes the interpreter and
+    # its own imports; "imports only" is that floor)
     llm = _bundle_files(bundle, backends[0])[0]
+    audio = f"from llasm_cli.audio import load_audio; from pathlib import Path; audio = load_audio(Path({str(wav)!r}))"
     parts = {
-        "imports only": "import llasm_cli.cli, llasm_cli.assistant, llama_cpp",
+        "imports only": "import llasm_cli.cli, llasm_cli.assistant, llasm_cli.conversation, llama_cpp, numpy",
+        "VAD (require_speech) only": f"{audio}; from llasm_cli.endpoint import require_speech; require_speech(audio, 'clip')",
         "validate_llm only": f"from llasm_cli.gguf_check import validate_llm; from pathlib import Path; validate_llm(Path({str(llm)!r}))",
-        "Engine only": f"from llasm_cli.engine import Engine; Engine({str(llm)!r}, n_threads={threads})",
+        # the LLM half of `llasm ask`: GGUF check, llama.cpp model and a context sized to the question
+        "LLM, context sized as ask": f"{audio}; from llasm_cli.assistant import Assistant; "
+        f"from llasm_cli.conversation import question_context; "
+        f"Assistant({str(bundle)!r}, n_threads={threads}, n_ctx=question_context(audio, max_tokens=16))",
+        "Engine, 4096 positions": f"from llasm_cli.engine import Engine; Engine({str(llm)!r}, n_ctx=4096, n_threads={threads}).warmup()",
     }
+    if "onnx" in backends:
+        parts["onnx tower only (open + encode)"] = (
+            f"{audio}; from llasm_cli.bundle import load_bundle; from llasm_cli.towers.onnx import OnnxTower; "
+            f"OnnxTower(load_bundle(Path({str(bundle)!r})), {threads}).encode(audio)")
     for what, code in parts.items():
         rc, peak, _, stderr, wall = peak_rss([sys.executable, "-c", code])
         if rc == 0:
             rows.append({"model": name, "backend": what, "peak_rss_mb": round(peak / 2**20, 1), "process_wall_s": round(wall, 2)})
+        else:
+            log(f"RSS part {what!r} failed ({rc}): {stderr.strip()[-300:]}")
     return rows
 
 
@@ -776,6 +805,10 @@ def print_tables(result: dict) -> None:
         t.add_row(f"{u['target_s']:g} s", f"{u['speech_s']:.2f} s", u["text"][:90] + ("…" if len(u["text"]) > 90 else ""))
     con.print(t)
 
+    if not result["latency"]:  # --rss-only
+        _rss_table(con, result)
+        return
+
     t = Table(title="end of speech → first answer token (ms, median)")
     for c, j in (("LLM", "left"), ("speech", "right"), ("system", "left"), ("encode / ASR", "right"), ("prefill", "right"),
                  ("1st token", "right"), ("total", "right"), ("× faster cascade", "right"), ("prompt tok", "right"),
@@ -813,15 +846,7 @@ def print_tables(result: dict) -> None:
             t.add_row(r["model"], r["sampling"], r["runtime"], str(r["tokens"]), f"{r['tokens_per_s']:.1f}", f"{r['vs_llama_cpp']:.2f}")
         con.print(t)
 
-    if result["rss"]:
-        t = Table(title="peak RSS of `llasm ask` (16 answer tokens) vs the bundle files it loads; parts alone below")
-        for c in ("LLM", "backend", "peak RSS MiB", "files MiB", "RSS / files", "process wall s"):
-            t.add_column(c, justify="right" if c != "LLM" and c != "backend" else "left")
-        for r in result["rss"]:
-            files = r.get("bundle_files_mb")
-            t.add_row(r["model"], r["backend"], f"{r['peak_rss_mb']:.0f}", f"{files:.0f}" if files else "",
-                      f"{r['rss_over_files']:.2f}" if files else "", f"{r['process_wall_s']:.1f}")
-        con.print(t)
+    _rss_table(con, result)
 
     for o in result["overheads"]:
         t = Table(title=f"runtime overheads — {o['model']}")
@@ -836,6 +861,22 @@ def print_tables(result: dict) -> None:
         t.add_row(f"llasm Sampler per token, greedy / temperature (n_vocab {o['n_vocab']})", f"{o['sample_greedy_ms']:.2f} / {o['sample_default_ms']:.2f} ms")
         t.add_row("Engine.logits() copy per token", f"{o['logits_copy_ms']:.3f} ms")
         con.print(t)
+
+
+def _rss_table(con, result: dict) -> None:
+    if not result["rss"]:
+        return
+    from rich.table import Table
+
+    t = Table(title=f"peak RSS of `llasm ask` (16 answer tokens) vs the bundle files it loads (target ≤ {RSS_TARGET}×); "
+              "parts alone below")
+    for c in ("LLM", "backend", "peak RSS MiB", "files MiB", "RSS / files", "process wall s"):
+        t.add_column(c, justify="right" if c != "LLM" and c != "backend" else "left")
+    for r in result["rss"]:
+        files = r.get("bundle_files_mb")
+        t.add_row(r["model"], r["backend"], f"{r['peak_rss_mb']:.0f}", f"{files:.0f}" if files else "",
+                  f"{r['rss_over_files']:.2f}" if files else "", f"{r['process_wall_s']:.1f}")
+    con.print(t)
 
 
 def _early(r: dict) -> str:
@@ -857,6 +898,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=None, help="tokens per decode-rate run (default 128, quick 64)")
     parser.add_argument("--no-whisper-cpp", action="store_true", help="skip the whisper.cpp cascade")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    parser.add_argument("--rss-only", action="store_true",
+                        help="only the peak-RSS table (the 5 s utterance), for --bundle (each tower backend it carries) "
+                        "or the --models bundles")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 torch-tower rows")
     parser.add_argument("--realtime", action="store_true",
                         help="stream each clip to llasm at the audio clock's pace (chunked model; latency from the end "
@@ -878,8 +922,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(models) - set(assets.BUNDLES)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(assets.BUNDLES)}")
-    if args.bundle is not None and not args.realtime:
-        parser.error("--bundle goes with --realtime")
+    if args.bundle is not None and not (args.realtime or args.rss_only):
+        parser.error("--bundle goes with --realtime or --rss-only")
+    if args.rss_only:
+        return rss_only(args, models)
     if args.realtime and models != ["gemma-270m"]:
         parser.error("--realtime runs the chunked Gemma 3 270M bundle only (leave --models out)")
     n_decode = args.decode_tokens or (64 if args.quick else 128)
@@ -946,6 +992,43 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_tables(result)
         print(f"(wall {result['config']['wall_s']:.0f} s)")
+    return 0
+
+
+def rss_only(args, models: list[str]) -> int:
+    """--rss-only: `llasm ask` on the 5 s utterance, per tower backend, and its parts alone."""
+    from llasm_cli.bundle import load_bundle
+
+    if args.bundle is not None:
+        path = args.bundle.resolve()
+        bundles = {load_bundle(path).manifest.name: path}
+    else:
+        bundles = {m: assets.BUNDLES[m](log) for m in models}
+    result: dict = {"config": {
+        "load_average_at_start": list(os.getloadavg()), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "quick": False, "reps": 1, "threads": args.threads, "models": list(bundles), "rss_only": True,
+        "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}", "python": platform.python_version(),
+        "versions": _versions(),
+    }, "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
+    started = now()
+    with tempfile.TemporaryDirectory(prefix="llasm-bench-") as tmp:
+        import soundfile as sf
+
+        (u,) = make_utterances((5.0,), Path(tmp))
+        result["utterances"] = [{"target_s": u.target_s, "speech_s": round(u.speech_s, 2), "text": u.text}]
+        wav = Path(tmp) / "rss.wav"
+        sf.write(wav, u.audio, SAMPLE_RATE)
+        for name, path in bundles.items():
+            log(f"{name}: peak RSS of llasm ask")
+            result["rss"] += measure_rss(name, path, wav, args.threads, bundle_backends(path))
+    result["config"]["wall_s"] = round(now() - started, 1)
+    result["config"]["load_average_at_end"] = list(os.getloadavg())
+    if args.save:
+        atomic_write_text(args.save, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print_tables(result)
     return 0
 
 

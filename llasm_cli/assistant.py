@@ -7,6 +7,7 @@ on one engine); otherwise the bundle's is opened on first use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,19 @@ from .prompt import DEFAULT_TEMPLATE, Message, prompt_pieces, segments, user_con
 from .published import PublishedPair, open_model
 from .towers import TowerBackend, open_tower
 
+DEFAULT_CTX = 4096  # positions: a chat's context, and the most a one-shot question is given unless --ctx says more
+
 
 class Assistant:
     """A bundle loaded once: engine, tower and prompt format, for any number of conversations."""
 
     def __init__(
         self, model: str | Path | Bundle, backend: str = "auto", llm_variant: str | None = None,
-        tower_variant: str | None = None, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
-        tower: TowerBackend | None = None,
+        tower_variant: str | None = None, n_ctx: int | Callable[[Assistant], int] = DEFAULT_CTX,
+        n_threads: int | None = None, n_gpu_layers: int = 0, tower: TowerBackend | None = None,
     ) -> None:
+        """``n_ctx``: the LLM context's positions, or a function that sizes it from this assistant
+        once its prompt format is known and before the context is made (``prompt_positions``)."""
         # a llasm bundle, or a published LLM + mmproj pair (published.py) run the same way
         self.bundle = model if isinstance(model, Bundle) else open_model(model)
         self.pair = self.bundle if isinstance(self.bundle, PublishedPair) else None
@@ -36,25 +41,31 @@ class Assistant:
         info = validate_llm(llm_path)  # llama.cpp aborts the process on a malformed file
         arch = info.fields["general.architecture"]
         check_widths(m.llm_dim, int(info.fields[f"{arch}.embedding_length"]), "manifest")
-        # the f32 variant is the exact reference: f32 KV cache, no (F16-rounding) flash attention
-        self.engine = Engine(
-            llm_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, exact=llm_variant == "f32"
-        )
         self._tower = tower
         if tower_variant is None and llm_variant in m.tower_files:
             tower_variant = llm_variant  # same precision for both halves unless told otherwise
         self._tower_args = (backend, tower_variant, n_threads, llm_variant == "f32")
-        # the audio span's start/end: two learned rows (a published GGUF's vocabulary stays as it is),
-        # or two added vocabulary tokens
-        self.boundary = self.bundle.boundary_rows()
-        if self.pair is not None:  # the family's marker text: no token, one, or several
-            self.audio_start, self.audio_end = self.pair.marker_ids(self.engine)
-        else:
-            self.audio_start = self.engine.token_id(m.audio_start) if self.boundary is None else None
-            self.audio_end = self.engine.token_id(m.audio_end) if self.boundary is None else None
-        fallback = self.pair.family.template if self.pair is not None else DEFAULT_TEMPLATE
-        self.template = self.engine.meta("tokenizer.chat_template") or fallback
-        self.system_prompt = m.system_prompt
+
+        def prompt_format(engine: Engine) -> int:
+            """The vocabulary is loaded, the context not yet made: the prompt format, then its size."""
+            self.engine = engine
+            # the audio span's start/end: two learned rows (a published GGUF's vocabulary stays as it is),
+            # or two added vocabulary tokens
+            self.boundary = self.bundle.boundary_rows()
+            if self.pair is not None:  # the family's marker text: no token, one, or several
+                self.audio_start, self.audio_end = self.pair.marker_ids(engine)
+            else:
+                self.audio_start = engine.token_id(m.audio_start) if self.boundary is None else None
+                self.audio_end = engine.token_id(m.audio_end) if self.boundary is None else None
+            fallback = self.pair.family.template if self.pair is not None else DEFAULT_TEMPLATE
+            self.template = engine.meta("tokenizer.chat_template") or fallback
+            self.system_prompt = m.system_prompt
+            return n_ctx(self) if callable(n_ctx) else n_ctx
+
+        # the f32 variant is the exact reference: f32 KV cache, no (F16-rounding) flash attention
+        self.engine = Engine(
+            llm_path, n_ctx=prompt_format, n_threads=n_threads, n_gpu_layers=n_gpu_layers, exact=llm_variant == "f32"
+        )
         self.engine.warmup()
 
     @property
@@ -84,6 +95,16 @@ class Assistant:
         if m.adaptor == "llasm-v1":
             return 2 + m.tokens_per_window * len(windows)
         return 2 + sum(audio_token_count(w.size, m.stack_factor) for w in windows)
+
+    def prompt_positions(self, n_samples: int | None, text: str | None = None, after: str | None = None,
+                         system: str | None = None) -> int:
+        """Positions the prompt of a one-turn question takes (template, system prompt, typed text, and
+        a clip of ``n_samples``, None for none) before anything is encoded: what ``ask`` prefills."""
+        clip = None
+        if n_samples is not None:
+            markers = len(self.audio_start) + len(self.audio_end) if self.pair is not None else 2
+            clip = np.zeros((self.audio_positions(n_samples) - markers, self.engine.n_embd), dtype=np.float32)
+        return sum(len(seg) for seg in self.prompt(self.messages(clip, text, after, system)))
 
     def default_sampling(self, temperature: float | None = None, **overrides) -> Sampling:
         """Sampling settings: the bundle's temperature unless one is given, plus any other field."""

@@ -40,6 +40,10 @@ ThreadsOpt = typer.Option(
     None, "--threads", "-t", envvar="LLASM_THREADS", help="CPU threads (default: all cores, up to 8). Env: LLASM_THREADS."
 )
 CtxOpt = typer.Option(4096, "--ctx", help="LLM context length in tokens.")
+AskCtxOpt = typer.Option(
+    None, "--ctx", help="LLM context length in tokens (default: the question's prompt plus room for the answer, "
+    "up to 4096: the KV cache takes memory for every position).",
+)
 GpuOpt = typer.Option(0, "--gpu-layers", help="LLM layers to offload to the GPU (-1: all).")
 SystemOpt = typer.Option(None, "--system", help="System prompt (default: the bundle's; '' for none).")
 TemperatureOpt = typer.Option(None, "--temperature", help="0 for greedy (default: the bundle's).")
@@ -101,7 +105,7 @@ def ask(
     max_tokens: Optional[int] = MaxTokensOpt,
     seed: int = SeedOpt,
     threads: Optional[int] = ThreadsOpt,
-    ctx: int = CtxOpt,
+    ctx: Optional[int] = AskCtxOpt,
     gpu_layers: int = GpuOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, timings) instead of text."),
     stats: bool = typer.Option(False, "--stats", help="Print timings after the answer."),
@@ -121,6 +125,7 @@ def ask(
     from .assistant import Assistant
     from .audio import load_audio
     from .conversation import ask as ask_once
+    from .conversation import question_context
     from .ui import console, stats_table, stream_answer
 
     if audio is None and not (text or after):
@@ -130,7 +135,9 @@ def ask(
         from .endpoint import require_speech
 
         require_speech(samples, str(audio))
-    bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers)
+    n_ctx = ctx if ctx is not None else question_context(samples, text, after, system, max_tokens)
+    bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=n_ctx, n_threads=threads,
+                    n_gpu_layers=gpu_layers)
     try:
         sampling = bot.default_sampling(temperature, seed=seed)
         conv = ask_once(bot, samples, text=text, after=after, system=system)

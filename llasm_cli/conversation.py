@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .assistant import Assistant
+from .assistant import DEFAULT_CTX, Assistant
 from .audio import SAMPLE_RATE
 from .engine import Sampler, Sampling, TextStream
 from .errors import AudioFileError, ContextOverflowError, LlasmError
 from .prompt import Message, user_content
 from .towers import ChunkStream, TowerBackend
+
+
+ANSWER_RESERVE = 256  # positions a conversation keeps free for the answer
 
 
 @dataclass
@@ -72,7 +75,7 @@ class Conversation:
     bot: Assistant
     system: str | None = None
     tower: TowerBackend | None = None  # the audio encoder to use; default: the bot's
-    reserve: int = 256  # positions kept free for the answer
+    reserve: int = ANSWER_RESERVE  # positions kept free for the answer
     turns: list[Turn] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     stats: TurnStats = field(default_factory=TurnStats)
@@ -469,6 +472,24 @@ def ask(
     conv = Conversation(bot, system=system)
     conv.add_user(audio, text=text, after=after)
     return conv
+
+
+def question_context(
+    samples: np.ndarray | None, text: str | None = None, after: str | None = None, system: str | None = None,
+    max_tokens: int | None = None, limit: int = DEFAULT_CTX,
+) -> Callable[[Assistant], int]:
+    """The ``n_ctx`` of an ``Assistant`` made for one question (``llasm ask``): the question's prompt
+    and room for its answer (``max_tokens``, else the bundle's; never less than the reserve a
+    conversation keeps), at most ``limit``. The KV cache holds every position from the start, so a
+    context sized to the question takes that much memory, not a chat's. A question that needs more
+    than ``limit`` gets ``limit``, and the errors about too long a recording say so and name --ctx."""
+
+    def size(bot: Assistant) -> int:
+        prompt = bot.prompt_positions(None if samples is None else samples.size, text, after, system)
+        room = max(max_tokens or bot.bundle.manifest.max_tokens, ANSWER_RESERVE)
+        return min(prompt + room, limit)
+
+    return size
 
 
 def answer(bot: Assistant, audio: np.ndarray | None = None, text: str | None = None, after: str | None = None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,20 +100,41 @@ class Engine:
     """One llama.cpp model + context holding one conversation (sequence 0)."""
 
     def __init__(
-        self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
+        self, model_path: str | Path, n_ctx: int | Callable[[Engine], int] = 4096, n_threads: int | None = None,
         n_gpu_layers: int = 0, n_batch: int = 512, exact: bool = False,
     ) -> None:
+        """``n_ctx``: positions the context holds (at most what the model was trained for), or a
+        function that sizes it from this engine once the vocabulary is loaded and before the context
+        exists (``tokenize``, ``meta`` and ``piece`` work then: a caller can count its prompt).
+
+        The KV cache (F16, or F32 when ``exact``) is allocated and cleared for every position at
+        once, so it is as much of the process's memory as ``n_ctx`` says: size it to the work."""
         native.init()
         self.path = Path(model_path)
         mparams = native.model_params(n_gpu_layers)  # extra CPU buffers only where the probe says safe
         self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self.model:
             raise ModelFileError(f"llama.cpp could not load {self.path}: {native.last_log()}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = llama_cpp.llama_model_n_embd_inp(self.model)
+        self.arch = self.meta("general.architecture") or ""
+        self.embed_scale = math.sqrt(self.n_embd) if self.arch in EMBED_SCALE_ARCHS else 1.0
+        self._token_rows: dict[int, np.ndarray] = {}  # token_rows' cache
+        if callable(n_ctx):
+            try:
+                n_ctx = int(n_ctx(self))
+            except BaseException:
+                llama_cpp.llama_model_free(self.model)
+                raise
         threads = n_threads or native.default_threads()
         cparams = llama_cpp.llama_context_default_params()
         train_ctx = llama_cpp.llama_model_n_ctx_train(self.model)
         cparams.n_ctx = min(n_ctx, train_ctx) if train_ctx > 0 else n_ctx
         self.n_ctx_train = train_ctx if train_ctx > 0 else n_ctx
+        # llama.cpp cuts n_batch to the n_ctx asked for (it then rounds n_ctx up to a multiple of 256):
+        # our batches must fit what it kept. The compute buffer is sized by n_ubatch.
+        n_batch = max(1, min(n_batch, cparams.n_ctx))
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
         cparams.n_threads = threads
@@ -127,21 +148,15 @@ class Engine:
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
             raise ModelFileError(f"llama.cpp could not create a context for {self.path}: {native.last_log()}")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self.n_embd = llama_cpp.llama_model_n_embd_inp(self.model)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = n_batch
         self._mem = llama_cpp.llama_get_memory(self.ctx)
-        self.arch = self.meta("general.architecture") or ""
-        self.embed_scale = math.sqrt(self.n_embd) if self.arch in EMBED_SCALE_ARCHS else 1.0
         self._tok_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._emb_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
         self.n_pos_per_embd = n_pos_per_embd(self.model)  # > 1: M-RoPE positions for embedding rows
         self._closed = False
         self.fed: list[Segment] = []  # what the KV cache holds, in order (token lists merged)
         self.reused = 0  # positions the last sync() kept from what the cache held
-        self._token_rows: dict[int, np.ndarray] = {}  # token_rows' cache
 
     # --- metadata and vocabulary --------------------------------------------------------
 

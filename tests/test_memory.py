@@ -1,0 +1,110 @@
+"""A one-shot question's LLM context is sized to the question: llama.cpp allocates (and clears) the
+KV cache for every position of the context at once, so ``llasm ask`` asks for the question's prompt
+plus room for its answer, not a chat's 4096 positions (bench/latency.py measures the peak RSS)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from llasm_cli import cli
+from llasm_cli.assistant import DEFAULT_CTX, Assistant
+from llasm_cli.audio import SAMPLE_RATE, chunk_spans, load_audio
+from llasm_cli.conversation import ANSWER_RESERVE, ask, question_context
+from llasm_cli.engine import Sampling
+from tests.conftest import speech_of_length
+from tests.test_streaming import chunked_bundle
+
+LLAMA_CTX_STEP = 256  # llama.cpp rounds the context it makes up to a multiple of this
+
+
+def expected_audio_rows(bundle, n_samples: int) -> int:
+    """Embeddings a clip becomes, from the tower's contract (DESIGN.md): ceil(n / 320k) per 30 s
+    window when padded, the kept part of every chunk when chunked."""
+    m = bundle.manifest
+    if "chunked" in m.encoder_input:
+        return sum(s.keep for s in chunk_spans(n_samples, m.chunk_seconds, m.context_seconds, m.stack_factor))
+    window = 30 * SAMPLE_RATE
+    return sum(math.ceil(min(window, n_samples - w) / (320 * m.stack_factor)) for w in range(0, n_samples, window))
+
+
+@pytest.fixture(scope="module")
+def bundles(swiglu, tmp_path_factory):
+    """The tiny model padded (mmproj tower), and chunked with learned boundary rows (torch tower)."""
+    chunked = chunked_bundle(swiglu[1], tmp_path_factory.mktemp("mem") / "chunked", "embeddings")
+    return {"padded": (swiglu[1], "ggml"), "chunked": (chunked, "torch")}
+
+
+@pytest.mark.parametrize("seconds", [2.0, 11.0])
+@pytest.mark.parametrize("kind", ["padded", "chunked"])
+def test_an_asked_question_gets_its_prompt_and_its_answer_and_no_more(bundles, question_audio, kind, seconds):
+    bundle, backend = bundles[kind]
+    audio = speech_of_length(question_audio, seconds)
+    answer_tokens = 300  # more than the reserve a chat keeps: the answer's own room decides
+    bot = Assistant(bundle, backend=backend, llm_variant="f32",
+                    n_ctx=question_context(audio, text="Answer:", max_tokens=answer_tokens))
+    try:
+        conv = ask(bot, audio, text="Answer:")
+        clip = conv.turns[0].message.clips[0]
+        assert len(clip) == expected_audio_rows(bot.bundle, audio.size)
+        prompt = sum(len(seg) for seg in conv._prompt())  # what the cache will hold before the answer
+        assert bot.prompt_positions(audio.size, "Answer:") == prompt  # counted before anything was encoded
+        need = prompt + answer_tokens
+        assert need <= bot.engine.n_ctx < need + LLAMA_CTX_STEP
+        assert bot.engine.n_ctx < DEFAULT_CTX
+        # the whole answer fits: generation is not cut by a full context
+        pieces = list(conv.respond(Sampling(temperature=0.0, ignore_eos=True), answer_tokens))
+        assert pieces and conv.stats.answer_tokens == answer_tokens
+        assert bot.engine.n_past == need  # every answer token went into the cache
+    finally:
+        bot.close()
+
+
+def test_a_short_answer_still_gets_the_reserve_and_a_huge_one_the_old_default(bundles, question_audio):
+    bundle, backend = bundles["padded"]
+    audio = speech_of_length(question_audio, 2.0)
+    sizes = {}
+    for max_tokens in (4, 100_000):
+        bot = Assistant(bundle, backend=backend, n_ctx=question_context(audio, max_tokens=max_tokens))
+        try:
+            sizes[max_tokens] = (bot.prompt_positions(audio.size), bot.engine.n_ctx)
+        finally:
+            bot.close()
+    prompt, n_ctx = sizes[4]
+    assert prompt + ANSWER_RESERVE <= n_ctx < prompt + ANSWER_RESERVE + LLAMA_CTX_STEP
+    assert sizes[100_000][1] == DEFAULT_CTX  # as every question was given before, and --ctx says more
+
+
+def test_llasm_ask_sizes_the_context_and_ctx_still_overrides(swiglu, question_wav, monkeypatch):
+    seen = []
+    close = Assistant.close
+
+    def record(self):
+        seen.append((self.engine.n_ctx, self.prompt_positions(load_audio(question_wav).size)))
+        close(self)
+
+    monkeypatch.setattr(Assistant, "close", record)
+    args = ["ask", str(question_wav), "-m", str(swiglu[1]), "--backend", "ggml", "--max-tokens", "3", "--json"]
+    for extra in ([], ["--ctx", "1024"]):
+        res = CliRunner().invoke(cli.app, args + extra)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output.strip().splitlines()[-1])["answer"] is not None
+    (auto, prompt), (given, _) = seen
+    assert prompt + ANSWER_RESERVE <= auto < prompt + ANSWER_RESERVE + LLAMA_CTX_STEP
+    assert given == 1024
+
+
+def test_text_only_question_is_sized_without_audio(bundles):
+    bundle, backend = bundles["padded"]
+    bot = Assistant(bundle, backend=backend, n_ctx=question_context(None, text="What is seven plus five?"))
+    try:
+        prompt = bot.prompt_positions(None, "What is seven plus five?")
+        want = min(prompt + max(bot.bundle.manifest.max_tokens, ANSWER_RESERVE), DEFAULT_CTX)
+        assert want <= bot.engine.n_ctx < want + LLAMA_CTX_STEP
+        assert np.isfinite(bot.engine.eval(bot.prompt(bot.messages(None, "What is seven plus five?", None, None)))).all()
+    finally:
+        bot.close()
