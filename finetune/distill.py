@@ -51,7 +51,11 @@ class DistillConfig:
     lr: float = 1e-3
     warmup_steps: int = 50
     hidden_dim: int = 2048
-    stack_factor: int = 10  # 5 audio positions per second
+    stack_factor: int = 5  # 10 audio positions per second: room for CTC's one token per position
+    align_minutes: float = 15.0  # the CTC warm-up before the LLM is involved (0: none)
+    align_batch: int = 32
+    align_lr: float = 2e-3
+    align_weight: float = 0.2  # the CTC loss kept beside the KL afterwards
     chunk_seconds: float = 1.0
     context_seconds: float = 2.0
     eval_every_minutes: float = 15.0
@@ -224,6 +228,93 @@ class Repeater(Student):
         return F.cross_entropy(self.llm.lm_head(rows).float(), target, reduction="sum"), len(target)
 
 
+class Aligner(torch.nn.Module):
+    """The cheap warm-up that teaches the adaptor words before the LLM runs at all: CTC from each
+    audio position to the question's tokens, scored by cosine against the LLM's own input-embedding
+    rows (plus one learned blank row). An adaptor that passes it emits, where a word was said, a
+    vector pointing where the LLM's embedding of that word points, at the embeddings' typical norm:
+    text, as far as the LLM can tell. It costs a matmul, not an LLM pass, so it sees every clip many
+    times in minutes. The vocabulary is the tokens the training text uses (the softmax over all
+    49k rows would cost ten times as much and score words nobody says)."""
+
+    def __init__(self, tower: AudioTower, emb: torch.Tensor, vocab: list[int]) -> None:
+        super().__init__()
+        self.tower = tower
+        rows = emb[vocab].detach()
+        self.register_buffer("rows", F.normalize(rows, dim=-1), persistent=False)
+        self.norm = float(emb.norm(dim=-1).median())
+        self.blank = torch.nn.Parameter(F.normalize(torch.randn(1, emb.shape[1]), dim=-1))
+        self.scale = torch.nn.Parameter(torch.tensor(20.0))
+        self.index = {t: i + 1 for i, t in enumerate(vocab)}  # 0: blank
+
+    def targets(self, ex: Example) -> list[int]:
+        return [self.index[t] for t in ex.transcript[:-1] if t in self.index]
+
+    def logits(self, audio: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([F.normalize(self.blank, dim=-1), self.rows])
+        return self.scale * F.normalize(audio, dim=-1) @ table.T
+
+    def forward(self, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CTC loss per target token, norm loss per position)."""
+        audio = [self.tower.adapt(torch.from_numpy(ex.feats.astype(np.float32))[None])[0] for ex in batch]
+        width = max(a.shape[0] for a in audio)
+        logp = torch.stack([F.pad(F.log_softmax(self.logits(a), -1), (0, 0, 0, width - a.shape[0])) for a in audio], 1)
+        tgts = [self.targets(ex) for ex in batch]
+        loss = F.ctc_loss(logp, torch.tensor([t for ts in tgts for t in ts]), torch.tensor([a.shape[0] for a in audio]),
+                          torch.tensor([len(ts) for ts in tgts]), blank=0, reduction="sum", zero_infinity=True)
+        norms = torch.cat([a.norm(dim=-1) for a in audio]) / self.norm
+        return loss / max(1, sum(len(ts) for ts in tgts)), ((norms - 1) ** 2).mean()
+
+    def greedy(self, ex: Example) -> list[int]:
+        """The token ids a CTC greedy decode reads off the adaptor (a diagnostic: which words it hears)."""
+        with torch.inference_mode():
+            best = self.logits(self.tower.adapt(torch.from_numpy(ex.feats.astype(np.float32))[None])[0]).argmax(-1)
+        vocab = {i: t for t, i in self.index.items()}
+        out, prev = [], 0
+        for b in best.tolist():
+            if b and b != prev:
+                out.append(vocab[b])
+            prev = b
+        return out
+
+
+def token_error_rate(aligner: Aligner, exs: list[Example]) -> float:
+    """Edit distance between the CTC greedy read-out and the question's tokens, per token."""
+    errors = total = 0
+    for ex in exs:
+        hyp, ref = aligner.greedy(ex), ex.transcript[:-1]
+        d = list(range(len(hyp) + 1))
+        for i, r in enumerate(ref, 1):
+            prev, d[0] = d[0], i
+            for j, h in enumerate(hyp, 1):
+                prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+        errors, total = errors + d[-1], total + len(ref)
+    return errors / max(total, 1)
+
+
+def align(aligner: Aligner, train: list[Example], held: list[Example], cfg: DistillConfig, rng: random.Random,
+          log) -> None:
+    """The CTC warm-up: ``cfg.align_minutes`` of adaptor-only training, cosine learning rate."""
+    params = list(aligner.tower.adaptor.parameters()) + [aligner.blank, aligner.scale]
+    opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    t0, step, order = time.time(), 0, []
+    while time.time() - t0 < cfg.align_minutes * 60:
+        if len(order) < cfg.align_batch:
+            order += rng.sample(range(len(train)), len(train))
+        frac = (time.time() - t0) / (cfg.align_minutes * 60)
+        for g in opt.param_groups:
+            g["lr"] = cfg.align_lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
+        ctc, norm = aligner([train[order.pop()] for _ in range(cfg.align_batch)])
+        opt.zero_grad(set_to_none=True)
+        (ctc + norm).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            log({"align_step": step, "min": round((time.time() - t0) / 60, 2), "ctc": float(ctc), "norm": float(norm),
+                 "heldout_ter": round(token_error_rate(aligner, held[:40]), 3) if step % 200 == 0 else None})
+
+
 def evaluate(student: Student, exs: list[Example], batch: int) -> dict:
     """Teacher-forced top-1 agreement and mean KL per answer token."""
     kl = agree = n = 0.0
@@ -295,19 +386,35 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     request = hf_tokenize(tok)("\nRepeat my question word for word.", False) + suffix
     repeater = Repeater(llm, tower, prefix, request) if cfg.repeat_weight > 0 else None
     full = Student(llm, tower, prefix, suffix)  # evaluation: the whole answer
-    params = list(tower.adaptor.parameters())
+    vocab = sorted({t for ex in train for t in ex.transcript[:-1]} | {t for ex in train for t in ex.answer})
+    aligner = Aligner(tower, llm.get_input_embeddings().weight, vocab)
+    held_words = examples([c for c in clips if c["split"] == "heldout"], questions, teacher, feats, hf_tokenize(tok), fmt.eos)
+    log = open(out / LOG_FILE, "a")
+
+    def record(rec: dict) -> None:
+        print(json.dumps(rec), flush=True)
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+
+    state_path = out / STATE_FILE
+    if cfg.align_minutes > 0 and not (resume and state_path.is_file()):
+        tower.adaptor.train()
+        align(aligner, train, random.Random(3).sample(held_words, min(200, len(held_words))), cfg, rng, record)
+        record({"aligned": True, "heldout_ter": round(token_error_rate(aligner, held_words[:200]), 3)})
+    params = list(tower.adaptor.parameters()) + [aligner.blank, aligner.scale]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, trained = 0, 0.0  # trained: seconds of training so far (resumable)
-    state_path = out / STATE_FILE
     if resume and state_path.is_file():
         st = torch.load(state_path, weights_only=True)
         tower.adaptor.load_state_dict(st["adaptor"])
+        with torch.no_grad():
+            aligner.blank.copy_(st["blank"])
+            aligner.scale.copy_(st["scale"])
         opt.load_state_dict(st["optimizer"])
         step, trained = st["step"], st["trained"]
         rng.seed(cfg.seed + step)
         print(f"resumed at step {step} after {trained / 60:.1f} min", flush=True)
     print(f"{len(train)} train clips, {len(held)} held-out; features took {t_feats:.0f} s", flush=True)
-    log = open(out / LOG_FILE, "a")
     last_save = last_eval = time.time()
     t0 = time.time() - trained
     order: list[int] = []
@@ -325,6 +432,9 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
             rep, m = repeater(batch)
             total = total + cfg.repeat_weight * rep / m
             rep_loss = float(rep.detach()) / m
+        if cfg.align_weight > 0:
+            ctc, norm = aligner(batch)
+            total = total + cfg.align_weight * (ctc + norm)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -344,9 +454,9 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
             log.write(json.dumps(rec) + "\n")
             last_eval = time.time()
         if time.time() - last_save > cfg.save_every_minutes * 60:
-            _save_state(state_path, tower, opt, step, time.time() - t0)
+            _save_state(state_path, aligner, opt, step, time.time() - t0)
             last_save = time.time()
-    _save_state(state_path, tower, opt, step, time.time() - t0)
+    _save_state(state_path, aligner, opt, step, time.time() - t0)
     tower.adaptor.eval()
     final = {"step": step, "train_minutes": round((time.time() - t0) / 60, 1), "feature_seconds": round(t_feats),
              "heldout": evaluate(full, held, 16), "train_sample": evaluate(full, train_eval, 16),
@@ -393,9 +503,10 @@ def build_bundle(tower_dir: Path, out: Path, gguf: Path | None = None, name: str
     return out
 
 
-def _save_state(path: Path, tower: AudioTower, opt, step: int, trained: float) -> None:
+def _save_state(path: Path, aligner: Aligner, opt, step: int, trained: float) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"adaptor": tower.adaptor.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        torch.save({"adaptor": aligner.tower.adaptor.state_dict(), "blank": aligner.blank.detach(),
+                    "scale": aligner.scale.detach(), "optimizer": opt.state_dict(), "step": step,
                     "trained": trained}, tmp)
 
 

@@ -32,7 +32,7 @@ TEACHER_FILE = "teacher.npz"
 CLIPS_FILE = "clips.jsonl"
 AUDIO_DIR = "audio"
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default
-MAX_ANSWER_TOKENS = 40  # distillation covers the start of an answer: what the listener hears first
+MAX_ANSWER_TOKENS = 24  # distillation covers the start of an answer: what the listener hears first
 TOP_K = 16  # teacher log-probabilities kept per answer position
 
 TRAIN_VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-us-nyc")
@@ -200,7 +200,8 @@ class PromptFormat:
 
 
 class Teacher:
-    """The frozen LLM in PyTorch (the GGUF dequantised by transformers)."""
+    """The frozen LLM: its answers from llama.cpp (what the runtime writes), its next-token
+    distributions over them from PyTorch (the GGUF dequantised by transformers, as the student)."""
 
     def __init__(self, gguf: Path, system: str | None) -> None:
         import torch
@@ -213,6 +214,8 @@ class Teacher:
         self.fmt = PromptFormat(gguf, self.tok, system)
         self.eos = self.fmt.eos
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos
+        self.gguf, self.llama, self.threads = gguf, None, 2
+        self.rng = np.random.default_rng(0)
 
     def generate(self, prompts: list[list[int]], max_new: int, sample: bool = False) -> list[str]:
         ids = self.generate_ids(prompts, max_new, sample)
@@ -229,21 +232,16 @@ class Teacher:
         return ids, mask
 
     def generate_ids(self, prompts: list[list[int]], max_new: int, sample: bool = False) -> list[list[int]]:
-        torch = self.torch
-        ids, mask = self._left_padded(prompts)
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=sample,
-                                      temperature=0.9 if sample else None, top_p=0.95 if sample else None,
-                                      top_k=None, eos_token_id=self.eos, pad_token_id=self.pad)
-        res = []
-        for row in out[:, ids.shape[1]:].tolist():
-            ids = []
-            for t in row:
-                ids.append(t)
-                if t == self.eos:
-                    break
-            res.append(ids)
-        return res
+        """Answers as llama.cpp writes them from the GGUF itself (the typed answer a user of the
+        runtime gets, greedy), all prompts of a call decoded side by side as sequences of one batch:
+        on two CPU cores about 20x faster than batched generation in transformers."""
+        if self.llama is None:
+            from llasm_cli.engine import Engine
+            from llasm_cli.scheduler import BatchEngine
+
+            engine = Engine(self.gguf, n_ctx=512, n_threads=self.threads)
+            self.llama = BatchEngine(engine, 32, 256, n_threads=self.threads), engine
+        return batched_generate(self.llama[0], prompts, max_new, self.eos, self.rng if sample else None)
 
     def top_k(self, prompts: list[list[int]], answers: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Teacher-forced top-k log-probabilities at each answer position."""
@@ -258,6 +256,48 @@ class Teacher:
             v, j = rows.topk(k, -1)
             out.append((j.numpy().astype(np.int32), v.numpy().astype(np.float16)))
         return out
+
+
+def batched_generate(batch, prompts: list[list[int]], max_new: int, eos: int,
+                     rng: np.random.Generator | None = None, temperature: float = 0.9, top_p: float = 0.95) -> list[list[int]]:
+    """Greedy (or, given ``rng``, nucleus-sampled) continuations of up to ``batch.n_seq`` prompts at
+    a time, one llama.cpp batch per step for all of them."""
+    out: list[list[int]] = []
+    for g in range(0, len(prompts), batch.n_seq):
+        group = prompts[g : g + batch.n_seq]
+        batch.clear()
+        entries = [(t, i, s, i == len(p) - 1) for s, p in enumerate(group) for i, t in enumerate(p)]
+        last: dict[int, np.ndarray] = {}
+        for c in range(0, len(entries), batch.n_batch):
+            chunk = entries[c : c + batch.n_batch]
+            batch.decode_tokens(chunk)
+            for j, (_, _, s, want) in enumerate(chunk):
+                if want:
+                    last[s] = batch.logits(j)
+        answers: list[list[int]] = [[] for _ in group]
+        live = list(range(len(group)))
+        while live:
+            step = []
+            for s in live:
+                logits = last[s]
+                if rng is None:
+                    tok = int(np.argmax(logits))
+                else:
+                    z = (logits - logits.max()) / temperature
+                    p = np.exp(z)
+                    p /= p.sum()
+                    order = np.argsort(-p)
+                    keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
+                    tok = int(rng.choice(keep, p=p[keep] / p[keep].sum()))
+                answers[s].append(tok)
+                if tok != eos and len(answers[s]) < max_new:
+                    step.append((tok, len(group[s]) + len(answers[s]) - 1, s, True))
+            live = [e[2] for e in step]
+            if step:
+                batch.decode_tokens(step)
+                last = {s: batch.logits(j) for j, (_, _, s, _) in enumerate(step)}
+        out += answers
+    return out
 
 
 def answer_all(teacher: Teacher, questions: list[dict], batch: int, progress) -> tuple[list[dict], dict]:
