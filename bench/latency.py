@@ -886,6 +886,20 @@ def _early(r: dict) -> str:
     return f"{r['early_s']:.1f} s audio, {r['early_positions']} pos{lag}"
 
 
+def report(result: dict, args, started: float) -> int:
+    """Wall time and load on the result, then the JSON (saved and/or printed) or the tables."""
+    result["config"]["wall_s"] = round(now() - started, 1)
+    result["config"]["load_average_at_end"] = list(os.getloadavg())
+    if args.save:
+        atomic_write_text(args.save, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print_tables(result)
+        print(f"(wall {result['config']['wall_s']:.0f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repetitions, Gemma 270M only, 64 decode tokens (< ~5 min)")
@@ -983,16 +997,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["rss"] += measure_rss(m, bundles[m], wav, args.threads,
                                              ("onnx", "torch") if args.realtime else ("ggml", "torch"))
     result["summary"] = summary(result["latency"])
-    result["config"]["wall_s"] = round(now() - started, 1)
-    result["config"]["load_average_at_end"] = list(os.getloadavg())
-    if args.save:
-        atomic_write_text(args.save, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        print_tables(result)
-        print(f"(wall {result['config']['wall_s']:.0f} s)")
-    return 0
+    return report(result, args, started)
 
 
 def rss_only(args, models: list[str]) -> int:
@@ -1021,15 +1026,7 @@ def rss_only(args, models: list[str]) -> int:
         for name, path in bundles.items():
             log(f"{name}: peak RSS of llasm ask")
             result["rss"] += measure_rss(name, path, wav, args.threads, bundle_backends(path))
-    result["config"]["wall_s"] = round(now() - started, 1)
-    result["config"]["load_average_at_end"] = list(os.getloadavg())
-    if args.save:
-        atomic_write_text(args.save, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        print_tables(result)
-    return 0
+    return report(result, args, started)
 
 
 def _cpu_bf16() -> bool:

@@ -32,6 +32,7 @@ import gguf
 import numpy as np
 
 from ..errors import ModelFileError
+from ..files import atomic_path
 
 K, T = gguf.Keys, gguf.MODEL_TENSOR
 ULTRAVOX, VOXTRAL = gguf.VisionProjectorType.ULTRAVOX, gguf.VisionProjectorType.VOXTRAL
@@ -141,7 +142,6 @@ def encoder_only_path(src: Path, cache: Path) -> Path:
 
 def write_encoder_only(src: Path, out: Path) -> None:
     """Rewrite an audio mmproj as projector type glma with an identity projector (module docstring)."""
-    from ..files import atomic_path
 
     reader = gguf.GGUFReader(src)
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
@@ -176,12 +176,7 @@ def write_encoder_only(src: Path, out: Path) -> None:
     writer.add_tensor(_name(T.A_MMPROJ, 2, "bias"), np.zeros(d, dtype=np.float32))
     for boundary in (T.V_TOK_BOI, T.V_TOK_EOI):  # glma's two boundary rows ("v.boi", no suffix); dropped
         writer.add_tensor(gguf.TENSOR_NAMES[boundary], np.zeros(d, dtype=np.float32))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+    _write(writer, out)
 
 
 # --- the audio-only mmproj (Qwen2.5-Omni) -----------------------------------------------------
@@ -202,7 +197,6 @@ def write_audio_only(src: Path, out: Path) -> None:
     holding the audio encoder and projector tensors byte for byte, every key but the vision ones
     (``clip.vision.*``), and ``clip.has_vision_encoder`` false. mtmd's audio context reads the same
     keys and tensors from it as from the original (qwen2.5o's audio part runs as ``qwen2a``)."""
-    from ..files import atomic_path
 
     reader = gguf.GGUFReader(src)
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
@@ -215,12 +209,7 @@ def write_audio_only(src: Path, out: Path) -> None:
     for t in reader.tensors:
         if t.name.startswith(AUDIO_PREFIXES):
             writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)  # bytes as they are
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+    _write(writer, out)
 
 
 def _copy_field(writer: gguf.GGUFWriter, field) -> None:
@@ -231,3 +220,13 @@ def _copy_field(writer: gguf.GGUFWriter, field) -> None:
         writer.add_key_value(field.name, field.contents(), vtype, sub_type=etype)
     else:
         writer.add_key_value(field.name, field.contents(), vtype)
+
+
+def _write(writer, out: Path) -> None:
+    """The GGUF in one atomic write: mtmd must never see a half-written file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
