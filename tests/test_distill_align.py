@@ -1,0 +1,69 @@
+"""The ears recipe's CTC warm-up (finetune/distill.py ``Aligner``): from encoder frames alone it
+must learn to emit, where a word was said, a vector the LLM's embedding table reads as that word.
+A synthetic "encoder" says each token as a fixed random frame pattern; the real adaptor, loss and
+read-out are trained on it, and the read-out must recover held-out token sequences."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from llasm_finetune.distill import Aligner, DistillConfig, Example, align, token_error_rate
+from llasm_cli.model import AdaptorConfig, StackSwiGLUAdaptor
+
+K, D_ENC, D_LLM, VOCAB = 5, 16, 32, 40
+
+
+class FrameTower(torch.nn.Module):
+    """Only what the Aligner uses of an AudioTower: the adaptor over precomputed frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adaptor = StackSwiGLUAdaptor(AdaptorConfig(encoder_dim=D_ENC, llm_dim=D_LLM, stack_factor=K,
+                                                        hidden_dim=64, boundary="embeddings"))
+
+    def adapt(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.adaptor(frames)
+
+
+def spoken(tokens: list[int], sound: np.ndarray, rng: np.random.Generator) -> Example:
+    """Each token is one position's worth of frames, with a silent position (noise) between words."""
+    parts = []
+    for t in tokens:
+        parts += [sound[t] + 0.1 * rng.standard_normal((K, D_ENC)), 0.1 * rng.standard_normal((K, D_ENC))]
+    feats = np.concatenate(parts).astype(np.float16)
+    return Example("c", feats, [], None, None, tokens + [0])
+
+
+def test_ctc_warm_up_learns_to_read_words():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    sound = rng.standard_normal((VOCAB, K, D_ENC))
+    emb = torch.randn(VOCAB, D_LLM)
+    words = list(range(1, VOCAB))
+    train = [spoken(list(rng.choice(words, rng.integers(3, 8))), sound, rng) for _ in range(200)]
+    held = [spoken(list(rng.choice(words, rng.integers(3, 8))), sound, rng) for _ in range(30)]
+    aligner = Aligner(FrameTower(), emb, words)
+    before = token_error_rate(aligner, held)
+    cfg = DistillConfig(align_minutes=0.25, align_batch=16, align_lr=3e-3, warmup_steps=5)
+    align(aligner, train, held, cfg, random.Random(0), lambda rec: None)
+    after = token_error_rate(aligner, held)
+    assert before > 0.8, before  # random adaptor: the read-out is noise
+    assert after < 0.4 and after < before / 4, (before, after)
+    # where a word was said, the adaptor's vector points at that word's embedding row, at its norm
+    hits = total = 0
+    cos, norms = [], []
+    with torch.inference_mode():
+        for ex in held:
+            said = aligner.tower.adapt(torch.from_numpy(ex.feats.astype(np.float32))[None])[0][0::2]
+            ids = torch.tensor(ex.transcript[:-1])
+            sims = torch.nn.functional.cosine_similarity(said[:, None], emb[None], dim=-1)
+            hits, total = hits + int((sims.argmax(-1) == ids).sum()), total + len(ids)
+            cos.append(sims.gather(1, ids[:, None]).mean())
+            norms.append(said.norm(dim=-1) / emb.norm(dim=-1).median())
+    assert hits / total > 0.7, hits / total
+    assert float(torch.stack(cos).mean()) > 0.3
+    norms = torch.cat(norms)
+    assert 0.7 < float(norms.median()) < 1.3, norms
