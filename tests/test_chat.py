@@ -85,6 +85,7 @@ def test_ctrl_c_stops_the_answer_not_the_chat(workdir, tmp_path):
     child.expect("you›")
     child.sendline("/save " + str(tmp_path / "t.json"))
     child.expect("saved")
+    child.expect("you›")  # back at the prompt: a Ctrl-C sent before it is read while the chat is busy
     child.sendintr()  # idle: quits
     finish(child)
     turns = json.loads((tmp_path / "t.json").read_text())["turns"]
