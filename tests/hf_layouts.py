@@ -249,12 +249,7 @@ def build_ultravox(out: Path, llm: Path, stack_factor: int = 8, seed: int = 0, l
         "audio_config": audio_config, "text_config": text, "ignore_index": -100, "audio_token_index": 128256,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    # the processor's image normalisation (CLIP's, as Qwen's preprocessor_config.json has it): the converter
-    # writes it into the mmproj's vision part
-    preprocessor = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-                    "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "feature_size": 128,
-                    "sampling_rate": 16000, "n_samples": 480000, "chunk_length": 30}
-    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    write_preprocessor(out)
     return out
 
 
@@ -305,10 +300,14 @@ def build_qwen25_omni(out: Path, seed: int = 0) -> Path:
     config = {"architectures": ["Qwen2_5OmniModel"], "model_type": "qwen2_5_omni", "enable_audio_output": False,
               "thinker_config": thinker}
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    # the processor's image normalisation (CLIP's, as Qwen's preprocessor_config.json has it): the converter
-    # writes it into the mmproj's vision part
+    write_preprocessor(out)
+    return out
+
+
+def write_preprocessor(out: Path) -> None:
+    """The processor's image normalisation (CLIP's, as Qwen's preprocessor_config.json has it): the
+    converter writes it into the mmproj's vision part, so both Qwen-style layouts need the file."""
     preprocessor = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
                     "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "feature_size": 128,
                     "sampling_rate": 16000, "n_samples": 480000, "chunk_length": 30}
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
-    return out
