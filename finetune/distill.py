@@ -34,7 +34,8 @@ from llasm_cli.audio import load_audio
 from llasm_cli.files import atomic_folder, atomic_path
 from llasm_cli.model import AdaptorConfig, AudioTower, CheckpointMeta, build_tower, save_tower
 
-from .distill_data import CLIPS_FILE, QUESTIONS_FILE, SYSTEM_PROMPT, TEACHER_FILE, PromptFormat, smollm2_gguf
+from .distill_data import (CLIPS_FILE, QUESTIONS_FILE, SYSTEM_PROMPT, TEACHER_FILE, WORD_CLIPS_FILE, WORDS_FILE,
+                           PromptFormat, smollm2_gguf)
 from .init import load_whisper
 
 STATE_FILE = "state.pt"
@@ -53,6 +54,7 @@ class DistillConfig:
     hidden_dim: int = 2048
     stack_factor: int = 5  # 10 audio positions per second: room for CTC's one token per position
     align_minutes: float = 15.0  # the CTC warm-up before the LLM is involved (0: none)
+    align_steps: int = 0  # >0: the warm-up is exactly this many steps instead (reproducible, for tests)
     align_batch: int = 32
     align_lr: float = 2e-3
     align_weight: float = 0.2  # the CTC loss kept beside the KL afterwards
@@ -75,17 +77,20 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def compute_features(tower: AudioTower, data: Path, clips: list[dict], out: Path, threads: int) -> dict[str, np.ndarray]:
-    """Chunked encoder frames of every clip (float16), computed once and kept in ``out``.
+    """Chunked encoder frames of every clip (float16), computed once and kept in ``out``; clips added
+    to the data later (the warm-up's words) are computed alone and merged in.
 
     The frozen encoder runs in ONNX Runtime, float32: the very numbers the runtime's onnx backend
     computes (and 2-5x faster than PyTorch float32 on these CPUs).
     """
     path = out / FEATURES_FILE
+    feats: dict[str, np.ndarray] = {}
     if path.is_file():
         with np.load(path) as z:
             feats = {k: z[k] for k in z.files}
-        if all(c["id"] in feats for c in clips):
-            return feats
+    todo = [c for c in clips if c["id"] not in feats]
+    if not todo:
+        return feats
     import onnxruntime as ort
     from llasm_export.onnx_tower import export_graph
 
@@ -98,15 +103,15 @@ def compute_features(tower: AudioTower, data: Path, clips: list[dict], out: Path
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
     cfg, k = tower.cfg, tower.cfg.stack_factor
-    feats, t0 = {}, time.time()
-    for i, c in enumerate(clips):
+    t0 = time.time()
+    for i, c in enumerate(todo):
         samples, parts = load_audio(data / c["audio"]), []
         for span in chunk_spans(samples.size, cfg.chunk_seconds, cfg.context_seconds, k):
             frames = sess.run(["frames"], {sess.get_inputs()[0].name: chunk_mel(samples, span, tower.n_mels)[None]})[0][0]
             parts.append(frames[span.skip * k : (span.skip + span.keep) * k])
         feats[c["id"]] = np.concatenate(parts).astype(np.float16)
-        if (i + 1) % 500 == 0 or i + 1 == len(clips):
-            print(f"features {i + 1}/{len(clips)} ({(i + 1) / (time.time() - t0):.1f} clips/s)", flush=True)
+        if (i + 1) % 500 == 0 or i + 1 == len(todo):
+            print(f"features {i + 1}/{len(todo)} ({(i + 1) / (time.time() - t0):.1f} clips/s)", flush=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **feats)
@@ -117,9 +122,9 @@ def compute_features(tower: AudioTower, data: Path, clips: list[dict], out: Path
 class Example:
     clip: str
     feats: np.ndarray  # (n * k, d) encoder frames
-    answer: list[int]  # teacher's greedy answer tokens
-    top_ids: np.ndarray  # (len(answer), K)
-    top_logp: np.ndarray
+    answer: list[int]  # teacher's greedy answer tokens (none for the warm-up's words)
+    top_ids: np.ndarray | None  # (len(answer), K)
+    top_logp: np.ndarray | None
     transcript: list[int] = None  # the question's own tokens + end of turn: the warm-up's target
 
 
@@ -134,6 +139,19 @@ def examples(clips: list[dict], questions: dict[str, dict], teacher, feats: dict
         out.append(Example(c["id"], feats[c["id"]], q["answer_ids"], teacher[f"{q['id']}/ids"],
                            teacher[f"{q['id']}/logp"].astype(np.float32), transcript))
     return out
+
+
+def word_examples(data: Path, feats: dict[str, np.ndarray], tokenize, eos: int) -> list[Example]:
+    """The warm-up's extra speech (distill_data's words and spoken answers): transcripts only."""
+    if not (data / WORD_CLIPS_FILE).is_file():
+        return []
+    texts = {w["id"]: w["text"] for w in read_jsonl(data / WORDS_FILE)}
+    return [Example(c["id"], feats[c["id"]], [], None, None, tokenize(texts[c["question"]], False) + [eos])
+            for c in read_jsonl(data / WORD_CLIPS_FILE)]
+
+
+def word_clips(data: Path) -> list[dict]:
+    return read_jsonl(data / WORD_CLIPS_FILE) if (data / WORD_CLIPS_FILE).is_file() else []
 
 
 # --- the student -------------------------------------------------------------------------------
@@ -235,11 +253,13 @@ class Aligner(torch.nn.Module):
     vector pointing where the LLM's embedding of that word points, at the embeddings' typical norm:
     text, as far as the LLM can tell. It costs a matmul, not an LLM pass, so it sees every clip many
     times in minutes. The vocabulary is the tokens the training text uses (the softmax over all
-    49k rows would cost ten times as much and score words nobody says)."""
+    49k rows would cost ten times as much and score words nobody says). With the warm-up's word
+    lists that is still 20k rows, so training scores a batch's own tokens plus ``negatives`` others
+    drawn at random (a sampled softmax); the read-out scores them all."""
 
-    def __init__(self, tower: AudioTower, emb: torch.Tensor, vocab: list[int]) -> None:
+    def __init__(self, tower: AudioTower, emb: torch.Tensor, vocab: list[int], negatives: int = 4096) -> None:
         super().__init__()
-        self.tower = tower
+        self.tower, self.negatives = tower, negatives
         rows = emb[vocab].detach()
         self.register_buffer("rows", F.normalize(rows, dim=-1), persistent=False)
         self.norm = float(emb.norm(dim=-1).median())
@@ -250,16 +270,26 @@ class Aligner(torch.nn.Module):
     def targets(self, ex: Example) -> list[int]:
         return [self.index[t] for t in ex.transcript[:-1] if t in self.index]
 
-    def logits(self, audio: torch.Tensor) -> torch.Tensor:
-        table = torch.cat([F.normalize(self.blank, dim=-1), self.rows])
+    def logits(self, audio: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        table = torch.cat([F.normalize(self.blank, dim=-1), self.rows if rows is None else rows])
         return self.scale * F.normalize(audio, dim=-1) @ table.T
+
+    def sampled(self, tgts: list[list[int]]) -> tuple[torch.Tensor | None, list[list[int]]]:
+        """The rows a training step scores and the targets renumbered to them (all rows if few)."""
+        n = self.rows.shape[0]
+        if n <= self.negatives:
+            return None, tgts
+        used = torch.tensor(sorted({t for ts in tgts for t in ts}), dtype=torch.long)
+        sel = torch.unique(torch.cat([used, torch.randint(1, n + 1, (self.negatives,))]))
+        pos = {int(t): i + 1 for i, t in enumerate(sel)}
+        return self.rows[sel - 1], [[pos[t] for t in ts] for ts in tgts]
 
     def forward(self, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
         """(CTC loss per target token, norm loss per position)."""
         audio = [self.tower.adapt(torch.from_numpy(ex.feats.astype(np.float32))[None])[0] for ex in batch]
         width = max(a.shape[0] for a in audio)
-        logp = torch.stack([F.pad(F.log_softmax(self.logits(a), -1), (0, 0, 0, width - a.shape[0])) for a in audio], 1)
-        tgts = [self.targets(ex) for ex in batch]
+        rows, tgts = self.sampled([self.targets(ex) for ex in batch])
+        logp = torch.stack([F.pad(F.log_softmax(self.logits(a, rows), -1), (0, 0, 0, width - a.shape[0])) for a in audio], 1)
         loss = F.ctc_loss(logp, torch.tensor([t for ts in tgts for t in ts]), torch.tensor([a.shape[0] for a in audio]),
                           torch.tensor([len(ts) for ts in tgts]), blank=0, reduction="sum", zero_infinity=True)
         norms = torch.cat([a.norm(dim=-1) for a in audio]) / self.norm
@@ -294,14 +324,18 @@ def token_error_rate(aligner: Aligner, exs: list[Example]) -> float:
 
 def align(aligner: Aligner, train: list[Example], held: list[Example], cfg: DistillConfig, rng: random.Random,
           log) -> None:
-    """The CTC warm-up: ``cfg.align_minutes`` of adaptor-only training, cosine learning rate."""
+    """The CTC warm-up: ``cfg.align_minutes`` (or ``cfg.align_steps`` steps) of adaptor-only
+    training, cosine learning rate."""
     params = list(aligner.tower.adaptor.parameters()) + [aligner.blank, aligner.scale]
     opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.01, betas=(0.9, 0.98))
     t0, step, order = time.time(), 0, []
-    while time.time() - t0 < cfg.align_minutes * 60:
+
+    def done() -> float:
+        return step / cfg.align_steps if cfg.align_steps > 0 else (time.time() - t0) / (cfg.align_minutes * 60)
+
+    while (frac := done()) < 1:
         if len(order) < cfg.align_batch:
             order += rng.sample(range(len(train)), len(train))
-        frac = (time.time() - t0) / (cfg.align_minutes * 60)
         for g in opt.param_groups:
             g["lr"] = cfg.align_lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
         ctc, norm = aligner([train[order.pop()] for _ in range(cfg.align_batch)])
@@ -372,7 +406,7 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     with torch.no_grad():
         emb = llm.get_input_embeddings().weight
         tower.adaptor.boundary.copy_(emb.mean(0) + 0.02 * torch.randn(2, emb.shape[1]) * emb.std())
-    feats = compute_features(tower.eval(), data, clips, out, cfg.threads)
+    feats = compute_features(tower.eval(), data, clips + word_clips(data), out, cfg.threads)
     t_feats = time.time() - t_start
     from .data import hf_tokenize
 
@@ -386,7 +420,8 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     request = hf_tokenize(tok)("\nRepeat my question word for word.", False) + suffix
     repeater = Repeater(llm, tower, prefix, request) if cfg.repeat_weight > 0 else None
     full = Student(llm, tower, prefix, suffix)  # evaluation: the whole answer
-    vocab = sorted({t for ex in train for t in ex.transcript[:-1]} | {t for ex in train for t in ex.answer})
+    words = word_examples(data, feats, hf_tokenize(tok), fmt.eos)
+    vocab = sorted({t for ex in train + words for t in ex.transcript[:-1]} | {t for ex in train for t in ex.answer})
     aligner = Aligner(tower, llm.get_input_embeddings().weight, vocab)
     held_words = examples([c for c in clips if c["split"] == "heldout"], questions, teacher, feats, hf_tokenize(tok), fmt.eos)
     log = open(out / LOG_FILE, "a")
@@ -397,9 +432,9 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
         log.flush()
 
     state_path = out / STATE_FILE
-    if cfg.align_minutes > 0 and not (resume and state_path.is_file()):
+    if (cfg.align_minutes > 0 or cfg.align_steps > 0) and not (resume and state_path.is_file()):
         tower.adaptor.train()
-        align(aligner, train, random.Random(3).sample(held_words, min(200, len(held_words))), cfg, rng, record)
+        align(aligner, train + words, random.Random(3).sample(held_words, min(200, len(held_words))), cfg, rng, record)
         record({"aligned": True, "heldout_ter": round(token_error_rate(aligner, held_words[:200]), 3)})
     params = list(tower.adaptor.parameters()) + [aligner.blank, aligner.scale]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -414,7 +449,8 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
         step, trained = st["step"], st["trained"]
         rng.seed(cfg.seed + step)
         print(f"resumed at step {step} after {trained / 60:.1f} min", flush=True)
-    print(f"{len(train)} train clips, {len(held)} held-out; features took {t_feats:.0f} s", flush=True)
+    print(f"{len(train)} train clips, {len(words)} warm-up clips, {len(held)} held-out; features took {t_feats:.0f} s",
+          flush=True)
     last_save = last_eval = time.time()
     t0 = time.time() - trained
     order: list[int] = []
@@ -432,8 +468,8 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
             rep, m = repeater(batch)
             total = total + cfg.repeat_weight * rep / m
             rep_loss = float(rep.detach()) / m
-        if cfg.align_weight > 0:
-            ctc, norm = aligner(batch)
+        if cfg.align_weight > 0:  # the warm-up's words too, so the vocabulary it taught is kept
+            ctc, norm = aligner(batch + [rng.choice(words) for _ in range(cfg.batch)] if words else batch)
             total = total + cfg.align_weight * (ctc + norm)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -8,6 +8,10 @@
    that answer (top-k log-probabilities) are the distillation targets.
 3. speech: espeak-ng speaks every question in several voices, variants, speeds and pitches; some
    clips get noise, a telephone band or a tempo change. Held-out voices are never used in training.
+4. words: speech for the CTC warm-up alone (no teacher, so it costs no LLM pass) -- the 20,000
+   commonest English words in random order, each spoken several times, and the teacher's answers to
+   the training questions read aloud. An adaptor can only emit a word's embedding if it has heard
+   the word: without this a held-out "capital of Greece" is heard as "capital of rice".
 
 Every step writes its files atomically and is skipped when they exist, so a cut-off run resumes.
 """
@@ -30,6 +34,8 @@ from .demo import add_noise, phone_band, warp, write_clip
 QUESTIONS_FILE = "questions.jsonl"
 TEACHER_FILE = "teacher.npz"
 CLIPS_FILE = "clips.jsonl"
+WORDS_FILE = "words.jsonl"  # texts of the warm-up's extra speech
+WORD_CLIPS_FILE = "word_clips.jsonl"
 AUDIO_DIR = "audio"
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default
 MAX_ANSWER_TOKENS = 24  # distillation covers the start of an answer: what the listener hears first
@@ -41,6 +47,9 @@ TRAIN_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "klatt", "
                   "john", "linda", "max", "paul", "steph", "caleb", "edward", "iven", "michel", "pablo")
 HELDOUT_VARIANTS = ("", "m7", "f4", "klatt4", "Annie", "benjamin", "david", "grandma")
 SPEED = (135, 195)
+WORD_VOCAB = 20000  # commonest English words the warm-up speaks
+WORD_REPEATS = ((3000, 5), (WORD_VOCAB, 2))  # (rank below, times spoken): common words more often
+WORDS_PER_CLIP = 8
 PITCH = (25, 75)
 
 # --- 1. questions ------------------------------------------------------------------------------
@@ -366,6 +375,58 @@ def speak_clips(root: Path, clips: list[dict], texts: dict[str, str], progress) 
         list(pool.map(one, todo))
 
 
+# --- 4. words for the warm-up -----------------------------------------------------------------
+
+
+def word_texts(vocab: dict[str, int], rng: random.Random) -> list[str]:
+    """Random sequences of the commonest English words (wordfreq's list), in the spelling the LLM's
+    vocabulary holds as one token where it has one ("Greece", not "greece")."""
+    from wordfreq import top_n_list
+
+    words: list[str] = []
+    for w in top_n_list("en", 2 * WORD_VOCAB):
+        if not (w.isascii() and w.isalpha()) or (len(w) == 1 and w not in "ai"):
+            continue
+        cap = w.capitalize()
+        words.append(cap if (f"\u0120{cap}" in vocab and f"\u0120{w}" not in vocab) or w == "i" else w)
+        if len(words) == WORD_VOCAB:
+            break
+    slots = [w for rank, w in enumerate(words) for _ in range(next(n for below, n in WORD_REPEATS if rank < below))]
+    rng.shuffle(slots)
+    return [" ".join(slots[i : i + WORDS_PER_CLIP]) for i in range(0, len(slots), WORDS_PER_CLIP)]
+
+
+def spoken_answers(questions: list[dict]) -> list[str]:
+    """The teacher's answers to training questions, cut to whole words, when espeak-ng reads them
+    as written (no digits or symbols, whose spoken form is not their token)."""
+    out = []
+    for q in questions:
+        a = " ".join(q.get("answer", "").split())
+        if q["split"] != "train" or not a or not all(c.isalpha() or c in " .,'?!-" for c in a) or not a.isascii():
+            continue
+        out.append(a if a[-1] in ".?!" else a.rsplit(" ", 1)[0])
+    return [a for a in out if len(a.split()) >= 3]
+
+
+def build_words(out: Path, gguf: Path, questions: list[dict], rng: random.Random, log) -> None:
+    """Texts, clip plans and speech of the warm-up's extra speech (training voices only)."""
+    wfile, cfile = out / WORDS_FILE, out / WORD_CLIPS_FILE
+    if not wfile.is_file():
+        from transformers import AutoTokenizer
+
+        vocab = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).get_vocab()
+        texts = [("words", t) for t in word_texts(vocab, rng)] + [("answer", t) for t in spoken_answers(questions)]
+        atomic_write_text(wfile, "".join(json.dumps({"id": f"w{i:05d}", "text": t, "source": src}) + "\n"
+                                         for i, (src, t) in enumerate(texts)))
+    words = [json.loads(line) for line in wfile.read_text().splitlines()]
+    if not cfile.is_file():
+        plans = plan_clips([{"id": w["id"], "split": "train"} for w in words], 1, rng)
+        atomic_write_text(cfile, "".join(json.dumps(c) + "\n" for c in plans))
+    clips = [json.loads(line) for line in cfile.read_text().splitlines()]
+    log(f"warm-up speech: {len(clips)} clips")
+    speak_clips(out, clips, {w["id"]: w["text"] for w in words}, lambda i, n: log(f"words {i}/{n}"))
+
+
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -407,6 +468,7 @@ def build(out: Path, gguf: Path, n_questions: int, n_sampled: int, per_question:
     clips = [json.loads(line) for line in cfile.read_text().splitlines()]
     log(f"speech: {len(clips)} clips")
     speak_clips(out, clips, {q["id"]: q["text"] for q in questions}, lambda i, n: log(f"speech {i}/{n}"))
+    build_words(out, gguf, questions, rng, log)
     log("done")
 
 

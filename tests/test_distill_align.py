@@ -14,6 +14,7 @@ from llasm_finetune.distill import Aligner, DistillConfig, Example, align, token
 from llasm_cli.model import AdaptorConfig, StackSwiGLUAdaptor
 
 K, D_ENC, D_LLM, VOCAB = 5, 16, 32, 40
+STEPS = 120  # the warm-up's length in steps, not minutes: a loaded machine trains the same model
 
 
 class FrameTower(torch.nn.Module):
@@ -47,7 +48,7 @@ def test_ctc_warm_up_learns_to_read_words():
     held = [spoken(list(rng.choice(words, rng.integers(3, 8))), sound, rng) for _ in range(30)]
     aligner = Aligner(FrameTower(), emb, words)
     before = token_error_rate(aligner, held)
-    cfg = DistillConfig(align_minutes=0.25, align_batch=16, align_lr=3e-3, warmup_steps=5)
+    cfg = DistillConfig(align_steps=STEPS, align_batch=16, align_lr=3e-3, warmup_steps=5)
     align(aligner, train, held, cfg, random.Random(0), lambda rec: None)
     after = token_error_rate(aligner, held)
     assert before > 0.8, before  # random adaptor: the read-out is noise
@@ -67,3 +68,26 @@ def test_ctc_warm_up_learns_to_read_words():
     assert float(torch.stack(cos).mean()) > 0.3
     norms = torch.cat(norms)
     assert 0.7 < float(norms.median()) < 1.3, norms
+
+
+def test_warm_up_words_are_common_words_in_the_llms_spelling():
+    """The ears recipe's extra speech (distill_data.word_texts / spoken_answers): the commonest
+    English words, each said as often as its rank asks, a proper noun spelled as the vocabulary
+    holds it as one token; answers read aloud only when their spoken form is their text."""
+    from collections import Counter
+
+    from llasm_finetune.distill_data import (WORD_REPEATS, WORD_VOCAB, WORDS_PER_CLIP, spoken_answers,
+                                             word_texts)
+
+    texts = word_texts({"\u0120the": 1, "\u0120Greece": 2, "\u0120paris": 3, "\u0120Paris": 4}, random.Random(0))
+    said = Counter(w for t in texts for w in t.split())
+    expected = sum(n * (below - prev) for (below, n), prev in zip(WORD_REPEATS, (0,) + tuple(b for b, _ in WORD_REPEATS)))
+    assert sum(said.values()) == expected and len(said) == WORD_VOCAB
+    assert all(len(t.split()) == WORDS_PER_CLIP for t in texts[:-1])
+    assert said["the"] == WORD_REPEATS[0][1] and said["Greece"] >= 2 and "greece" not in said
+    assert "paris" in said and "Paris" not in said  # both spellings are tokens: the lower-case one
+    qs = [{"split": "train", "answer": "The capital of France is Paris."},
+          {"split": "train", "answer": "Water boils at 100 degrees"},  # read "one hundred": not its text
+          {"split": "heldout", "answer": "The capital of Greece is Athens."},
+          {"split": "train", "answer": "Bees make honey from the nectar of flow"}]  # cut mid-word
+    assert spoken_answers(qs) == ["The capital of France is Paris.", "Bees make honey from the nectar of"]
