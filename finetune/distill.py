@@ -345,7 +345,7 @@ def align(aligner: Aligner, train: list[Example], held: list[Example], cfg: Dist
         opt.step()
         step += 1
         if step % 50 == 0:
-            log({"align_step": step, "min": round((time.time() - t0) / 60, 2), "ctc": float(ctc), "norm": float(norm),
+            log({"align_step": step, "min": round((time.time() - t0) / 60, 2), "ctc": float(ctc.detach()), "norm": float(norm.detach()),
                  "heldout_ter": round(token_error_rate(aligner, held[:40]), 3) if step % 200 == 0 else None})
 
 

@@ -14,7 +14,7 @@ from llasm_finetune.distill import Aligner, DistillConfig, Example, align, token
 from llasm_cli.model import AdaptorConfig, StackSwiGLUAdaptor
 
 K, D_ENC, D_LLM, VOCAB = 5, 16, 32, 40
-STEPS = 120  # the warm-up's length in steps, not minutes: a loaded machine trains the same model
+STEPS = 160  # the warm-up's length in steps, not minutes: a loaded machine trains the same model
 
 
 class FrameTower(torch.nn.Module):
