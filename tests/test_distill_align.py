@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from llasm_finetune.distill import Aligner, DistillConfig, Example, align, token_error_rate
@@ -38,7 +39,10 @@ def spoken(tokens: list[int], sound: np.ndarray, rng: np.random.Generator) -> Ex
     return Example("c", feats, [], None, None, tokens + [0])
 
 
-def test_ctc_warm_up_learns_to_read_words():
+@pytest.mark.parametrize("negatives", [4096, 4], ids=["all-rows", "sampled-softmax"])
+def test_ctc_warm_up_learns_to_read_words(negatives):
+    """With every row scored, and with the sampled softmax a 20k-word vocabulary trains with (the
+    batch's own tokens plus a few random others, targets renumbered to them)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     sound = rng.standard_normal((VOCAB, K, D_ENC))
@@ -46,7 +50,7 @@ def test_ctc_warm_up_learns_to_read_words():
     words = list(range(1, VOCAB))
     train = [spoken(list(rng.choice(words, rng.integers(3, 8))), sound, rng) for _ in range(200)]
     held = [spoken(list(rng.choice(words, rng.integers(3, 8))), sound, rng) for _ in range(30)]
-    aligner = Aligner(FrameTower(), emb, words)
+    aligner = Aligner(FrameTower(), emb, words, negatives=negatives)
     before = token_error_rate(aligner, held)
     cfg = DistillConfig(align_steps=STEPS, align_batch=16, align_lr=3e-3, warmup_steps=5)
     align(aligner, train, held, cfg, random.Random(0), lambda rec: None)
