@@ -798,14 +798,16 @@ def print_tables(result: dict) -> None:
               f"(medians; ratios are medians of per-repetition ratios){' — quick' if cfg['quick'] else ''}; "
               f"load average {cfg['load_average_at_start'][0]:.1f} → {cfg['load_average_at_end'][0]:.1f}; "
               f"OMP_WAIT_POLICY={cfg['omp_wait_policy'] or 'unset'}")
-    t = Table(title="utterances (espeak-ng, English questions)")
-    for c in ("target", "speech", "text"):
-        t.add_column(c)
-    for u in result["utterances"]:
-        t.add_row(f"{u['target_s']:g} s", f"{u['speech_s']:.2f} s", u["text"][:90] + ("…" if len(u["text"]) > 90 else ""))
-    con.print(t)
+    if result["utterances"]:
+        t = Table(title="utterances (espeak-ng, English questions)")
+        for c in ("target", "speech", "text"):
+            t.add_column(c)
+        for u in result["utterances"]:
+            t.add_row(f"{u['target_s']:g} s", f"{u['speech_s']:.2f} s", u["text"][:90] + ("…" if len(u["text"]) > 90 else ""))
+        con.print(t)
 
-    if not result["latency"]:  # --rss-only
+    if not result["latency"]:  # --rss-only, --decode-only
+        _decode_table(con, result)
         _rss_table(con, result)
         return
 
@@ -838,14 +840,7 @@ def print_tables(result: dict) -> None:
             t.add_row(r["model"], f"{r['utterance_s']:.1f} s", r["system"].removeprefix("cascade "), r["transcript"][:100])
     con.print(t)
 
-    if result["decode"]:
-        t = Table(title="decode rate, same GGUF, prompt, threads and token count (EOS ignored)")
-        for c in ("LLM", "sampling", "runtime", "tokens", "tokens/s", "× llama.cpp C loop"):
-            t.add_column(c)
-        for r in result["decode"]:
-            t.add_row(r["model"], r["sampling"], r["runtime"], str(r["tokens"]), f"{r['tokens_per_s']:.1f}", f"{r['vs_llama_cpp']:.2f}")
-        con.print(t)
-
+    _decode_table(con, result)
     _rss_table(con, result)
 
     for o in result["overheads"]:
@@ -861,6 +856,19 @@ def print_tables(result: dict) -> None:
         t.add_row(f"llasm Sampler per token, greedy / temperature (n_vocab {o['n_vocab']})", f"{o['sample_greedy_ms']:.2f} / {o['sample_default_ms']:.2f} ms")
         t.add_row("Engine.logits() copy per token", f"{o['logits_copy_ms']:.3f} ms")
         con.print(t)
+
+
+def _decode_table(con, result: dict) -> None:
+    if not result["decode"]:
+        return
+    from rich.table import Table
+
+    t = Table(title="decode rate, same GGUF, prompt, threads and token count (EOS ignored)")
+    for c in ("LLM", "sampling", "runtime", "tokens", "tokens/s", "× llama.cpp C loop"):
+        t.add_column(c)
+    for r in result["decode"]:
+        t.add_row(r["model"], r["sampling"], r["runtime"], str(r["tokens"]), f"{r['tokens_per_s']:.1f}", f"{r['vs_llama_cpp']:.2f}")
+    con.print(t)
 
 
 def _rss_table(con, result: dict) -> None:
@@ -915,6 +923,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-only", action="store_true",
                         help="only the peak-RSS table (the 5 s utterance), for --bundle (each tower backend it carries) "
                         "or the --models bundles")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the decode-rate table, for --bundle or the --models bundles: llasm's loop against "
+                        "llama.cpp's C loop and llama-cpp-python's generate on the same GGUF")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 torch-tower rows")
     parser.add_argument("--realtime", action="store_true",
                         help="stream each clip to llasm at the audio clock's pace (chunked model; latency from the end "
@@ -936,10 +947,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(models) - set(assets.BUNDLES)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(assets.BUNDLES)}")
-    if args.bundle is not None and not (args.realtime or args.rss_only):
-        parser.error("--bundle goes with --realtime or --rss-only")
+    if args.bundle is not None and not (args.realtime or args.rss_only or args.decode_only):
+        parser.error("--bundle goes with --realtime, --rss-only or --decode-only")
     if args.rss_only:
         return rss_only(args, models)
+    if args.decode_only:
+        return decode_only(args, models, reps, args.decode_tokens or (64 if args.quick else 128))
     if args.realtime and models != ["gemma-270m"]:
         parser.error("--realtime runs the chunked Gemma 3 270M bundle only (leave --models out)")
     n_decode = args.decode_tokens or (64 if args.quick else 128)
@@ -1000,21 +1013,55 @@ def main(argv: list[str] | None = None) -> int:
     return report(result, args, started)
 
 
-def rss_only(args, models: list[str]) -> int:
-    """--rss-only: `llasm ask` on the 5 s utterance, per tower backend, and its parts alone."""
+def _bundles(args, models: list[str]) -> dict[str, Path]:
+    """--bundle, or the bench's own bundles for --models (built once)."""
     from llasm_cli.bundle import load_bundle
 
     if args.bundle is not None:
         path = args.bundle.resolve()
-        bundles = {load_bundle(path).manifest.name: path}
-    else:
-        bundles = {m: assets.BUNDLES[m](log) for m in models}
-    result: dict = {"config": {
-        "load_average_at_start": list(os.getloadavg()), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "quick": False, "reps": 1, "threads": args.threads, "models": list(bundles), "rss_only": True,
-        "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}", "python": platform.python_version(),
-        "versions": _versions(),
-    }, "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
+        return {load_bundle(path).manifest.name: path}
+    return {m: assets.BUNDLES[m](log) for m in models}
+
+
+def _config(args, models: list[str], **extra) -> dict:
+    return {"load_average_at_start": list(os.getloadavg()), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "threads": args.threads, "models": models, "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
+            "python": platform.python_version(), "versions": _versions(), **extra}
+
+
+def decode_only(args, models: list[str], reps: int, n_decode: int) -> int:
+    """--decode-only: the decode-rate rows alone (no audio, no cascade ASR), on an idle-enough machine
+    in a minute or two per model."""
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.bundle import load_bundle
+    from llasm_cli.prompt import render
+
+    bundles = _bundles(args, models)
+    result: dict = {"config": _config(args, list(bundles), quick=args.quick, reps=reps, decode_tokens=n_decode,
+                                      decode_only=True),
+                    "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
+    started = now()
+    for name, path in bundles.items():
+        log(f"{name}: decode rate")
+        b = load_bundle(path)
+        a = Assistant(b, backend="onnx" if b.manifest.onnx_tower else "auto", n_threads=args.threads)
+        eos = _eos_text(a.engine)
+
+        def prompt_of(text: str) -> str:
+            return render(a.template, a.messages(None, text, None, None), bos_token="", eos_token=eos)
+
+        llm = CascadeLLM(b.llm_path(), args.threads, a.engine.n_ctx)
+        result["decode"] += measure_decode(ModelRun(name, path), {"assistant": a, "llm": llm, "prompt_of": prompt_of},
+                                           n_decode, reps, args.threads)
+        a.close()
+    return report(result, args, started)
+
+
+def rss_only(args, models: list[str]) -> int:
+    """--rss-only: `llasm ask` on the 5 s utterance, per tower backend, and its parts alone."""
+    bundles = _bundles(args, models)
+    result: dict = {"config": _config(args, list(bundles), quick=False, reps=1, rss_only=True),
+                    "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
     started = now()
     with tempfile.TemporaryDirectory(prefix="llasm-bench-") as tmp:
         import soundfile as sf
