@@ -359,13 +359,7 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
 def add_cascades(run: ModelRun, a, llm_path: Path, threads: int, want_whisper_cpp: bool, sampling,
                  trim_ctx: bool = False) -> tuple[CascadeLLM, Callable[[str], str]]:
     """The cascades on the assistant's GGUF and chat prompt; whisper.cpp also with audio_ctx trimmed."""
-    from llasm_cli.prompt import render
-
-    eos = _eos_text(a.engine)
-
-    def prompt_of(text: str) -> str:  # the very chat prompt llasm builds, transcript instead of audio
-        return render(a.template, a.messages(None, text, None, None), bos_token="", eos_token=eos)
-
+    prompt_of = typed_prompt(a)
     t = now()
     llm = CascadeLLM(llm_path, threads, a.engine.n_ctx)
     run.startup["llama_cpp_python_init_s"] = now() - t
@@ -453,6 +447,18 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
         run.systems[f"llasm whole-clip {backend}"] = Llasm(a, tower, sampling)
     llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling, trim_ctx=True)
     return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": towers}
+
+
+def typed_prompt(a) -> Callable[[str], str]:
+    """The very chat prompt llasm builds for a question, as text: the transcript instead of audio."""
+    from llasm_cli.prompt import render
+
+    eos = _eos_text(a.engine)
+
+    def prompt_of(text: str) -> str:
+        return render(a.template, a.messages(None, text, None, None), bos_token="", eos_token=eos)
+
+    return prompt_of
 
 
 def _eos_text(engine) -> str:
@@ -965,13 +971,8 @@ def main(argv: list[str] | None = None) -> int:
             want_wcpp = False
 
     started = now()
-    result: dict = {"config": {
-        "load_average_at_start": list(os.getloadavg()), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "quick": args.quick, "reps": reps, "threads": args.threads, "models": models, "decode_tokens": n_decode,
-        "realtime": args.realtime, "block_ms": args.block_ms if args.realtime else None,
-        "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}", "python": platform.python_version(),
-        "versions": _versions(),
-    }, "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
+    result = _new_result(args, models, quick=args.quick, reps=reps, decode_tokens=n_decode, realtime=args.realtime,
+                         block_ms=args.block_ms if args.realtime else None)
 
     if args.realtime:
         from llasm_cli.bundle import load_bundle
@@ -1023,10 +1024,13 @@ def _bundles(args, models: list[str]) -> dict[str, Path]:
     return {m: assets.BUNDLES[m](log) for m in models}
 
 
-def _config(args, models: list[str], **extra) -> dict:
-    return {"load_average_at_start": list(os.getloadavg()), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "threads": args.threads, "models": models, "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
-            "python": platform.python_version(), "versions": _versions(), **extra}
+def _new_result(args, models: list[str], **config) -> dict:
+    """An empty result whose config says where and how it is measured (every bench mode's tables)."""
+    return {"config": {"load_average_at_start": list(os.getloadavg()), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                       "threads": args.threads, "models": models,
+                       "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
+                       "python": platform.python_version(), "versions": _versions(), **config},
+            "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
 
 
 def decode_only(args, models: list[str], reps: int, n_decode: int) -> int:
@@ -1034,24 +1038,16 @@ def decode_only(args, models: list[str], reps: int, n_decode: int) -> int:
     in a minute or two per model."""
     from llasm_cli.assistant import Assistant
     from llasm_cli.bundle import load_bundle
-    from llasm_cli.prompt import render
 
     bundles = _bundles(args, models)
-    result: dict = {"config": _config(args, list(bundles), quick=args.quick, reps=reps, decode_tokens=n_decode,
-                                      decode_only=True),
-                    "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
+    result = _new_result(args, list(bundles), quick=args.quick, reps=reps, decode_tokens=n_decode, decode_only=True)
     started = now()
     for name, path in bundles.items():
         log(f"{name}: decode rate")
         b = load_bundle(path)
         a = Assistant(b, backend="onnx" if b.manifest.onnx_tower else "auto", n_threads=args.threads)
-        eos = _eos_text(a.engine)
-
-        def prompt_of(text: str) -> str:
-            return render(a.template, a.messages(None, text, None, None), bos_token="", eos_token=eos)
-
         llm = CascadeLLM(b.llm_path(), args.threads, a.engine.n_ctx)
-        result["decode"] += measure_decode(ModelRun(name, path), {"assistant": a, "llm": llm, "prompt_of": prompt_of},
+        result["decode"] += measure_decode(ModelRun(name, path), {"assistant": a, "llm": llm, "prompt_of": typed_prompt(a)},
                                            n_decode, reps, args.threads)
         a.close()
     return report(result, args, started)
@@ -1060,8 +1056,7 @@ def decode_only(args, models: list[str], reps: int, n_decode: int) -> int:
 def rss_only(args, models: list[str]) -> int:
     """--rss-only: `llasm ask` on the 5 s utterance, per tower backend, and its parts alone."""
     bundles = _bundles(args, models)
-    result: dict = {"config": _config(args, list(bundles), quick=False, reps=1, rss_only=True),
-                    "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
+    result = _new_result(args, list(bundles), quick=False, reps=1, rss_only=True)
     started = now()
     with tempfile.TemporaryDirectory(prefix="llasm-bench-") as tmp:
         import soundfile as sf

@@ -35,7 +35,7 @@ from llasm_cli.files import atomic_folder, atomic_path
 from llasm_cli.model import AdaptorConfig, AudioTower, CheckpointMeta, build_tower, save_tower
 
 from .distill_data import (CLIPS_FILE, QUESTIONS_FILE, SYSTEM_PROMPT, TEACHER_FILE, WORD_CLIPS_FILE, WORDS_FILE,
-                           PromptFormat, smollm2_gguf)
+                           PromptFormat, read_jsonl, smollm2_gguf)
 from .init import load_whisper
 
 STATE_FILE = "state.pt"
@@ -70,10 +70,6 @@ class DistillConfig:
 
 
 # --- data --------------------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def compute_features(tower: AudioTower, data: Path, clips: list[dict], out: Path, threads: int) -> dict[str, np.ndarray]:
@@ -141,17 +137,18 @@ def examples(clips: list[dict], questions: dict[str, dict], teacher, feats: dict
     return out
 
 
-def word_examples(data: Path, feats: dict[str, np.ndarray], tokenize, eos: int) -> list[Example]:
-    """The warm-up's extra speech (distill_data's words and spoken answers): transcripts only."""
-    if not (data / WORD_CLIPS_FILE).is_file():
+def word_clips(data: Path) -> list[dict]:
+    """The clips of the warm-up's extra speech (distill_data's words and spoken answers), if any."""
+    return read_jsonl(data / WORD_CLIPS_FILE) if (data / WORD_CLIPS_FILE).is_file() else []
+
+
+def word_examples(data: Path, clips: list[dict], feats: dict[str, np.ndarray], tokenize, eos: int) -> list[Example]:
+    """Those clips as examples: transcripts only."""
+    if not clips:
         return []
     texts = {w["id"]: w["text"] for w in read_jsonl(data / WORDS_FILE)}
     return [Example(c["id"], feats[c["id"]], [], None, None, tokenize(texts[c["question"]], False) + [eos])
-            for c in read_jsonl(data / WORD_CLIPS_FILE)]
-
-
-def word_clips(data: Path) -> list[dict]:
-    return read_jsonl(data / WORD_CLIPS_FILE) if (data / WORD_CLIPS_FILE).is_file() else []
+            for c in clips]
 
 
 # --- the student -------------------------------------------------------------------------------
@@ -406,7 +403,8 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     with torch.no_grad():
         emb = llm.get_input_embeddings().weight
         tower.adaptor.boundary.copy_(emb.mean(0) + 0.02 * torch.randn(2, emb.shape[1]) * emb.std())
-    feats = compute_features(tower.eval(), data, clips + word_clips(data), out, cfg.threads)
+    extra = word_clips(data)
+    feats = compute_features(tower.eval(), data, clips + extra, out, cfg.threads)
     t_feats = time.time() - t_start
     from .data import hf_tokenize
 
@@ -420,7 +418,7 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     request = hf_tokenize(tok)("\nRepeat my question word for word.", False) + suffix
     repeater = Repeater(llm, tower, prefix, request) if cfg.repeat_weight > 0 else None
     full = Student(llm, tower, prefix, suffix)  # evaluation: the whole answer
-    words = word_examples(data, feats, hf_tokenize(tok), fmt.eos)
+    words = word_examples(data, extra, feats, hf_tokenize(tok), fmt.eos)
     vocab = sorted({t for ex in train + words for t in ex.transcript[:-1]} | {t for ex in train for t in ex.answer})
     aligner = Aligner(tower, llm.get_input_embeddings().weight, vocab)
     held_words = examples([c for c in clips if c["split"] == "heldout"], questions, teacher, feats, hf_tokenize(tok), fmt.eos)

@@ -52,6 +52,10 @@ WORD_REPEATS = ((3000, 5), (WORD_VOCAB, 2))  # (rank below, times spoken): commo
 WORDS_PER_CLIP = 8
 PITCH = (25, 75)
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 # --- 1. questions ------------------------------------------------------------------------------
 
 CAPITALS = {
@@ -418,11 +422,11 @@ def build_words(out: Path, gguf: Path, questions: list[dict], rng: random.Random
         texts = [("words", t) for t in word_texts(vocab, rng)] + [("answer", t) for t in spoken_answers(questions)]
         atomic_write_text(wfile, "".join(json.dumps({"id": f"w{i:05d}", "text": t, "source": src}) + "\n"
                                          for i, (src, t) in enumerate(texts)))
-    words = [json.loads(line) for line in wfile.read_text().splitlines()]
+    words = read_jsonl(wfile)
     if not cfile.is_file():
         plans = plan_clips([{"id": w["id"], "split": "train"} for w in words], 1, rng)
         atomic_write_text(cfile, "".join(json.dumps(c) + "\n" for c in plans))
-    clips = [json.loads(line) for line in cfile.read_text().splitlines()]
+    clips = read_jsonl(cfile)
     log(f"warm-up speech: {len(clips)} clips")
     speak_clips(out, clips, {w["id"]: w["text"] for w in words}, lambda i, n: log(f"words {i}/{n}"))
 
@@ -461,11 +465,11 @@ def build(out: Path, gguf: Path, n_questions: int, n_sampled: int, per_question:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
         atomic_write_text(qfile, "".join(json.dumps(q) + "\n" for q in questions))
-    questions = [json.loads(line) for line in qfile.read_text().splitlines()]
+    questions = read_jsonl(qfile)
     cfile = out / CLIPS_FILE
     if not cfile.is_file():
         atomic_write_text(cfile, "".join(json.dumps(c) + "\n" for c in plan_clips(questions, per_question, rng)))
-    clips = [json.loads(line) for line in cfile.read_text().splitlines()]
+    clips = read_jsonl(cfile)
     log(f"speech: {len(clips)} clips")
     speak_clips(out, clips, {q["id"]: q["text"] for q in questions}, lambda i, n: log(f"speech {i}/{n}"))
     build_words(out, gguf, questions, rng, log)
