@@ -101,6 +101,9 @@ class Utterance:
         return f"{self.speech_s:.1f}s"
 
 
+GPU_LAYERS = 0  # --gpu-layers: LLM layers on the GPU for llasm and the cascades' LLM alike
+
+
 def _espeak(text: str, path: Path) -> np.ndarray:
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed: apt-get install espeak-ng")
@@ -116,8 +119,17 @@ def speech_bounds(x: np.ndarray, frame: int = SAMPLE_RATE // 100, floor_db: floa
     return int(voiced[0] * frame), int((voiced[-1] + 1) * frame)
 
 
-def make_utterances(targets: tuple[float, ...], workdir: Path) -> list[Utterance]:
-    """For each target, the run of consecutive sentences whose speech length comes closest."""
+def make_utterances(targets: tuple[float, ...], workdir: Path, keep: Path | None = None) -> list[Utterance]:
+    """For each target, the run of consecutive sentences whose speech length comes closest.
+    ``keep``: a folder where the clips are saved (``u<target>.wav`` + ``.txt``) and read back on the
+    next run, so a machine without espeak-ng can time the same speech."""
+    if keep is not None and all((keep / f"u{t:g}.wav").is_file() for t in targets):
+        out = []
+        for t in targets:
+            clip = load_audio(keep / f"u{t:g}.wav")
+            a, b = speech_bounds(clip)
+            out.append(Utterance(t, (keep / f"u{t:g}.txt").read_text(), clip, (b - a) / SAMPLE_RATE))
+        return out
     single = []
     for i, s in enumerate(SENTENCES):
         a, b = speech_bounds(_espeak(s, workdir / f"s{i}.wav"))
@@ -134,6 +146,13 @@ def make_utterances(targets: tuple[float, ...], workdir: Path) -> list[Utterance
         margin = SAMPLE_RATE // 10  # 100 ms around the speech, as an endpointer's pre-roll/hang-over
         clip = np.ascontiguousarray(audio[max(0, a - margin) : b + margin], dtype=np.float32)
         out.append(Utterance(target, text, clip, (b - a) / SAMPLE_RATE))
+    if keep is not None:
+        import soundfile as sf
+
+        keep.mkdir(parents=True, exist_ok=True)
+        for u in out:
+            sf.write(keep / f"u{u.target_s:g}.wav", u.audio, SAMPLE_RATE)
+            (keep / f"u{u.target_s:g}.txt").write_text(u.text)
     return out
 
 
@@ -225,7 +244,7 @@ class CascadeLLM:
         from llasm_cli import native
 
         self.llm = native.load_llama(
-            model_path=str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
+            model_path=str(path), n_ctx=n_ctx, n_gpu_layers=GPU_LAYERS, n_batch=512, n_ubatch=512, n_threads=threads,
             n_threads_batch=threads, flash_attn=True, seed=0, verbose=False,
         )
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(self.llm.model)))
@@ -320,7 +339,8 @@ class ModelRun:
     turns: dict = field(default_factory=lambda: defaultdict(list))  # (utt index, system) -> [Timing]
 
 
-def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, bf16: bool = True) -> tuple[ModelRun, dict]:
+def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, bf16: bool = True,
+                 cascades: bool = True) -> tuple[ModelRun, dict]:
     from llasm_cli.assistant import Assistant
     from llasm_cli.bundle import Bundle, load_bundle
     from llasm_cli.towers import open_tower
@@ -328,7 +348,7 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
     run = ModelRun(name, bundle)
     b = load_bundle(bundle)
     t = now()
-    a = Assistant(b, backend="ggml", n_threads=threads)
+    a = Assistant(b, backend="ggml", n_threads=threads, n_gpu_layers=GPU_LAYERS)
     run.startup["assistant_init_s"] = now() - t  # validate_llm alone: see the RSS table's "validate_llm only"
     sampling = a.default_sampling()
     t = now()
@@ -352,17 +372,20 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
         run.systems["llasm torch bf16"] = Llasm(a, TorchTower(b, threads, dtype="bfloat16"), sampling)
         if "llasm torch-unpadded" in run.systems:
             run.systems["llasm torch-unpadded bf16"] = Llasm(a, TorchTower(bu, threads, dtype="bfloat16"), sampling)
-    llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling)
+    llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling, cascades=cascades)
     return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": [ggml, torch_tower]}
 
 
 def add_cascades(run: ModelRun, a, llm_path: Path, threads: int, want_whisper_cpp: bool, sampling,
-                 trim_ctx: bool = False) -> tuple[CascadeLLM, Callable[[str], str]]:
-    """The cascades on the assistant's GGUF and chat prompt; whisper.cpp also with audio_ctx trimmed."""
+                 trim_ctx: bool = False, cascades: bool = True) -> tuple[CascadeLLM, Callable[[str], str]]:
+    """The cascades on the assistant's GGUF and chat prompt; whisper.cpp also with audio_ctx trimmed.
+    ``cascades=False``: only the raw llama-cpp-python LLM (the decode table's reference)."""
     prompt_of = typed_prompt(a)
     t = now()
     llm = CascadeLLM(llm_path, threads, a.engine.n_ctx)
     run.startup["llama_cpp_python_init_s"] = now() - t
+    if not cascades:
+        return llm, prompt_of
     t = now()
     fw = faster_whisper_asr(assets.whisper_base_ct2(), threads)
     run.startup["faster_whisper_init_s"] = now() - t
@@ -419,7 +442,8 @@ def chunked_bundle(log=assets._quiet) -> Path:
     return assets._atomic_dir(target, build)
 
 
-def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, block_s: float) -> tuple[ModelRun, dict]:
+def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, block_s: float,
+                          cascades: bool = True) -> tuple[ModelRun, dict]:
     """llasm streaming (each backend that encodes chunks here) and whole-clip on the chunked bundle,
     and the cascades on its GGUF."""
     from llasm_cli.assistant import Assistant
@@ -430,7 +454,7 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
     b = load_bundle(bundle)
     run = ModelRun(b.manifest.name, bundle)
     t = now()
-    a = Assistant(b, backend="onnx" if b.manifest.onnx_tower else "torch", n_threads=threads)
+    a = Assistant(b, backend="onnx" if b.manifest.onnx_tower else "torch", n_threads=threads, n_gpu_layers=GPU_LAYERS)
     run.startup["assistant_init_s"] = now() - t
     sampling = a.default_sampling()
     towers = []
@@ -445,7 +469,8 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
         towers.append(tower)
         run.systems[f"llasm stream {backend}"] = LlasmStreaming(a, tower, sampling, block_s)
         run.systems[f"llasm whole-clip {backend}"] = Llasm(a, tower, sampling)
-    llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling, trim_ctx=True)
+    llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling, trim_ctx=True,
+                                  cascades=cascades)
     return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": towers}
 
 
@@ -488,10 +513,10 @@ def latency_rows(run: ModelRun, utts: list[Utterance]) -> list[dict]:
     cascades = [n for n in run.systems if n.startswith("cascade")]
     for ui, u in enumerate(utts):
         medians = {n: med(t.total for t in run.turns[(ui, n)]) for n in run.systems}
-        faster = min(cascades, key=lambda n: medians[n])
+        faster = min(cascades, key=lambda n: medians[n]) if cascades else None  # --no-cascades: absolute times only
         for n in run.systems:
             turns = run.turns[(ui, n)]
-            paired = [t.total / c.total for t, c in zip(turns, run.turns[(ui, faster)], strict=True)]
+            paired = [t.total / c.total for t, c in zip(turns, run.turns[(ui, faster)], strict=True)] if faster else []
             info = turns[0].info
             rows.append({
                 "model": run.name, "utterance_s": round(u.speech_s, 2), "target_s": u.target_s, "system": n,
@@ -499,7 +524,7 @@ def latency_rows(run: ModelRun, utts: list[Utterance]) -> list[dict]:
                 "prefill_ms": round(1e3 * med(t.prefill for t in turns), 1),
                 "first_token_ms": round(1e3 * med(t.first for t in turns), 2),
                 "total_ms": round(1e3 * medians[n], 1),
-                "vs_faster_cascade": round(med(paired), 3), "faster_cascade": faster,
+                "vs_faster_cascade": round(med(paired), 3) if paired else None, "faster_cascade": faster,
                 "prompt_tokens": info.get("prompt_tokens"), "audio_tokens": info.get("audio_tokens"),
                 "reused_tokens": med(t.info.get("reused_tokens", 0) for t in turns),
                 "transcript": info.get("transcript"), "reps": len(turns),
@@ -522,7 +547,8 @@ def summary(rows: list[dict]) -> dict:
     out = {}
     for target in dict.fromkeys(r["target_s"] for r in mine):
         best = min((r for r in mine if r["target_s"] == target), key=lambda r: r["total_ms"])
-        out[f"{target:g}"] = best["vs_faster_cascade"]
+        if best["vs_faster_cascade"] is not None:
+            out[f"{target:g}"] = best["vs_faster_cascade"]
     return out
 
 
@@ -829,9 +855,10 @@ def print_tables(result: dict) -> None:
             t.add_section()
         last = key
         ratio = r["vs_faster_cascade"]
-        style = "green" if ratio < 0.95 else ("red" if ratio > 1.05 else "")
+        style = "" if ratio is None else "green" if ratio < 0.95 else ("red" if ratio > 1.05 else "")
+        shown = "—" if ratio is None else f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}"
         t.add_row(r["model"], f"{r['utterance_s']:.1f} s", r["system"], f"{r['encode_ms']:.0f}", f"{r['prefill_ms']:.0f}",
-                  f"{r['first_token_ms']:.1f}", f"{r['total_ms']:.0f}", f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}",
+                  f"{r['first_token_ms']:.1f}", f"{r['total_ms']:.0f}", shown,
                   str(r["prompt_tokens"]), f"{r['reused_tokens']:.0f}", _early(r))
     con.print(t)
     if result.get("summary"):
@@ -940,6 +967,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=None,
                         help="--realtime: a chunked bundle to stream (e.g. llasm_cli/models/default); default: the "
                         "Gemma 3 270M bundle built for the bench")
+    parser.add_argument("--gpu-layers", type=int, default=0,
+                        help="LLM layers offloaded to the GPU (-1: all), for llasm and the cascades' LLM alike; the "
+                        "towers use the GPU their library finds (mtmd: CUDA/Metal builds of llama.cpp; torch: CUDA)")
+    parser.add_argument("--no-cascades", action="store_true",
+                        help="llasm's systems only (absolute times; e.g. on a machine without the cascades' models)")
+    parser.add_argument("--speech", type=Path, default=None,
+                        help="keep the spoken utterances in this folder and reuse them (a machine without espeak-ng "
+                        "times the same clips)")
     parser.add_argument("--omp-passive", action="store_true",
                         help="run everything with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning "
                         "at barriers: far steadier on a machine whose cores other processes use)")
@@ -953,8 +988,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(models) - set(assets.BUNDLES)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(assets.BUNDLES)}")
-    if args.bundle is not None and not (args.realtime or args.rss_only or args.decode_only):
-        parser.error("--bundle goes with --realtime, --rss-only or --decode-only")
+    global GPU_LAYERS
+    GPU_LAYERS = args.gpu_layers
     if args.rss_only:
         return rss_only(args, models)
     if args.decode_only:
@@ -962,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.realtime and models != ["gemma-270m"]:
         parser.error("--realtime runs the chunked Gemma 3 270M bundle only (leave --models out)")
     n_decode = args.decode_tokens or (64 if args.quick else 128)
-    want_wcpp = not args.no_whisper_cpp
+    want_wcpp = not (args.no_whisper_cpp or args.no_cascades)
     if want_wcpp:
         try:
             import pywhispercpp  # noqa: F401
@@ -972,19 +1007,19 @@ def main(argv: list[str] | None = None) -> int:
 
     started = now()
     result = _new_result(args, models, quick=args.quick, reps=reps, decode_tokens=n_decode, realtime=args.realtime,
-                         block_ms=args.block_ms if args.realtime else None)
+                         block_ms=args.block_ms if args.realtime else None, cascades=not args.no_cascades)
 
     if args.realtime:
         from llasm_cli.bundle import load_bundle
 
         path = args.bundle.resolve() if args.bundle else chunked_bundle(log)
         bundles = {load_bundle(path).manifest.name: path}
-    else:
-        bundles = {m: assets.BUNDLES[m](log) for m in models}  # build (once) before timing anything
+    else:  # --bundle: one whose LLM GGUF comes with an mmproj tower and a torch tower
+        bundles = _bundles(args, models)  # build (once) before timing anything
     if want_wcpp:
         assets.whisper_cpp_base(log)
     with tempfile.TemporaryDirectory(prefix="llasm-bench-") as tmp:
-        utts = make_utterances(tuple(float(x) for x in args.lengths.split(",")), Path(tmp))
+        utts = make_utterances(tuple(float(x) for x in args.lengths.split(",")), Path(tmp), args.speech)
         result["utterances"] = [{"target_s": u.target_s, "speech_s": round(u.speech_s, 2), "text": u.text} for u in utts]
         import soundfile as sf
 
@@ -993,9 +1028,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in bundles:
             log(f"{m}: loading")
             if args.realtime:
-                run, ctx = load_realtime_systems(bundles[m], args.threads, want_wcpp, args.block_ms / 1e3)
+                run, ctx = load_realtime_systems(bundles[m], args.threads, want_wcpp, args.block_ms / 1e3,
+                                                 cascades=not args.no_cascades)
             else:
-                run, ctx = load_systems(m, bundles[m], args.threads, want_wcpp, bf16=not args.no_bf16 and _cpu_bf16())
+                run, ctx = load_systems(m, bundles[m], args.threads, want_wcpp, bf16=not args.no_bf16 and _cpu_bf16(),
+                                        cascades=not args.no_cascades)
             measure_latency(run, utts, reps)
             result["latency"] += latency_rows(run, utts)
             log(f"{m}: decode rate")
@@ -1027,7 +1064,8 @@ def _bundles(args, models: list[str]) -> dict[str, Path]:
 def _new_result(args, models: list[str], **config) -> dict:
     """An empty result whose config says where and how it is measured (every bench mode's tables)."""
     return {"config": {"load_average_at_start": list(os.getloadavg()), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                       "threads": args.threads, "models": models,
+                       "threads": args.threads, "models": models, "gpu_layers": args.gpu_layers,
+                       "gpu": _gpu_name(),
                        "cpu": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
                        "python": platform.python_version(), "versions": _versions(), **config},
             "utterances": [], "latency": [], "decode": [], "rss": [], "overheads": []}
@@ -1045,7 +1083,8 @@ def decode_only(args, models: list[str], reps: int, n_decode: int) -> int:
     for name, path in bundles.items():
         log(f"{name}: decode rate")
         b = load_bundle(path)
-        a = Assistant(b, backend="onnx" if b.manifest.onnx_tower else "auto", n_threads=args.threads)
+        a = Assistant(b, backend="onnx" if b.manifest.onnx_tower else "auto", n_threads=args.threads,
+                      n_gpu_layers=GPU_LAYERS)
         llm = CascadeLLM(b.llm_path(), args.threads, a.engine.n_ctx)
         result["decode"] += measure_decode(ModelRun(name, path), {"assistant": a, "llm": llm, "prompt_of": typed_prompt(a)},
                                            n_decode, reps, args.threads)
@@ -1061,7 +1100,7 @@ def rss_only(args, models: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="llasm-bench-") as tmp:
         import soundfile as sf
 
-        (u,) = make_utterances((5.0,), Path(tmp))
+        (u,) = make_utterances((5.0,), Path(tmp), args.speech)
         result["utterances"] = [{"target_s": u.target_s, "speech_s": round(u.speech_s, 2), "text": u.text}]
         wav = Path(tmp) / "rss.wav"
         sf.write(wav, u.audio, SAMPLE_RATE)
@@ -1069,6 +1108,16 @@ def rss_only(args, models: list[str]) -> int:
             log(f"{name}: peak RSS of llasm ask")
             result["rss"] += measure_rss(name, path, wav, args.threads, bundle_backends(path))
     return report(result, args, started)
+
+
+def _gpu_name() -> str | None:
+    """The CUDA card, as nvidia-smi names it (None on a machine without one)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _cpu_bf16() -> bool:
