@@ -76,7 +76,15 @@ class Sampling:
 
 
 class Sampler:
-    """Temperature / top-k / top-p sampling on numpy logits (greedy at temperature 0)."""
+    """Temperature / top-k / top-p sampling on numpy logits (greedy at temperature 0).
+
+    It runs once per generated token, between two llama.cpp decodes, so its cost is decode speed:
+    a top-k over the whole vocabulary (argpartition over 49k logits) cost 0.7-0.9 ms a token in the
+    decode loop, a tenth of SmolLM2-135M's decode. Tokens whose logit lies more than
+    ``CUTOFF`` temperatures below the best have a probability under e^-50 of the best's: they can
+    never be drawn, so only the others are ranked (usually a few dozen)."""
+
+    CUTOFF = 50.0
 
     def __init__(self, s: Sampling) -> None:
         self.s = s
@@ -85,15 +93,18 @@ class Sampler:
     def __call__(self, logits: np.ndarray) -> int:
         if self.s.temperature <= 0:
             return int(np.argmax(logits))
-        k = min(self.s.top_k, logits.size) if self.s.top_k > 0 else logits.size
-        top = np.argpartition(logits, -k)[-k:]
-        top = top[np.argsort(logits[top])[::-1]]
-        z = logits[top].astype(np.float64) / self.s.temperature
-        p = np.exp(z - z.max())
+        best = logits.max()
+        cand = np.flatnonzero(logits >= best - self.CUTOFF * self.s.temperature)
+        k = min(self.s.top_k, cand.size) if self.s.top_k > 0 else cand.size
+        if k < cand.size and cand.size > 4 * k:  # many near the top (a high temperature): partition first
+            cand = np.sort(cand[np.argpartition(logits[cand], -k)[-k:]])
+        top = cand[np.argsort(-logits[cand], kind="stable")[:k]]  # best first, ties by token id
+        p = np.exp((logits[top].astype(np.float64) - best) / self.s.temperature)
         p /= p.sum()
         keep = min(int(np.searchsorted(np.cumsum(p), self.s.top_p) + 1), p.size)  # the sum may end just below 1
-        p = p[:keep] / p[:keep].sum()
-        return int(top[self.rng.choice(keep, p=p)])
+        cdf = np.cumsum(p[:keep])
+        # what Generator.choice(keep, p=...) draws, without its per-call validation
+        return int(top[min(int(np.searchsorted(cdf / cdf[-1], self.rng.random(), side="right")), keep - 1)])
 
 
 class Engine:
