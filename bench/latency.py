@@ -359,6 +359,12 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
     run.startup["torch_tower_open_s"] = now() - t
     run.systems["llasm ggml"] = Llasm(a, ggml, sampling)
     run.systems["llasm torch"] = Llasm(a, torch_tower, sampling)
+    towers = [ggml, torch_tower]
+    if b.manifest.onnx_tower:  # the default install's own fast path: ONNX Runtime, no PyTorch
+        t = now()
+        towers.append(open_tower(b, "onnx", a.engine, None, threads))
+        run.startup["onnx_tower_open_s"] = now() - t
+        run.systems["llasm onnx"] = Llasm(a, towers[-1], sampling)
     if "encoder_input" in {f.name for f in dataclasses.fields(b.manifest)}:
         # The unpadded fast path runs for adaptors trained on unpadded audio; the weights here are
         # random anyway, so the manifest flag is set in memory to time the runtime's real code path.
@@ -373,7 +379,7 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
         if "llasm torch-unpadded" in run.systems:
             run.systems["llasm torch-unpadded bf16"] = Llasm(a, TorchTower(bu, threads, dtype="bfloat16"), sampling)
     llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling, cascades=cascades)
-    return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": [ggml, torch_tower]}
+    return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": towers}
 
 
 def add_cascades(run: ModelRun, a, llm_path: Path, threads: int, want_whisper_cpp: bool, sampling,

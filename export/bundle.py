@@ -27,9 +27,10 @@ BOUNDARY_FILE = "audio-boundary.npy"
 def export_bundle(
     ckpt: Path, out: Path, types: tuple[str, ...] = ("f16",), name: str | None = None,
     progress: Callable[[str], None] = lambda step: None, overwrite: bool = False,
-    tower_types: tuple[str, ...] | None = None, torch_dtype: str = "float32",
+    tower_types: tuple[str, ...] | None = None, torch_dtype: str = "float32", half_onnx: bool = False,
 ) -> Manifest:
     """Export checkpoint ``ckpt`` to bundle ``out``: one LLM file per type, one tower file per tower type.
+    ``half_onnx``: the ONNX tower stores its weights in float16 (half the file, float32 compute).
 
     Quantized LLM types (q8_0, q5_k_m, q4_k_m) go through llama.cpp's quantizer; the tower gets
     the same type where mtmd has it (f32, f16, q8_0), q8_0 for the k-quants.
@@ -66,7 +67,8 @@ def export_bundle(
             else:
                 write_llm_gguf(ckpt / LLM_DIR, tmp / llm_files[t], t, name=name)
         (tmp / ".llm.f16.tmp.gguf").unlink(missing_ok=True)
-        manifest = write_tower_and_manifest(tmp, name, tower, meta, llm_files, tower_types, torch_dtype, progress)
+        manifest = write_tower_and_manifest(tmp, name, tower, meta, llm_files, tower_types, torch_dtype, progress,
+                                            half_onnx=half_onnx)
     return manifest
 
 

@@ -279,7 +279,8 @@ def make_bundle(root: Path, ckpt: Path) -> Path:
     out = root / "bundle"
     if (out / "llasm-bundle.json").exists():
         return out
-    export_bundle(ckpt, out, ("q8_0",), tower_types=("f16",), name="llasm-demo", overwrite=True, torch_dtype="float16")
+    export_bundle(ckpt, out, ("q8_0",), tower_types=("f16",), name="llasm-demo", overwrite=True, torch_dtype="float16",
+                  half_onnx=True)
     log(f"bundle: {out}")
     return out
 
@@ -306,7 +307,7 @@ def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
     torch_answers = torch_greedy(ckpt, items)
     for mode, answers in torch_answers.items():
         report[f"pytorch_{mode}"] = _score(items, answers)
-    for backend in ("ggml", "torch"):
+    for backend in ("ggml", "onnx", "torch"):
         bot = Assistant(bundle, backend=backend)
         answers = [answer(bot, audio, text=text, sampling=Sampling(temperature=0), max_tokens=24)
                    for _, audio, text, _, _ in items]

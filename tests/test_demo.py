@@ -44,7 +44,7 @@ def test_readme_examples(name, monkeypatch):
     assert res.stdout.strip() == EXPECTED[name]
 
 
-@pytest.mark.parametrize("backend", ["ggml", "torch"])
+@pytest.mark.parametrize("backend", ["ggml", "onnx", "torch"])
 def test_held_out_voices(backend, tmp_path):
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
