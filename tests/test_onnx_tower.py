@@ -206,6 +206,30 @@ def test_auto_measures_once_then_reads_the_cache(chunked, tmp_path, monkeypatch)
     assert only.name == "onnx" and only.choice == "" and not cache.exists()
 
 
+def test_auto_does_not_time_padded_ggml_on_a_cpu(tmp_path, monkeypatch):
+    """A model that reads unpadded audio: without a GPU, auto times the backends that encode the real
+    audio only, never mtmd's padded 30 s windows; with a GPU device node, ggml is a candidate again."""
+    import llasm_cli.towers as towers
+
+    root = tower_bundle(tmp_path / "both", tiny_tower(["padded", "unpadded"], 5, seed=2))
+    monkeypatch.setenv("LLASM_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = load_bundle(root)
+    assert candidates(bundle) == ["onnx", "torch", "ggml"]
+    cpu = towers._device()[:-1] + [[]]
+    monkeypatch.setattr(towers, "_device", lambda: cpu)
+    monkeypatch.setattr(towers.platform, "system", lambda: "Linux")
+    chosen = open_tower(bundle, "auto", None, n_threads=2)
+    (entry,) = json.loads((tmp_path / "cache" / CHOICE_FILE).read_text()).values()
+    assert set(entry["ms"]) == {"onnx", "torch"} and chosen.name == entry["backend"]
+    assert towers._unpadded_first_on_cpu(bundle, ["onnx", "ggml"]) == ["onnx"]
+    assert towers._unpadded_first_on_cpu(bundle, ["ggml"]) == ["ggml"]  # nothing else can run it
+    monkeypatch.setattr(towers, "_device", lambda: cpu[:-1] + [["/dev/nvidiactl"]])
+    assert towers._unpadded_first_on_cpu(bundle, ["onnx", "torch", "ggml"]) == ["onnx", "torch", "ggml"]
+    padded_only = load_bundle(tower_bundle(tmp_path / "padded", tiny_tower(["padded"], 5, seed=3)))
+    monkeypatch.setattr(towers, "_device", lambda: cpu)
+    assert towers._unpadded_first_on_cpu(padded_only, ["torch", "ggml"]) == ["torch", "ggml"]
+
+
 def split_tower_naming(tmp_path: Path, root: Path, location: str) -> None:
     """Make root/tower.onnx a graph whose weights are in an external file it names ``location``."""
     import onnx
