@@ -1,6 +1,6 @@
 """The demo model on held-out voices when the audio gets worse than espeak's clean output.
 
-    python bench/eval_demo.py [--model DIR] [--questions 60] [--repeats 20] [--backends ggml,torch]
+    python bench/eval_demo.py [--model DIR] [--questions 60] [--repeats 20] [--backends ggml,onnx,torch]
 
 DIR defaults to the bundle `python -m llasm_finetune.demo` writes (~/.cache/llasm/demo-run/bundle).
 
@@ -96,7 +96,7 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the packaged demo model)")
     p.add_argument("--questions", type=int, default=60, help="spoken sums (a third with 'answer in Chinese')")
     p.add_argument("--repeats", type=int, default=20, help="'repeat after me' sentences")
-    p.add_argument("--backends", default="ggml,torch", help="tower backends, comma-separated")
+    p.add_argument("--backends", default="ggml,onnx,torch", help="tower backends, comma-separated")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     a = p.parse_args()
     from llasm_finetune.demo import ROOT_DEFAULT

@@ -378,7 +378,8 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
         run.systems["llasm torch bf16"] = Llasm(a, TorchTower(b, threads, dtype="bfloat16"), sampling)
         if "llasm torch-unpadded" in run.systems:
             run.systems["llasm torch-unpadded bf16"] = Llasm(a, TorchTower(bu, threads, dtype="bfloat16"), sampling)
-    llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling, cascades=cascades)
+    llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling, trim_ctx=True,
+                                  cascades=cascades)
     return run, {"assistant": a, "llm": llm, "prompt_of": prompt_of, "towers": towers}
 
 
