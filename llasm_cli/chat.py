@@ -8,7 +8,10 @@ work too; a typed line ending with ':' waits for the next spoken turn and goes w
 Speech from the microphone is streamed into the conversation while it is spoken
 (``Conversation.begin_audio``): from the moment the endpointer hears speech (with the pre-roll
 it keeps), or push-to-talk starts, each block goes to the turn, and a chunked model encodes and
-prefills it at once. At the end of speech only the last chunk and the first token remain. A turn
+prefills it at once. At the end of speech only the last chunk and the first token remain. Any
+other model is encoded and prefilled at the first pause (the endpointer has heard the post-roll's
+worth of silence and waits for the rest of the trailing silence to confirm the end): when the end
+is confirmed only the first token remains, and speech that goes on takes that guess back out. A turn
 that is not sent (no speech in a push-to-talk recording, a typed line, Ctrl-C) is cancelled,
 which takes it back out of the KV cache.
 """
@@ -72,6 +75,14 @@ class LiveTurn:
             except LlasmError as exc:  # the stream has taken the turn back already
                 self.error, self.stream = exc, None
         self.fed += samples.size
+
+    def speculate(self) -> None:
+        """The speaker has paused: prefill the turn as it stands (AudioTurnStream.speculate)."""
+        if self.stream is not None:
+            try:
+                self.stream.speculate()
+            except LlasmError as exc:
+                self.error, self.stream = exc, None
 
     def cancel(self) -> None:
         if self.stream is not None:
@@ -222,6 +233,8 @@ class ChatApp:
                                 turn = LiveTurn(self.conv, self.pending_text)  # pre-roll and speech so far
                             if turn is not None:
                                 turn.feed(self.endpointer.committed(turn.fed))
+                                if self.endpointer.settled():  # a pause: the end of the turn is likely
+                                    turn.speculate()
                     live.update(self._meter(db, time.monotonic() - t0, recording, speaking, keys.buffer))
         finally:
             if turn is not None:  # not handed over: a typed line, end of input, Ctrl-C, an error

@@ -285,6 +285,11 @@ class AudioTurnStream:
     history is as it was, and the cache holds what it held before (less anything this turn's
     prompt did not share with it). Any error in ``feed`` or ``finish`` cancels the turn first.
 
+    ``speculate()`` is for the pause before an end of speech is certain (the chat's endpointer
+    waits 0.6 s of silence): a model that is not chunked encodes and prefills the audio so far with
+    the template after it then, so ``finish`` has nothing left to do if no more audio comes; audio
+    that does come takes it back out of the cache first.
+
     The sequence equals, position by position, what ``Assistant.prompt`` renders for the finished
     turn: the template is rendered with a stand-in clip (a row of NaN that cannot occur in real
     embeddings) and cut where that clip sits.
@@ -299,6 +304,7 @@ class AudioTurnStream:
         self.n = 0  # samples fed
         self.rows: list[np.ndarray] = []  # embeddings prefilled so far, chunk by chunk
         self.closed = False
+        self._spec: tuple[int, int, np.ndarray, np.ndarray] | None = None  # speculate(): (samples, mark, rows, logits)
         self._turns_before = list(conv.turns)
         self._notices_before = len(conv.notices)
         stand_in = np.full((1, engine.n_embd), np.nan, dtype=np.float32)
@@ -369,6 +375,11 @@ class AudioTurnStream:
         self._open()
         try:
             x = np.array(samples, dtype=np.float32).reshape(-1)  # our copy: the caller may reuse its buffer
+            if x.size and self._spec is not None:  # the user went on speaking: take the guess back out
+                t0 = time.perf_counter()
+                self.conv.bot.engine.truncate(self._spec[1])
+                self._spec = None
+                self._early_ms += (time.perf_counter() - t0) * 1e3
             self._check_length(self.n + x.size)
             self.samples.append(x)
             self.n += x.size
@@ -398,6 +409,27 @@ class AudioTurnStream:
                 f"larger --ctx"
             )
 
+    def speculate(self) -> bool:
+        """Encode the audio so far and prefill it with the end of the audio span and the template
+        text after it, as ``finish`` would, keeping the turn open (see the class). Models that are
+        not chunked only: a chunked model has one chunk left at most. Returns whether it ran."""
+        self._open()
+        if self.chunks is not None or self._spec is not None or self.n == 0:
+            return False
+        engine = self.conv.bot.engine
+        t0 = time.perf_counter()
+        try:
+            last = self.tower.encode(np.concatenate(self.samples))
+            self._room(len(last))
+            mark = engine.n_past
+            logits = engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
+        except BaseException:
+            self.cancel()
+            raise
+        self._spec = (self.n, mark, last, logits)
+        self._early_ms += (time.perf_counter() - t0) * 1e3
+        return True
+
     def finish(self) -> np.ndarray:
         """The end of speech: the last chunk, the end of the audio span and the template text after it
         in one llama_decode; returns the next-token logits (``respond`` uses them)."""
@@ -412,10 +444,15 @@ class AudioTurnStream:
             if self.n == 0:
                 raise AudioFileError("the audio is empty")
             audio = np.concatenate(self.samples)
-            last = self.chunks.finish() if self.chunks is not None else self.tower.encode(audio)
-            t1 = time.perf_counter()
-            self._room(len(last))
-            logits = engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
+            if self._spec is not None:  # speculate() guessed right: all of it is in the cache already
+                _, _, last, logits = self._spec
+                st.early_audio_seconds = self.n / SAMPLE_RATE
+                t1 = time.perf_counter()
+            else:
+                last = self.chunks.finish() if self.chunks is not None else self.tower.encode(audio)
+                t1 = time.perf_counter()
+                self._room(len(last))
+                logits = engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
             clip = np.ascontiguousarray(np.concatenate([*self.rows, last]), dtype=np.float32)
             self.turn.message.clips[0] = clip
             self.turn.audio = audio

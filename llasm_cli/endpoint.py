@@ -218,6 +218,12 @@ class Endpointer:
             end = begin
         return np.concatenate(parts[::-1]) if parts else np.zeros(0, dtype=np.float32)
 
+    def settled(self) -> bool:
+        """A turn is running and has been quiet for its whole post-roll: if no more speech comes,
+        its SpeechEnd audio is exactly what ``committed()`` holds now (the chat encodes it then,
+        while the rest of the trailing silence is confirmed)."""
+        return self._speaking and self._pos - self._last_voiced >= self.post_roll
+
     def _finish(self, events: list[Event], t_end: int, truncated: bool) -> None:
         """Emit SpeechEnd for the running turn and go back to waiting for speech."""
         assert self._start is not None

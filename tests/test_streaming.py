@@ -283,6 +283,60 @@ def test_model_without_chunks_buffers_until_the_end(swiglu, question_audio):
         bot.close()
 
 
+def test_a_pause_prefills_the_turn_and_more_speech_takes_it_back(swiglu, question_audio):
+    """A model that is not chunked, prefilled at a pause (speculate): finishing after it is the whole
+    clip's turn without encoding again; speech after the pause takes the guess out of the cache first,
+    and the turn is then the longer clip's, as if nothing had been guessed."""
+    bot = Assistant(swiglu[1], backend="ggml", llm_variant="f32")
+    try:
+        conv = Conversation(bot)
+        turn = conv.begin_audio(text="please answer:")
+        before = bot.engine.n_past
+        half = question_audio.size // 2
+        turn.feed(question_audio[:half])
+        assert turn.speculate() and not turn.speculate()  # once per pause
+        assert bot.engine.n_past > before
+        turn.feed(question_audio[half:])  # the speaker went on
+        assert bot.engine.n_past == before
+        assert turn.speculate()
+        calls = bot.tower.encode_calls
+        logits = turn.finish()
+        assert bot.tower.encode_calls == calls  # nothing left to encode at the end of speech
+        assert conv.stats.early_audio_seconds == pytest.approx(question_audio.size / SAMPLE_RATE)
+        assert same_positions(bot.engine.fed, bot.prompt(conv.messages()))
+        bot.engine.reset()
+        whole = Conversation(bot)
+        whole.add_user(question_audio, text="please answer:")
+        assert rel_err(whole.prefill(), logits) <= 1e-4
+    finally:
+        bot.close()
+
+
+def test_endpointer_settles_on_exactly_the_turn_it_will_send():
+    """Once settled() (a running turn quiet for its post-roll), committed() is the SpeechEnd's audio
+    to the sample, if the silence goes on; a voice coming back unsettles it."""
+    rng = np.random.default_rng(4)
+    loud = lambda n: (0.3 * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
+    quiet = lambda n: np.zeros(n, np.float32)  # noqa: E731
+    scorer = (lambda f: float(np.abs(f).mean() > 0.05), lambda: None)
+    ep = Endpointer(scorer=scorer)
+    ep.push(np.concatenate([quiet(4000), loud(12000)]))
+    assert not ep.settled()
+    ep.push(quiet(1024))  # shorter than the post-roll (0.2 s)
+    assert not ep.settled()
+    ep.push(quiet(3072))
+    assert ep.settled()
+    guess = ep.committed()
+    ep.push(loud(4000))
+    assert not ep.settled()
+    ep.push(quiet(4096))
+    assert ep.settled()
+    guess = ep.committed()
+    (end,) = [e for e in ep.push(quiet(16000)) if isinstance(e, SpeechEnd)]
+    assert np.array_equal(guess, end.audio)
+    assert not ep.settled()
+
+
 def test_endpointer_commits_only_audio_the_turn_will_hold():
     """What the chat streams before the end of speech is always the start of the SpeechEnd's audio,
     however the stream is cut into blocks (a loudness scorer stands in for Silero)."""
@@ -348,6 +402,22 @@ def test_spoken_chat_turn_streams_and_answers_as_the_file_path(pulse, chunked, t
     assert early and float(early.group(1)) >= CHUNK and int(early.group(2)) > 0, stats
     assert re.search(r"decode (\d+ ms/token \(\d+ tok/s\)|n/a)", stats), stats
     bot = open_bot(bundle)
+    try:
+        assert answer(bot, clip, sampling=GREEDY, max_tokens=6) == said
+    finally:
+        bot.close()
+
+
+def test_spoken_chat_turn_of_a_whole_clip_model_is_prefilled_at_the_pause(pulse, swiglu, tmp_path):
+    """A model that is not chunked, hands-free: the turn is encoded and prefilled during the trailing
+    silence, so at the confirmed end of speech all of its audio is in the cache; the answer is the one
+    the same clip gets as a file."""
+    bundle = swiglu[1]
+    clip, said, stats = _say_into_the_mic(bundle, pulse, tmp_path, "please tell me what seven plus five is",
+                                          "--mic", "--device", "pulse")
+    early = re.search(r"after end of speech \((\d+\.\d) s of audio, (\d+) positions", stats)
+    assert early and abs(float(early.group(1)) - clip.size / SAMPLE_RATE) < 0.05 and int(early.group(2)) > 0, stats
+    bot = Assistant(bundle, backend="torch", llm_variant="f32")
     try:
         assert answer(bot, clip, sampling=GREEDY, max_tokens=6) == said
     finally:
