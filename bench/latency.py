@@ -341,36 +341,40 @@ class ModelRun:
 
 def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, bf16: bool = True,
                  cascades: bool = True) -> tuple[ModelRun, dict]:
+    """Every tower backend the bundle has (a missing one is skipped with a note) and the cascades."""
     from llasm_cli.assistant import Assistant
     from llasm_cli.bundle import Bundle, load_bundle
+    from llasm_cli.errors import LlasmError
     from llasm_cli.towers import open_tower
 
     run = ModelRun(name, bundle)
     b = load_bundle(bundle)
     t = now()
-    a = Assistant(b, backend="ggml", n_threads=threads, n_gpu_layers=GPU_LAYERS)
+    first = "ggml" if b.manifest.tower_files else ("onnx" if b.manifest.onnx_tower else "torch")
+    a = Assistant(b, backend=first, n_threads=threads, n_gpu_layers=GPU_LAYERS)
     run.startup["assistant_init_s"] = now() - t  # validate_llm alone: see the RSS table's "validate_llm only"
     sampling = a.default_sampling()
-    t = now()
-    ggml = a.tower
-    run.startup["ggml_tower_open_s"] = now() - t
-    t = now()
-    torch_tower = open_tower(b, "torch", a.engine, None, threads)
-    run.startup["torch_tower_open_s"] = now() - t
-    run.systems["llasm ggml"] = Llasm(a, ggml, sampling)
-    run.systems["llasm torch"] = Llasm(a, torch_tower, sampling)
-    towers = [ggml, torch_tower]
-    if b.manifest.onnx_tower:  # the default install's own fast path: ONNX Runtime, no PyTorch
+    towers = [a.tower]
+    run.systems[f"llasm {first}"] = Llasm(a, a.tower, sampling)
+    for backend in ("ggml", "torch", "onnx"):  # onnx: the default install's own fast path (no PyTorch)
+        if backend == first:
+            continue
         t = now()
-        towers.append(open_tower(b, "onnx", a.engine, None, threads))
-        run.startup["onnx_tower_open_s"] = now() - t
-        run.systems["llasm onnx"] = Llasm(a, towers[-1], sampling)
-    if "encoder_input" in {f.name for f in dataclasses.fields(b.manifest)}:
-        # The unpadded fast path runs for adaptors trained on unpadded audio; the weights here are
-        # random anyway, so the manifest flag is set in memory to time the runtime's real code path.
+        try:
+            towers.append(open_tower(b, backend, a.engine, None, threads))
+        except LlasmError as exc:  # not in the bundle, or not installed here
+            log(f"no {backend} tower: {exc}")
+            continue
+        run.startup[f"{backend}_tower_open_s"] = now() - t
+        run.systems[f"llasm {backend}"] = Llasm(a, towers[-1], sampling)
+    bu = b
+    if "llasm torch" in run.systems and "unpadded" not in b.manifest.encoder_input:
+        # The bench's own bundles have random adaptors for padded audio: the manifest flag is set in
+        # memory to time the runtime's unpadded fast path too (the weights are random anyway).
         bu = Bundle(b.root, dataclasses.replace(b.manifest, encoder_input=["padded", "unpadded"]))
-        run.systems["llasm torch-unpadded"] = Llasm(a, open_tower(bu, "torch", a.engine, None, threads), sampling)
-    if bf16:
+        towers.append(open_tower(bu, "torch", a.engine, None, threads))
+        run.systems["llasm torch-unpadded"] = Llasm(a, towers[-1], sampling)
+    if bf16 and "llasm torch" in run.systems:
         # TorchTower's default is float32; bfloat16 is its constructor's other choice (AVX512-BF16 / AMX CPUs
         # and GPUs run it natively): what the runtime would gain by picking it where the device has it.
         from llasm_cli.towers.torch import TorchTower
