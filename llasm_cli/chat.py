@@ -8,10 +8,11 @@ work too; a typed line ending with ':' waits for the next spoken turn and goes w
 Speech from the microphone is streamed into the conversation while it is spoken
 (``Conversation.begin_audio``): from the moment the endpointer hears speech (with the pre-roll
 it keeps), or push-to-talk starts, each block goes to the turn, and a chunked model encodes and
-prefills it at once. At the end of speech only the last chunk and the first token remain. Any
-other model is encoded and prefilled at the first pause (the endpointer has heard the post-roll's
-worth of silence and waits for the rest of the trailing silence to confirm the end): when the end
-is confirmed only the first token remains, and speech that goes on takes that guess back out. A turn
+prefills it at once. At the first pause (the endpointer has heard the post-roll's worth of
+silence and waits for the rest of the trailing silence to confirm the end), what is left (a chunked
+model's last chunk, any other model's whole clip) is encoded and prefilled with the template after
+it: when the end is confirmed only the first token remains, and speech that goes on takes that
+guess back out. A turn
 that is not sent (no speech in a push-to-talk recording, a typed line, Ctrl-C) is cancelled,
 which takes it back out of the KV cache.
 """

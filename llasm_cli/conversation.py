@@ -286,9 +286,9 @@ class AudioTurnStream:
     prompt did not share with it). Any error in ``feed`` or ``finish`` cancels the turn first.
 
     ``speculate()`` is for the pause before an end of speech is certain (the chat's endpointer
-    waits 0.6 s of silence): a model that is not chunked encodes and prefills the audio so far with
-    the template after it then, so ``finish`` has nothing left to do if no more audio comes; audio
-    that does come takes it back out of the cache first.
+    waits 0.6 s of silence): it encodes what ``finish`` would (the whole clip, or a chunked model's
+    last partial chunk) and prefills it with the template after it then, so ``finish`` has nothing
+    left to do if no more audio comes; audio that does come takes it back out of the cache first.
 
     The sequence equals, position by position, what ``Assistant.prompt`` renders for the finished
     turn: the template is rendered with a stand-in clip (a row of NaN that cannot occur in real
@@ -411,15 +411,15 @@ class AudioTurnStream:
 
     def speculate(self) -> bool:
         """Encode the audio so far and prefill it with the end of the audio span and the template
-        text after it, as ``finish`` would, keeping the turn open (see the class). Models that are
-        not chunked only: a chunked model has one chunk left at most. Returns whether it ran."""
+        text after it, as ``finish`` would, keeping the turn open (see the class). Returns whether
+        it ran (not twice for the same audio, nor before any)."""
         self._open()
-        if self.chunks is not None or self._spec is not None or self.n == 0:
+        if self._spec is not None or self.n == 0:
             return False
         engine = self.conv.bot.engine
         t0 = time.perf_counter()
         try:
-            last = self.tower.encode(np.concatenate(self.samples))
+            last = self.chunks.peek() if self.chunks is not None else self.tower.encode(np.concatenate(self.samples))
             self._room(len(last))
             mark = engine.n_past
             logits = engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
@@ -446,7 +446,8 @@ class AudioTurnStream:
             audio = np.concatenate(self.samples)
             if self._spec is not None:  # speculate() guessed right: all of it is in the cache already
                 _, _, last, logits = self._spec
-                st.early_audio_seconds = self.n / SAMPLE_RATE
+                st.early_audio_seconds = self.n / SAMPLE_RATE if self.chunks is None else \
+                    (sum(len(r) for r in self.rows) + len(last)) * self._seconds_per_row()
                 t1 = time.perf_counter()
             else:
                 last = self.chunks.finish() if self.chunks is not None else self.tower.encode(audio)

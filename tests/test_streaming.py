@@ -152,6 +152,34 @@ def test_final_chunk_and_template_go_in_one_decode(bot, speech):
     assert len(calls) == 1 and calls[0] > last
 
 
+def test_chunked_turn_prefilled_at_pauses_is_the_streamed_turn(bot, speech):
+    """A chunked model, guessed at two pauses: the first guess (mid-chunk) is taken back when the
+    speaker goes on, the second stands; the turn, the cache and the logits are the plain streamed
+    turn's, and the end of speech encodes nothing."""
+    bot.engine.reset()
+    conv = Conversation(bot)
+    turn = conv.begin_audio(text="please answer:")
+    pause = int(2.5 * CHUNK * SAMPLE_RATE)  # inside the third chunk
+    for i in range(0, pause, BLOCK):
+        turn.feed(speech[i : min(i + BLOCK, pause)])
+    kept = bot.engine.n_past
+    assert turn.speculate() and bot.engine.n_past > kept
+    for i in range(pause, speech.size, BLOCK):
+        turn.feed(speech[i : i + BLOCK])
+    assert turn.speculate()
+    calls = bot.tower.encode_calls
+    logits = turn.finish()
+    assert bot.tower.encode_calls == calls
+    assert conv.stats.early_audio_seconds == pytest.approx(
+        sum(s.keep for s in chunk_spans(speech.size, CHUNK, CONTEXT, bot.tower.stack_factor)) * 0.02 * bot.tower.stack_factor)
+    clip = conv.turns[-1].message.clips[0]
+    assert np.abs(clip - bot.tower.encode(speech)).max() <= 1e-5
+    assert same_positions(bot.engine.fed, bot.prompt(conv.messages()))
+    bot.engine.reset()
+    _, plain, _ = stream(Conversation(bot), speech, text="please answer:")
+    assert rel_err(plain, logits) <= 1e-4
+
+
 def test_cancel_rolls_back_exactly(bot, speech, mandarin_wav):
     """A dropped turn (a cough, a false start) leaves the history and the cache as they were: the next
     turn computes what a conversation that never heard it computes."""

@@ -335,7 +335,11 @@ class ChunkStream:
             raise AudioFileError("the audio is empty")
         return self._encode(final=True)
 
-    def _encode(self, final: bool) -> np.ndarray:
+    def peek(self) -> np.ndarray:
+        """What ``finish`` would return now, leaving the stream open for more audio."""
+        return self._encode(final=True, advance=False)
+
+    def _encode(self, final: bool, advance: bool = True) -> np.ndarray:
         t = self.tower
         spans = chunk_spans(self.n, t.chunk_seconds, t.context_seconds, t.stack_factor, final=final)[self.done:]
         out = [np.zeros((0, t.n_embd), dtype=np.float32)]
@@ -345,5 +349,6 @@ class ChunkStream:
                 emb = t.embed_mel(chunk_mel(audio, span, t.n_mels))
                 out.append(emb[span.skip : span.skip + span.keep])
                 t.encode_calls += 1
-            self.done += len(spans)
+            if advance:
+                self.done += len(spans)
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
