@@ -368,14 +368,22 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
     m = bundle.manifest
     kind = f"published {bundle.family.name} pair" if isinstance(bundle, PublishedPair) else f"adaptor {m.adaptor}"
     console.print(f"[bold]{m.name}[/]  {kind}, LLM width {m.llm_dim}, {m.tokens_per_window} embeddings / 30 s")
-    for variant in m.llm_files:
+    for variant in bundle.variants():  # carried, or named in an installed package or elsewhere
         path = bundle.llm_path(variant)
         validate_llm(path)
-        console.print(f"  llm   {variant:5} {path.name:24} {path.stat().st_size / 1e6:9.1f} MB  ok")
+        where = "" if variant in m.llm_files else f"  ({path})"
+        console.print(f"  llm   {variant:5} {path.name:24} {path.stat().st_size / 1e6:9.1f} MB  ok{where}")
     for variant in m.tower_files:
         path = bundle.tower_path(variant)
         check_tower(path, m.llm_dim)
         console.print(f"  tower {variant:5} {path.name:24} {path.stat().st_size / 1e6:9.1f} MB  ok")
+    if getattr(m, "onnx_tower", None):
+        from .towers.onnx import OnnxTower
+
+        path = bundle.onnx_tower_path()
+        size = sum(p.stat().st_size for p in (path, path.with_name(path.name + ".data")) if p.is_file())
+        OnnxTower(bundle, n_threads=1).close()  # loads it and checks its input and output widths
+        console.print(f"  tower onnx  {path.name:24} {size / 1e6:9.1f} MB  ok")
     if m.torch_tower:
         console.print(f"  tower torch {bundle.torch_tower_path().name}/")
 

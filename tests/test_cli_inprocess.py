@@ -165,6 +165,19 @@ def test_info_checks_every_file_of_the_bundle(swiglu):
         for variant, name in files.items():
             hits = [ln for ln in lines if ln.split()[:3] == [kind, variant, name]]
             assert len(hits) == 1 and hits[0].rstrip().endswith("ok"), f"{kind} {variant} {name}:\n{res.output}"
+    if m.onnx_tower:  # loaded by ONNX Runtime and its widths checked
+        hits = [ln for ln in lines if ln.split()[:3] == ["tower", "onnx", m.onnx_tower]]
+        assert len(hits) == 1 and hits[0].rstrip().endswith("ok"), res.output
+
+
+def test_info_loads_the_built_in_models_onnx_tower():
+    """The built-in model's ONNX tower (what `pip install .` encodes with) is loaded and checked."""
+    from llasm_cli.bundle import default_bundle_path
+
+    res = invoke("info", str(default_bundle_path()))
+    assert res.exit_code == 0, (res.output, res.exception)
+    (line,) = [ln for ln in text_of(res).splitlines() if ln.split()[:2] == ["tower", "onnx"]]
+    assert line.split()[2] == "tower.onnx" and line.rstrip().endswith("ok") and float(line.split()[3]) > 40
 
 
 def test_ask_text_in_process_prints_json(swiglu):
