@@ -25,6 +25,7 @@ The task domain is in finetune/demo_tasks.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -279,8 +280,10 @@ def make_bundle(root: Path, ckpt: Path) -> Path:
     out = root / "bundle"
     if (out / "llasm-bundle.json").exists():
         return out
-    export_bundle(ckpt, out, ("q8_0",), tower_types=("f16",), name="llasm-demo", overwrite=True, torch_dtype="float16",
-                  half_onnx=True)
+    manifest = export_bundle(ckpt, out, ("q8_0",), tower_types=("f16",), name="llasm-demo", overwrite=True,
+                             torch_dtype="float16", half_onnx=True)
+    # trained on single questions: a chat shows it each question alone, not the history's questions too
+    atomic_write_text(out / "llasm-bundle.json", dataclasses.replace(manifest, history_turns=0).to_json())
     log(f"bundle: {out}")
     return out
 

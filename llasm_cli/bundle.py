@@ -65,6 +65,9 @@ class Manifest:
     llm_external: dict[str, str] = field(default_factory=dict)  # variant -> absolute path of a GGUF the bundle names
     temperature: float = 0.2
     max_tokens: int = 1024
+    # earlier exchanges a conversation's prompt keeps: None as many as the context holds; 0 each
+    # question alone (a model trained on single turns answers the history's questions otherwise)
+    history_turns: int | None = None
 
     def to_json(self) -> str:
         data = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION} | asdict(self)
@@ -164,6 +167,9 @@ class Manifest:
                 _check_file_name(file, f"{name}[{variant!r}]", where)
         if not self.llm_files and not self.llm_packages and not self.llm_external:
             raise BundleError(f"{where} lists no LLM file")
+        h = self.history_turns
+        if h is not None and (type(h) is not int or not 0 <= h <= 1 << 16):
+            raise bad("history_turns", "null or a whole number from 0 to 65536")
         if self.torch_tower is not None:
             if not isinstance(self.torch_tower, str):
                 raise bad("torch_tower", "a folder name or null")

@@ -29,7 +29,7 @@ from .assistant import DEFAULT_CTX, Assistant
 from .audio import SAMPLE_RATE
 from .engine import Sampler, Sampling, TextStream
 from .errors import AudioFileError, ContextOverflowError, LlasmError
-from .prompt import Message, user_content
+from .prompt import Message, recent_exchanges, user_content
 from .towers import ChunkStream, TowerBackend
 
 
@@ -149,8 +149,14 @@ class Conversation:
 
     # --- prefill --------------------------------------------------------------------
 
+    def context_messages(self) -> list[Message]:
+        """What the prompt holds: the system message and the turns, less the earlier exchanges the
+        model's manifest says it was not trained to read (``history_turns``; the chat still shows
+        and saves them all)."""
+        return recent_exchanges(self.messages(), getattr(self.bot.bundle.manifest, "history_turns", None))
+
     def _prompt(self) -> list:
-        return self.bot.prompt(self.messages())
+        return self.bot.prompt(self.context_messages())
 
     def _fit(self, extra: int = 0) -> list:
         """The prompt's segments, dropping the oldest turns if they do not fit with the reserve (and

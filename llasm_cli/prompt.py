@@ -99,6 +99,18 @@ class Piece:
     ids: list[int] = field(default_factory=list)  # tokens: ids fed as they are (an answer as generated)
 
 
+def recent_exchanges(messages: Sequence, keep: int | None) -> list:
+    """The system messages and the last ``keep`` exchanges before the newest user message, and that
+    message on (``keep`` None: all of them): a bundle's ``history_turns``, for a model trained on
+    single questions that would otherwise answer the history's questions too."""
+    msgs = list(messages)
+    users = [i for i, m in enumerate(msgs) if m.role == "user"]
+    if keep is None or len(users) <= keep + 1:
+        return msgs
+    cut = users[-1 - keep]
+    return [m for m in msgs[:cut] if m.role == "system"] + msgs[cut:]
+
+
 def user_content(text_before: str | None, has_audio: bool, text_after: str | None) -> list[Part]:
     """The user's turn: typed text before and after the spoken part, one per line."""
     parts: list[Part] = [text_before or "", AUDIO if has_audio else "", text_after or ""]

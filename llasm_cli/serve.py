@@ -69,7 +69,7 @@ from .openai_api import (
     usage_body,
     usage_chunk,
 )
-from .prompt import AUDIO, Message
+from .prompt import AUDIO, Message, recent_exchanges
 from .scheduler import BatchEngine, Failed, Finished, Job, Scheduler, Text
 
 log = logging.getLogger("llasm.serve")
@@ -213,7 +213,7 @@ class Server:
         clips: list[_Clip] = []
         if self.bot.system_prompt and not any(m.role == "system" for m in req.messages):
             msgs.append(Message.of("system", [self.bot.system_prompt]))
-        for m in req.messages:
+        for m in recent_exchanges(req.messages, getattr(self.bot.bundle.manifest, "history_turns", None)):
             if m.role != "user":
                 text = m.text
                 tokens = self._answers.get(text) if m.role == "assistant" else None

@@ -176,3 +176,34 @@ def test_engine_eval_is_all_or_nothing(bot):
         engine.eval([engine.tokenize(" there"), np.zeros((3, engine.n_embd), np.float32), engine.tokenize(" you")])
     del engine._decode
     assert engine.n_past == before and engine.fed == fed
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_history_turns_limits_what_the_prompt_holds(swiglu, question_audio, mandarin_wav, keep):
+    """A manifest's history_turns: the prompt holds only the last ``keep`` exchanges before the new
+    question, with the same logits as a conversation that only ever had those; every turn is still
+    in the conversation (the chat shows and saves them)."""
+    import dataclasses
+
+    from llasm_cli.bundle import Bundle, load_bundle
+
+    b = load_bundle(swiglu[1])
+    bot = Assistant(Bundle(b.root, dataclasses.replace(b.manifest, history_turns=keep)), backend="ggml", llm_variant="f32")
+    try:
+        conv = Conversation(bot)
+        said = []
+        for audio, text in ((question_audio, "first:"), (load_audio(mandarin_wav), "second:"), (question_audio, "third:")):
+            conv.add_user(audio, text=text)
+            said.append("".join(conv.respond(GREEDY, max_tokens=4)))
+        assert len(conv.turns) == 6
+        conv.add_user(load_audio(mandarin_wav), text="fourth:")
+        logits = conv.prefill()
+        shown = conv.context_messages()
+        turns = [m for m in shown if m.role != "system"]
+        assert shown[: len(shown) - len(turns)] == [m for m in conv.messages() if m.role == "system"]
+        assert [m.role for m in turns] == ["user", "assistant"] * keep + ["user"]
+        assert turns[-1] is conv.turns[-1].message and (keep == 0 or turns[0] is conv.turns[4].message)
+        with Engine(bot.bundle.llm_path("f32"), exact=True) as fresh:
+            assert rel_err(fresh.eval(bot.prompt(shown)), logits) <= 1e-4
+    finally:
+        bot.close()

@@ -521,7 +521,8 @@ BAD_FIELDS = [
     ("encoder_input", "padded"), ("encoder_input", []), ("encoder_input", ["sideways"]), ("encoder_input", [1]),
     ("encoder_input", [["padded"]]), ("name", 5), ("system_prompt", None), ("audio_start", ["<au_start>"]),
     ("adaptor", "stack-swiglu-v9"), ("adaptor", 5), ("version", "1"), ("version", True), ("version", 2),
-    ("format", None), ("surprise", 1),
+    ("format", None), ("surprise", 1), ("history_turns", -1), ("history_turns", 1.5), ("history_turns", "0"),
+    ("history_turns", True), ("history_turns", 10**9),
 ]
 
 

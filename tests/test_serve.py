@@ -143,12 +143,12 @@ def ask(client, messages, **kw):
 
 
 @contextmanager
-def solo(served):
-    """(server, client) of a fresh one-conversation server on the module's model: what a request sent
-    there (or a conversation, turn after turn) gets is computed exactly as llasm's own path computes it."""
+def solo(served, bot=None):
+    """(server, client) of a fresh one-conversation server on the module's model (or ``bot``): what a request
+    sent there (or a conversation, turn after turn) gets is computed exactly as llasm's own path computes it."""
     from llasm_cli.serve import Server, ServerThread, ServeSettings
 
-    srv = Server(served[0].bot, ServeSettings(parallel=1, queue=0, n_ctx=1024, max_audio=MAX_AUDIO, max_body=MAX_BODY))
+    srv = Server(bot or served[0].bot, ServeSettings(parallel=1, queue=0, n_ctx=1024, max_audio=MAX_AUDIO, max_body=MAX_BODY))
     try:
         with ServerThread(srv) as st:
             yield srv, openai.OpenAI(base_url=st.url + "/v1", api_key="unused", max_retries=0, timeout=120)
@@ -170,7 +170,7 @@ def reference(bot, turns: list[tuple[Path | None, str | None]], max_tokens: int 
               system: str | None = None) -> list[tuple[str, int]]:
     """(answer, answer tokens) per turn, from Conversation on the reference Assistant (its cache
     cleared first: the computation is the one a fresh server makes)."""
-    key = (tuple(turns), max_tokens, system)
+    key = (bot.bundle.manifest.history_turns, tuple(turns), max_tokens, system)
     if key not in _answers:
         _answers[key] = _reference(bot, turns, max_tokens, system)
     return _answers[key]
@@ -285,10 +285,39 @@ def test_stream_equals_whole_answer(served):
     assert len({c.id for c in chunks}) == 1
 
 
-def test_multi_turn_with_audio_history_reuses_the_cache(served, ref):
+@pytest.fixture(scope="module")
+def with_history():
+    """The built-in model with its manifest's history_turns lifted: the prompt holds the whole
+    conversation (what any model trained on conversations does)."""
+    from dataclasses import replace
+
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.bundle import Bundle
+
+    b = load_bundle(DEFAULT)
+    bot = Assistant(Bundle(b.root, replace(b.manifest, history_turns=None)))
+    yield bot
+    bot.close()
+
+
+def test_a_single_question_model_answers_the_last_question_alone(served, ref):
+    """The built-in model was trained on single questions (history_turns 0): a request with history
+    gets the last question's own answer, and only its audio is counted."""
+    alone_answer = reference(ref, [(HAIKU, "And this one?")])[0][0]
+    history = [user(audio_part(JAPAN)), {"role": "assistant", "content": "tokyo"}, user("And this one?", audio_part(HAIKU))]
+    with solo(served) as (_, client):
+        got = ask(client, history)
+        single = ask(client, [user("And this one?", audio_part(HAIKU))])
+    assert got.choices[0].message.content == alone_answer == single.choices[0].message.content
+    assert got.usage.prompt_tokens == single.usage.prompt_tokens
+    assert got.usage.prompt_tokens_details.audio_tokens == single.usage.prompt_tokens_details.audio_tokens
+
+
+def test_multi_turn_with_audio_history_reuses_the_cache(served, with_history):
+    ref = with_history
     turns = [(JAPAN, None), (HAIKU, "And this one?")]
     expected = reference(ref, turns)
-    with solo(served) as (srv, client):
+    with solo(served, ref) as (srv, client):
         first = ask(client, [user(audio_part(JAPAN))])
         assert first.choices[0].message.content == expected[0][0]
         calls = srv.bot.tower.encode_calls
@@ -296,12 +325,13 @@ def test_multi_turn_with_audio_history_reuses_the_cache(served, ref):
                    user("And this one?", audio_part(HAIKU))]
         second = ask(client, history)
         assert second.choices[0].message.content == expected[1][0]
+        encoded = srv.bot.tower.encode_calls - calls
     from llasm_cli.audio import load_audio
 
     before = ref.tower.encode_calls
     ref.tower.encode(load_audio(HAIKU))
     per_clip = ref.tower.encode_calls - before  # windows (a chunked model: chunks) of one encode of the clip
-    assert srv.bot.tower.encode_calls == calls + per_clip  # only the new clip was encoded
+    assert encoded == per_clip  # only the new clip was encoded
     # everything the first request left in its sequence was kept: its prompt and the answer's ids (all
     # of them decoded when the answer ended; an answer cut at max_tokens never decodes its last one)
     cut = first.choices[0].finish_reason == "length"
