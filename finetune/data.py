@@ -25,6 +25,7 @@ import torch
 
 from llasm_cli.audio import (
     audio_token_count,
+    chunk_spans,
     load_audio,
     log_mel_spectrogram,
     split_windows,
@@ -107,7 +108,12 @@ FEATURE_DTYPES = ("float32", "bfloat16")
 
 
 class FeatureStore:
-    """Frozen tower features per clip, computed once (in memory, and on disk with ``cache_dir``)."""
+    """Frozen tower features per clip, computed once (in memory, and on disk with ``cache_dir``).
+
+    ``mode`` is the encoder input the adaptor is trained on: ``padded`` (30 s windows, as llama.cpp's
+    mtmd runs them), ``unpadded`` (each window's real audio only) or ``chunked`` (the whole clip chunk
+    by chunk behind the model config's left context, exactly what the runtime encodes while the user
+    speaks; one feature array per clip)."""
 
     def __init__(self, tower: AudioTower, mode: str = "padded", cache_dir: str | Path | None = None,
                  dtype: str = "float32") -> None:
@@ -122,6 +128,8 @@ class FeatureStore:
         self.lengths: dict[str, int] = {}
         state = sorted((k, tuple(v.shape)) for k, v in tower.encoder.state_dict().items())
         key = (state, mode, tower.cfg.type, tower.cfg.stack_factor) + ((dtype,) if dtype != "float32" else ())
+        if mode == "chunked":
+            key += (tower.cfg.chunk_seconds, tower.cfg.context_seconds)
         self.tag = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
 
     def count(self, path: str) -> int:
@@ -132,6 +140,9 @@ class FeatureStore:
         if path not in self.lengths:
             self.lengths[path] = load_audio(path).size
         n = self.lengths[path]
+        if self.mode == "chunked":
+            cfg = self.tower.cfg
+            return [sum(s.keep for s in chunk_spans(n, cfg.chunk_seconds, cfg.context_seconds, cfg.stack_factor))]
         windows = [min(480000, n - i) for i in range(0, n, 480000)]
         if self.tower.cfg.type == "llasm-v1":
             return [self.tower.cfg.n_queries] * len(windows)
@@ -167,6 +178,10 @@ class FeatureStore:
         self.lengths[path] = samples.size
         dev = next(self.tower.parameters()).device
         cfg, out = self.tower.cfg, []
+        if self.mode == "chunked":
+            with self._autocast(dev):
+                feats = self._encoder().chunked_features(samples).float().cpu().numpy()
+            return [feats.astype(np.float16)]
         for window, count in zip(split_windows(samples), self._counts(path)):
             mel = log_mel_spectrogram(window, self.tower.n_mels)
             if self.mode == "unpadded":
@@ -212,6 +227,8 @@ class DialogueDataset(torch.utils.data.Dataset):
         for s in samples:
             try:
                 counts = {p: stores[0].count(p) for p in s.audio}
+                if any(st.count(p) != counts[p] for st in stores[1:] for p in s.audio):  # > 30 s: windows vs chunks
+                    raise ValueError("its encoder input modes give its audio different numbers of embeddings")
                 enc = encode_sample(s, tokenizer, template, *audio_ids, counts, system=system)
             except Exception as exc:  # a corrupt clip must not end a long run
                 log.warning("skipping sample %s: %s", s.id, exc)

@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +108,8 @@ class TrainConfig:
             raise SystemExit("train_llm must be none, full or lora")
         if self.stage == 1 and self.train_llm != "none":
             raise SystemExit("stage 1 keeps the LLM frozen (train_llm: none)")
-        if set(self.encoder_input) - {"padded", "unpadded"} or not self.encoder_input:
-            raise SystemExit("encoder_input lists padded and/or unpadded")
+        if set(self.encoder_input) - {"padded", "unpadded", "chunked"} or not self.encoder_input:
+            raise SystemExit("encoder_input lists padded, unpadded and/or chunked")
         if self.encoder_input_share and (len(self.encoder_input_share) != len(self.encoder_input)
                                          or not all(0 < x <= 1 for x in self.encoder_input_share)):
             raise SystemExit("encoder_input_share gives one share in (0, 1] per encoder_input mode")
@@ -364,6 +364,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int, world: int
     # model: frozen Whisper, the stage's trainable parts
     model, tokenizer, meta = load_checkpoint(Path(cfg.init))
     model.tower.cfg.encoder_input = sorted(set(meta.adaptor.encoder_input) | set(cfg.encoder_input))
+    try:  # chunked input: the model config's chunk and left context must fit its stack factor
+        replace(model.tower.cfg)  # __post_init__ checks it
+    except ValueError as exc:
+        raise SystemExit(f"encoder_input: {exc}") from None
     model.to(device)
     groups = set_trainable(model, cfg)
     if cfg.grad_checkpointing:

@@ -237,3 +237,40 @@ def test_encoder_input_share_trains_a_mode_on_a_stable_subset(base, asr_data, tm
     assert data.answer_tokens(0) == tokens > 0
     with pytest.raises(SystemExit, match="encoder_input_share"):
         cfg(stage=1, init="x", data="x", out="x", encoder_input=["padded", "unpadded"], encoder_input_share=[0.5])
+
+
+def test_chunked_input_trains_and_exports_a_streaming_model(base, asr_data, tmp_path):
+    """encoder_input chunked: the features are the runtime's chunk-by-chunk encoding (one array per
+    clip, as many embeddings as the clip has), a stage trains on them beside unpadded ones, and the
+    exported bundle is a chunked model the ONNX tower streams."""
+    from llasm_export.bundle import export_bundle
+    from llasm_finetune.checkpoint import load_checkpoint
+    from llasm_finetune.data import FeatureStore
+
+    from llasm_cli.audio import load_audio
+    from llasm_cli.bundle import load_bundle
+
+    model, _, _ = load_checkpoint(base)
+    clip = str(asr_data.parent / "0.wav")
+    store, unpadded = FeatureStore(model.tower, "chunked"), FeatureStore(model.tower, "unpadded")
+    (feats,) = store.get(clip)
+    with torch.no_grad():
+        ref = model.tower.chunked_features(load_audio(clip)).numpy()
+    assert feats.shape == ref.shape and abs(feats.astype("float32") - ref).max() <= 1e-2 * max(1.0, abs(ref).max())
+    assert store.count(clip) == unpadded.count(clip) == feats.shape[0] // model.tower.cfg.stack_factor
+    assert store.tag != unpadded.tag
+    final = train(cfg(stage=1, init=str(base), data=str(asr_data), out=str(tmp_path / "c1"), steps=24,
+                      encoder_input=["unpadded", "chunked"]), progress=False)
+    curve = losses(tmp_path / "c1")
+    assert sum(curve[-3:]) / 3 < 0.8 * sum(curve[:3]) / 3, curve
+    bundle = tmp_path / "bundle"
+    export_bundle(final, bundle, ("f16",))
+    m = load_bundle(bundle).manifest
+    assert {"chunked", "unpadded"} <= set(m.encoder_input) and m.onnx_tower  # (+ padded: the base's own)
+    from llasm_cli.towers import open_tower
+
+    tower = open_tower(load_bundle(bundle), "onnx", None, n_threads=1)
+    assert tower.chunked and tower.stream() is not None  # encodes while the user speaks
+    tower.close()
+    with pytest.raises(SystemExit, match="encoder_input"):
+        cfg(stage=1, init="x", data="x", out="x", encoder_input=["sideways"])
