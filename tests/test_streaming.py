@@ -294,6 +294,15 @@ def test_full_context_drops_the_oldest_turns_mid_stream(chunked, speech):
         small.close()
 
 
+def assert_is_the_whole_clip_turn(bot, conv: Conversation, logits: np.ndarray, audio: np.ndarray, text: str) -> None:
+    """The cache holds the finished turn's prompt, and its logits are the whole clip's through add_user."""
+    assert same_positions(bot.engine.fed, bot.prompt(conv.messages()))
+    bot.engine.reset()
+    whole = Conversation(bot)
+    whole.add_user(audio, text=text)
+    assert rel_err(whole.prefill(), logits) <= 1e-4
+
+
 def test_model_without_chunks_buffers_until_the_end(swiglu, question_audio):
     """Same API on a model that is not chunked: the template text goes in early, the audio at the end."""
     bot = Assistant(swiglu[1], backend="ggml", llm_variant="f32")
@@ -302,11 +311,7 @@ def test_model_without_chunks_buffers_until_the_end(swiglu, question_audio):
         conv = Conversation(bot)
         turn, logits, early = stream(conv, question_audio, text="please answer:")
         assert early == 0 and conv.stats.early_positions > 0 and conv.stats.early_audio_seconds == 0
-        assert same_positions(bot.engine.fed, bot.prompt(conv.messages()))
-        bot.engine.reset()
-        whole = Conversation(bot)
-        whole.add_user(question_audio, text="please answer:")
-        assert rel_err(whole.prefill(), logits) <= 1e-4
+        assert_is_the_whole_clip_turn(bot, conv, logits, question_audio, "please answer:")
     finally:
         bot.close()
 
@@ -331,11 +336,7 @@ def test_a_pause_prefills_the_turn_and_more_speech_takes_it_back(swiglu, questio
         logits = turn.finish()
         assert bot.tower.encode_calls == calls  # nothing left to encode at the end of speech
         assert conv.stats.early_audio_seconds == pytest.approx(question_audio.size / SAMPLE_RATE)
-        assert same_positions(bot.engine.fed, bot.prompt(conv.messages()))
-        bot.engine.reset()
-        whole = Conversation(bot)
-        whole.add_user(question_audio, text="please answer:")
-        assert rel_err(whole.prefill(), logits) <= 1e-4
+        assert_is_the_whole_clip_turn(bot, conv, logits, question_audio, "please answer:")
     finally:
         bot.close()
 
