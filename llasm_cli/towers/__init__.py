@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -201,6 +202,9 @@ def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_th
         tower = _open(bundle, entry["backend"], engine, variant, n_threads, exact)
         tower.choice = f"auto, cached: {_show_ms(entry.get('ms'))}"
         return tower
+    if sys.stderr.isatty():  # seconds of silence on a first run otherwise (loading PyTorch, say)
+        print(f"llasm: timing this model's audio encoders here ({', '.join(found)}); once, the choice is cached",
+              file=sys.stderr, flush=True)
     best: TowerBackend | None = None
     times: dict[str, float] = {}
     unavailable: BackendUnavailableError | None = None
