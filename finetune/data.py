@@ -25,7 +25,7 @@ import torch
 
 from llasm_cli.audio import (
     audio_token_count,
-    chunk_spans,
+    chunked_positions,
     load_audio,
     log_mel_spectrogram,
     split_windows,
@@ -142,7 +142,7 @@ class FeatureStore:
         n = self.lengths[path]
         if self.mode == "chunked":
             cfg = self.tower.cfg
-            return [sum(s.keep for s in chunk_spans(n, cfg.chunk_seconds, cfg.context_seconds, cfg.stack_factor))]
+            return [chunked_positions(n, cfg.chunk_seconds, cfg.context_seconds, cfg.stack_factor)]
         windows = [min(480000, n - i) for i in range(0, n, 480000)]
         if self.tower.cfg.type == "llasm-v1":
             return [self.tower.cfg.n_queries] * len(windows)

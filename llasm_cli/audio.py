@@ -471,6 +471,11 @@ def chunk_spans(n_samples: int, chunk_seconds: float, context_seconds: float, st
     return spans
 
 
+def chunked_positions(n_samples: int, chunk_seconds: float, context_seconds: float, stack_factor: int) -> int:
+    """Embeddings a clip of ``n_samples`` becomes in the chunked input mode (all chunks, the last included)."""
+    return sum(s.keep for s in chunk_spans(n_samples, chunk_seconds, context_seconds, stack_factor))
+
+
 def chunk_mel(samples: np.ndarray, span: ChunkSpan, n_mels: int) -> np.ndarray:
     """The log-mel input of one chunk's window: (n_mels, 2 k (skip + keep))."""
     return log_mel_spectrogram(samples[span.start : span.end], n_mels, n_frames=span.n_frames)

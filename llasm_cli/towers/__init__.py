@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import audio_token_count, check_finite, chunk_mel, chunk_spans, split_windows
+from ..audio import audio_token_count, check_finite, chunk_mel, chunk_spans, chunked_positions, split_windows
 from ..bundle import MANIFEST_FILE, Bundle
 from ..errors import AudioFileError, BackendUnavailableError
 
@@ -91,8 +91,7 @@ class TowerBackend(ABC):
     def positions(self, n_samples: int) -> int:
         """Embeddings a clip of ``n_samples`` becomes (without boundary rows)."""
         if self.chunked:
-            return sum(s.keep for s in chunk_spans(n_samples, self.chunk_seconds, self.context_seconds,
-                                                   self.stack_factor))
+            return chunked_positions(n_samples, self.chunk_seconds, self.context_seconds, self.stack_factor)
         return sum(self.token_count(w.size) for w in split_windows(np.zeros(n_samples, dtype=np.uint8)))
 
     def embed_mel(self, mel: np.ndarray) -> np.ndarray:
