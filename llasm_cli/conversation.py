@@ -310,7 +310,7 @@ class AudioTurnStream:
         self.n = 0  # samples fed
         self.rows: list[np.ndarray] = []  # embeddings prefilled so far, chunk by chunk
         self.closed = False
-        self._spec: tuple[int, int, np.ndarray, np.ndarray] | None = None  # speculate(): (samples, mark, rows, logits)
+        self._spec: tuple[int, np.ndarray, np.ndarray] | None = None  # speculate(): (n_past before, rows, logits)
         self._turns_before = list(conv.turns)
         self._notices_before = len(conv.notices)
         stand_in = np.full((1, engine.n_embd), np.nan, dtype=np.float32)
@@ -383,7 +383,7 @@ class AudioTurnStream:
             x = np.array(samples, dtype=np.float32).reshape(-1)  # our copy: the caller may reuse its buffer
             if x.size and self._spec is not None:  # the user went on speaking: take the guess back out
                 t0 = time.perf_counter()
-                self.conv.bot.engine.truncate(self._spec[1])
+                self.conv.bot.engine.truncate(self._spec[0])
                 self._spec = None
                 self._early_ms += (time.perf_counter() - t0) * 1e3
             self._check_length(self.n + x.size)
@@ -422,19 +422,22 @@ class AudioTurnStream:
         self._open()
         if self._spec is not None or self.n == 0:
             return False
-        engine = self.conv.bot.engine
         t0 = time.perf_counter()
         try:
             last = self.chunks.peek() if self.chunks is not None else self.tower.encode(np.concatenate(self.samples))
             self._room(len(last))
-            mark = engine.n_past
-            logits = engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
+            mark = self.conv.bot.engine.n_past
+            self._spec = (mark, last, self._close_span(last))
         except BaseException:
             self.cancel()
             raise
-        self._spec = (self.n, mark, last, logits)
         self._early_ms += (time.perf_counter() - t0) * 1e3
         return True
+
+    def _close_span(self, last: np.ndarray) -> np.ndarray:
+        """The last audio rows, the end of the audio span and the template text after it, in one
+        llama_decode; the next-token logits."""
+        return self.conv.bot.engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
 
     def finish(self) -> np.ndarray:
         """The end of speech: the last chunk, the end of the audio span and the template text after it
@@ -451,7 +454,7 @@ class AudioTurnStream:
                 raise AudioFileError("the audio is empty")
             audio = np.concatenate(self.samples)
             if self._spec is not None:  # speculate() guessed right: all of it is in the cache already
-                _, _, last, logits = self._spec
+                _, last, logits = self._spec
                 st.early_audio_seconds = self.n / SAMPLE_RATE if self.chunks is None else \
                     (sum(len(r) for r in self.rows) + len(last)) * self._seconds_per_row()
                 t1 = time.perf_counter()
@@ -459,7 +462,7 @@ class AudioTurnStream:
                 last = self.chunks.finish() if self.chunks is not None else self.tower.encode(audio)
                 t1 = time.perf_counter()
                 self._room(len(last))
-                logits = engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
+                logits = self._close_span(last)
             clip = np.ascontiguousarray(np.concatenate([*self.rows, last]), dtype=np.float32)
             self.turn.message.clips[0] = clip
             self.turn.audio = audio
