@@ -377,7 +377,7 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
         path = bundle.tower_path(variant)
         check_tower(path, m.llm_dim)
         console.print(f"  tower {variant:5} {path.name:24} {path.stat().st_size / 1e6:9.1f} MB  ok")
-    if getattr(m, "onnx_tower", None):
+    if m.onnx_tower:
         from .towers.onnx import OnnxTower
 
         path = bundle.onnx_tower_path()

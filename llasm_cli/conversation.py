@@ -153,7 +153,7 @@ class Conversation:
         """What the prompt holds: the system message and the turns, less the earlier exchanges the
         model's manifest says it was not trained to read (``history_turns``; the chat still shows
         and saves them all)."""
-        return recent_exchanges(self.messages(), getattr(self.bot.bundle.manifest, "history_turns", None))
+        return recent_exchanges(self.messages(), self.bot.bundle.manifest.history_turns)
 
     def _prompt(self) -> list:
         return self.bot.prompt(self.context_messages())

@@ -213,7 +213,7 @@ class Server:
         clips: list[_Clip] = []
         if self.bot.system_prompt and not any(m.role == "system" for m in req.messages):
             msgs.append(Message.of("system", [self.bot.system_prompt]))
-        for m in recent_exchanges(req.messages, getattr(self.bot.bundle.manifest, "history_turns", None)):
+        for m in recent_exchanges(req.messages, self.bot.bundle.manifest.history_turns):
             if m.role != "user":
                 text = m.text
                 tokens = self._answers.get(text) if m.role == "assistant" else None

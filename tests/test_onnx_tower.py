@@ -215,18 +215,17 @@ def test_auto_does_not_time_padded_ggml_on_a_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("LLASM_CACHE_DIR", str(tmp_path / "cache"))
     bundle = load_bundle(root)
     assert candidates(bundle) == ["onnx", "torch", "ggml"]
-    cpu = towers._device()[:-1] + [[]]
-    monkeypatch.setattr(towers, "_device", lambda: cpu)
+    monkeypatch.setattr(towers, "_gpu_nodes", lambda: [])
     monkeypatch.setattr(towers.platform, "system", lambda: "Linux")
     chosen = open_tower(bundle, "auto", None, n_threads=2)
     (entry,) = json.loads((tmp_path / "cache" / CHOICE_FILE).read_text()).values()
     assert set(entry["ms"]) == {"onnx", "torch"} and chosen.name == entry["backend"]
     assert towers._unpadded_first_on_cpu(bundle, ["onnx", "ggml"]) == ["onnx"]
     assert towers._unpadded_first_on_cpu(bundle, ["ggml"]) == ["ggml"]  # nothing else can run it
-    monkeypatch.setattr(towers, "_device", lambda: cpu[:-1] + [["/dev/nvidiactl"]])
+    monkeypatch.setattr(towers, "_gpu_nodes", lambda: ["/dev/nvidiactl"])
     assert towers._unpadded_first_on_cpu(bundle, ["onnx", "torch", "ggml"]) == ["onnx", "torch", "ggml"]
     padded_only = load_bundle(tower_bundle(tmp_path / "padded", tiny_tower(["padded"], 5, seed=3)))
-    monkeypatch.setattr(towers, "_device", lambda: cpu)
+    monkeypatch.setattr(towers, "_gpu_nodes", lambda: [])
     assert towers._unpadded_first_on_cpu(padded_only, ["torch", "ggml"]) == ["torch", "ggml"]
 
 

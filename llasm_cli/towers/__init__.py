@@ -131,11 +131,9 @@ def _unpadded_first_on_cpu(bundle: Bundle, found: list[str]) -> list[str]:
     (default model, 2-core EPYC: ~1300 ms against ~200 ms for the onnx tower); timing it
     made a new user's first ``llasm ask`` wait seconds for three padded encodes. With a GPU
     (where mtmd runs on CUDA or Metal) every candidate is still measured."""
-    m = bundle.manifest
-    real_audio = {"unpadded", "chunked"} & set(m.encoder_input)
-    gpu = bool(_device()[-1]) or platform.system() == "Darwin"  # a CUDA/ROCm/DRI device node, or Metal
-    if "ggml" in found and len(found) > 1 and real_audio and not gpu:
-        return [f for f in found if f != "ggml"]
+    real_audio = {"unpadded", "chunked"} & set(bundle.manifest.encoder_input)
+    if "ggml" in found and len(found) > 1 and real_audio and not _gpu_nodes() and platform.system() != "Darwin":
+        return [f for f in found if f != "ggml"]  # (macOS: Metal)
     return found
 
 
@@ -305,8 +303,12 @@ def _device() -> list:
             versions.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
             pass
-    gpus = sorted(p for p in ("/dev/nvidiactl", "/dev/kfd", "/dev/dri") if os.path.exists(p))
-    return [platform.machine(), platform.system(), cpu, os.cpu_count(), versions, gpus]
+    return [platform.machine(), platform.system(), cpu, os.cpu_count(), versions, _gpu_nodes()]
+
+
+def _gpu_nodes() -> list[str]:
+    """The CUDA, ROCm and DRI device nodes this machine has."""
+    return sorted(p for p in ("/dev/nvidiactl", "/dev/kfd", "/dev/dri") if os.path.exists(p))
 
 
 class ChunkStream:
