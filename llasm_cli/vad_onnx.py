@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendUnavailableError
+from .towers.onnx import first_line, quiet_session_options
 
 RATE = 16000
 FRAME = 512  # Silero's fixed 32 ms window at 16 kHz
@@ -56,18 +57,11 @@ class OnnxSileroVAD:
         path = Path(model) if model is not None else packaged_model()
         if path is None or not path.is_file():
             raise BackendUnavailableError(f"Silero's silero_vad.onnx was not found{f' at {path}' if path else ''}")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        so.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), quiet_session_options(ort, 1),
+                                                providers=["CPUExecutionProvider"])
         except Exception as exc:  # ONNX Runtime raises its own classes
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise BackendUnavailableError(f"ONNX Runtime could not load {path}: {first}") from None
+            raise BackendUnavailableError(f"ONNX Runtime could not load {path}: {first_line(exc)}") from None
         names = [i.name for i in self.session.get_inputs()]
         outs = [o.name for o in self.session.get_outputs()]
         if names != ["input", "state", "sr"] or outs[:2] != ["output", "stateN"]:

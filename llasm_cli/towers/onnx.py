@@ -40,6 +40,19 @@ def import_ort():
     return onnxruntime
 
 
+def quiet_session_options(ort, n_threads: int):
+    """Session options for a model run beside llama.cpp: ``n_threads`` that do not spin while idle
+    (they would take the CPU from decoding), one operator at a time, errors only in the log."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = n_threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3  # errors only; they come back as exceptions anyway
+    return so
+
+
 def pick_providers(ort) -> list[str]:
     available = ort.get_available_providers()
     return [p for p in ACCELERATORS if p in available] + ["CPUExecutionProvider"]
@@ -59,12 +72,7 @@ class OnnxTower(TowerBackend):
             from ..native import default_threads
 
             n_threads = default_threads()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = n_threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3  # errors only; they come back as exceptions anyway
+        so = quiet_session_options(ort, n_threads)
         providers = providers or pick_providers(ort)
         disabled = None
         if providers == ["CPUExecutionProvider"]:  # float16 weights stay float16 (see the module's notes)
@@ -75,7 +83,7 @@ class OnnxTower(TowerBackend):
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers, disabled_optimizers=disabled)
         except Exception as exc:  # ONNX Runtime raises its own classes: bad protobuf, bad graph, missing data file
-            raise ModelFileError(f"ONNX Runtime could not load {path}: {_first_line(exc)}") from None
+            raise ModelFileError(f"ONNX Runtime could not load {path}: {first_line(exc)}") from None
         self.providers = self.session.get_providers()
         self._check_io(path, m.n_mels, m.llm_dim)
         self.n_embd = m.llm_dim
@@ -117,7 +125,7 @@ class OnnxTower(TowerBackend):
         try:
             (emb,) = self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(mel, dtype=np.float32)})
         except Exception as exc:  # a graph that loads but cannot run this input
-            raise ModelFileError(f"ONNX Runtime failed on the audio tower: {_first_line(exc)}") from None
+            raise ModelFileError(f"ONNX Runtime failed on the audio tower: {first_line(exc)}") from None
         if emb.ndim != 3 or emb.shape[2] != self.n_embd:
             raise ModelFileError(f"the ONNX tower gave embeddings of shape {emb.shape}, not (1, n, {self.n_embd})")
         return emb
@@ -141,6 +149,6 @@ def unpadded_mel(window: np.ndarray, n_mels: int, stack_factor: int) -> np.ndarr
     return np.ascontiguousarray(mel[:, :keep])
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
