@@ -339,12 +339,28 @@ class ModelRun:
     turns: dict = field(default_factory=lambda: defaultdict(list))  # (utt index, system) -> [Timing]
 
 
+def open_towers(run: ModelRun, b, a, backends, threads: int):
+    """(backend, tower) for each of ``backends`` the bundle has and this installation runs; the
+    others are skipped with a note. Opening times go to the run's start-up table."""
+    from llasm_cli.errors import LlasmError
+    from llasm_cli.towers import open_tower
+
+    for backend in backends:
+        t = now()
+        try:
+            tower = open_tower(b, backend, a.engine, None, threads)
+        except LlasmError as exc:  # not in the bundle, or not installed here
+            log(f"no {backend} tower: {exc}")
+            continue
+        run.startup[f"{backend}_tower_open_s"] = now() - t
+        yield backend, tower
+
+
 def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, bf16: bool = True,
                  cascades: bool = True) -> tuple[ModelRun, dict]:
     """Every tower backend the bundle has (a missing one is skipped with a note) and the cascades."""
     from llasm_cli.assistant import Assistant
     from llasm_cli.bundle import Bundle, load_bundle
-    from llasm_cli.errors import LlasmError
     from llasm_cli.towers import open_tower
 
     run = ModelRun(name, bundle)
@@ -356,17 +372,10 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
     sampling = a.default_sampling()
     towers = [a.tower]
     run.systems[f"llasm {first}"] = Llasm(a, a.tower, sampling)
-    for backend in ("ggml", "torch", "onnx"):  # onnx: the default install's own fast path (no PyTorch)
-        if backend == first:
-            continue
-        t = now()
-        try:
-            towers.append(open_tower(b, backend, a.engine, None, threads))
-        except LlasmError as exc:  # not in the bundle, or not installed here
-            log(f"no {backend} tower: {exc}")
-            continue
-        run.startup[f"{backend}_tower_open_s"] = now() - t
-        run.systems[f"llasm {backend}"] = Llasm(a, towers[-1], sampling)
+    others = [k for k in ("ggml", "torch", "onnx") if k != first]  # onnx: the default install's own fast path
+    for backend, tower in open_towers(run, b, a, others, threads):
+        towers.append(tower)
+        run.systems[f"llasm {backend}"] = Llasm(a, tower, sampling)
     bu = b
     if "llasm torch" in run.systems and "unpadded" not in b.manifest.encoder_input:
         # The bench's own bundles have random adaptors for padded audio: the manifest flag is set in
@@ -459,8 +468,6 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
     and the cascades on its GGUF."""
     from llasm_cli.assistant import Assistant
     from llasm_cli.bundle import load_bundle
-    from llasm_cli.errors import LlasmError
-    from llasm_cli.towers import open_tower
 
     b = load_bundle(bundle)
     run = ModelRun(b.manifest.name, bundle)
@@ -469,14 +476,7 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
     run.startup["assistant_init_s"] = now() - t
     sampling = a.default_sampling()
     towers = []
-    for backend in ("onnx", "torch"):
-        t = now()
-        try:
-            tower = open_tower(b, backend, a.engine, None, threads)
-        except LlasmError as exc:  # not installed here, or not in the bundle
-            log(f"no {backend} tower: {exc}")
-            continue
-        run.startup[f"{backend}_tower_open_s"] = now() - t
+    for backend, tower in open_towers(run, b, a, ("onnx", "torch"), threads):
         towers.append(tower)
         run.systems[f"llasm stream {backend}"] = LlasmStreaming(a, tower, sampling, block_s)
         run.systems[f"llasm whole-clip {backend}"] = Llasm(a, tower, sampling)
