@@ -707,8 +707,7 @@ def _bundle_files(bundle: Path, backend: str) -> list[Path]:
 
     b = load_bundle(bundle)
     if backend == "onnx":
-        onnx = b.onnx_tower_path()
-        files = [b.llm_path(), onnx] + [p for p in (onnx.with_name(onnx.name + ".data"),) if p.is_file()]
+        files = [b.llm_path(), *b.onnx_tower_files()]
     else:
         files = assets.bundle_files(bundle, backend)
     if b.manifest.boundary_file:

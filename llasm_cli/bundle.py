@@ -245,6 +245,11 @@ class Bundle:
             raise BundleError(f"bundle {self.root} is incomplete: {self.manifest.onnx_tower} is missing")
         return path
 
+    def onnx_tower_files(self) -> list[Path]:
+        """The ONNX tower's graph and, for a tower over ~1.5 GB, the weights file ``<graph>.data`` beside it."""
+        graph = self.onnx_tower_path()
+        return [graph] + [p for p in (graph.with_name(graph.name + ".data"),) if p.is_file()]
+
     def tower_path(self, variant: str | None = None) -> Path:
         if not self.manifest.tower_files:
             raise BundleError(

@@ -380,8 +380,8 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
     if m.onnx_tower:
         from .towers.onnx import OnnxTower
 
-        path = bundle.onnx_tower_path()
-        size = sum(p.stat().st_size for p in (path, path.with_name(path.name + ".data")) if p.is_file())
+        files = bundle.onnx_tower_files()
+        path, size = files[0], sum(p.stat().st_size for p in files)
         OnnxTower(bundle, n_threads=1).close()  # loads it and checks its input and output widths
         console.print(f"  tower onnx  {path.name:24} {size / 1e6:9.1f} MB  ok")
     if m.torch_tower:
