@@ -42,7 +42,12 @@ VOICES_PER_PROBLEM = 8  # held-out accuracy: 1 voice 57%, 3 voices 79%, 4 voices
 VOICES_PER_SENTENCE = 2
 DEGRADED = 0.3  # share of training clips with noise or a telephone band
 WARPED = 0.3  # share of training clips played 4-10% faster or slower (pitch, formants and tempo together)
-PADDED_SHARE = 0.5  # clips also trained on padded features (their encode costs ~4x the unpadded one)
+# The encoder inputs the runtime uses: whole clips unpadded (a file), and chunk by chunk while the user
+# speaks. A 1 s chunk behind 1 s of context leaves at most a 2 s window (~50 ms on 2 cores) to encode
+# once the user stops. No padded windows: mtmd's 30 s padding could never stream.
+ENCODER_INPUT = ("unpadded", "chunked")
+CHUNK_SECONDS = 1.0
+CONTEXT_SECONDS = 1.0
 
 
 def log(msg: str) -> None:
@@ -239,7 +244,8 @@ def make_base(root: Path) -> Path:
         ))
         wcfg, wstate = load_whisper("packaged:base", Path(tmp))
         cfg = AdaptorConfig(type="stack-swiglu", encoder_dim=wcfg.d_model, llm_dim=256, stack_factor=5,
-                            hidden_dim=1024, encoder_input=["padded", "unpadded"])
+                            hidden_dim=1024, encoder_input=list(ENCODER_INPUT),
+                            chunk_seconds=CHUNK_SECONDS, context_seconds=CONTEXT_SECONDS)
         tower = build_tower(wcfg, cfg, wstate)
         ids = tokenizer.convert_tokens_to_ids([AUDIO_START, AUDIO_END])
         meta = CheckpointMeta(adaptor=cfg, system_prompt="")
@@ -271,6 +277,16 @@ def run_stage(root: Path, name: str, **kw) -> Path:
     return final
 
 
+def feature_dtype() -> str:
+    """bfloat16 frozen features where the hardware computes them natively (about 2x faster); on a CPU
+    without AVX512-BF16 or AMX PyTorch emulates bfloat16, several times slower than float32."""
+    import torch
+
+    from llasm_cli.towers.torch import pick_device, pick_dtype
+
+    return "bfloat16" if pick_dtype(torch, pick_device(torch), exact=False) == "bfloat16" else "float32"
+
+
 # --- 6. export ---------------------------------------------------------------------------------
 
 
@@ -292,13 +308,15 @@ def make_bundle(root: Path, ckpt: Path) -> Path:
 
 
 def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
-    """Exact-match accuracy on held-out voices: PyTorch (both encoder inputs) and the bundle (both backends)."""
+    """Exact-match accuracy on held-out voices: PyTorch (each encoder input) and the bundle (each backend here)."""
     from llasm_finetune.records import read_conversations
 
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
+    from llasm_cli.bundle import load_bundle
     from llasm_cli.conversation import answer
     from llasm_cli.engine import Sampling
+    from llasm_cli.towers import candidates
 
     convs = read_conversations(root / "eval.json", on_error="fail")
     items = []
@@ -310,7 +328,7 @@ def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
     torch_answers = torch_greedy(ckpt, items)
     for mode, answers in torch_answers.items():
         report[f"pytorch_{mode}"] = _score(items, answers)
-    for backend in ("ggml", "onnx", "torch"):
+    for backend in candidates(load_bundle(bundle)):
         bot = Assistant(bundle, backend=backend)
         answers = [answer(bot, audio, text=text, sampling=Sampling(temperature=0), max_tokens=24)
                    for _, audio, text, _, _ in items]
@@ -336,7 +354,7 @@ def accuracy(kinds: list[str], right: list[bool]) -> dict:
 
 
 def torch_greedy(ckpt: Path, items) -> dict[str, list[str]]:
-    """Greedy answers from the PyTorch checkpoint, for padded and unpadded encoder input."""
+    """Greedy answers from the PyTorch checkpoint, for each encoder input it was trained on."""
     import torch
     from llasm_finetune.checkpoint import load_checkpoint
     from llasm_finetune.data import FeatureStore, hf_tokenize
@@ -382,15 +400,13 @@ def main() -> None:
     s = lambda n: max(2, int(n * a.steps))  # noqa: E731
     stage0 = run_stage(root, "stage0", stage=2, init=str(base), data=str(root / "text.json"), train_llm="full",
                        steps=s(1500), batch_size=64, lr=1e-3, llm_lr=1.5e-3, warmup_steps=100, eval_fraction=0.01,
-                       precision="fp32", encoder_input=["padded"])
+                       precision="fp32", encoder_input=["unpadded"])
     stage1 = run_stage(root, "stage1", stage=1, init=str(stage0), data=str(root / "asr.jsonl"),
                        steps=s(600), batch_size=32, lr=1e-3, warmup_steps=50, eval_fraction=0.02,
-                       encoder_input=["padded", "unpadded"], encoder_input_share=[PADDED_SHARE, 1.0],
-                       feature_dtype="bfloat16", transcribe_prompt="Transcribe:")
+                       encoder_input=list(ENCODER_INPUT), feature_dtype=feature_dtype(), transcribe_prompt="Transcribe:")
     stage2 = run_stage(root, "stage2", stage=2, init=str(stage1), data=str(root / "stage2.json"), train_llm="full",
                        steps=s(3000), batch_size=32, lr=5e-4, llm_lr=3e-4, warmup_steps=50, eval_fraction=0.02,
-                       encoder_input=["padded", "unpadded"], encoder_input_share=[PADDED_SHARE, 1.0],
-                       feature_dtype="bfloat16", feature_dropout=0.1,
+                       encoder_input=list(ENCODER_INPUT), feature_dtype=feature_dtype(), feature_dropout=0.1,
                        feature_noise=0.1)
     bundle = make_bundle(root, stage2)
     report = evaluate(root, stage2, bundle)
