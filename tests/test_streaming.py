@@ -303,6 +303,33 @@ def assert_is_the_whole_clip_turn(bot, conv: Conversation, logits: np.ndarray, a
     assert rel_err(whole.prefill(), logits) <= 1e-4
 
 
+def test_model_also_trained_unpadded_encodes_whole_clips_unpadded(chunked, speech, tmp_path):
+    """A model trained on both inputs streams chunk by chunk, but a whole clip (a file, a request)
+    goes through the encoder once, unpadded: the same embeddings as an unpadded-only model, as many
+    positions as the stream, and not the stream's numbers (each chunk saw only its own context)."""
+    from llasm_cli.towers import open_tower
+
+    towers = {}
+    for name, modes in (("both", ["chunked", "unpadded"]), ("unpadded", ["unpadded"])):
+        dest = tmp_path / name
+        shutil.copytree(chunked["tokens"], dest)
+        m = dataclasses.replace(load_bundle(dest).manifest, encoder_input=modes)
+        (dest / MANIFEST_FILE).write_text(m.to_json(), encoding="utf-8")
+        towers[name] = open_tower(load_bundle(dest), "torch", None, n_threads=1)
+    both, unpadded = towers["both"], towers["unpadded"]
+    try:
+        assert both.chunked and both.unpadded and not both.whole_clip_chunked
+        whole, ref = both.encode(speech), unpadded.encode(speech)
+        assert whole.shape == ref.shape and np.abs(whole - ref).max() <= 1e-6
+        stream = both.stream()
+        streamed = np.concatenate([stream.push(speech), stream.finish()])
+        assert streamed.shape == whole.shape == (both.positions(speech.size), both.n_embd)
+        assert np.abs(streamed - whole).max() > 1e-2  # the stream really is chunked
+    finally:
+        both.close()
+        unpadded.close()
+
+
 def test_model_without_chunks_buffers_until_the_end(swiglu, question_audio):
     """Same API on a model that is not chunked: the template text goes in early, the audio at the end."""
     bot = Assistant(swiglu[1], backend="ggml", llm_variant="f32")

@@ -13,9 +13,11 @@ embeddings that cover real audio: ``ceil(n / (320 k))`` per window for stack-swi
 llasm-v1.
 
 A model trained on the chunked input (``encoder_input`` lists "chunked") is encoded chunk by
-chunk instead (audio.chunk_spans): ``stream()`` encodes each chunk as soon as its audio has
-arrived, and ``encode`` of the whole clip computes exactly the same chunks, so both give the same
-embeddings.
+chunk while the user speaks (audio.chunk_spans): ``stream()`` encodes each chunk as soon as its
+audio has arrived. ``encode`` of a whole clip computes exactly the same chunks, so both give the
+same embeddings, unless the model was also trained on unpadded clips: then a whole clip (a file, a
+request) is encoded unpadded, one encoder call per 30 s instead of one per chunk with its context
+read again (2-3x less encoder work for the same positions).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class TowerBackend(ABC):
     tokens_per_window: int
 
     chunked = False  # set by a backend that runs the bundle's chunked input mode (see ChunkStream)
+    unpadded = False  # set by a backend that encodes only each window's real audio
     n_mels = 80
     chunk_seconds = 1.0
     context_seconds = 2.0
@@ -69,7 +72,7 @@ class TowerBackend(ABC):
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """All windows of a clip, trimmed to real audio and concatenated: (n_tokens, n_embd)."""
-        if self.chunked:
+        if self.whole_clip_chunked:
             stream = self.stream()
             head = stream.push(samples)
             return np.ascontiguousarray(np.concatenate([head, stream.finish()]), dtype=np.float32)
@@ -81,6 +84,11 @@ class TowerBackend(ABC):
         kept = [o[: self.token_count(w.size)] for o, w in zip(outs, windows, strict=True)]
         return np.ascontiguousarray(np.concatenate(kept, axis=0), dtype=np.float32)
 
+    @property
+    def whole_clip_chunked(self) -> bool:
+        """Whether a whole clip is encoded chunk by chunk (a model that knows no unpadded input)."""
+        return self.chunked and not self.unpadded
+
     def stream(self) -> ChunkStream:
         """An encoder fed audio as it arrives (chunked models only)."""
         if not self.chunked:
@@ -90,7 +98,7 @@ class TowerBackend(ABC):
 
     def positions(self, n_samples: int) -> int:
         """Embeddings a clip of ``n_samples`` becomes (without boundary rows)."""
-        if self.chunked:
+        if self.whole_clip_chunked:
             return chunked_positions(n_samples, self.chunk_seconds, self.context_seconds, self.stack_factor)
         return sum(self.token_count(w.size) for w in split_windows(np.zeros(n_samples, dtype=np.uint8)))
 
