@@ -102,6 +102,7 @@ class Utterance:
 
 
 GPU_LAYERS = 0  # --gpu-layers: LLM layers on the GPU for llasm and the cascades' LLM alike
+BACKENDS: tuple[str, ...] = ()  # --backends: the llasm tower backends to time (empty: all the bundle has)
 
 
 def _espeak(text: str, path: Path) -> np.ndarray:
@@ -346,6 +347,8 @@ def open_towers(run: ModelRun, b, a, backends, threads: int):
     from llasm_cli.towers import open_tower
 
     for backend in backends:
+        if BACKENDS and backend not in BACKENDS:
+            continue
         t = now()
         try:
             tower = open_tower(b, backend, a.engine, None, threads)
@@ -980,6 +983,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-layers", type=int, default=0,
                         help="LLM layers offloaded to the GPU (-1: all), for llasm and the cascades' LLM alike; the "
                         "towers use the GPU their library finds (mtmd: CUDA/Metal builds of llama.cpp; torch: CUDA)")
+    parser.add_argument("--backends", default=None,
+                        help="comma list of llasm tower backends to time (onnx, torch, ggml; default: each the bundle has)")
     parser.add_argument("--no-cascades", action="store_true",
                         help="llasm's systems only (absolute times; e.g. on a machine without the cascades' models)")
     parser.add_argument("--speech", type=Path, default=None,
@@ -998,8 +1003,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(models) - set(assets.BUNDLES)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(assets.BUNDLES)}")
-    global GPU_LAYERS
+    global GPU_LAYERS, BACKENDS
     GPU_LAYERS = args.gpu_layers
+    BACKENDS = tuple(args.backends.split(",")) if args.backends else ()
+    if set(BACKENDS) - {"onnx", "torch", "ggml"}:
+        parser.error(f"--backends lists onnx, torch and/or ggml, not {args.backends!r}")
     if args.rss_only:
         return rss_only(args, models)
     if args.decode_only:
