@@ -49,6 +49,7 @@ WARPED = 0.3  # share of training clips played 4-10% faster or slower (pitch, fo
 ENCODER_INPUT = ("unpadded", "chunked")
 CHUNK_SECONDS = 1.0
 CONTEXT_SECONDS = 1.0
+SHARES = (1.0, 0.5)  # of the clips, per input: chunked features cost ~3x unpadded ones (2 windows a second)
 
 
 def log(msg: str) -> None:
@@ -410,10 +411,12 @@ def main() -> None:
                        precision="fp32", encoder_input=["unpadded"])
     stage1 = run_stage(root, "stage1", stage=1, init=str(stage0), data=str(root / "asr.jsonl"),
                        steps=s(600), batch_size=32, lr=1e-3, warmup_steps=50, eval_fraction=0.02,
-                       encoder_input=list(ENCODER_INPUT), feature_dtype=feature_dtype(), transcribe_prompt="Transcribe:")
+                       encoder_input=list(ENCODER_INPUT), encoder_input_share=list(SHARES),
+                       feature_dtype=feature_dtype(), transcribe_prompt="Transcribe:")
     stage2 = run_stage(root, "stage2", stage=2, init=str(stage1), data=str(root / "stage2.json"), train_llm="full",
                        steps=s(3000), batch_size=32, lr=5e-4, llm_lr=3e-4, warmup_steps=50, eval_fraction=0.02,
-                       encoder_input=list(ENCODER_INPUT), feature_dtype=feature_dtype(), feature_dropout=0.1,
+                       encoder_input=list(ENCODER_INPUT), encoder_input_share=list(SHARES),
+                       feature_dtype=feature_dtype(), feature_dropout=0.1,
                        feature_noise=0.1)
     if a.train_only:
         log(f"trained: {stage2}")
