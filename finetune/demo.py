@@ -15,11 +15,14 @@ when its output exists (so an interrupted run continues):
   3. stage 0: the LLM learns the task domain as text (it starts from nothing);
   4. stage 1: adaptor only, on ASR pairs ("Transcribe:" + speech -> transcript);
   5. stage 2: adaptor + LLM on spoken instructions;
-  6. export: bundle with the LLM quantized by llama.cpp (q8_0) and the tower in f16;
+     (stages 1 and 2 see each clip as the runtime encodes it: whole and unpadded, as a file is,
+     and, for half of the clips, chunk by chunk, as a microphone's speech is while it is spoken)
+  6. export: bundle with the LLM quantized by llama.cpp (q8_0), the ONNX tower (float16 weights)
+     and the torch tower;
   7. evaluate on the held-out clips: exact-match accuracy in PyTorch and through the bundle.
-The bundle lands in DIR/bundle (`llasm ask -m DIR/bundle ...`). It is the pipeline's bilingual
-(English + Mandarin) test, no longer the packaged model (that is finetune/distill.py's).
-The task domain is in finetune/demo_tasks.py.
+The bundle lands in DIR/bundle (`llasm ask -m DIR/bundle ...`); it is the built-in model
+(llasm_cli/models/demo), bilingual (English + Mandarin answers). The task domain is in
+finetune/demo_tasks.py.
 """
 
 from __future__ import annotations
