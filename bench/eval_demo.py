@@ -58,7 +58,7 @@ def condition(x, name: str, seed: int):
 def run(model: Path, items: list[dict], backends: list[str]) -> dict:
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
-    from llasm_cli.conversation import answer
+    from llasm_cli.conversation import answer, answer_streamed
     from llasm_cli.engine import Sampling
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,27 +67,33 @@ def run(model: Path, items: list[dict], backends: list[str]) -> dict:
     heard = {cond: [condition(x, cond, seed=i) for i, x in enumerate(clips)] for cond in CONDITIONS}
     kinds = [it["kind"] for it in items]
     report: dict = {"model": str(model), "n": len(items)}
+    columns = []
     for backend in backends:
         bot = Assistant(model, backend=backend)
-        try:
-            for cond in CONDITIONS:
-                right = []
-                for it, audio in zip(items, heard[cond]):
-                    out = answer(bot, audio, text=it["text"], sampling=Sampling(temperature=0), max_tokens=24)
-                    right.append(out == it["answer"])
-                    print(".", end="", file=sys.stderr, flush=True)
-                report.setdefault(cond, {})[backend] = accuracy(kinds, right)
-                print(f" {backend} {cond}: {report[cond][backend]['accuracy']}%", file=sys.stderr)
+        try:  # whole clips (a file), and for a chunked model the same clips streamed as a microphone delivers them
+            ways = {backend: answer} | ({f"{backend} streamed": answer_streamed} if bot.tower.chunked else {})
+            for column, ask in ways.items():
+                columns.append(column)
+                for cond in CONDITIONS:
+                    right = []
+                    for it, audio in zip(items, heard[cond]):
+                        out = ask(bot, audio, text=it["text"], sampling=Sampling(temperature=0), max_tokens=24)
+                        right.append(out == it["answer"])
+                        print(".", end="", file=sys.stderr, flush=True)
+                    report.setdefault(cond, {})[column] = accuracy(kinds, right)
+                    print(f" {column} {cond}: {report[cond][column]['accuracy']}%", file=sys.stderr)
         finally:
             bot.close()
+    report["columns"] = columns
     return report
 
 
-def table(report: dict, backends: list[str]) -> str:
-    rows = ["| condition | " + " | ".join(f"{b} %" for b in backends) + " |",
-            "|---|" + "---:|" * len(backends)]
+def table(report: dict) -> str:
+    columns = report["columns"]
+    rows = ["| condition | " + " | ".join(f"{c} %" for c in columns) + " |",
+            "|---|" + "---:|" * len(columns)]
     for cond in CONDITIONS:
-        rows.append(f"| {cond} | " + " | ".join(f"{report[cond][b]['accuracy']:.1f}" for b in backends) + " |")
+        rows.append(f"| {cond} | " + " | ".join(f"{report[cond][c]['accuracy']:.1f}" for c in columns) + " |")
     return "\n".join(rows)
 
 
@@ -96,7 +102,8 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the packaged demo model)")
     p.add_argument("--questions", type=int, default=60, help="spoken sums (a third with 'answer in Chinese')")
     p.add_argument("--repeats", type=int, default=20, help="'repeat after me' sentences")
-    p.add_argument("--backends", default="ggml,onnx,torch", help="tower backends, comma-separated")
+    p.add_argument("--backends", default=None,
+                   help="tower backends, comma-separated (default: each that can run the model here)")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     a = p.parse_args()
     from llasm_finetune.demo import ROOT_DEFAULT
@@ -104,10 +111,13 @@ def main() -> None:
     model = a.model or ROOT_DEFAULT / "bundle"
     if not (model / "llasm-bundle.json").is_file():
         raise SystemExit(f"no demo bundle in {model}: train one (python -m llasm_finetune.demo) or pass --model DIR")
-    backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    from llasm_cli.bundle import load_bundle
+    from llasm_cli.towers import candidates
+
+    backends = [b.strip() for b in a.backends.split(",") if b.strip()] if a.backends else candidates(load_bundle(model))
     report = run(model, questions(a.questions, a.repeats), backends)
     print(f"held-out voices, {report['n']} questions, exact match:\n")
-    print(table(report, backends))
+    print(table(report))
     if a.json:
         atomic_write_text(a.json, json.dumps(report, ensure_ascii=False, indent=2))
 

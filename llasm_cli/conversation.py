@@ -543,3 +543,16 @@ def answer(bot: Assistant, audio: np.ndarray | None = None, text: str | None = N
            system: str | None = None, sampling: Sampling | None = None, max_tokens: int | None = None) -> str:
     """The whole answer to one question, stripped (scripts and evaluations)."""
     return "".join(ask(bot, audio, text, after, system).respond(sampling, max_tokens)).strip()
+
+
+def answer_streamed(bot: Assistant, audio: np.ndarray, text: str | None = None, sampling: Sampling | None = None,
+                    max_tokens: int | None = None, block: int = SAMPLE_RATE // 25) -> str:
+    """The whole answer to one spoken question fed ``block`` samples at a time (40 ms), as a
+    microphone delivers it: a chunked model encodes and prefills it while it plays (evaluations of
+    the path ``llasm chat --mic`` takes)."""
+    conv = Conversation(bot)
+    turn = conv.begin_audio(text=text)
+    for i in range(0, audio.size, block):
+        turn.feed(audio[i : i + block])
+    turn.finish()
+    return "".join(conv.respond(sampling, max_tokens)).strip()

@@ -51,26 +51,17 @@ def test_held_out_voices(backend, streamed, tmp_path):
     microphone delivers them (encoded chunk by chunk while they play)."""
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
-    from llasm_cli.conversation import Conversation, answer
+    from llasm_cli.conversation import answer, answer_streamed
     from llasm_cli.engine import Sampling
 
     bot = Assistant(default_bundle_path(), backend=backend)
-    greedy = Sampling(temperature=0)
     answers = []
     try:
-        assert bot.tower.chunked and bot.tower.unpadded
+        assert bot.tower.chunked and bot.tower.unpadded  # streams while spoken, files go in whole
         for i, (spoken, voice, speed, pitch, text, _) in enumerate(HELD_OUT):
             audio = load_audio(espeak(spoken, tmp_path / f"{i}.wav", voice=voice, speed=speed, pitch=pitch))
-            if not streamed:
-                answers.append(answer(bot, audio, text=text, sampling=greedy, max_tokens=16))
-                continue
-            conv = Conversation(bot)
-            turn = conv.begin_audio(text=text)
-            for k in range(0, audio.size, 640):
-                turn.feed(audio[k : k + 640])
-            turn.finish()
-            assert conv.stats.streamed and conv.stats.early_audio_seconds >= 1.0  # whole chunks went in early
-            answers.append("".join(conv.respond(greedy, 16)).strip())
+            ask = answer_streamed if streamed else answer
+            answers.append(ask(bot, audio, text=text, sampling=Sampling(temperature=0), max_tokens=16))
     finally:
         bot.close()
     right = [a == h[-1] for a, h in zip(answers, HELD_OUT)]
