@@ -374,7 +374,8 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
     run.startup["assistant_init_s"] = now() - t  # validate_llm alone: see the RSS table's "validate_llm only"
     sampling = a.default_sampling()
     towers = [a.tower]
-    run.systems[f"llasm {first}"] = Llasm(a, a.tower, sampling)
+    if not BACKENDS or first in BACKENDS:  # the assistant's own tower; --backends may leave it out
+        run.systems[f"llasm {first}"] = Llasm(a, a.tower, sampling)
     others = [k for k in ("ggml", "torch", "onnx") if k != first]  # onnx: the default install's own fast path
     for backend, tower in open_towers(run, b, a, others, threads):
         towers.append(tower)
