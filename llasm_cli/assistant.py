@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, audio_token_count, chunked_positions, split_windows
+from .audio import SAMPLE_RATE, audio_token_count, split_windows
 from .bundle import Bundle
 from .engine import Engine, Sampler, Sampling
 from .gguf_check import check_widths, validate_llm
@@ -89,8 +89,7 @@ class Assistant:
             markers = len(self.audio_start) + len(self.audio_end)
             return markers + sum(self.pair.embeddings_per_window(w.size)
                                  for w in split_windows(np.zeros(n_samples, dtype=np.uint8)))
-        if "chunked" in m.encoder_input and m.adaptor == "stack-swiglu" and (self._tower is None or self._tower.chunked):
-            return 2 + chunked_positions(n_samples, m.chunk_seconds, m.context_seconds, m.stack_factor)
+        # (a chunked clip takes as many: chunks are whole embeddings, the last rounded up like a window)
         windows = split_windows(np.zeros(n_samples, dtype=np.uint8))
         if m.adaptor == "llasm-v1":
             return 2 + m.tokens_per_window * len(windows)

@@ -472,7 +472,9 @@ def chunk_spans(n_samples: int, chunk_seconds: float, context_seconds: float, st
 
 
 def chunked_positions(n_samples: int, chunk_seconds: float, context_seconds: float, stack_factor: int) -> int:
-    """Embeddings a clip of ``n_samples`` becomes in the chunked input mode (all chunks, the last included)."""
+    """Embeddings a clip of ``n_samples`` becomes in the chunked input mode (all chunks, the last included):
+    always as many as its unpadded windows give (chunks and 30 s windows are whole embeddings), which the
+    runtime relies on to size a prompt before it knows how the clip will be encoded."""
     return sum(s.keep for s in chunk_spans(n_samples, chunk_seconds, context_seconds, stack_factor))
 
 

@@ -18,6 +18,7 @@ from llasm_cli.audio import (
     N_SAMPLES,
     SAMPLE_RATE,
     audio_token_count,
+    chunked_positions,
     log_mel_spectrogram,
     mel_filters,
     split_windows,
@@ -443,6 +444,14 @@ def test_audio_token_count_is_the_ceil_rule_below_the_cap():
     for k in (1, 2, 3, 4, 5, 8):
         for n in range(0, N_SAMPLES + 5000, 997):
             assert audio_token_count(n, k) == min(1500 // k, max(1, math.ceil(n / (320 * k))))
+
+
+def test_chunked_clip_takes_as_many_positions_as_its_unpadded_windows():
+    # the runtime sizes a prompt by the window count, however the clip will be encoded
+    for k, chunk, context in ((5, 0.5, 1.0), (5, 1.0, 1.0), (5, 1.0, 2.0), (10, 1.0, 1.0), (3, 0.6, 1.2)):
+        for n in [*range(1, 50000, 313), *range(N_SAMPLES - 4000, N_SAMPLES + 4000, 211), 2 * N_SAMPLES + 1]:
+            windows = sum(audio_token_count(w.size, k) for w in split_windows(np.zeros(n, np.uint8)))
+            assert chunked_positions(n, chunk, context, k) == windows, (k, chunk, context, n)
 
 
 def test_split_windows():

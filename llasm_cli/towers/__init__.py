@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import audio_token_count, check_finite, chunk_mel, chunk_spans, chunked_positions, split_windows
+from ..audio import audio_token_count, check_finite, chunk_mel, chunk_spans, split_windows
 from ..bundle import MANIFEST_FILE, Bundle
 from ..errors import AudioFileError, BackendUnavailableError
 
@@ -97,9 +97,8 @@ class TowerBackend(ABC):
         return ChunkStream(self)
 
     def positions(self, n_samples: int) -> int:
-        """Embeddings a clip of ``n_samples`` becomes (without boundary rows)."""
-        if self.whole_clip_chunked:
-            return chunked_positions(n_samples, self.chunk_seconds, self.context_seconds, self.stack_factor)
+        """Embeddings a clip of ``n_samples`` becomes (without boundary rows); chunked or not, the same
+        count (``audio.chunked_positions``)."""
         return sum(self.token_count(w.size) for w in split_windows(np.zeros(n_samples, dtype=np.uint8)))
 
     def embed_mel(self, mel: np.ndarray) -> np.ndarray:
