@@ -30,9 +30,13 @@ class Assistant:
         self, model: str | Path | Bundle, backend: str = "auto", llm_variant: str | None = None,
         tower_variant: str | None = None, n_ctx: int | Callable[[Assistant], int] = DEFAULT_CTX,
         n_threads: int | None = None, n_gpu_layers: int = 0, tower: TowerBackend | None = None,
+        stream: bool = True,
     ) -> None:
         """``n_ctx``: the LLM context's positions, or a function that sizes it from this assistant
-        once its prompt format is known and before the context is made (``prompt_positions``)."""
+        once its prompt format is known and before the context is made (``prompt_positions``).
+        ``stream=False``: a model trained on whole clips as well as chunks gets each spoken turn whole
+        at its end (one unpadded encode: slower for long turns, but each position hears the whole
+        clip, which such a model hears better than chunks)."""
         # a llasm bundle, or a published LLM + mmproj pair (published.py) run the same way
         self.bundle = model if isinstance(model, Bundle) else open_model(model)
         self.pair = self.bundle if isinstance(self.bundle, PublishedPair) else None
@@ -45,6 +49,7 @@ class Assistant:
         if tower_variant is None and llm_variant in m.tower_files:
             tower_variant = llm_variant  # same precision for both halves unless told otherwise
         self._tower_args = (backend, tower_variant, n_threads, llm_variant == "f32")
+        self._stream = stream
 
         def prompt_format(engine: Engine) -> int:
             """The vocabulary is loaded, the context not yet made: the prompt format, then its size."""
@@ -74,6 +79,8 @@ class Assistant:
         if self._tower is None:
             backend, variant, threads, exact = self._tower_args
             self._tower = open_tower(self.bundle, backend, self.engine, variant, threads, exact=exact)
+            if not self._stream and self._tower.unpadded:
+                self._tower.chunked = False  # whole turns, encoded unpadded when they end
         return self._tower
 
     def warmup_tower(self) -> None:

@@ -165,6 +165,11 @@ def chat(
     text: Optional[str] = typer.Option(None, "--text", help="Typed text sent with the first spoken turn."),
     silence: float = typer.Option(0.6, "--silence", help="Seconds of silence that end a spoken turn."),
     max_turn: float = typer.Option(30.0, "--max-turn", help="Longest spoken turn in seconds."),
+    stream: bool = typer.Option(
+        True, "--stream/--no-stream",
+        help="A model trained on chunks: encode and prefill your speech while you speak (first token soonest). "
+             "--no-stream encodes each turn whole when it ends, for a model also trained on whole clips "
+             "(the built-in one hears those better: see README)."),
     backend: str = BackendOpt,
     variant: Optional[str] = VariantOpt,
     system: Optional[str] = SystemOpt,
@@ -202,7 +207,8 @@ def chat(
     if mic is None:
         mic = _has_input_device()
     mode = "ptt" if ptt and mic is not False else ("mic" if mic else "text")
-    bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers)
+    bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads,
+                    n_gpu_layers=gpu_layers, stream=stream)
     try:
         settings = ChatSettings(
             mode=mode, device=_device_spec(device), trailing_silence=silence, max_turn=max_turn, stats=stats,

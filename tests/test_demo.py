@@ -44,21 +44,26 @@ def test_readme_examples(name, monkeypatch):
     assert res.stdout.strip() == EXPECTED[name]
 
 
-@pytest.mark.parametrize("backend", ["ggml", "onnx", "torch"])
-def test_held_out_voices(backend, tmp_path):
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+@pytest.mark.parametrize("way", ["whole clip", "streamed"])
+def test_held_out_voices(backend, way, tmp_path):
+    """A file (one unpadded encode) and a microphone (0.5 s chunks encoded and prefilled as they arrive)."""
     from llasm_cli.assistant import Assistant
     from llasm_cli.audio import load_audio
-    from llasm_cli.conversation import answer
+    from llasm_cli.conversation import answer, answer_streamed
     from llasm_cli.engine import Sampling
 
     bot = Assistant(default_bundle_path(), backend=backend)
+    ask = answer if way == "whole clip" else answer_streamed
     answers = []
     try:
+        assert bot.tower.chunked and bot.tower.unpadded  # the built-in model streams
         for i, (spoken, voice, speed, pitch, text, _) in enumerate(HELD_OUT):
             wav = espeak(spoken, tmp_path / f"{i}.wav", voice=voice, speed=speed, pitch=pitch)
-            answers.append(answer(bot, load_audio(wav), text=text, sampling=Sampling(temperature=0), max_tokens=16))
+            answers.append(ask(bot, load_audio(wav), text=text, sampling=Sampling(temperature=0), max_tokens=16))
     finally:
         bot.close()
     right = [a == h[-1] for a, h in zip(answers, HELD_OUT)]
-    assert sum(right) >= 8, list(zip(answers, [h[-1] for h in HELD_OUT]))
+    need = 8 if way == "whole clip" else 6  # held-out (report.json): 93% whole, 78% streamed
+    assert sum(right) >= need, list(zip(answers, [h[-1] for h in HELD_OUT]))
 

@@ -330,6 +330,29 @@ def test_model_also_trained_unpadded_encodes_whole_clips_unpadded(chunked, speec
         unpadded.close()
 
 
+def test_no_stream_hands_a_model_trained_on_both_each_turn_whole(chunked, speech, tmp_path):
+    """``llasm chat --no-stream``: nothing of the speech is encoded while it plays; the turn that
+    ends is the whole-clip turn of the same model (one unpadded encode), position for position."""
+    dest = tmp_path / "both"
+    shutil.copytree(chunked["tokens"], dest)
+    m = dataclasses.replace(load_bundle(dest).manifest, encoder_input=["chunked", "unpadded"])
+    (dest / MANIFEST_FILE).write_text(m.to_json(), encoding="utf-8")
+    bot = open_bot(dest, stream=False)
+    try:
+        assert not bot.tower.chunked and bot.tower.unpadded
+        conv = Conversation(bot)
+        turn, logits, early = stream(conv, speech)
+        assert early == 0 and conv.stats.early_audio_seconds == 0 and bot.tower.encode_calls == 1
+        assert_is_the_whole_clip_turn(bot, conv, logits, speech, None)
+    finally:
+        bot.close()
+    streaming = open_bot(dest)
+    try:
+        assert streaming.tower.chunked  # the default streams the same bundle
+    finally:
+        streaming.close()
+
+
 def test_model_without_chunks_buffers_until_the_end(swiglu, question_audio):
     """Same API on a model that is not chunked: the template text goes in early, the audio at the end."""
     bot = Assistant(swiglu[1], backend="ggml", llm_variant="f32")
