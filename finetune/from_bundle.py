@@ -19,7 +19,15 @@ import torch
 
 from llasm_cli.bundle import load_bundle
 from llasm_cli.errors import CheckpointError
-from llasm_cli.model import LLM_DIR, AdaptorConfig, LlasmModel, load_tower, read_meta
+from llasm_cli.model import (
+    ADAPTOR_FILE,
+    LLM_DIR,
+    AdaptorConfig,
+    LlasmModel,
+    load_strict,
+    read_meta,
+    read_safetensors,
+)
 
 from llasm_export.llm_gguf import map_name
 
@@ -70,17 +78,13 @@ def import_bundle(bundle: Path, like: Path, out: Path, llm_type: str | None = No
     if gguf_tokens(gguf_path) != vocab:
         raise CheckpointError(f"{like} has another vocabulary than {gguf_path}: build it from the same recipe and data")
     cfg = model.llm.config
-    names = [n for n in model.llm.state_dict() if not n.endswith("rotary_emb.inv_freq")]
-    state = gguf_llm_state(gguf_path, names, cfg.num_attention_heads, cfg.num_key_value_heads)
-    for name, value in model.llm.state_dict().items():
-        if name in state and tuple(state[name].shape) != tuple(value.shape):
-            raise CheckpointError(f"{name}: {tuple(state[name].shape)} in the bundle, {tuple(value.shape)} in {like}")
-    model.llm.load_state_dict(state, strict=False)
+    state = gguf_llm_state(gguf_path, list(model.llm.state_dict()), cfg.num_attention_heads, cfg.num_key_value_heads)
+    load_strict(model.llm, state, f"the LLM of {gguf_path}")
 
     tower_dir = b.torch_tower_path()
     meta = read_meta(tower_dir)
-    bundle_tower = load_tower(tower_dir, meta).float()
-    model.tower.adaptor.load_state_dict(bundle_tower.adaptor.state_dict())  # Whisper stays like's float32 one
+    # only the adaptor: the Whisper stays like's float32 one (the bundle's may be float16)
+    load_strict(model.tower.adaptor, read_safetensors(tower_dir / ADAPTOR_FILE), f"the adaptor of {bundle}")
     meta = dataclasses.replace(meta, adaptor=AdaptorConfig.from_dict(meta.adaptor.to_dict() | (adaptor or {})))
     model.tower.cfg = meta.adaptor
     spm = Path(like) / LLM_DIR / "tokenizer.model"
