@@ -160,12 +160,9 @@ def child(steps: list[str], model: str, mel_path: str, audio_path: str, out_dir:
 def ort_session(model: str | Path, threads: int):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the runtime's onnx backend
-    so.log_severity_level = 3
+    from llasm_cli.towers.onnx import quiet_session_options
+
+    so = quiet_session_options(ort, threads)  # as the runtime's onnx backend
     return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
 
 

@@ -92,7 +92,7 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray) -> int:
         if self.s.temperature <= 0:
-            return int(np.argmax(logits))
+            return int(logits.argmax())
         best = logits.max()
         cand = np.flatnonzero(logits >= best - self.CUTOFF * self.s.temperature)
         k = min(self.s.top_k, cand.size) if self.s.top_k > 0 else cand.size
@@ -162,6 +162,7 @@ class Engine:
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = n_batch
         self._mem = llama_cpp.llama_get_memory(self.ctx)
+        self._logits_type = ctypes.c_float * self.n_vocab
         self._tok_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._emb_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
         self.n_pos_per_embd = n_pos_per_embd(self.model)  # > 1: M-RoPE positions for embedding rows
@@ -258,12 +259,7 @@ class Engine:
                     self._decode_embeddings(seg, want)
                 else:
                     self._decode_tokens(seg, want)
-            out = self.logits() if logits else None
-            if out is not None and not np.isfinite(out).all():
-                raise ModelFileError(
-                    f"{self.path.name} computed NaN or infinite scores: its weights are probably corrupt "
-                    "(re-download or re-export the model)"
-                )
+            out = self._checked_logits() if logits else None
         except BaseException:
             self._forget_from(start)
             raise
@@ -385,7 +381,16 @@ class Engine:
     def logits(self) -> np.ndarray:
         """A copy of the logits of the last evaluated position that asked for them."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+        return np.frombuffer(self._logits_type.from_address(ctypes.addressof(ptr.contents)), dtype=np.float32).copy()
+
+    def _checked_logits(self) -> np.ndarray:
+        out = self.logits()
+        if not math.isfinite(out.max()):  # a NaN anywhere, or +inf, makes the maximum so
+            raise ModelFileError(
+                f"{self.path.name} computed NaN or infinite scores: its weights are probably corrupt "
+                "(re-download or re-export the model)"
+            )
+        return out
 
     def token_embeddings(self, tokens: Sequence[int], table: np.ndarray) -> np.ndarray:
         """Rows of the token-embedding ``table`` as the first layer sees them (arch scale applied)."""
@@ -436,9 +441,31 @@ class Engine:
             if self.is_eog(tok) and not sampler.s.ignore_eos:
                 return
             yield tok
-            if self.n_past >= self.n_ctx:
+            pos = self.n_past
+            if pos >= self.n_ctx:
                 return
-            logits = self.eval([[tok]])
+            logits = self._feed_back(tok, pos)
+
+    def _feed_back(self, tok: int, pos: int) -> np.ndarray:
+        """``eval([[tok]])`` at position ``pos`` (``n_past``) for the decode loop, with the same
+        bookkeeping in fewer steps: on a small LLM a token takes ~0.4 ms, and eval's generality
+        (segment checks, batching, n_past asked four times) showed (greedy decode of the built-in
+        model against llama.cpp's C loop: 0.81x -> 0.88-0.93x)."""
+        b = self._tok_batch
+        b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0], b.n_tokens = tok, pos, 1, True, 1
+        b.seq_id[0][0] = 0
+        try:
+            self._decode(b)
+            out = self._checked_logits()
+        except BaseException:
+            self._forget_from(pos)
+            raise
+        last = self.fed[-1] if self.fed else None
+        if last is None or isinstance(last, np.ndarray):
+            self.fed.append([tok])
+        else:
+            last.append(tok)
+        return out
 
     def close(self) -> None:
         if self._closed:

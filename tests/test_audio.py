@@ -76,3 +76,35 @@ def test_audio_token_count_formula():
     assert audio_token_count(1601, 5) == 2
     assert audio_token_count(480000, 5) == 300
     assert audio_token_count(480000, 4) == 375
+
+
+def test_mel_product_runs_on_one_blas_thread(monkeypatch):
+    """OpenBLAS's idle workers busy-wait on the cores the audio encoder runs on next, so the mel
+    product runs on one BLAS thread; the process's setting is as it was afterwards."""
+    from threadpoolctl import threadpool_info
+
+    import llasm_cli.audio as audio
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("numpy's BLAS is not one threadpoolctl can see")
+    seen = []
+    real = audio._one_blas_thread
+
+    class Watch:
+        def __enter__(self):
+            self.limit = real()
+            self.limit.__enter__()
+            seen.append(blas_threads())
+
+        def __exit__(self, *exc):
+            return self.limit.__exit__(*exc)
+
+    monkeypatch.setattr(audio, "_one_blas_thread", Watch)
+    mel = audio.log_mel_spectrogram(np.random.default_rng(0).standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1)
+    assert mel.shape == (80, 3000)
+    assert seen == [[1] * len(before)]
+    assert blas_threads() == before

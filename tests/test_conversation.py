@@ -152,6 +152,35 @@ def test_interrupt_mid_prefill_rolls_back_exactly(bot, question_audio, mandarin_
     assert rel_err(logits, ref) <= 1e-5
 
 
+def test_generated_tokens_go_in_as_eval_would_put_them(bot):
+    """The decode loop's own one-token step (Engine._feed_back) records and computes what eval does,
+    and takes its position back out when the decode fails."""
+    from llasm_cli.engine import Sampler
+
+    engine = bot.engine
+    engine.reset()
+    prompt = [engine.bos, *engine.tokenize("USER: count with me ASSISTANT:")]
+    logits = engine.eval([prompt])
+    out = list(engine.generate(logits, Sampler(Sampling(temperature=0.0, ignore_eos=True)), 8))
+    assert len(out) == 8 and engine.fed == [prompt + out] and engine.n_past == len(prompt) + 8  # the last fed back too
+    last = engine.logits()
+    with Engine(engine.path, n_ctx=engine.n_ctx, exact=True) as fresh:
+        ref = fresh.eval([prompt + out])
+    assert rel_err(last, ref) <= 1e-5
+    before, fed = engine.n_past, [list(s) for s in engine.fed]
+
+    def fail(batch):
+        raise RuntimeError("simulated failure")
+
+    engine._decode = fail
+    steps = engine.generate(last, Sampler(Sampling(temperature=0.0, ignore_eos=True)), 2)
+    next(steps)  # the token sampled from ``last``; feeding it back is what fails
+    with pytest.raises(RuntimeError, match="simulated"):
+        next(steps)
+    del engine._decode
+    assert engine.n_past == before and engine.fed == fed
+
+
 def test_engine_eval_is_all_or_nothing(bot):
     """An error inside a batch of segments removes every position that batch added."""
     engine = bot.engine

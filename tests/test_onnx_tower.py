@@ -27,7 +27,7 @@ from llasm_cli.bundle import MANIFEST_FILE, load_bundle
 from llasm_cli.errors import BundleError, ModelFileError, TowerMismatchError
 from llasm_cli.model import AdaptorConfig, AudioTower, CheckpointMeta
 from llasm_cli.towers import CHOICE_FILE, candidates, open_tower
-from llasm_cli.towers.onnx import OnnxTower, unpadded_mel
+from llasm_cli.towers.onnx import OnnxTower, quiet_session_options, unpadded_mel
 
 from .conftest import espeak, speech_of_length
 
@@ -380,3 +380,14 @@ def test_ask_json_reports_the_backend(tmp_path, monkeypatch):
         assert timings["backend"] in (("onnx",) if backend == "onnx" else ("onnx", "torch"))
         assert timings["audio_seconds"] > 1.0
     assert json.loads((tmp_path / "cache" / CHOICE_FILE).read_text())  # auto measured onnx against torch
+
+
+def test_encoder_threads_spin_only_while_a_call_runs():
+    """Spinning between operators (a blocked worker costs a wake-up per operator), stopped the moment
+    a call returns (spinning afterwards would take the cores llama.cpp decodes on)."""
+    import onnxruntime as ort
+
+    so = quiet_session_options(ort, 2)
+    assert so.intra_op_num_threads == 2
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert so.get_session_config_entry("session.force_spinning_stop") == "1"
