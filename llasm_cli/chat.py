@@ -37,6 +37,8 @@ from .errors import LlasmError, MicrophoneError, NoSpeechError
 from .keys import KeyReader
 from .ui import stream_answer
 
+WHOLE_SHARE = 0.75  # of the silence left at a pause that a whole-clip encode may take (its cost is estimated)
+
 HELP = (
     "commands: /file PATH [text]  /reset  /save FILE  /system TEXT  /stats  /help  /quit\n"
     "A typed line ending with ':' waits for your next spoken turn and is sent with it."
@@ -77,11 +79,12 @@ class LiveTurn:
                 self.error, self.stream = exc, None
         self.fed += samples.size
 
-    def speculate(self) -> None:
-        """The speaker has paused: prefill the turn as it stands (AudioTurnStream.speculate)."""
+    def speculate(self, budget_s: float) -> None:
+        """The speaker has paused: prefill the turn as it stands (AudioTurnStream.speculate), encoded
+        whole if that likely takes at most WHOLE_SHARE of the ``budget_s`` left before the end."""
         if self.stream is not None:
             try:
-                self.stream.speculate()
+                self.stream.speculate(budget_ms=WHOLE_SHARE * budget_s * 1e3)
             except LlasmError as exc:
                 self.error, self.stream = exc, None
 
@@ -97,8 +100,9 @@ def stats_line(st: TurnStats) -> str:
     head = f"audio {st.audio_seconds:.1f} s · encode {st.encode_ms:.0f} ms · prefill {st.prefill_ms:.0f} ms"
     first = f"first token {st.first_token_ms:.0f} ms"
     if st.streamed:
+        how = "encoded whole at the pause, " if st.whole_clip else ""
         first += (f" after end of speech ({st.early_audio_seconds:.1f} s of audio, {st.early_positions} positions "
-                  f"prefilled while you spoke, {st.early_ms:.0f} ms)")
+                  f"prefilled while you spoke, {how}{st.early_ms:.0f} ms)")
     tokens = f"{st.answer_tokens} token{'s' * (st.answer_tokens != 1)}"
     if st.decode_ms_per_token is None:
         rate = "decode n/a"
@@ -235,7 +239,7 @@ class ChatApp:
                             if turn is not None:
                                 turn.feed(self.endpointer.committed(turn.fed))
                                 if self.endpointer.settled():  # a pause: the end of the turn is likely
-                                    turn.speculate()
+                                    turn.speculate(self.endpointer.confirm_seconds)
                     live.update(self._meter(db, time.monotonic() - t0, recording, speaking, keys.buffer))
         finally:
             if turn is not None:  # not handed over: a typed line, end of input, Ctrl-C, an error

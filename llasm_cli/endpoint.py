@@ -224,6 +224,12 @@ class Endpointer:
         while the rest of the trailing silence is confirmed)."""
         return self._speaking and self._pos - self._last_voiced >= self.post_roll
 
+    @property
+    def confirm_seconds(self) -> float:
+        """The silence still to be heard after ``settled()`` before a turn ends: the time the chat
+        has to encode the turn before anyone waits for it."""
+        return (self.trailing - self.post_roll) / SAMPLE_RATE
+
     def _finish(self, events: list[Event], t_end: int, truncated: bool) -> None:
         """Emit SpeechEnd for the running turn and go back to waiting for speech."""
         assert self._start is not None

@@ -353,6 +353,54 @@ def test_no_stream_hands_a_model_trained_on_both_each_turn_whole(chunked, speech
         streaming.close()
 
 
+def test_a_pause_with_time_to_spare_encodes_a_model_trained_on_both_whole(chunked, speech, tmp_path):
+    """Hands-free chat, a model trained on whole clips and chunks: at a pause with time enough, the
+    whole clip is encoded unpadded in place of the chunks (the turn is then the whole-clip turn,
+    position for position); speech after the pause puts the chunks back, and the turn that ends at
+    a pause without time enough is the plain streamed one."""
+    dest = tmp_path / "both"
+    shutil.copytree(chunked["tokens"], dest)
+    m = dataclasses.replace(load_bundle(dest).manifest, encoder_input=["chunked", "unpadded"])
+    (dest / MANIFEST_FILE).write_text(m.to_json(), encoding="utf-8")
+    bot = open_bot(dest)
+    try:
+        assert bot.tower.chunked and bot.tower.unpadded
+        conv = Conversation(bot)
+        turn = conv.begin_audio(text="please answer:")
+        half = (speech.size // 2) // BLOCK * BLOCK
+        for i in range(0, half, BLOCK):
+            turn.feed(speech[i : i + BLOCK])
+        streamed = [s.copy() if isinstance(s, np.ndarray) else list(s) for s in bot.engine.fed]
+        assert turn.speculate(budget_ms=1e9)
+        assert np.abs(bot.engine.fed[-2] - np.concatenate([bot.tower.encode(speech[:half]), turn.tail_rows])).max() == 0
+        turn.feed(speech[half : half + BLOCK])  # the speaker went on: the chunks are back in the cache
+        assert same_positions(bot.engine.fed[: len(streamed)], streamed)
+        for i in range(half + BLOCK, speech.size, BLOCK):
+            turn.feed(speech[i : i + BLOCK])
+        assert not turn._whole_fits(0.0) and not turn._whole_fits(1e-3)  # no time: the chunks' own guess
+        assert turn.speculate(budget_ms=1e9)
+        calls = bot.tower.encode_calls
+        logits = turn.finish()
+        assert bot.tower.encode_calls == calls and conv.stats.whole_clip
+        assert conv.stats.early_audio_seconds == pytest.approx(speech.size / SAMPLE_RATE)
+        assert np.abs(conv.turns[-1].message.clips[0] - bot.tower.encode(speech)).max() <= 1e-5
+        assert_is_the_whole_clip_turn(bot, conv, logits, speech, "please answer:")
+
+        bot.engine.reset()
+        conv = Conversation(bot)
+        turn = conv.begin_audio(text="please answer:")
+        for i in range(0, speech.size, BLOCK):
+            turn.feed(speech[i : i + BLOCK])
+        assert turn.speculate(budget_ms=1e-3)
+        logits = turn.finish()
+        assert not conv.stats.whole_clip
+        bot.engine.reset()
+        _, plain, _ = stream(Conversation(bot), speech, text="please answer:")
+        assert rel_err(plain, logits) <= 1e-4
+    finally:
+        bot.close()
+
+
 def test_model_without_chunks_buffers_until_the_end(swiglu, question_audio):
     """Same API on a model that is not chunked: the template text goes in early, the audio at the end."""
     bot = Assistant(swiglu[1], backend="ggml", llm_variant="f32")
