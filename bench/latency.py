@@ -28,8 +28,11 @@ bundle of Gemma 3 270M + whisper-base with a random adaptor for 1 s chunks behin
 (stack factor 10, learned boundary rows) is built once, exactly as export writes bundles. Beside it
 run the same bundle's whole-clip turn and the cascades on the same audio and GGUF; a cascade's ASR
 takes the whole clip, so it can start no earlier than the end of speech and is timed as always
-(whisper.cpp also with ``audio_ctx`` trimmed to the clip). The JSON's "summary" maps each
-utterance length (the target, s) to llasm streaming's latency ratio against the faster cascade.
+(whisper.cpp also with ``audio_ctx`` trimmed to the clip). A hands-free row plays the clip and 1 s
+of silence through the chat's voice-activity endpointer, as ``llasm chat`` takes a turn (prefilled
+at the pause, whole when there is time), and counts from the endpointer's end of speech, the moment
+a hands-free cascade would get the clip. The JSON's "summary" maps each utterance length (the
+target, s) to llasm streaming's (push-to-talk's) latency ratio against the faster cascade.
 
 The machine is shared and noisy, so every system runs once per repetition in a rotating order,
 the same audio back to back, and the tables report medians and median per-repetition ratios.
@@ -232,6 +235,60 @@ class LlasmStreaming:
         return Timing(lag + st.encode_ms / 1e3, st.prefill_ms / 1e3, first, {
             "audio_tokens": int(conv.turns[0].message.clips[0].shape[0]), "lag_ms": 1e3 * lag,
             "early_s": st.early_audio_seconds, "early_positions": st.early_positions,
+            "prompt_tokens": st.prompt_tokens + self.a.engine.reused, "reused_tokens": self.a.engine.reused})
+
+
+class LlasmHandsFree:
+    """llasm's hands-free turn as ``llasm chat`` takes it: the clip and 1 s of silence played at the
+    audio clock's pace through the voice-activity endpointer, streamed into the model while it is
+    heard and prefilled at the pause (whole when the chunks say it fits, ``chat.WHOLE_SHARE``); the
+    latency counted from the endpointer's SpeechEnd (the trailing silence confirmed), the moment a
+    hands-free cascade would get the clip."""
+
+    def __init__(self, assistant, tower, sampling, block_s: float) -> None:
+        self.a, self.tower, self.sampling, self.block = assistant, tower, sampling, max(1, round(block_s * SAMPLE_RATE))
+
+    def __call__(self, audio: np.ndarray) -> Timing:
+        from llasm_cli.chat import WHOLE_SHARE
+        from llasm_cli.conversation import Conversation
+        from llasm_cli.endpoint import Endpointer, SpeechEnd
+        from llasm_cli.engine import common_prefix
+
+        conv = Conversation(self.a, tower=self.tower)
+        static = self.a.prompt(conv.messages(), add_generation_prompt=False)
+        self.a.engine.truncate(common_prefix(self.a.engine.fed, static))  # as Llasm: a new question each time
+        ep = Endpointer()
+        x = np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)])
+        turn, fed, t_start = None, 0, now()
+        for i in range(0, x.size, self.block):
+            block = x[i : i + self.block]
+            wait = t_start + (i + block.size) / SAMPLE_RATE - now()
+            if wait > 0:
+                time.sleep(wait)
+            for ev in ep.push(block):
+                if isinstance(ev, SpeechEnd):
+                    return self._answer(conv, turn, ev.audio[fed:], now())
+                turn = turn or conv.begin_audio()
+            if turn is not None:
+                piece = ep.committed(fed)
+                turn.feed(piece)
+                fed += piece.size
+                if ep.settled():
+                    turn.speculate(WHOLE_SHARE * ep.confirm_seconds * 1e3)
+        raise RuntimeError("the endpointer heard no end of speech in the clip and 1 s of silence after it")
+
+    def _answer(self, conv, turn, rest: np.ndarray, t_end: float) -> Timing:
+        turn.feed(rest)
+        lag = now() - t_end
+        turn.finish()
+        stream = conv.respond(self.sampling, max_tokens=1)
+        next(stream, None)
+        stream.close()
+        st = conv.stats
+        first = (st.first_token_ms - st.encode_ms - st.prefill_ms) / 1e3
+        return Timing(lag + st.encode_ms / 1e3, st.prefill_ms / 1e3, first, {
+            "audio_tokens": int(conv.turns[0].message.clips[0].shape[0]), "lag_ms": 1e3 * lag,
+            "early_s": st.early_audio_seconds, "early_positions": st.early_positions, "whole_clip": st.whole_clip,
             "prompt_tokens": st.prompt_tokens + self.a.engine.reused, "reused_tokens": self.a.engine.reused})
 
 
@@ -483,6 +540,7 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
     for backend, tower in open_towers(run, b, a, ("onnx", "torch"), threads):
         towers.append(tower)
         run.systems[f"llasm stream {backend}"] = LlasmStreaming(a, tower, sampling, block_s)
+        run.systems[f"llasm hands-free {backend}"] = LlasmHandsFree(a, tower, sampling, block_s)
         run.systems[f"llasm whole-clip {backend}"] = Llasm(a, tower, sampling)
     llm, prompt_of = add_cascades(run, a, b.llm_path(), threads, want_whisper_cpp, sampling, trim_ctx=True,
                                   cascades=cascades)
@@ -546,6 +604,7 @@ def latency_rows(run: ModelRun, utts: list[Utterance]) -> list[dict]:
                 # streamed turns: audio and positions in the cache before the end of speech, lag behind the audio clock
                 "early_s": info.get("early_s"), "early_positions": info.get("early_positions"),
                 "lag_ms": round(med(t.info["lag_ms"] for t in turns), 1) if "lag_ms" in info else None,
+                "whole_clip": info.get("whole_clip"),  # hands-free: encoded whole at the pause
             })
     return rows
 
@@ -938,7 +997,8 @@ def _early(r: dict) -> str:
     if r.get("early_s") is None:
         return ""
     lag = f", {r['lag_ms']:.0f} ms behind" if r.get("lag_ms") else ""
-    return f"{r['early_s']:.1f} s audio, {r['early_positions']} pos{lag}"
+    whole = ", whole at the pause" if r.get("whole_clip") else ""
+    return f"{r['early_s']:.1f} s audio, {r['early_positions']} pos{lag}{whole}"
 
 
 def report(result: dict, args, started: float) -> int:
