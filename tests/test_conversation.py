@@ -12,6 +12,7 @@ from llasm_cli.assistant import Assistant
 from llasm_cli.audio import load_audio
 from llasm_cli.conversation import Conversation
 from llasm_cli.engine import Engine, Sampling
+from llasm_cli.errors import ModelFileError
 from tests.reference import rel_err
 
 GREEDY = Sampling(temperature=0.0)
@@ -179,6 +180,12 @@ def test_generated_tokens_go_in_as_eval_would_put_them(bot):
         next(steps)
     del engine._decode
     assert engine.n_past == before and engine.fed == fed
+    engine.logits = lambda: np.full(engine.n_vocab, np.nan, np.float32)  # what corrupt weights compute
+    steps = engine.generate(last, Sampler(Sampling(temperature=0.7, ignore_eos=True)), 3)
+    next(steps)
+    with pytest.raises(ModelFileError, match="NaN or infinite"):
+        next(steps)
+    del engine.logits
 
 
 def test_engine_eval_is_all_or_nothing(bot):

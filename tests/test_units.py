@@ -68,6 +68,19 @@ def test_temperature_zero_is_argmax_whatever_the_other_settings():
     assert Sampler(Sampling(temperature=0))(tie) == 1  # the first of equal maxima
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_sampler_picks_a_nan_or_inf_wherever_one_is(temperature):
+    """The decode loop checks only the sampled token's logit for corruption: any NaN, or +inf, among
+    the logits must be what the sampler returns."""
+    for bad, at in ((np.nan, 401), (np.inf, 17)):
+        logits = np.random.default_rng(3).normal(size=602).astype(np.float32)
+        logits[at] = bad
+        assert Sampler(Sampling(temperature=temperature, seed=1))(logits) == at
+    both = np.zeros(602, np.float32)
+    both[[5, 9]] = np.inf, np.nan
+    assert not np.isfinite(both[Sampler(Sampling(temperature=temperature))(both)])
+
+
 def test_top_k_one_is_always_argmax():
     rng = np.random.default_rng(2)
     s = Sampler(Sampling(temperature=5.0, top_p=0.999, top_k=1, seed=3))
