@@ -382,6 +382,9 @@ def test_a_pause_with_time_to_spare_encodes_a_model_trained_on_both_whole(chunke
         calls = bot.tower.encode_calls
         logits = turn.finish()
         assert bot.tower.encode_calls == calls and conv.stats.whole_clip
+        from llasm_cli.chat import stats_line
+
+        assert "prefilled while you spoke, encoded whole at the pause" in stats_line(conv.stats)
         assert conv.stats.early_audio_seconds == pytest.approx(speech.size / SAMPLE_RATE)
         assert np.abs(conv.turns[-1].message.clips[0] - bot.tower.encode(speech)).max() <= 1e-5
         assert_is_the_whole_clip_turn(bot, conv, logits, speech, "please answer:")
@@ -393,7 +396,7 @@ def test_a_pause_with_time_to_spare_encodes_a_model_trained_on_both_whole(chunke
             turn.feed(speech[i : i + BLOCK])
         assert turn.speculate(budget_ms=1e-3)
         logits = turn.finish()
-        assert not conv.stats.whole_clip
+        assert not conv.stats.whole_clip and "whole" not in stats_line(conv.stats)
         bot.engine.reset()
         _, plain, _ = stream(Conversation(bot), speech, text="please answer:")
         assert rel_err(plain, logits) <= 1e-4
