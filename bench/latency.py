@@ -179,95 +179,88 @@ class Timing:
 class Llasm:
     """llasm's runtime as `llasm ask` runs it (a one-turn Conversation), on a chosen audio tower."""
 
-    def __init__(self, assistant, tower, sampling) -> None:
-        self.a, self.tower, self.sampling = assistant, tower, sampling
+    def __init__(self, assistant, tower, sampling, block_s: float = 0.04) -> None:
+        self.a, self.tower, self.sampling, self.block = assistant, tower, sampling, max(1, round(block_s * SAMPLE_RATE))
 
     def __call__(self, audio: np.ndarray) -> Timing:
+        conv = self.conversation()
+        conv.add_user(audio)
+        return self.first_token(conv)
+
+    def conversation(self):
+        """A new one-turn conversation. Only the static prefix (system prompt, scaffolding) of the last
+        run stays in the cache, like the cascade's: the bench repeats one clip, and a new question
+        never shares its audio."""
         from llasm_cli.conversation import Conversation
         from llasm_cli.engine import common_prefix
 
         conv = Conversation(self.a, tower=self.tower)
-        # Keep only the static prefix (system prompt, scaffolding) from the last run, like the
-        # cascade: the bench repeats one clip, and a new question never shares its audio.
         static = self.a.prompt(conv.messages(), add_generation_prompt=False)
         self.a.engine.truncate(common_prefix(self.a.engine.fed, static))
-        conv.add_user(audio)
+        return conv
+
+    def paced(self, audio: np.ndarray):
+        """``audio`` in blocks, each handed over once its last sample has been "spoken" (from
+        ``self.started`` on)."""
+        self.started = now()
+        for i in range(0, audio.size, self.block):
+            block = audio[i : i + self.block]
+            wait = self.started + (i + block.size) / SAMPLE_RATE - now()
+            if wait > 0:
+                time.sleep(wait)
+            yield block
+
+    def first_token(self, conv, lag: float | None = None) -> Timing:
+        """Time the first answer token of ``conv``'s turn; ``lag``: time already spent behind the end
+        of speech (a streamed turn), counted as encoding."""
         stream = conv.respond(self.sampling, max_tokens=1)
         next(stream, None)  # the first token: its time is recorded when it is sampled, before it is decoded
         stream.close()
         st = conv.stats
         first = (st.first_token_ms - st.encode_ms - st.prefill_ms) / 1e3
-        return Timing(st.encode_ms / 1e3, st.prefill_ms / 1e3, first, {
-            "audio_tokens": int(conv.turns[0].message.clips[0].shape[0]),
-            "prompt_tokens": st.prompt_tokens + self.a.engine.reused, "reused_tokens": self.a.engine.reused})
+        info = {"audio_tokens": int(conv.turns[0].message.clips[0].shape[0]),
+                "prompt_tokens": st.prompt_tokens + self.a.engine.reused, "reused_tokens": self.a.engine.reused}
+        if lag is not None:
+            info.update(lag_ms=1e3 * lag, early_s=st.early_audio_seconds, early_positions=st.early_positions,
+                        whole_clip=st.whole_clip)
+        return Timing((lag or 0.0) + st.encode_ms / 1e3, st.prefill_ms / 1e3, first, info)
 
 
-class LlasmStreaming:
+class LlasmStreaming(Llasm):
     """llasm's streamed turn: the clip fed in blocks at real-time pace, the latency counted from the
     moment its last sample was delivered (the end of speech) to the first sampled answer token."""
 
-    def __init__(self, assistant, tower, sampling, block_s: float) -> None:
-        self.a, self.tower, self.sampling, self.block = assistant, tower, sampling, max(1, round(block_s * SAMPLE_RATE))
-
     def __call__(self, audio: np.ndarray) -> Timing:
-        from llasm_cli.conversation import Conversation
-        from llasm_cli.engine import common_prefix
-
-        conv = Conversation(self.a, tower=self.tower)
-        static = self.a.prompt(conv.messages(), add_generation_prompt=False)
-        self.a.engine.truncate(common_prefix(self.a.engine.fed, static))  # as Llasm: a new question each time
-        t_start = now()
+        conv = self.conversation()
         turn = conv.begin_audio()  # the user starts speaking: the template text before the audio goes in
-        for i in range(0, audio.size, self.block):
-            block = audio[i : i + self.block]
-            wait = t_start + (i + block.size) / SAMPLE_RATE - now()  # the block's last sample is spoken then
-            if wait > 0:
-                time.sleep(wait)
+        for block in self.paced(audio):
             turn.feed(block)
-        end_of_speech = t_start + audio.size / SAMPLE_RATE
-        lag = max(0.0, now() - end_of_speech)  # work still queued behind the audio clock
+        lag = max(0.0, now() - (self.started + audio.size / SAMPLE_RATE))  # work still queued behind the audio clock
         turn.finish()
-        stream = conv.respond(self.sampling, max_tokens=1)
-        next(stream, None)
-        stream.close()
-        st = conv.stats
-        first = (st.first_token_ms - st.encode_ms - st.prefill_ms) / 1e3
-        return Timing(lag + st.encode_ms / 1e3, st.prefill_ms / 1e3, first, {
-            "audio_tokens": int(conv.turns[0].message.clips[0].shape[0]), "lag_ms": 1e3 * lag,
-            "early_s": st.early_audio_seconds, "early_positions": st.early_positions,
-            "prompt_tokens": st.prompt_tokens + self.a.engine.reused, "reused_tokens": self.a.engine.reused})
+        return self.first_token(conv, lag)
 
 
-class LlasmHandsFree:
+class LlasmHandsFree(Llasm):
     """llasm's hands-free turn as ``llasm chat`` takes it: the clip and 1 s of silence played at the
     audio clock's pace through the voice-activity endpointer, streamed into the model while it is
     heard and prefilled at the pause (whole when the chunks say it fits, ``chat.WHOLE_SHARE``); the
     latency counted from the endpointer's SpeechEnd (the trailing silence confirmed), the moment a
     hands-free cascade would get the clip."""
 
-    def __init__(self, assistant, tower, sampling, block_s: float) -> None:
-        self.a, self.tower, self.sampling, self.block = assistant, tower, sampling, max(1, round(block_s * SAMPLE_RATE))
-
     def __call__(self, audio: np.ndarray) -> Timing:
         from llasm_cli.chat import WHOLE_SHARE
-        from llasm_cli.conversation import Conversation
         from llasm_cli.endpoint import Endpointer, SpeechEnd
-        from llasm_cli.engine import common_prefix
 
-        conv = Conversation(self.a, tower=self.tower)
-        static = self.a.prompt(conv.messages(), add_generation_prompt=False)
-        self.a.engine.truncate(common_prefix(self.a.engine.fed, static))  # as Llasm: a new question each time
-        ep = Endpointer()
-        x = np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)])
-        turn, fed, t_start = None, 0, now()
-        for i in range(0, x.size, self.block):
-            block = x[i : i + self.block]
-            wait = t_start + (i + block.size) / SAMPLE_RATE - now()
-            if wait > 0:
-                time.sleep(wait)
+        conv, ep = self.conversation(), Endpointer()
+        turn, fed = None, 0
+        for block in self.paced(np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)])):
             for ev in ep.push(block):
                 if isinstance(ev, SpeechEnd):
-                    return self._answer(conv, turn, ev.audio[fed:], now())
+                    t_end = now()
+                    turn.feed(ev.audio[fed:])
+                    lag = now() - t_end
+                    turn.finish()
+                    return self.first_token(conv, lag)
                 turn = turn or conv.begin_audio()
             if turn is not None:
                 piece = ep.committed(fed)
@@ -276,20 +269,6 @@ class LlasmHandsFree:
                 if ep.settled():
                     turn.speculate(WHOLE_SHARE * ep.confirm_seconds * 1e3)
         raise RuntimeError("the endpointer heard no end of speech in the clip and 1 s of silence after it")
-
-    def _answer(self, conv, turn, rest: np.ndarray, t_end: float) -> Timing:
-        turn.feed(rest)
-        lag = now() - t_end
-        turn.finish()
-        stream = conv.respond(self.sampling, max_tokens=1)
-        next(stream, None)
-        stream.close()
-        st = conv.stats
-        first = (st.first_token_ms - st.encode_ms - st.prefill_ms) / 1e3
-        return Timing(lag + st.encode_ms / 1e3, st.prefill_ms / 1e3, first, {
-            "audio_tokens": int(conv.turns[0].message.clips[0].shape[0]), "lag_ms": 1e3 * lag,
-            "early_s": st.early_audio_seconds, "early_positions": st.early_positions, "whole_clip": st.whole_clip,
-            "prompt_tokens": st.prompt_tokens + self.a.engine.reused, "reused_tokens": self.a.engine.reused})
 
 
 class CascadeLLM:
