@@ -222,7 +222,7 @@ class Llasm:
                 "prompt_tokens": st.prompt_tokens + self.a.engine.reused, "reused_tokens": self.a.engine.reused}
         if lag is not None:
             info.update(lag_ms=1e3 * lag, early_s=st.early_audio_seconds, early_positions=st.early_positions,
-                        whole_clip=st.whole_clip)
+                        whole_at_pause=st.whole_at_pause)
         return Timing((lag or 0.0) + st.encode_ms / 1e3, st.prefill_ms / 1e3, first, info)
 
 
@@ -583,7 +583,7 @@ def latency_rows(run: ModelRun, utts: list[Utterance]) -> list[dict]:
                 # streamed turns: audio and positions in the cache before the end of speech, lag behind the audio clock
                 "early_s": info.get("early_s"), "early_positions": info.get("early_positions"),
                 "lag_ms": round(med(t.info["lag_ms"] for t in turns), 1) if "lag_ms" in info else None,
-                "whole_clip": info.get("whole_clip"),  # hands-free: encoded whole at the pause
+                "whole_at_pause": info.get("whole_at_pause"),  # hands-free: encoded whole at the pause
             })
     return rows
 
@@ -976,7 +976,7 @@ def _early(r: dict) -> str:
     if r.get("early_s") is None:
         return ""
     lag = f", {r['lag_ms']:.0f} ms behind" if r.get("lag_ms") else ""
-    whole = ", whole at the pause" if r.get("whole_clip") else ""
+    whole = ", whole at the pause" if r.get("whole_at_pause") else ""
     return f"{r['early_s']:.1f} s audio, {r['early_positions']} pos{lag}{whole}"
 
 

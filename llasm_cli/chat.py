@@ -100,7 +100,7 @@ def stats_line(st: TurnStats) -> str:
     head = f"audio {st.audio_seconds:.1f} s · encode {st.encode_ms:.0f} ms · prefill {st.prefill_ms:.0f} ms"
     first = f"first token {st.first_token_ms:.0f} ms"
     if st.streamed:
-        how = "encoded whole at the pause, " if st.whole_clip else ""
+        how = "encoded whole at the pause, " if st.whole_at_pause else ""
         first += (f" after end of speech ({st.early_audio_seconds:.1f} s of audio, {st.early_positions} positions "
                   f"prefilled while you spoke, {how}{st.early_ms:.0f} ms)")
     tokens = f"{st.answer_tokens} token{'s' * (st.answer_tokens != 1)}"

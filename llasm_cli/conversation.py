@@ -55,7 +55,7 @@ class TurnStats:
     early_audio_seconds: float = 0.0  # audio whose embeddings were in the cache before the end of speech
     early_positions: int = 0  # positions prefilled before the end of speech (template text + audio)
     early_ms: float = 0.0  # encode + prefill time spent while the user spoke
-    whole_clip: bool = False  # a streamed turn encoded whole, unpadded, at the pause before its end
+    whole_at_pause: bool = False  # a streamed turn encoded whole, unpadded, at the pause before its end
 
     def to_dict(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -501,7 +501,7 @@ class AudioTurnStream:
                 t1 = time.perf_counter()
                 self._room(len(last))
                 logits = self._close_span(last)
-            st.whole_clip = whole
+            st.whole_at_pause = whole
             clip = np.ascontiguousarray(last if whole else np.concatenate([*self.rows, last]), dtype=np.float32)
             self.turn.message.clips[0] = clip
             self.turn.audio = audio

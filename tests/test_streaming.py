@@ -381,7 +381,7 @@ def test_a_pause_with_time_to_spare_encodes_a_model_trained_on_both_whole(chunke
         assert turn.speculate(budget_ms=1e9)
         calls = bot.tower.encode_calls
         logits = turn.finish()
-        assert bot.tower.encode_calls == calls and conv.stats.whole_clip
+        assert bot.tower.encode_calls == calls and conv.stats.whole_at_pause
         from llasm_cli.chat import stats_line
 
         assert "prefilled while you spoke, encoded whole at the pause" in stats_line(conv.stats)
@@ -396,7 +396,7 @@ def test_a_pause_with_time_to_spare_encodes_a_model_trained_on_both_whole(chunke
             turn.feed(speech[i : i + BLOCK])
         assert turn.speculate(budget_ms=1e-3)
         logits = turn.finish()
-        assert not conv.stats.whole_clip and "whole" not in stats_line(conv.stats)
+        assert not conv.stats.whole_at_pause and "whole" not in stats_line(conv.stats)
         bot.engine.reset()
         _, plain, _ = stream(Conversation(bot), speech, text="please answer:")
         assert rel_err(plain, logits) <= 1e-4
