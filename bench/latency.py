@@ -798,7 +798,10 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int, backends: tupl
         "Engine, 4096 positions": f"from llasm_cli.engine import Engine; Engine({str(llm)!r}, n_ctx=4096, n_threads={threads}).warmup()",
     }
     if "onnx" in backends:
-        parts["onnx tower only (open + encode)"] = (
+        parts["onnx tower only (open + encode, as ask)"] = (
+            f"{audio}; from llasm_cli.bundle import load_bundle; from llasm_cli.towers.onnx import OnnxTower; "
+            f"OnnxTower(load_bundle(Path({str(bundle)!r})), {threads}, one_shot=True).encode(audio)")
+        parts["onnx tower only (open + encode, as chat)"] = (
             f"{audio}; from llasm_cli.bundle import load_bundle; from llasm_cli.towers.onnx import OnnxTower; "
             f"OnnxTower(load_bundle(Path({str(bundle)!r})), {threads}).encode(audio)")
     for what, code in parts.items():

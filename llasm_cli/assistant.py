@@ -30,13 +30,14 @@ class Assistant:
         self, model: str | Path | Bundle, backend: str = "auto", llm_variant: str | None = None,
         tower_variant: str | None = None, n_ctx: int | Callable[[Assistant], int] = DEFAULT_CTX,
         n_threads: int | None = None, n_gpu_layers: int = 0, tower: TowerBackend | None = None,
-        stream: bool = True,
+        stream: bool = True, one_shot: bool = False,
     ) -> None:
         """``n_ctx``: the LLM context's positions, or a function that sizes it from this assistant
         once its prompt format is known and before the context is made (``prompt_positions``).
         ``stream=False``: a model trained on whole clips as well as chunks gets each spoken turn whole
         at its end (one unpadded encode: slower for long turns, but each position hears the whole
-        clip, which such a model hears better than chunks)."""
+        clip, which such a model hears better than chunks). ``one_shot``: one question and exit
+        (``llasm ask``): the audio tower opens fast rather than encoding fast (``open_tower``)."""
         # a llasm bundle, or a published LLM + mmproj pair (published.py) run the same way
         self.bundle = model if isinstance(model, Bundle) else open_model(model)
         self.pair = self.bundle if isinstance(self.bundle, PublishedPair) else None
@@ -48,7 +49,7 @@ class Assistant:
         self._tower = tower
         if tower_variant is None and llm_variant in m.tower_files:
             tower_variant = llm_variant  # same precision for both halves unless told otherwise
-        self._tower_args = (backend, tower_variant, n_threads, llm_variant == "f32")
+        self._tower_args = (backend, tower_variant, n_threads, llm_variant == "f32", one_shot)
         self._stream = stream
 
         def prompt_format(engine: Engine) -> int:
@@ -77,8 +78,8 @@ class Assistant:
     def tower(self) -> TowerBackend:
         """Opened on first use, so text-only questions never load the audio encoder."""
         if self._tower is None:
-            backend, variant, threads, exact = self._tower_args
-            self._tower = open_tower(self.bundle, backend, self.engine, variant, threads, exact=exact)
+            backend, variant, threads, exact, one_shot = self._tower_args
+            self._tower = open_tower(self.bundle, backend, self.engine, variant, threads, exact=exact, one_shot=one_shot)
             if not self._stream and self._tower.unpadded:
                 self._tower.chunked = False  # whole turns, encoded unpadded when they end
         return self._tower

@@ -137,7 +137,7 @@ def ask(
         require_speech(samples, str(audio))
     n_ctx = ctx if ctx is not None else question_context(samples, text, after, system, max_tokens)
     bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=n_ctx, n_threads=threads,
-                    n_gpu_layers=gpu_layers)
+                    n_gpu_layers=gpu_layers, one_shot=True)
     try:
         sampling = bot.default_sampling(temperature, seed=seed)
         conv = ask_once(bot, samples, text=text, after=after, system=system)

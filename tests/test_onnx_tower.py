@@ -119,6 +119,25 @@ def test_ort_matches_torch_on_every_window_length(which, chunked, unpadded, spee
     assert worst <= TOL, worst
 
 
+def test_one_shot_process_keeps_float16_weights_and_the_same_numbers(chunked, speech):
+    """``llasm ask`` opens the tower for one call: no float32 copies of a streaming model's weights
+    (faster to open, less memory), the same embeddings; Assistant(one_shot=True) asks for that."""
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.bundle import default_bundle_path
+
+    bundle = load_bundle(chunked[1])
+    kept, one = open_tower(bundle, "onnx", None, n_threads=2), open_tower(bundle, "onnx", None, n_threads=2, one_shot=True)
+    assert not kept.float16_weights and one.float16_weights
+    clip = speech_of_length(speech, 4.0)
+    assert err(one.encode(clip), kept.encode(clip)) <= TOL
+    bots = [Assistant(default_bundle_path(), backend="onnx", one_shot=flag) for flag in (False, True)]
+    try:
+        assert [b.tower.float16_weights for b in bots] == [False, True]  # the built-in model streams
+    finally:
+        for b in bots:
+            b.close()
+
+
 def test_stream_in_odd_pieces_equals_whole_clip_and_the_training_reference(chunked, speech):
     tower, root = chunked
     ort_tower = open_tower(load_bundle(root), "onnx", None, n_threads=2)

@@ -160,24 +160,28 @@ def _torch_available() -> bool:
 
 
 def open_tower(
-    bundle: Bundle, backend: str, engine, variant: str | None = None, n_threads: int | None = None, exact: bool = False
+    bundle: Bundle, backend: str, engine, variant: str | None = None, n_threads: int | None = None, exact: bool = False,
+    one_shot: bool = False,
 ) -> TowerBackend:
-    """Build the tower for ``backend``; ``auto`` measures the candidates (once per bundle and machine)."""
+    """Build the tower for ``backend``; ``auto`` measures the candidates (once per bundle and machine).
+    ``one_shot``: the process encodes once and exits (``llasm ask``), so opening fast counts more
+    than each call's speed (the onnx backend then keeps float16 weights, see its module notes)."""
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if backend != "auto":
-        return _open(bundle, backend, engine, variant, n_threads, exact)
+        return _open(bundle, backend, engine, variant, n_threads, exact, one_shot)
     found = _unpadded_first_on_cpu(bundle, candidates(bundle))
     if len(found) <= 1:
-        return _open(bundle, found[0] if found else auto_backend(bundle), engine, variant, n_threads, exact)
-    return _fastest(bundle, found, engine, variant, n_threads, exact)
+        return _open(bundle, found[0] if found else auto_backend(bundle), engine, variant, n_threads, exact, one_shot)
+    return _fastest(bundle, found, engine, variant, n_threads, exact, one_shot)
 
 
-def _open(bundle: Bundle, backend: str, engine, variant: str | None, n_threads: int | None, exact: bool) -> TowerBackend:
+def _open(bundle: Bundle, backend: str, engine, variant: str | None, n_threads: int | None, exact: bool,
+          one_shot: bool = False) -> TowerBackend:
     if backend == "onnx":
         from .onnx import OnnxTower
 
-        return OnnxTower(bundle, n_threads)
+        return OnnxTower(bundle, n_threads, one_shot=one_shot)
     if backend == "ggml":
         from .ggml import GgmlTower
 
@@ -188,7 +192,7 @@ def _open(bundle: Bundle, backend: str, engine, variant: str | None, n_threads: 
 
 
 def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_threads: int | None,
-             exact: bool) -> TowerBackend:
+             exact: bool, one_shot: bool = False) -> TowerBackend:
     """The cached choice for this bundle and machine, else each candidate timed on the same audio.
 
     A candidate that cannot start here (BackendUnavailableError) is left out; a broken model file
@@ -203,7 +207,7 @@ def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_th
     cached = _read_cache(path)
     entry = cached.get(key)
     if isinstance(entry, dict) and entry.get("backend") in found:
-        tower = _open(bundle, entry["backend"], engine, variant, n_threads, exact)
+        tower = _open(bundle, entry["backend"], engine, variant, n_threads, exact, one_shot)
         tower.choice = f"auto, cached: {_show_ms(entry.get('ms'))}"
         return tower
     if sys.stderr.isatty():  # seconds of silence on a first run otherwise (loading PyTorch, say)
@@ -215,7 +219,7 @@ def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_th
     try:
         for name in found:
             try:
-                tower = _open(bundle, name, engine, variant, n_threads, exact)
+                tower = _open(bundle, name, engine, variant, n_threads, exact, one_shot)
             except BackendUnavailableError as exc:
                 unavailable = unavailable or exc
                 continue

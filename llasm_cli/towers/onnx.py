@@ -19,7 +19,9 @@ on whisper-base + adaptor (50 MiB file, 2 cores): session ~180 -> ~105 MiB at it
 ~10-15% slower (the casts: ~14 ms of a 3 s chunk's ~130 ms). A float32 file runs as fast either way.
 The casts cost about the same whatever the window, so a model that streams keeps the float32 copies:
 its last chunk (at most 1.5 s of audio) is what is left to encode once the user stops, 51 -> 33 ms
-there (0.5 s: 30 -> 19 ms), for ~53 MiB more.
+there (0.5 s: 30 -> 19 ms), for ~53 MiB more. Not in a one-shot process (``llasm ask``): making
+the copies takes ~200-290 ms of the session's opening, more than the casts of its one call cost
+(built-in model, 1.8 s question: open 290-400 -> 107 ms, encode 38 -> 55-61 ms).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def pick_providers(ort) -> list[str]:
 class OnnxTower(TowerBackend):
     name = "onnx"
 
-    def __init__(self, bundle: Bundle, n_threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, bundle: Bundle, n_threads: int | None = None, providers: list[str] | None = None,
+                 one_shot: bool = False) -> None:
         super().__init__()
         ort = import_ort()
         m = bundle.manifest
@@ -83,7 +86,8 @@ class OnnxTower(TowerBackend):
         providers = providers or pick_providers(ort)
         disabled = None
         streams = "chunked" in m.encoder_input  # short calls: the casts would be a third of each (module notes)
-        if providers == ["CPUExecutionProvider"] and not streams:  # float16 weights stay float16
+        self.float16_weights = providers == ["CPUExecutionProvider"] and (one_shot or not streams)
+        if self.float16_weights:  # float16 weights stay float16 (cast per call)
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # ALL's layout passes fold too
             disabled = ["ConstantFolding"]
         # opened by path: a tower over ~1.5 GB keeps its weights in <name>.data beside the graph, and
