@@ -797,13 +797,10 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int, backends: tupl
         f"Assistant({str(bundle)!r}, n_threads={threads}, n_ctx=question_context(audio, max_tokens=16))",
         "Engine, 4096 positions": f"from llasm_cli.engine import Engine; Engine({str(llm)!r}, n_ctx=4096, n_threads={threads}).warmup()",
     }
-    if "onnx" in backends:
-        parts["onnx tower only (open + encode, as ask)"] = (
+    for how, one_shot in (("ask", True), ("chat", False)) if "onnx" in backends else ():
+        parts[f"onnx tower only (open + encode, as {how})"] = (
             f"{audio}; from llasm_cli.bundle import load_bundle; from llasm_cli.towers.onnx import OnnxTower; "
-            f"OnnxTower(load_bundle(Path({str(bundle)!r})), {threads}, one_shot=True).encode(audio)")
-        parts["onnx tower only (open + encode, as chat)"] = (
-            f"{audio}; from llasm_cli.bundle import load_bundle; from llasm_cli.towers.onnx import OnnxTower; "
-            f"OnnxTower(load_bundle(Path({str(bundle)!r})), {threads}).encode(audio)")
+            f"OnnxTower(load_bundle(Path({str(bundle)!r})), {threads}, one_shot={one_shot}).encode(audio)")
     for what, code in parts.items():
         rc, peak, _, stderr, wall = peak_rss([sys.executable, "-c", code])
         if rc == 0:

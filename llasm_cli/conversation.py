@@ -441,18 +441,16 @@ class AudioTurnStream:
         t0 = time.perf_counter()
         engine = self.conv.bot.engine
         try:
-            if self._whole_fits(budget_ms):
-                whole = self.tower.encode(np.concatenate(self.samples))  # unpadded: the model knows both
+            whole = self._whole_fits(budget_ms)
+            if whole:  # unpadded, in place of the chunks (the model knows both)
+                last = self.tower.encode(np.concatenate(self.samples))
                 streamed = sum(len(r) for r in self.rows)
-                self._room(len(whole) - streamed)  # as many positions as the chunks give, by construction
-                mark = engine.n_past - streamed  # where the audio rows begin
-                engine.truncate(mark)
-                self._spec = (mark, whole, self._close_span(whole), True)
+                self._room(len(last) - streamed)  # as many positions as the chunks give, by construction
+                engine.truncate(engine.n_past - streamed)  # back to where the audio rows begin
             else:
                 last = self.chunks.peek() if self.chunks is not None else self.tower.encode(np.concatenate(self.samples))
                 self._room(len(last))
-                mark = engine.n_past
-                self._spec = (mark, last, self._close_span(last), False)
+            self._spec = (engine.n_past, last, self._close_span(last), whole)
         except BaseException:
             self.cancel()
             raise

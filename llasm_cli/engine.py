@@ -268,10 +268,7 @@ class Engine:
             self._forget_from(start)
             raise
         for seg in segments:
-            if not isinstance(seg, np.ndarray) and self.fed and not isinstance(self.fed[-1], np.ndarray):
-                self.fed[-1].extend(seg)  # our own copy (see _as_segment)
-            else:
-                self.fed.append(seg)
+            _append_segment(self.fed, seg)  # our own copy (see _as_segment)
         return out
 
     def sync(self, segments: Sequence[Segment], logits: bool = True) -> np.ndarray | None:
@@ -419,11 +416,8 @@ class Engine:
         if not same_positions(self.fed, segments):
             raise ValueError("regroup: the segments are not what the cache holds")
         fed: list[Segment] = []
-        for seg in segments:  # token lists merged, as eval records them
-            if not isinstance(seg, np.ndarray) and fed and not isinstance(fed[-1], np.ndarray):
-                fed[-1] = [*fed[-1], *seg]
-            else:
-                fed.append(seg if isinstance(seg, np.ndarray) else list(seg))
+        for seg in segments:  # token lists merged, as eval records them (_as_segment made them ours)
+            _append_segment(fed, seg)
         self.fed = fed
 
     def truncate(self, n_keep: int) -> None:
@@ -470,11 +464,7 @@ class Engine:
         except BaseException:
             self._forget_from(pos)
             raise
-        last = self.fed[-1] if self.fed else None
-        if last is None or isinstance(last, np.ndarray):
-            self.fed.append([tok])
-        else:
-            last.append(tok)
+        _append_segment(self.fed, [tok])
         return out
 
     def close(self) -> None:
@@ -491,6 +481,15 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _append_segment(fed: list[Segment], seg: Segment) -> None:
+    """Append ``seg`` (which ``fed`` then owns) to a list of segments as ``Engine.fed`` keeps them:
+    token ids that follow token ids join their list."""
+    if not isinstance(seg, np.ndarray) and fed and not isinstance(fed[-1], np.ndarray):
+        fed[-1].extend(seg)
+    else:
+        fed.append(seg)
 
 
 def _as_segment(seg: Segment, n_embd: int) -> Segment:
