@@ -218,8 +218,9 @@ def _english_tokenizer(folder: Path) -> Path:
     return train_tokenizer(folder, vocab_size=2000, lines=lines)
 
 
-def _llama_1b_gguf(work: Path, log: Log) -> Path:
-    """Random 1.1B LLaMA -> HF folder -> f16 GGUF (export/llm_gguf.py) -> Q4_K_M (llama.cpp)."""
+def random_llama_gguf(work: Path, shape: dict, name: str, log: Log = _quiet) -> Path:
+    """Random LLaMA of ``shape`` (LlamaConfig sizes) -> HF folder -> f16 GGUF (export/llm_gguf.py)
+    -> Q4_K_M (llama.cpp), with the bench's English tokenizer: ``work``/llm.q4_k_m.gguf."""
     import llama_cpp
     import torch
     from llasm_export.llm_gguf import write_llm_gguf
@@ -235,9 +236,9 @@ def _llama_1b_gguf(work: Path, log: Log) -> Path:
     tokenizer = LlamaTokenizer.from_pretrained(spm_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_START, AUDIO_END]})
     tokenizer.chat_template = CHAT_TEMPLATE
-    cfg = LlamaConfig(**LLAMA_1B, rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
+    cfg = LlamaConfig(**shape, rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
                       tie_word_embeddings=False, initializer_range=0.02)
-    log("llama-1b: initialising 1.1B random parameters")
+    log(f"{name}: initialising random parameters")
     torch.manual_seed(0)
     t = time.perf_counter()
     with torch.device("meta"):
@@ -249,17 +250,17 @@ def _llama_1b_gguf(work: Path, log: Log) -> Path:
                 p.fill_(1.0)  # RMSNorm weights
             else:
                 p.normal_(0.0, cfg.initializer_range)
-    log(f"llama-1b: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters ({time.perf_counter() - t:.0f} s)")
+    log(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters ({time.perf_counter() - t:.0f} s)")
     model.save_pretrained(llm_dir)
     del model
     tokenizer.save_pretrained(llm_dir)
     shutil.copy(spm, llm_dir / "tokenizer.model")
     f16 = work / "llm.f16.gguf"
-    log("llama-1b: writing the f16 GGUF")
-    write_llm_gguf(llm_dir, f16, "f16", name="llama-1b-random")
+    log(f"{name}: writing the f16 GGUF")
+    write_llm_gguf(llm_dir, f16, "f16", name=f"{name}-random")
     shutil.rmtree(llm_dir)
     q4 = work / "llm.q4_k_m.gguf"
-    log("llama-1b: quantizing to Q4_K_M")
+    log(f"{name}: quantizing to Q4_K_M")
     native.init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
@@ -279,7 +280,7 @@ def llama_1b_bundle(log: Log = _quiet) -> Path:
 
     def build(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".llama-1b-work.") as work:
-            q4 = _llama_1b_gguf(Path(work), log)
+            q4 = random_llama_gguf(Path(work), LLAMA_1B, "llama-1b", log)
             from llasm_cli.model import AUDIO_END, AUDIO_START
 
             _write_bundle(tmp, "llama-1b", q4, "move", LLAMA_1B["hidden_size"], (AUDIO_START, AUDIO_END), log)

@@ -108,3 +108,50 @@ def test_text_only_question_is_sized_without_audio(bundles):
         assert np.isfinite(bot.engine.eval(bot.prompt(bot.messages(None, "What is seven plus five?", None, None)))).all()
     finally:
         bot.close()
+
+
+LOAD_PROBE = """
+import re, sys
+import llama_cpp
+from llasm_cli import native
+from llasm_cli.engine import Engine, Sampler, Sampling
+
+def rss_mib():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+
+if sys.argv[2] == "mmap":  # llama.cpp's default way, for comparison
+    plain = native.model_params
+    def mapped(n_gpu_layers=0):
+        params = plain(n_gpu_layers)
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+        return params
+    native.model_params = mapped
+before = rss_mib()
+e = Engine(sys.argv[1], n_ctx=256, n_threads=2)
+grown = rss_mib() - before
+e.eval([[e.bos] + e.tokenize("The lighthouse keeper")])
+print(grown, *e.generate(e.logits(), Sampler(Sampling(temperature=0, ignore_eos=True)), 8))
+"""
+
+
+def test_weights_repacked_for_this_cpu_are_held_once(tmp_path):
+    """ggml copies the weights it repacks for this CPU's kernels (Q4_K on AVX2 CPUs); loaded through
+    a memory map, the file pages they were read from stayed resident too: ~1.7x the file."""
+    import subprocess
+    import sys
+
+    from bench.assets import random_llama_gguf
+
+    shape = dict(vocab_size=2048, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+                 num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512)
+    gguf = random_llama_gguf(tmp_path, shape, "rss-probe")
+    file_mib = gguf.stat().st_size / 2**20
+    runs = {}
+    for how in ("llasm", "mmap"):
+        out = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(gguf), how], capture_output=True, text=True,
+                             check=True).stdout.split()
+        runs[how] = (float(out[0]), [int(t) for t in out[1:]])
+    (grown, tokens), (_, mapped_tokens) = runs["llasm"], runs["mmap"]
+    assert file_mib > 20
+    assert grown < 1.1 * file_mib + 12, f"loading a {file_mib:.0f} MiB GGUF grew the process by {grown:.0f} MiB"
+    assert len(tokens) == 8 and tokens == mapped_tokens  # the same weights either way
