@@ -324,39 +324,45 @@ def make_bundle(root: Path, ckpt: Path) -> Path:
 def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
     """Exact-match accuracy on held-out voices: PyTorch (each encoder input) and the bundle (each backend
     here; a chunked model's clips both whole and streamed)."""
-    from llasm_finetune.records import read_conversations
-
     from llasm_cli.assistant import Assistant
-    from llasm_cli.audio import load_audio
     from llasm_cli.bundle import load_bundle
     from llasm_cli.conversation import answer, answer_streamed
     from llasm_cli.engine import Sampling
     from llasm_cli.towers import candidates
 
-    convs = read_conversations(root / "eval.json", on_error="fail")
-    items = []
-    for c in convs:
-        human, gpt = c.turns
-        text = human.value.replace("<audio>", "").strip() or None
-        items.append((c.id, load_audio(human.audio), text, gpt.value.strip(), str(human.audio)))
+    items = eval_items(root)
     report: dict = {"n": len(items)}
     torch_answers = torch_greedy(ckpt, items)
     for mode, answers in torch_answers.items():
-        report[f"pytorch_{mode}"] = _score(items, answers)
+        report[f"pytorch_{mode}"] = score_answers(items, answers)
     greedy = Sampling(temperature=0)
     for backend in candidates(load_bundle(bundle)):
         bot = Assistant(bundle, backend=backend)
         ways = {"": answer} | ({"_streamed": answer_streamed} if bot.tower.chunked else {})
         for suffix, ask in ways.items():  # whole clips (files), and fed as a microphone delivers them
             answers = [ask(bot, audio, text=text, sampling=greedy, max_tokens=24) for _, audio, text, _, _ in items]
-            report[f"bundle_{backend}{suffix}"] = _score(items, answers)
+            report[f"bundle_{backend}{suffix}"] = score_answers(items, answers)
             report[f"bundle_{backend}{suffix}_examples"] = [(i[0], i[3], a) for i, a in list(zip(items, answers))[:8]]
         bot.close()
     atomic_write_text(root / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
     return report
 
 
-def _score(items, answers) -> dict:
+def eval_items(root: Path) -> list[tuple]:
+    """The held-out questions: (id, samples, typed text or None, expected answer, clip path)."""
+    from llasm_finetune.records import read_conversations
+
+    from llasm_cli.audio import load_audio
+
+    items = []
+    for c in read_conversations(root / "eval.json", on_error="fail"):
+        human, gpt = c.turns
+        text = human.value.replace("<audio>", "").strip() or None
+        items.append((c.id, load_audio(human.audio), text, gpt.value.strip(), str(human.audio)))
+    return items
+
+
+def score_answers(items, answers) -> dict:
     kinds = ["repeat" if i[0].startswith("eval-r") else ("chinese" if i[2] else "english") for i in items]
     return accuracy(kinds, [a == i[3] for i, a in zip(items, answers)])
 
