@@ -248,26 +248,25 @@ class LlasmHandsFree(Llasm):
     hands-free cascade would get the clip."""
 
     def __call__(self, audio: np.ndarray) -> Timing:
-        from llasm_cli.chat import WHOLE_SHARE
+        from llasm_cli.chat import LiveTurn
         from llasm_cli.endpoint import Endpointer, SpeechEnd
 
-        conv, ep = self.conversation(), Endpointer()
-        turn, fed = None, 0
+        conv, ep, turn = self.conversation(), Endpointer(), None
         for block in self.paced(np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)])):
             for ev in ep.push(block):
+                turn = turn or LiveTurn(conv, None)  # the chat's own turn: what it feeds, when it speculates
                 if isinstance(ev, SpeechEnd):
                     t_end = now()
-                    turn.feed(ev.audio[fed:])
+                    turn.feed(ev.audio[turn.fed :])
                     lag = now() - t_end
-                    turn.finish()
+                    if turn.error is not None:
+                        raise turn.error
+                    turn.stream.finish()
                     return self.first_token(conv, lag)
-                turn = turn or conv.begin_audio()
             if turn is not None:
-                piece = ep.committed(fed)
-                turn.feed(piece)
-                fed += piece.size
+                turn.feed(ep.committed(turn.fed))
                 if ep.settled():
-                    turn.speculate(WHOLE_SHARE * ep.confirm_seconds * 1e3)
+                    turn.speculate(ep.confirm_seconds)
         raise RuntimeError("the endpointer heard no end of speech in the clip and 1 s of silence after it")
 
 

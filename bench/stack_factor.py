@@ -33,7 +33,6 @@ from llasm_finetune import demo
 from llasm_cli.files import atomic_folder, atomic_write_text
 
 ARMS = {"k10": (10, 0.6), "k5": (5, 0.5)}  # stack factor, chunk seconds (context stays 1 s)
-STAGE2_LR = {"lr": 2e-4, "llm_lr": 1e-4}  # as the built-in model's --continue-from run
 
 
 def widen(ckpt: Path, out: Path, stack_factor: int, chunk_seconds: float) -> Path:
@@ -140,11 +139,8 @@ def main() -> None:
     for arm, (k, chunk) in ARMS.items():
         init = start if k == 5 else widen(start, work / f"{arm}-init", k, chunk)
         warm_features(root, init, data, a.jobs)
-        final = demo.run_stage(root, f"stack/{arm}", stage=2, init=str(init), data=str(data), train_llm="full",
-                               batch_size=32, warmup_steps=50, eval_fraction=0.02, steps=a.steps,
-                               encoder_input=list(inputs), encoder_input_share=list(shares),
-                               feature_dtype=demo.feature_dtype(), feature_dropout=0.1, feature_noise=0.1,
-                               **STAGE2_LR)
+        final = demo.run_stage2(root, init, inputs, shares, name=f"stack/{arm}", data=data, steps=a.steps,
+                                **demo.CONTINUE_LR)  # as the built-in model's --continue-from run
         report[arm] = score(final, items)
         demo.log(f"{arm}: {report[arm]}")
     report["start"] = score(start, items)

@@ -62,6 +62,7 @@ INPUTS = {"padded": (("padded", "unpadded"), (0.5, 1.0)), "streaming": (("unpadd
 CHUNK_SECONDS = 0.5  # the window left at the end of speech is at most 1.5 s: ~45 ms of ONNX encoder on 2 cores
 CONTEXT_SECONDS = 1.0
 CONTINUE_STEPS = 1000  # --continue-from: stage-2 steps from the bundle's weights
+CONTINUE_LR = {"lr": 2e-4, "llm_lr": 1e-4}  # --continue-from: adaptor and LLM learning rates
 
 
 def log(msg: str) -> None:
@@ -461,9 +462,11 @@ def train_stages(root: Path, base: Path, inputs: tuple[str, ...], shares: tuple[
     return run_stage2(root, stage1, inputs, shares, steps=s(3000), lr=5e-4, llm_lr=3e-4)
 
 
-def run_stage2(root: Path, init: Path, inputs: tuple[str, ...], shares: tuple[float, ...], **kw) -> Path:
-    """Stage 2: adaptor + LLM on the spoken instructions; ``kw`` gives the steps and learning rates."""
-    return run_stage(root, "stage2", stage=2, init=str(init), data=str(root / "stage2.json"), train_llm="full",
+def run_stage2(root: Path, init: Path, inputs: tuple[str, ...], shares: tuple[float, ...], name: str = "stage2",
+               data: Path | None = None, **kw) -> Path:
+    """Stage 2: adaptor + LLM on the spoken instructions (``data``, default the run's own) into
+    ``root``/``name``; ``kw`` gives the steps and learning rates."""
+    return run_stage(root, name, stage=2, init=str(init), data=str(data or root / "stage2.json"), train_llm="full",
                      batch_size=32, warmup_steps=50, eval_fraction=0.02,
                      encoder_input=list(inputs), encoder_input_share=list(shares),
                      feature_dtype=feature_dtype(), feature_dropout=0.1, feature_noise=0.1, **kw)
@@ -481,7 +484,7 @@ def continue_training(root: Path, bundle: Path, base: Path, inputs: tuple[str, .
         import_bundle(bundle, base, start, adaptor={"encoder_input": list(inputs), "chunk_seconds": CHUNK_SECONDS,
                                                     "context_seconds": CONTEXT_SECONDS})
         log(f"{bundle} read back into {start}")
-    return run_stage2(root, start, inputs, shares, steps=steps, lr=2e-4, llm_lr=1e-4)
+    return run_stage2(root, start, inputs, shares, steps=steps, **CONTINUE_LR)
 
 
 if __name__ == "__main__":
