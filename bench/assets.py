@@ -24,8 +24,10 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,19 +158,10 @@ def whisper_cpp_base(log: Log = _quiet) -> Path:
 
 def _tower(llm_dim: int, seed: int):
     """Real whisper-base encoder + a random stack-swiglu adaptor (k = 5) for an LLM ``llm_dim`` wide."""
-    import torch
-    from transformers import WhisperConfig
+    from llasm_finetune.init import fresh_tower
 
-    from llasm_cli.model import AdaptorConfig, build_tower, whisper_state
-
-    hf = whisper_base_hf()
-    wcfg = WhisperConfig.from_pretrained(hf)
-    cfg = AdaptorConfig(
-        type="stack-swiglu", encoder_dim=wcfg.d_model, llm_dim=llm_dim, stack_factor=STACK_FACTOR,
-        hidden_dim=2 * llm_dim,
-    )
-    torch.manual_seed(seed)
-    return build_tower(wcfg, cfg, whisper_state(hf)).eval()  # the adaptor keeps PyTorch's default init
+    # the adaptor keeps PyTorch's default init
+    return fresh_tower(whisper_base_hf(), llm_dim, seed=seed, stack_factor=STACK_FACTOR).eval()
 
 
 def _write_bundle(dest: Path, name: str, llm_src: Path, llm_how: str, llm_dim: int, audio_tokens: tuple[str, str], log: Log) -> None:
@@ -227,7 +220,7 @@ def random_llama_gguf(work: Path, shape: dict, name: str, log: Log = _quiet) -> 
     from llasm_finetune.tiny import CHAT_TEMPLATE
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-    from llasm_cli import native
+    from llasm_cli.llm import native
     from llasm_cli.model import AUDIO_END, AUDIO_START
 
     llm_dir = work / "llm"
@@ -293,7 +286,7 @@ BUNDLES = {"gemma-270m": gemma_bundle, "llama-1b": llama_1b_bundle}
 
 def bundle_files(bundle: Path, backend: str) -> list[Path]:
     """The files an ``llasm ask`` with ``backend`` loads from the bundle (for the RSS comparison)."""
-    from llasm_cli.bundle import load_bundle
+    from llasm_cli.formats.bundle import load_bundle
 
     b = load_bundle(bundle)
     files = [b.llm_path()]
@@ -318,3 +311,39 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+_LOAD_LOCK = threading.Lock()  # one patched default at a time
+
+
+@contextmanager
+def llasm_verdict_defaults():
+    """While this holds, llama-cpp-python's own model loading (``Llama``, ``llama_cpp.server``) uses ggml's
+    extra CPU buffer types exactly where llasm's CPU probe says they are safe: it builds its model parameters
+    from ``llama_model_default_params``, which is wrapped meanwhile."""
+    import llama_cpp.llama_cpp as low
+
+    from llasm_cli.llm import native
+
+    use = native.extra_buffers()
+    original = low.llama_model_default_params
+
+    def defaults():
+        params = original()
+        params.use_extra_bufts = use
+        return params
+
+    with _LOAD_LOCK:
+        low.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = original
+
+
+def load_llama(**kwargs):
+    """llama-cpp-python's high-level ``Llama`` (the cascades' LLM), under llasm's extra-buffers verdict."""
+    import llama_cpp
+
+    with llasm_verdict_defaults():
+        return llama_cpp.Llama(**kwargs)

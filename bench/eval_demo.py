@@ -8,7 +8,7 @@ Speaks fresh questions in espeak-ng voices, variants, speeds and pitches that tr
 (`finetune/demo_tasks.py`), then asks the bundle (as `llasm ask` does) about clean, noisy (20 and
 10 dB SNR, white or pink) and telephone-band (8 kHz, 300-3400 Hz) copies of the same clips.
 Prints exact-match accuracy per condition and tower backend. The noise and telephone copies are
-made like `finetune/demo.py`'s degraded training clips, but at fixed levels.
+made by `finetune/augment.py`, as the demo's degraded training clips are, but at fixed levels.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from llasm_finetune import demo_tasks as T
-from llasm_finetune.demo import SEED, accuracy, add_noise, phone_band, synthesise
+from llasm_finetune.augment import add_noise, phone_band
+from llasm_finetune.demo import SEED, accuracy, synthesise
 
 from llasm_cli.files import atomic_write_text
 
@@ -45,7 +46,7 @@ def questions(n_sums: int, n_repeats: int) -> list[dict]:
 
 def condition(x, name: str, seed: int):
     """The clean clip as heard under ``name`` (16 kHz float samples in, same out)."""
-    from llasm_cli.audio import SAMPLE_RATE
+    from llasm_cli.audio.geometry import SAMPLE_RATE
 
     if name == "clean":
         return x
@@ -57,9 +58,9 @@ def condition(x, name: str, seed: int):
 
 def run(model: Path, items: list[dict], backends: list[str]) -> dict:
     from llasm_cli.assistant import Assistant
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import answer, answer_streamed
-    from llasm_cli.engine import Sampling
+    from llasm_cli.llm.engine import Sampling
 
     with tempfile.TemporaryDirectory() as tmp:
         synthesise(Path(tmp), [it | {"audio": f"{i}.wav"} for i, it in enumerate(items)])
@@ -108,10 +109,11 @@ def main() -> None:
     a = p.parse_args()
     from llasm_finetune.demo import ROOT_DEFAULT
 
+    from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
+
     model = a.model or ROOT_DEFAULT / "bundle"
-    if not (model / "llasm-bundle.json").is_file():
+    if not (model / MANIFEST_FILE).is_file():
         raise SystemExit(f"no demo bundle in {model}: train one (python -m llasm_finetune.demo) or pass --model DIR")
-    from llasm_cli.bundle import load_bundle
     from llasm_cli.towers import candidates
 
     backends = [b.strip() for b in a.backends.split(",") if b.strip()] if a.backends else candidates(load_bundle(model))

@@ -32,8 +32,10 @@ import numpy as np
 CONDITIONS = ("clean", "noise", "phone", "tempo")
 
 
-def degrade(x: np.ndarray, kind: str, seed: int) -> np.ndarray:
-    from llasm_finetune.demo import add_noise, phone_band
+def condition(x: np.ndarray, kind: str, seed: int) -> np.ndarray:
+    """The clean clip as heard under ``kind`` (one of CONDITIONS), at a fixed level: noise 15 dB below
+    the speech, white or pink; a telephone band; 10% faster or slower."""
+    from llasm_finetune.augment import add_noise, phone_band, speed
 
     rng = random.Random(seed)
     if kind == "noise":
@@ -41,10 +43,7 @@ def degrade(x: np.ndarray, kind: str, seed: int) -> np.ndarray:
     if kind == "phone":
         return phone_band(x, 16000).astype(np.float32)
     if kind == "tempo":
-        import soxr
-
-        f = rng.choice((0.9, 1.1))
-        return soxr.resample(x, 16000, round(16000 / f)).astype(np.float32)
+        return speed(x, 16000, rng.choice((0.9, 1.1))).astype(np.float32)
     return x
 
 
@@ -128,7 +127,7 @@ class BundleSide:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data", type=Path)
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             agree = n = same = facts_spoken = facts_typed = n_facts = 0
             for i, c in enumerate(chosen):
                 q = questions[c["question"]]
-                x = degrade(load_audio(args.data / c["audio"]), cond, i)
+                x = condition(load_audio(args.data / c["audio"]), cond, i)
                 a, m = side.top1(x, q["answer_ids"], teacher[f"{q['id']}/ids"][:, 0])
                 agree, n = agree + a, n + m
                 spoken = side.answer(x, None, args.max_tokens)

@@ -75,7 +75,7 @@ def quantize(src: Path, dst: Path, ftype: int, threads: int = 0) -> None:
     """llama.cpp's quantizer (llama_model_quantize), re-quantizing quantized input when asked."""
     import llama_cpp
 
-    from llasm_cli import native
+    from llasm_cli.llm import native
 
     native.init()
     params = llama_cpp.llama_model_quantize_default_params()
@@ -119,7 +119,7 @@ def tensor_types(path: Path) -> dict[str, int]:
 def build_bundle(work: Path, source: Path) -> tuple[Path, str, str]:
     """A bundle in ``work``: the source bundle's tower files, F32 of its shipped LLM and that F32's
     quantizations, the shipped file itself. Returns (bundle, shipped variant, its name in the bundle)."""
-    from llasm_cli.bundle import MANIFEST_FILE, load_bundle
+    from llasm_cli.formats.bundle import MANIFEST_FILE, llm_file, load_bundle
 
     src_bundle = load_bundle(source)
     shipped_variant, shipped = shipped_llm(src_bundle)
@@ -134,7 +134,7 @@ def build_bundle(work: Path, source: Path) -> tuple[Path, str, str]:
     print(f"  shipped LLM: {shipped_variant}, {shipped} ({shipped.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     files = {}
     for variant, ftype in FTYPES.items():
-        files[variant] = f"llm.{variant}.gguf"
+        files[variant] = llm_file(variant)
         if not (out / files[variant]).exists():
             start = time.perf_counter()
             quantize(shipped if variant == "f32" else out / files["f32"], out / files[variant], ftype)
@@ -154,7 +154,7 @@ def demo_items(clips: Path, n_sums: int, n_repeats: int) -> list[Item]:
     from llasm_finetune import demo_tasks as T
     from llasm_finetune.demo import synthesise
 
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
     from llasm_cli.eval_quant import Prompt
 
     items = []
@@ -188,7 +188,7 @@ def greedy_answers(bundle: Path, prompts: list, variants: list[str], max_tokens:
     as eval_quant does; each variant in the context settings eval_quant scored it in)."""
     from llasm_cli.assistant import Assistant
     from llasm_cli.eval_quant import _greedy, _open_engine, pick_reference
-    from llasm_cli.published import open_model
+    from llasm_cli.formats.published import open_model
 
     b = open_model(bundle)
     reference, _ = pick_reference(b.variants())
@@ -229,8 +229,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args()
 
-    from llasm_cli import native
-    from llasm_cli.bundle import load_bundle
+    from llasm_cli.llm import native
+    from llasm_cli.formats.bundle import llm_file, load_bundle
     from llasm_cli.eval_quant import eval_quant
 
     source = load_bundle(args.bundle)
@@ -240,7 +240,7 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         print("building the variants with llama.cpp's quantizer", file=sys.stderr)
         bundle, shipped_variant, shipped_name = build_bundle(work, args.bundle)
-        rebuilt = same_tensors(bundle / f"llm.{shipped_variant}.gguf", load_bundle(bundle).llm_path(shipped_name)) \
+        rebuilt = same_tensors(bundle / llm_file(shipped_variant), load_bundle(bundle).llm_path(shipped_name)) \
             if shipped_variant in FTYPES else None
         if demo:
             (work / "clips").mkdir(parents=True, exist_ok=True)

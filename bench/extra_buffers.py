@@ -1,6 +1,6 @@
 """What ggml's extra CPU buffer types (AMX tiles, repacked Q4_0/Q8_0 weights) are worth here.
 
-llasm turns them off where a probe process crashes with them (see llasm_cli/cpu_probe.py).
+llasm turns them off where a probe process crashes with them (see llasm_cli/llm/cpu_probe.py).
 This measures what that costs where they work: prompt processing and single-token decode
 speed of the same GGUF with the extra buffers on and off, each run in its own process (a
 crash is reported, not fatal), medians of several runs, side by side.
@@ -31,7 +31,7 @@ def measure(model: str, extra: bool, threads: int, n_prompt: int, n_decode: int)
     """One process's numbers: prompt tokens/s and decode tokens/s (runs in a child)."""
     import llama_cpp
 
-    from llasm_cli.cpu_probe import open_bare
+    from llasm_cli.llm.cpu_probe import open_bare
 
     opened = open_bare(model, extra, n_ctx=n_prompt + n_decode + 8, n_batch=n_prompt, threads=threads)
     if opened is None:
@@ -92,7 +92,7 @@ def main() -> None:
         print(json.dumps(measure(a.child, bool(a.extra), a.threads, a.prompt, a.decode)))
         return
 
-    from llasm_cli.cpu_probe import machine_key, write_random_llama
+    from llasm_cli.llm.cpu_probe import machine_key, write_random_llama
 
     with tempfile.TemporaryDirectory() as tmp:
         model = a.gguf or str(write_random_llama(Path(tmp) / "random.gguf", 1024, 2816, 8, 16, 4096))

@@ -68,7 +68,8 @@ if str(ROOT) not in sys.path:
 
 from bench import assets  # noqa: E402
 from bench.assets import DECODE_QUESTION, SENTENCES  # noqa: E402
-from llasm_cli.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from llasm_cli.audio.decode import load_audio
+from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.files import atomic_write_text  # noqa: E402
 
 now = time.perf_counter
@@ -192,7 +193,7 @@ class Llasm:
         run stays in the cache, like the cascade's: the bench repeats one clip, and a new question
         never shares its audio."""
         from llasm_cli.conversation import Conversation
-        from llasm_cli.engine import common_prefix
+        from llasm_cli.llm.kv import common_prefix
 
         conv = Conversation(self.a, tower=self.tower)
         static = self.a.prompt(conv.messages(), add_generation_prompt=False)
@@ -243,30 +244,26 @@ class LlasmStreaming(Llasm):
 class LlasmHandsFree(Llasm):
     """llasm's hands-free turn as ``llasm chat`` takes it: the clip and 1 s of silence played at the
     audio clock's pace through the voice-activity endpointer, streamed into the model while it is
-    heard and prefilled at the pause (whole when the chunks say it fits, ``chat.WHOLE_SHARE``); the
+    heard and prefilled at the pause (whole when the chunks say it fits, ``turn_taking.WHOLE_SHARE``); the
     latency counted from the endpointer's SpeechEnd (the trailing silence confirmed), the moment a
     hands-free cascade would get the clip."""
 
     def __call__(self, audio: np.ndarray) -> Timing:
-        from llasm_cli.chat import LiveTurn
-        from llasm_cli.endpoint import Endpointer, SpeechEnd
+        from llasm_cli.audio.endpoint import Endpointer
+        from llasm_cli.turn_taking import HandsFree
 
-        conv, ep, turn = self.conversation(), Endpointer(), None
+        conv = self.conversation()
+        hands_free = HandsFree(conv, Endpointer())  # the chat's own loop: what it feeds, when it speculates
         for block in self.paced(np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)])):
-            for ev in ep.push(block):
-                turn = turn or LiveTurn(conv, None)  # the chat's own turn: what it feeds, when it speculates
-                if isinstance(ev, SpeechEnd):
-                    t_end = now()
-                    turn.feed(ev.audio[turn.fed :])
-                    lag = now() - t_end
-                    if turn.error is not None:
-                        raise turn.error
-                    turn.stream.finish()
-                    return self.first_token(conv, lag)
-            if turn is not None:
-                turn.feed(ep.committed(turn.fed))
-                if ep.settled():
-                    turn.speculate(ep.confirm_seconds)
+            t_block = now()
+            done = hands_free.push(block)
+            if done is not None:  # the endpointer confirmed the end during this block
+                turn, _ = done
+                lag = now() - t_block
+                if turn.error is not None:
+                    raise turn.error
+                turn.stream.finish()
+                return self.first_token(conv, lag)
         raise RuntimeError("the endpointer heard no end of speech in the clip and 1 s of silence after it")
 
 
@@ -277,9 +274,8 @@ class CascadeLLM:
     def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
         import llama_cpp
 
-        from llasm_cli import native
 
-        self.llm = native.load_llama(
+        self.llm = assets.load_llama(
             model_path=str(path), n_ctx=n_ctx, n_gpu_layers=GPU_LAYERS, n_batch=512, n_ubatch=512, n_threads=threads,
             n_threads_batch=threads, flash_attn=True, seed=0, verbose=False,
         )
@@ -398,7 +394,7 @@ def load_systems(name: str, bundle: Path, threads: int, want_whisper_cpp: bool, 
                  cascades: bool = True) -> tuple[ModelRun, dict]:
     """Every tower backend the bundle has (a missing one is skipped with a note) and the cascades."""
     from llasm_cli.assistant import Assistant
-    from llasm_cli.bundle import Bundle, load_bundle
+    from llasm_cli.formats.bundle import Bundle, load_bundle
     from llasm_cli.towers import open_tower
 
     run = ModelRun(name, bundle)
@@ -477,24 +473,21 @@ def chunked_bundle(log=assets._quiet) -> Path:
     def build(tmp: Path) -> None:
         import torch
         from llasm_export.bundle import write_tower_and_manifest
-        from transformers import WhisperConfig
+        from llasm_finetune.init import fresh_tower
 
-        from llasm_cli.model import AdaptorConfig, CheckpointMeta, build_tower, whisper_state
+        from llasm_cli.model import CheckpointMeta
 
         llm_file = "llm.q4_k_m.gguf"
         try:
             os.link(gguf_path, tmp / llm_file)
         except OSError:
             shutil.copyfile(gguf_path, tmp / llm_file)
-        hf = assets.whisper_base_hf(log)
-        wcfg = WhisperConfig.from_pretrained(hf)
-        cfg = AdaptorConfig(type="stack-swiglu", encoder_dim=wcfg.d_model, llm_dim=640, hidden_dim=2 * 640,
-                            encoder_input=["chunked"], boundary="embeddings", **CHUNKED)
-        torch.manual_seed(1)
-        tower = build_tower(wcfg, cfg, whisper_state(hf)).eval()
+        tower = fresh_tower(assets.whisper_base_hf(log), 640, seed=1, encoder_input=["chunked"], boundary="embeddings",
+                            **CHUNKED).eval()
         with torch.no_grad():
             tower.adaptor.boundary.normal_(0.0, 0.02)
-        meta = CheckpointMeta(adaptor=cfg, audio_start=assets.GEMMA_AUDIO_TOKENS[0], audio_end=assets.GEMMA_AUDIO_TOKENS[1])
+        meta = CheckpointMeta(adaptor=tower.cfg, audio_start=assets.GEMMA_AUDIO_TOKENS[0],
+                              audio_end=assets.GEMMA_AUDIO_TOKENS[1])
         write_tower_and_manifest(tmp, "gemma-270m-chunked", tower, meta, {"q4_k_m": llm_file},
                                  progress=lambda step: log(f"gemma-270m-chunked: {step}"))
 
@@ -506,7 +499,7 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
     """llasm streaming (each backend that encodes chunks here) and whole-clip on the chunked bundle,
     and the cascades on its GGUF."""
     from llasm_cli.assistant import Assistant
-    from llasm_cli.bundle import load_bundle
+    from llasm_cli.formats.bundle import load_bundle
 
     b = load_bundle(bundle)
     run = ModelRun(b.manifest.name, bundle)
@@ -615,7 +608,7 @@ class RawLlama:
     def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
         import llama_cpp as L
 
-        from llasm_cli import native
+        from llasm_cli.llm import native
 
         native.init()
         self.L = L
@@ -657,7 +650,7 @@ class RawLlama:
 
 
 def measure_decode(run: ModelRun, ctx: dict, n_tokens: int, reps: int, threads: int) -> list[dict]:
-    from llasm_cli.engine import Sampler, Sampling
+    from llasm_cli.llm.engine import Sampler, Sampling
 
     a, llm = ctx["assistant"], ctx["llm"]
     prompt = ctx["prompt_of"](DECODE_QUESTION)
@@ -744,7 +737,7 @@ def peak_rss(cmd: list[str]) -> tuple[int, int, str, str, float]:
 def _bundle_files(bundle: Path, backend: str) -> list[Path]:
     """What `llasm ask --backend` loads from the bundle: the LLM, the tower (an ONNX tower's weights
     file beside it, if any), the boundary rows and the manifest."""
-    from llasm_cli.bundle import MANIFEST_FILE, load_bundle
+    from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
 
     b = load_bundle(bundle)
     if backend == "onnx":
@@ -758,7 +751,7 @@ def _bundle_files(bundle: Path, backend: str) -> list[Path]:
 
 def bundle_backends(bundle: Path) -> tuple[str, ...]:
     """The tower backends a bundle carries files for (onnx first: what `pip install .` runs)."""
-    from llasm_cli.bundle import load_bundle
+    from llasm_cli.formats.bundle import load_bundle
 
     m = load_bundle(bundle).manifest
     return tuple(name for name, has in (("onnx", m.onnx_tower), ("ggml", m.tower_files), ("torch", m.torch_tower)) if has)
@@ -785,20 +778,20 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int, backends: tupl
     # what the peak is made of: each piece alone in a fresh process (each includes the interpreter and
     # its own imports; "imports only" is that floor)
     llm = _bundle_files(bundle, backends[0])[0]
-    audio = f"from llasm_cli.audio import load_audio; from pathlib import Path; audio = load_audio(Path({str(wav)!r}))"
+    audio = f"from llasm_cli.audio.decode import load_audio; from pathlib import Path; audio = load_audio(Path({str(wav)!r}))"
     parts = {
         "imports only": "import llasm_cli.cli, llasm_cli.assistant, llasm_cli.conversation, llama_cpp, numpy",
-        "VAD (require_speech) only": f"{audio}; from llasm_cli.endpoint import require_speech; require_speech(audio, 'clip')",
-        "validate_llm only": f"from llasm_cli.gguf_check import validate_llm; from pathlib import Path; validate_llm(Path({str(llm)!r}))",
+        "VAD (require_speech) only": f"{audio}; from llasm_cli.audio.endpoint import require_speech; require_speech(audio, 'clip')",
+        "validate_llm only": f"from llasm_cli.formats.gguf_check import validate_llm; from pathlib import Path; validate_llm(Path({str(llm)!r}))",
         # the LLM half of `llasm ask`: GGUF check, llama.cpp model and a context sized to the question
         "LLM, context sized as ask": f"{audio}; from llasm_cli.assistant import Assistant; "
         f"from llasm_cli.conversation import question_context; "
         f"Assistant({str(bundle)!r}, n_threads={threads}, n_ctx=question_context(audio, max_tokens=16))",
-        "Engine, 4096 positions": f"from llasm_cli.engine import Engine; Engine({str(llm)!r}, n_ctx=4096, n_threads={threads}).warmup()",
+        "Engine, 4096 positions": f"from llasm_cli.llm.engine import Engine; Engine({str(llm)!r}, n_ctx=4096, n_threads={threads}).warmup()",
     }
     for how, one_shot in (("ask", True), ("chat", False)) if "onnx" in backends else ():
         parts[f"onnx tower only (open + encode, as {how})"] = (
-            f"{audio}; from llasm_cli.bundle import load_bundle; from llasm_cli.towers.onnx import OnnxTower; "
+            f"{audio}; from llasm_cli.formats.bundle import load_bundle; from llasm_cli.towers.onnx import OnnxTower; "
             f"OnnxTower(load_bundle(Path({str(bundle)!r})), {threads}, one_shot={one_shot}).encode(audio)")
     for what, code in parts.items():
         rc, peak, _, stderr, wall = peak_rss([sys.executable, "-c", code])
@@ -814,7 +807,7 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int, backends: tupl
 
 
 def measure_overheads(run: ModelRun, ctx: dict, utts: list[Utterance], reps: int) -> dict:
-    from llasm_cli.engine import Sampler, Sampling
+    from llasm_cli.llm.engine import Sampler, Sampling
     from llasm_cli.prompt import render
 
     a = ctx["assistant"]
@@ -1017,7 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
                         "of speech) beside the cascades; default 3 repetitions")
     parser.add_argument("--block-ms", type=float, default=40.0, help="--realtime: audio delivered per block (20-100 ms)")
     parser.add_argument("--bundle", type=Path, default=None,
-                        help="--realtime: a chunked bundle to stream (e.g. llasm_cli/models/default); default: the "
+                        help="--realtime: a chunked bundle to stream (e.g. llasm_cli/models/demo); default: the "
                         "Gemma 3 270M bundle built for the bench")
     parser.add_argument("--gpu-layers", type=int, default=0,
                         help="LLM layers offloaded to the GPU (-1: all), for llasm and the cascades' LLM alike; the "
@@ -1067,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
                          block_ms=args.block_ms if args.realtime else None, cascades=not args.no_cascades)
 
     if args.realtime:
-        from llasm_cli.bundle import load_bundle
+        from llasm_cli.formats.bundle import load_bundle
 
         path = args.bundle.resolve() if args.bundle else chunked_bundle(log)
         bundles = {load_bundle(path).manifest.name: path}
@@ -1110,7 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bundles(args, models: list[str]) -> dict[str, Path]:
     """--bundle, or the bench's own bundles for --models (built once)."""
-    from llasm_cli.bundle import load_bundle
+    from llasm_cli.formats.bundle import load_bundle
 
     if args.bundle is not None:
         path = args.bundle.resolve()
@@ -1132,7 +1125,7 @@ def decode_only(args, models: list[str], reps: int, n_decode: int) -> int:
     """--decode-only: the decode-rate rows alone (no audio, no cascade ASR), on an idle-enough machine
     in a minute or two per model."""
     from llasm_cli.assistant import Assistant
-    from llasm_cli.bundle import load_bundle
+    from llasm_cli.formats.bundle import load_bundle
 
     bundles = _bundles(args, models)
     result = _new_result(args, list(bundles), quick=args.quick, reps=reps, decode_tokens=n_decode, decode_only=True)

@@ -33,7 +33,8 @@ def main() -> None:
 
     from transformers import WhisperConfig, WhisperModel
 
-    from llasm_cli.audio import SAMPLE_RATE, log_mel_spectrogram
+    from llasm_cli.audio.geometry import SAMPLE_RATE
+    from llasm_cli.audio.mel import log_mel_spectrogram
     from llasm_cli.model import AdaptorConfig, build_tower
 
     home = "cuda" if torch.cuda.is_available() else "cpu"

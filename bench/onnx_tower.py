@@ -160,7 +160,7 @@ def child(steps: list[str], model: str, mel_path: str, audio_path: str, out_dir:
 def ort_session(model: str | Path, threads: int):
     import onnxruntime as ort
 
-    from llasm_cli.towers.onnx import quiet_session_options
+    from llasm_cli.onnx_runtime import quiet_session_options
 
     so = quiet_session_options(ort, threads)  # as the runtime's onnx backend
     return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
@@ -237,7 +237,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 
 def speech(work: Path) -> np.ndarray:
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
 
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed: apt-get install espeak-ng")
@@ -253,7 +253,8 @@ def tiled(clip: np.ndarray, seconds: float) -> np.ndarray:
 
 def mels(audio: np.ndarray, n_mels: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(unpadded (1, n_mels, T), padded (1, n_mels, 3000)), as TorchTower.encode_windows slices them."""
-    from llasm_cli.audio import log_mel_spectrogram, unpadded_frames
+    from llasm_cli.audio.geometry import unpadded_frames
+    from llasm_cli.audio.mel import log_mel_spectrogram
 
     full = log_mel_spectrogram(audio, n_mels)[None]
     return np.ascontiguousarray(full[:, :, : unpadded_frames(audio.size, k)]), full

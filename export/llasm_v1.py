@@ -38,14 +38,14 @@ from pathlib import Path
 
 import gguf
 
-from llasm_cli.bundle import Manifest
+from llasm_cli.formats.bundle import Manifest, llm_file
 from llasm_cli.errors import CheckpointError, LlasmError
-from llasm_cli.files import atomic_folder
+from llasm_cli.files import atomic_folder, write_gguf
 from llasm_cli.model import DEFAULT_SYSTEM_PROMPT, AdaptorConfig, CheckpointMeta
 
 from .bundle import write_tower_and_manifest
-from .llm_gguf import SKIPPED_SUFFIXES, add_llama_tensors, llama_writer, map_name, read_vocab, write_gguf
-from .quantize import LLM_QUANTS, quantize_llm
+from .llm_gguf import SKIPPED_SUFFIXES, add_llama_tensors, llama_writer, map_name, read_vocab
+from .quantize import LLM_QUANTS, write_llm_types
 
 MODEL_TYPE = "llaaa"
 INDEX_FILE = "pytorch_model.bin.index.json"
@@ -242,7 +242,7 @@ def find_whisper(config: dict, whisper: Path | None) -> Path:
     named = config["mm_audio_tower"]
     if isinstance(named, str) and Path(named).is_dir():
         return Path(named)
-    from llasm_cli.hub import cached_snapshot, resolve
+    from llasm_cli.hub.pull import cached_snapshot, resolve
 
     try:
         found = cached_snapshot(resolve(named)) if isinstance(named, str) else None
@@ -321,18 +321,8 @@ def export_llasm_v1(
     llm_state, projector = split_projector(read_state(src), config)
     name = name or src.name
     with atomic_folder(out) as tmp:
-        llm_files = {}
-        f16 = tmp / ".llm.f16.tmp.gguf"
-        for t in types:
-            progress(f"writing the LLM ({t})")
-            llm_files[t] = f"llm.{t}.gguf"
-            if t in LLM_QUANTS:
-                if not f16.exists():
-                    write_llm(config, llm_state, src, f16, "f16", name)
-                quantize_llm(f16, tmp / llm_files[t], t)
-            else:
-                write_llm(config, llm_state, src, tmp / llm_files[t], t, name)
-        f16.unlink(missing_ok=True)
+        llm_files = {t: llm_file(t) for t in types}
+        write_llm_types(tmp, llm_files, lambda path, t: write_llm(config, llm_state, src, path, t, name), progress)
         del llm_state
         progress("loading Whisper")
         tower, meta = build_llasm_tower(config, projector, whisper_dir)

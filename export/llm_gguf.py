@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from llasm_cli.errors import CheckpointError
-from llasm_cli.files import atomic_path
+from llasm_cli.files import write_gguf
+from llasm_cli.formats.gguf_keys import tensor_name
 
 T = gguf.MODEL_TENSOR
 # Hugging Face Llama name -> (GGUF tensor, permute-for-rope as "q"/"k"/None)
@@ -48,7 +49,7 @@ def map_name(name: str) -> tuple[str, str | None]:
     if key not in HF_TO_GGUF:
         raise CheckpointError(f"can not map tensor {name!r}")
     tensor, perm = HF_TO_GGUF[key]
-    return gguf.TENSOR_NAMES[tensor].format(bid=bid) + ".weight", perm
+    return tensor_name(tensor, bid), perm
 
 
 def permute_for_rope(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -192,12 +193,3 @@ def add_llama_tensors(writer: gguf.GGUFWriter, state: dict, mapped: dict, n_head
             data = permute_for_rope(data, n_head_kv)
         dtype = np.float16 if (ftype == "f16" and data.ndim == 2) else np.float32
         writer.add_tensor(gguf_name, np.ascontiguousarray(data.astype(dtype)))
-
-
-def write_gguf(writer: gguf.GGUFWriter, out: Path) -> None:
-    """Write the file; a failed or interrupted write leaves no half file at ``out``."""
-    with atomic_path(out) as tmp:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()

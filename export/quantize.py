@@ -9,6 +9,7 @@ biases and the position table stay as mtmd expects them.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -25,7 +26,7 @@ def quantize_llm(src: Path, dst: Path, qtype: str, threads: int = 0) -> None:
     """Quantize an f16/f32 LLM GGUF with llama.cpp (llama_model_quantize)."""
     import llama_cpp
 
-    from llasm_cli import native
+    from llasm_cli.llm import native
 
     if qtype not in LLM_QUANTS:
         raise CheckpointError(f"unknown LLM quantization {qtype!r}; choose from {sorted(LLM_QUANTS)}")
@@ -37,6 +38,22 @@ def quantize_llm(src: Path, dst: Path, qtype: str, threads: int = 0) -> None:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
             raise CheckpointError(f"llama.cpp could not quantize {src.name} to {qtype}: {native.last_log()}")
+
+
+def write_llm_types(folder: Path, files: dict[str, str], write: Callable[[Path, str], None],
+                    progress: Callable[[str], None] = lambda step: None) -> None:
+    """Each LLM type into ``folder / files[type]``: f32 and f16 by ``write(path, type)``, the quantized
+    types by llama.cpp's quantizer from one F16 written for them first (and removed at the end)."""
+    f16 = folder / ".llm.f16.tmp.gguf"
+    for t, file in files.items():
+        progress(f"writing the LLM ({t})")
+        if t in LLM_QUANTS:
+            if not f16.exists():
+                write(f16, "f16")
+            quantize_llm(f16, folder / file, t)
+        else:
+            write(folder / file, t)
+    f16.unlink(missing_ok=True)
 
 
 def tower_tensor(name: str, data: np.ndarray, ftype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:

@@ -12,7 +12,8 @@ import gguf
 import numpy as np
 
 from llasm_cli.errors import CheckpointError
-from llasm_cli.files import atomic_path
+from llasm_cli.files import write_gguf
+from llasm_cli.formats.gguf_keys import tensor_name
 from llasm_cli.model import AudioTower
 
 from .quantize import tower_tensor
@@ -53,7 +54,7 @@ def map_encoder_name(name: str) -> str:
     key = ".".join(parts)
     if key not in ENCODER_TO_GGUF:
         raise CheckpointError(f"can not map tensor {name!r}")
-    return f"{gguf.TENSOR_NAMES[ENCODER_TO_GGUF[key]].format(bid=bid)}.{suffix}"
+    return tensor_name(ENCODER_TO_GGUF[key], bid, suffix)
 
 
 def map_adaptor_name(name: str) -> str:
@@ -61,7 +62,7 @@ def map_adaptor_name(name: str) -> str:
     if module not in ADAPTOR_TO_GGUF:
         raise CheckpointError(f"can not map tensor {name!r}")
     tensor, bid = ADAPTOR_TO_GGUF[module]
-    return f"{gguf.TENSOR_NAMES[tensor].format(bid=bid)}.{suffix}"
+    return tensor_name(tensor, bid, suffix)
 
 
 def write_tower_gguf(tower: AudioTower, out: Path, ftype: str = "f32", name: str = "llasm-tower") -> None:
@@ -98,8 +99,4 @@ def write_tower_gguf(tower: AudioTower, out: Path, ftype: str = "f32", name: str
         payload, raw = tower_tensor(gguf_name, data, ftype)
         writer.add_tensor(gguf_name, np.ascontiguousarray(payload), raw_dtype=raw)
 
-    with atomic_path(out) as tmp:  # a failed or interrupted write leaves no half file at out
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+    write_gguf(writer, out)

@@ -28,12 +28,14 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from llasm_cli.audio.geometry import N_ENCODER_FRAMES
 from llasm_cli.errors import CheckpointError, LlasmError
-from llasm_cli.files import atomic_folder, atomic_path
-from llasm_cli.gguf_check import validate_audio_mmproj, validate_llm
+from llasm_cli.files import atomic_folder, write_gguf
+from llasm_cli.formats.gguf_check import validate_audio_mmproj, validate_llm
+from llasm_cli.formats.gguf_keys import embedding_length, tensor_name
 
 from .llm_gguf import write_llm_gguf
-from .quantize import LLM_QUANTS, TOWER_TYPES, quantize_llm, tower_tensor
+from .quantize import LLM_QUANTS, TOWER_TYPES, tower_tensor, write_llm_types
 from .tower_gguf import FTYPES, map_encoder_name
 
 T = gguf.MODEL_TENSOR
@@ -46,7 +48,6 @@ PROJECTOR_TO_GGUF: dict[str, tuple[gguf.MODEL_TENSOR, int | None]] = {
     "multi_modal_projector.ln_mid": (T.A_MM_NORM_MID, None),
     "multi_modal_projector.linear_2": (T.A_MMPROJ, 2),
 }
-WHISPER_FRAMES = 1500
 LAYER_NORM_EPS = 1e-5  # Whisper's (what the converter writes)
 LLM_TYPES = ("f32", "f16", *LLM_QUANTS)
 
@@ -75,13 +76,13 @@ def read_config(ckpt: Path) -> dict:
     k = config.get("stack_factor")
     audio = config.get("audio_config") or {}
     text = config.get("text_config") or {}
-    if type(k) is not int or not 1 <= k <= WHISPER_FRAMES:
-        raise CheckpointError(f"stack_factor must be a whole number from 1 to {WHISPER_FRAMES}, not {k!r}")
+    if type(k) is not int or not 1 <= k <= N_ENCODER_FRAMES:
+        raise CheckpointError(f"stack_factor must be a whole number from 1 to {N_ENCODER_FRAMES}, not {k!r}")
     for key in ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins"):
         if type(audio.get(key)) is not int:
             raise CheckpointError(f"config.json: audio_config.{key} is missing (a Whisper encoder config)")
-    if audio.get("max_source_positions", WHISPER_FRAMES) != WHISPER_FRAMES:
-        raise CheckpointError(f"audio_config.max_source_positions must be {WHISPER_FRAMES} (30 s windows)")
+    if audio.get("max_source_positions", N_ENCODER_FRAMES) != N_ENCODER_FRAMES:
+        raise CheckpointError(f"audio_config.max_source_positions must be {N_ENCODER_FRAMES} (30 s windows)")
     if type(text.get("hidden_size")) is not int:
         raise CheckpointError("config.json: text_config.hidden_size (the LLM's width) is missing")
     return config
@@ -106,7 +107,7 @@ def map_tensor(name: str) -> str:
     module, _, suffix = name.rpartition(".")
     if module in PROJECTOR_TO_GGUF and suffix == "weight":
         kind, bid = PROJECTOR_TO_GGUF[module]
-        return f"{gguf.TENSOR_NAMES[kind].format(bid=bid)}.{suffix}"
+        return tensor_name(kind, bid, suffix)
     if name.startswith(("language_model.", "multi_modal_projector.ln_post")):
         raise CheckpointError(f"can not map tensor {name!r}: this checkpoint carries "
                               + ("its LLM's weights, which llasm does not export yet" if name.startswith("language_model.")
@@ -152,11 +153,7 @@ def write_mmproj(config: dict, state: dict[str, np.ndarray], out: Path, ftype: s
         else:
             payload, raw = tower_tensor(gguf_name, data, ftype)
         writer.add_tensor(gguf_name, np.ascontiguousarray(payload), raw_dtype=raw)
-    with atomic_path(out) as tmp:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+    write_gguf(writer, out)
 
 
 def find_llm(config: dict, llm: Path | None) -> Path:
@@ -168,7 +165,7 @@ def find_llm(config: dict, llm: Path | None) -> Path:
     repo = config.get("text_model_id")
     if not isinstance(repo, str) or not repo:
         raise CheckpointError("the checkpoint's config names no text_model_id: pass the LLM with --llm")
-    from llasm_cli.hub import cached_snapshot, resolve
+    from llasm_cli.hub.pull import cached_snapshot, resolve
 
     try:
         found = cached_snapshot(resolve(repo))
@@ -210,23 +207,14 @@ def export_ultravox(
         if llm_src.is_file():
             progress(f"copying the LLM {llm_src.name}")
             info = validate_llm(llm_src)
-            arch = info.fields["general.architecture"]
-            if info.fields.get(f"{arch}.embedding_length") != width:
-                raise CheckpointError(f"{llm_src.name} is {info.fields.get(f'{arch}.embedding_length')} wide; "
+            got = info.fields.get(embedding_length(info.fields[gguf.Keys.General.ARCHITECTURE]))
+            if got != width:
+                raise CheckpointError(f"{llm_src.name} is {got} wide; "
                                       f"the projector makes {width}-wide embeddings")
             shutil.copyfile(llm_src, tmp / llm_src.name)
         else:
-            for t in types:
-                progress(f"writing the LLM ({t})")
-                dest = tmp / f"{name}-llm-{t}.gguf"
-                if t in LLM_QUANTS:
-                    f16 = tmp / ".llm.f16.tmp.gguf"
-                    if not f16.exists():
-                        write_llm_gguf(llm_src, f16, "f16", name=name)
-                    quantize_llm(f16, dest, t)
-                else:
-                    write_llm_gguf(llm_src, dest, t, name=name)
-            (tmp / ".llm.f16.tmp.gguf").unlink(missing_ok=True)
+            write_llm_types(tmp, {t: f"{name}-llm-{t}.gguf" for t in types},
+                            lambda path, t: write_llm_gguf(llm_src, path, t, name=name), progress)
     return sorted(out.glob("*.gguf"))
 
 

@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llasm_cli.audio import N_FFT, mel_filters
+from llasm_cli.audio.geometry import N_FFT
+from llasm_cli.audio.mel import mel_filters
 from llasm_cli.errors import CheckpointError
 from llasm_cli.files import atomic_file
 

@@ -1,1 +1,1 @@
-"""The PyTorch side of llasm: the LLaSM model definition and its training recipe."""
+"""The PyTorch side of llasm: the training recipe (the model it trains is defined in llasm_cli/model.py)."""

@@ -50,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from llasm_cli.audio import SAMPLE_RATE, resample
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.audio.decode import resample
 from llasm_cli.files import atomic_path, stale_temp_files
 
 from .records import (

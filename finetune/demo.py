@@ -42,8 +42,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from llasm_finetune import demo_tasks as T
+from llasm_finetune.augment import degrade, warp
 
 from llasm_cli.files import atomic_path, atomic_write_text
+from llasm_cli.formats.bundle import MANIFEST_FILE
 
 ROOT_DEFAULT = Path.home() / ".cache" / "llasm" / "demo-run"
 SEED = 1234
@@ -93,61 +95,6 @@ def synthesise(root: Path, jobs: list[dict]) -> None:
     (root / "audio").mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:  # one espeak-ng process per core
         list(pool.map(one, todo))
-
-
-def warp(path: Path, factor: float) -> None:
-    """Play the clip ``factor`` times faster: a longer or shorter vocal tract than espeak's voices have
-    (the classic speed perturbation of ASR training)."""
-    import soundfile as sf
-    import soxr
-
-    x, sr = sf.read(path, dtype="float32")
-    sf.write(path, soxr.resample(x, sr, round(sr / factor)), sr, subtype="PCM_16")
-
-
-def degrade(path: Path, kind: str, rng: random.Random) -> None:
-    """Noise at 10-30 dB SNR, or a telephone line (8 kHz, 300-3400 Hz): real microphones are not espeak."""
-    import soundfile as sf
-
-    x, sr = sf.read(path, dtype="float32")
-    if kind == "noise":
-        seed, pink = rng.randrange(2**32), rng.random() < 0.5  # drawn in this order: same clips as before
-        x = add_noise(x, rng.uniform(10, 30), pink, seed)
-    elif kind == "phone":
-        x = phone_band(x, sr)
-    write_clip(path, x, sr)
-
-
-def add_noise(x, snr_db: float, pink: bool, seed: int):
-    """White or pink-ish noise (more energy low, like fans and rooms) at ``snr_db`` below the speech."""
-    import numpy as np
-
-    noise = np.random.default_rng(seed).standard_normal(x.size).astype(np.float32)
-    if pink:
-        noise = np.cumsum(noise)
-        noise -= np.convolve(noise, np.ones(64) / 64, mode="same")
-    return x + noise * np.sqrt(np.mean(x**2) / (np.mean(noise**2) * 10 ** (snr_db / 10)))
-
-
-def phone_band(x, sr: int):
-    """What a telephone line leaves: 8 kHz sampling, 300-3400 Hz."""
-    import numpy as np
-    import soxr
-
-    y = soxr.resample(x, sr, 8000)
-    spec = np.fft.rfft(y)
-    freqs = np.fft.rfftfreq(y.size, 1 / 8000)
-    spec[(freqs < 300) | (freqs > 3400)] = 0
-    return soxr.resample(np.fft.irfft(spec, y.size).astype(np.float32), 8000, sr)
-
-
-def write_clip(path: Path, x, sr: int) -> None:
-    """16-bit wav, scaled down only if it would clip."""
-    import numpy as np
-    import soundfile as sf
-
-    peak = float(np.abs(x).max())
-    sf.write(path, x / peak * 0.9 if peak > 0.9 else x, sr, subtype="PCM_16")
 
 
 def make_data(root: Path, smoke: bool = False) -> None:
@@ -236,11 +183,11 @@ def make_base(root: Path, whisper: str = "packaged:base", inputs: tuple[str, ...
 
     import torch
     from llasm_finetune.checkpoint import save_checkpoint
-    from llasm_finetune.init import load_whisper
+    from llasm_finetune.init import fresh_tower
     from llasm_finetune.tiny import train_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-    from llasm_cli.model import AUDIO_END, AUDIO_START, AdaptorConfig, CheckpointMeta, LlasmModel, build_tower
+    from llasm_cli.model import AUDIO_END, AUDIO_START, CheckpointMeta, LlasmModel
     from llasm_cli.prompt import DEFAULT_TEMPLATE
 
     torch.manual_seed(SEED)
@@ -257,13 +204,10 @@ def make_base(root: Path, whisper: str = "packaged:base", inputs: tuple[str, ...
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
             bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
         ))
-        wcfg, wstate = load_whisper(whisper, Path(tmp))
-        cfg = AdaptorConfig(type="stack-swiglu", encoder_dim=wcfg.d_model, llm_dim=256, stack_factor=5,
-                            hidden_dim=1024, encoder_input=list(inputs),
+        tower = fresh_tower(whisper, llm.config.hidden_size, 1024, stack_factor=5, encoder_input=list(inputs),
                             chunk_seconds=CHUNK_SECONDS, context_seconds=CONTEXT_SECONDS)
-        tower = build_tower(wcfg, cfg, wstate)
         ids = tokenizer.convert_tokens_to_ids([AUDIO_START, AUDIO_END])
-        meta = CheckpointMeta(adaptor=cfg, system_prompt="")
+        meta = CheckpointMeta(adaptor=tower.cfg, system_prompt="")
         save_checkpoint(LlasmModel(tower, llm, ids[0], ids[1]), tokenizer, meta, out,
                         spm_model=Path(tmp) / "tokenizer.model")
     log(f"base checkpoint: {out}")
@@ -309,12 +253,12 @@ def make_bundle(root: Path, ckpt: Path) -> Path:
     from llasm_export.bundle import export_bundle
 
     out = root / "bundle"
-    if (out / "llasm-bundle.json").exists():
+    if (out / MANIFEST_FILE).exists():
         return out
     manifest = export_bundle(ckpt, out, ("q8_0",), tower_types=("f16",), name="llasm-demo", overwrite=True,
                              torch_dtype="float16", half_onnx=True)
     # trained on single questions: a chat shows it each question alone, not the history's questions too
-    atomic_write_text(out / "llasm-bundle.json", dataclasses.replace(manifest, history_turns=0).to_json())
+    atomic_write_text(out / MANIFEST_FILE, dataclasses.replace(manifest, history_turns=0).to_json())
     log(f"bundle: {out}")
     return out
 
@@ -326,9 +270,9 @@ def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
     """Exact-match accuracy on held-out voices: PyTorch (each encoder input) and the bundle (each backend
     here; a chunked model's clips both whole and streamed)."""
     from llasm_cli.assistant import Assistant
-    from llasm_cli.bundle import load_bundle
+    from llasm_cli.formats.bundle import load_bundle
     from llasm_cli.conversation import answer, answer_streamed
-    from llasm_cli.engine import Sampling
+    from llasm_cli.llm.engine import Sampling
     from llasm_cli.towers import candidates
 
     items = eval_items(root)
@@ -353,7 +297,7 @@ def eval_items(root: Path) -> list[tuple]:
     """The held-out questions: (id, samples, typed text or None, expected answer, clip path)."""
     from llasm_finetune.records import read_conversations
 
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
 
     items = []
     for c in read_conversations(root / "eval.json", on_error="fail"):

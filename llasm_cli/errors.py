@@ -19,6 +19,17 @@ class AudioFileError(LlasmError):
     exit_code = 2
 
 
+class InvalidValueError(LlasmError):
+    """An option or request field out of its range (``--temperature nan``, ``"max_tokens": -5``);
+    the rules are in inputs.py. ``param``: the option or field, as the person wrote it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class BundleError(LlasmError):
     """A bundle directory or its manifest cannot be read."""
 
@@ -122,3 +133,9 @@ class ServeError(LlasmError):
     """``llasm serve`` cannot listen: the address is taken, not local, or not permitted."""
 
     exit_code = 15
+
+
+def show_value(value: object, limit: int = 60) -> str:
+    """repr() for an error message, cut short (a hostile manifest or header may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AudioFileError, BundleError
+from llasm_cli.errors import AudioFileError, BundleError
 
 # Most precise first: the first of these a bundle has is the reference when it has no f32.
 PRECISION_ORDER = ("f32", "bf16", "f16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s",
@@ -109,7 +109,7 @@ def pick_reference(variants: Sequence[str]) -> tuple[str, str]:
 
 def audio_prompts(folder: Path) -> list[Prompt]:
     """Every audio file in ``folder`` (sorted by name) as a spoken prompt."""
-    from .audio import load_audio
+    from llasm_cli.audio.decode import load_audio
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -130,9 +130,9 @@ def eval_quant(
     progress: Callable[[str], None] = lambda step: None,
 ) -> QuantReport:
     """Score each LLM variant of ``model`` (a bundle path or Bundle) against the reference on ``prompts``."""
-    from .assistant import Assistant
-    from .bundle import Bundle
-    from .published import open_model
+    from llasm_cli.assistant import Assistant
+    from llasm_cli.formats.bundle import Bundle
+    from llasm_cli.formats.published import open_model
 
     bundle = model if isinstance(model, Bundle) else open_model(model)
     present = bundle.variants()
@@ -180,8 +180,8 @@ def eval_quant(
 
 def _open_engine(bundle, variant: str, n_ctx: int, n_threads: int | None, exact: bool):
     """The variant's LLM in a llama.cpp engine, its GGUF checked first (llama.cpp aborts on a malformed file)."""
-    from .engine import Engine
-    from .gguf_check import validate_llm
+    from llasm_cli.formats.gguf_check import validate_llm
+    from llasm_cli.llm.engine import Engine
 
     path = bundle.llm_path(variant)
     validate_llm(path)

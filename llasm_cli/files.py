@@ -6,8 +6,9 @@ complete; on any failure the temporary goes and the target is untouched. Use:
 
 - ``atomic_write_bytes(path, data)`` / ``atomic_write_text(path, text)`` for data in memory;
 - ``atomic_file(path, "wb")`` for a file object written piece by piece;
-- ``atomic_path(path)`` for writers that insist on a path of their own (GGUFWriter, safetensors,
-  soundfile, llama.cpp's quantizer): they write the path it yields;
+- ``atomic_path(path)`` for writers that insist on a path of their own (safetensors, soundfile,
+  llama.cpp's quantizer): they write the path it yields;
+- ``write_gguf(writer, path)`` for a ``gguf.GGUFWriter`` holding its keys and tensors;
 - ``atomic_folder(path)`` for a folder built as a whole.
 
 Temporary names start with a dot and hold ``.tmp-`` (``.NAME.tmp-XXXXXXXX.EXT``: the extension is
@@ -17,6 +18,7 @@ process left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -95,6 +97,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+def write_gguf(writer, path: str | Path) -> Path:
+    """Write a ``gguf.GGUFWriter`` made without a path (``GGUFWriter(None, arch)``), its keys and tensors
+    added, to ``path`` in the writer's fixed order (header, KV, tensors, close); llama.cpp and mtmd never
+    see a half-written file. Returns ``path``."""
+    with atomic_path(path) as tmp:
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return Path(path)
+
+
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", **open_kw) -> Iterator[IO]:
     """``open(path, mode)`` that only replaces ``path`` once the ``with`` block ends without error."""
@@ -167,3 +181,27 @@ def atomic_folder(out: str | Path, replace: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(out.parent)
 
+
+def cache_dir() -> Path:
+    """$LLASM_CACHE_DIR, else $XDG_CACHE_HOME/llasm, else ~/.cache/llasm."""
+    if os.environ.get("LLASM_CACHE_DIR"):
+        return Path(os.environ["LLASM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llasm"
+
+
+def read_json(path: Path) -> dict:
+    """A small JSON cache file as a dict; empty when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json_best_effort(path: Path, data: dict) -> None:
+    """Best effort: an unwritable cache only means probing again next time."""
+    try:
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    except OSError:
+        pass

@@ -29,13 +29,11 @@ from torch import nn
 from transformers import LlamaForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 
-from .errors import CheckpointError
+from llasm_cli.audio.geometry import N_ENCODER_FRAMES
+from llasm_cli.errors import CheckpointError
+from llasm_cli.formats.bundle import ADAPTOR_TYPES, BOUNDARIES, ENCODER_INPUTS
 
-AdaptorType = Literal["stack-swiglu", "llasm-v1"]
-ADAPTOR_TYPES: tuple[str, ...] = ("stack-swiglu", "llasm-v1")
-ENCODER_INPUTS: tuple[str, ...] = ("padded", "unpadded", "chunked")
-BOUNDARIES: tuple[str, ...] = ("tokens", "embeddings")
-N_ENCODER_FRAMES = 1500  # Whisper encoder frames per 30 s window
+AdaptorType = Literal["stack-swiglu", "llasm-v1"]  # ADAPTOR_TYPES, for the type checker
 AUDIO_START = "<au_start>"
 AUDIO_END = "<au_end>"
 LLM_DIR = "llm"  # a checkpoint's LLM: a Hugging Face LlamaForCausalLM folder
@@ -86,7 +84,7 @@ class AdaptorConfig:
         if self.type == "llasm-v1" and self.encoder_input != ["padded"]:
             raise ValueError("llasm-v1 runs on padded 30 s windows only")
         if "chunked" in self.encoder_input:
-            from .audio import chunk_spans
+            from llasm_cli.audio.geometry import chunk_spans
 
             chunk_spans(1, self.chunk_seconds, self.context_seconds, self.stack_factor)  # raises if misaligned
         if self.boundary not in BOUNDARIES:
@@ -198,7 +196,8 @@ class AudioTower(nn.Module):
         Each chunk's window runs alone and only the chunk's own frames are kept, exactly what the
         runtime computes while the user is still speaking.
         """
-        from .audio import chunk_mel, chunk_spans
+        from llasm_cli.audio.geometry import chunk_spans
+        from llasm_cli.audio.mel import chunk_mel
 
         cfg, k = self.cfg, self.cfg.stack_factor
         dev = next(self.parameters()).device

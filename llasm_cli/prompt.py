@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import TemplateError
+from llasm_cli.errors import TemplateError
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 # The template llasm models are trained with. "ASSISTANT:" is followed directly by the answer,
@@ -113,7 +113,12 @@ def recent_exchanges(messages: Sequence, keep: int | None) -> list:
 
 def user_content(text_before: str | None, has_audio: bool, text_after: str | None) -> list[Part]:
     """The user's turn: typed text before and after the spoken part, one per line."""
-    parts: list[Part] = [text_before or "", AUDIO if has_audio else "", text_after or ""]
+    return join_lines([text_before or "", AUDIO if has_audio else "", text_after or ""])
+
+
+def join_lines(parts: Sequence[Part]) -> list[Part]:
+    """A user turn's typed texts and spoken parts (``AUDIO``) in order, one per line; blank texts dropped
+    (``llasm ask --text T audio.wav``, a chat turn and an HTTP message's content parts alike)."""
     kept = [p for p in parts if p is AUDIO or p.strip()]
     out: list[Part] = []
     for i, part in enumerate(kept):

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llasm_cli.audio import SAMPLE_RATE, load_audio
+from llasm_cli.audio.decode import load_audio
+from tests.helpers import espeak
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """llasm's cache (the CPU probe's verdict) in a temp folder, decided once before any test, so
     subprocesses find the verdict and print nothing about it."""
-    from llasm_cli import cpu_probe
+    from llasm_cli.llm import cpu_probe
 
     saved = os.environ.get("LLASM_CACHE_DIR")
     os.environ["LLASM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
@@ -28,25 +29,6 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("LLASM_CACHE_DIR", None)
     else:
         os.environ["LLASM_CACHE_DIR"] = saved
-
-
-def espeak(text: str, path: Path, voice: str = "en", speed: int = 160, pitch: int = 50) -> Path:
-    """Speak ``text`` into a wav file with espeak-ng (real speech, 22.05 kHz mono)."""
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is not installed: apt-get install espeak-ng (.ci/run does this)")
-    subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
-        check=True, capture_output=True,
-    )
-    return path
-
-
-def speech_of_length(base: np.ndarray, seconds: float) -> np.ndarray:
-    """Real speech tiled (with short gaps) to exactly ``seconds`` at 16 kHz."""
-    gap = np.zeros(SAMPLE_RATE // 5, dtype=np.float32)
-    unit = np.concatenate([base, gap])
-    n = int(round(seconds * SAMPLE_RATE))
-    return np.resize(unit, n).astype(np.float32)
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +110,7 @@ def pulse(tmp_path_factory) -> dict[str, str]:
             pytest.fail(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
     saved = {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "PULSE_SERVER")}
     os.environ.update(XDG_RUNTIME_DIR=env["XDG_RUNTIME_DIR"], PULSE_SERVER=env["PULSE_SERVER"])
-    __import__("llasm_cli.mic", fromlist=["rescan_devices"]).rescan_devices()  # PortAudio may have initialised (and listed devices) before the daemon ran
+    __import__("llasm_cli.audio.mic", fromlist=["rescan_devices"]).rescan_devices()  # PortAudio may have initialised (and listed devices) before the daemon ran
     try:
         yield env
     finally:

@@ -26,9 +26,9 @@ def prompt_of(bot, turns: list[tuple[Path | np.ndarray | None, str | None]], max
               system: str | None = None) -> list:
     """Prompt segments of the last of ``turns`` (audio, typed text), the earlier ones answered greedily by
     llasm (their answers' very tokens in the prompt, as the server feeds back the answers it gave)."""
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import Conversation
-    from llasm_cli.engine import Sampling
+    from llasm_cli.llm.engine import Sampling
 
     bot.engine.reset()
     conv = Conversation(bot, system=system)

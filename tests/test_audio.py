@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 
 from llasm_cli.assistant import Assistant
-from llasm_cli.audio import SAMPLE_RATE, audio_token_count, load_audio
-from tests.conftest import speech_of_length
+from llasm_cli.audio.geometry import SAMPLE_RATE, audio_token_count
+from llasm_cli.audio.decode import load_audio
+from tests.helpers import speech_of_length
 
 SECONDS = [1.0, 29.9, 30.0, 31.0, 65.0]
 
@@ -83,7 +84,7 @@ def test_mel_product_runs_on_one_blas_thread(monkeypatch):
     product runs on one BLAS thread; the process's setting is as it was afterwards."""
     from threadpoolctl import threadpool_info
 
-    import llasm_cli.audio as audio
+    import llasm_cli.audio.mel as audio
 
     def blas_threads() -> list[int]:
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]

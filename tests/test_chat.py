@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
-import pexpect
 import soundfile as sf
 
-from llasm_cli.audio import SAMPLE_RATE, load_audio
-from tests.conftest import espeak
-from tests.test_endpointing import speech_bounds
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.audio.decode import load_audio
+from tests.helpers import espeak, finish, spawn, speech_bounds
 
 ANSWER_DONE = r"· \d+ tokens?"  # near the end of the --stats line printed after every answer
 TOL = 0.3
-
-
-def spawn(bundle, *args: str, env=None, timeout: float = 60) -> pexpect.spawn:
-    cmd = [sys.executable, "-m", "llasm_cli", "chat", "-m", str(bundle), "--stats", "--temperature", "0", *args]
-    # codec_errors: Ctrl-C can land between the bytes of one character
-    return pexpect.spawn(
-        cmd[0], cmd[1:], encoding="utf-8", codec_errors="replace", timeout=timeout, dimensions=(50, 160), env=env
-    )
-
-
-def finish(child: pexpect.spawn) -> None:
-    child.expect("bye")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0, child.before
 
 
 def test_typed_file_reset_save(swiglu, question_wav, tmp_path):

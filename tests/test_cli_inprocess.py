@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from llasm_cli import __version__
-from llasm_cli.bundle import load_bundle
+from llasm_cli.formats.bundle import load_bundle
 from llasm_cli.cli import app, main
-from llasm_cli.errors import AudioFileError, BundleError, LlasmError
+from llasm_cli.errors import AudioFileError, BundleError, InvalidValueError, LlasmError
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}  # wide enough that no option name is cut
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -103,7 +103,6 @@ def test_version():
         (("ask", "--max-tokens", "many"), "--max-tokens"),
         (("ask", "--seed", "1.5"), "--seed"),
         (("ask", "--temperature", "hot"), "--temperature"),
-        (("ask", "--max-audio", "0.5"), "--max-audio"),  # below its minimum of 1 s
         (("chat", "--ctx", "big"), "--ctx"),
         (("export",), "CHECKPOINT"),  # a required argument
         (("no-such-command",), "No such command"),
@@ -115,6 +114,24 @@ def test_usage_errors_exit_2_without_a_traceback(args, needle):
     assert needle.lower() in text_of(res).lower(), text_of(res)
     assert "Usage: llasm" in text_of(res)
     assert_no_traceback(res)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("ask", "--max-audio", "0.5"), "--max-audio must be a number of seconds, at least 1, got 0.5"),
+        (("ask", "--temperature", "nan"), "--temperature must be a number from 0 (greedy) to 2, got nan"),
+        (("ask", "--threads", "-3"), "--threads must be from 1 to 512, or 0 for the default, got -3"),
+        (("ask", "--max-tokens", "-5"), "--max-tokens must be a whole number, at least 1, got -5"),
+        (("chat", "--ctx", "100"), "--ctx 100 is too small: a chat keeps 256 positions free"),
+    ],
+)
+def test_options_out_of_range_are_invalid_values(args, needle):
+    """Range errors come from inputs.py's rules (the server's too) before anything loads: exit 2 under main."""
+    res = invoke(*args, "--text", "x")
+    assert isinstance(res.exception, InvalidValueError), repr(res.exception)
+    assert needle in str(res.exception)
+    assert res.exception.exit_code == 2 and res.exception.param == args[1]
 
 
 def test_ask_with_nothing_to_ask_is_a_user_error():
@@ -172,7 +189,7 @@ def test_info_checks_every_file_of_the_bundle(swiglu):
 
 def test_info_loads_the_built_in_models_onnx_tower():
     """The built-in model's ONNX tower (what `pip install .` encodes with) is loaded and checked."""
-    from llasm_cli.bundle import default_bundle_path
+    from llasm_cli.formats.bundle import default_bundle_path
 
     res = invoke("info", str(default_bundle_path()))
     assert res.exit_code == 0, (res.output, res.exception)

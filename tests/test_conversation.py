@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from llasm_cli.assistant import Assistant
-from llasm_cli.audio import load_audio
+from llasm_cli.audio.decode import load_audio
 from llasm_cli.conversation import Conversation
-from llasm_cli.engine import Engine, Sampling
+from llasm_cli.llm.engine import Engine, Sampling
 from llasm_cli.errors import ModelFileError
 from tests.reference import rel_err
 
@@ -156,7 +156,7 @@ def test_interrupt_mid_prefill_rolls_back_exactly(bot, question_audio, mandarin_
 def test_generated_tokens_go_in_as_eval_would_put_them(bot):
     """The decode loop's own one-token step (Engine._feed_back) records and computes what eval does,
     and takes its position back out when the decode fails."""
-    from llasm_cli.engine import Sampler
+    from llasm_cli.llm.engine import Sampler
 
     engine = bot.engine
     engine.reset()
@@ -221,7 +221,7 @@ def test_history_turns_limits_what_the_prompt_holds(swiglu, question_audio, mand
     in the conversation (the chat shows and saves them)."""
     import dataclasses
 
-    from llasm_cli.bundle import Bundle, load_bundle
+    from llasm_cli.formats.bundle import Bundle, load_bundle
 
     b = load_bundle(swiglu[1])
     bot = Assistant(Bundle(b.root, dataclasses.replace(b.manifest, history_turns=keep)), backend="ggml", llm_variant="f32")

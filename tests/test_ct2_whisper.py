@@ -328,7 +328,8 @@ def test_packaged_whisper_names_the_pip_install(monkeypatch):
 @pytest.fixture(scope="module")
 def question_features(tmp_path_factory) -> torch.Tensor:
     """Log-mel features (1, 80, 3000) of espeak-ng saying "what is seven plus five"."""
-    from llasm_cli.audio import load_audio, log_mel_spectrogram
+    from llasm_cli.audio.decode import load_audio
+    from llasm_cli.audio.mel import log_mel_spectrogram
 
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is not installed: apt-get install espeak-ng")

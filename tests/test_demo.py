@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llasm_cli.bundle import default_bundle_path
-from tests.conftest import espeak
-from tests.test_errors import run_llasm
+from llasm_cli.formats.bundle import default_bundle_path
+from tests.helpers import espeak, run_llasm
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXPECTED = {
@@ -49,9 +48,9 @@ def test_readme_examples(name, monkeypatch):
 def test_held_out_voices(backend, way, tmp_path):
     """A file (one unpadded encode) and a microphone (0.5 s chunks encoded and prefilled as they arrive)."""
     from llasm_cli.assistant import Assistant
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import answer, answer_streamed
-    from llasm_cli.engine import Sampling
+    from llasm_cli.llm.engine import Sampling
 
     bot = Assistant(default_bundle_path(), backend=backend)
     ask = answer if way == "whole clip" else answer_streamed

@@ -10,21 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm_cli.audio import SAMPLE_RATE, resample
-from llasm_cli.endpoint import Endpointer, Event, SpeechEnd, SpeechStart, level
-from tests.conftest import espeak
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.audio.decode import resample
+from llasm_cli.audio.endpoint import Endpointer, Event, level
+from tests.helpers import espeak, speech_bounds, turns
 
 TOL = 0.3  # seconds: allowed distance between a turn boundary and the speech's energy boundary
 NOISE_FLOOR_DB = -65.0  # a quiet room's hiss under every stream, so silence is not digital zero
-
-
-def speech_bounds(x: np.ndarray, rate: int = SAMPLE_RATE, below_peak_db: float = 35.0) -> tuple[float, float]:
-    """(first, last) second where 10 ms frames carry energy within below_peak_db of the peak."""
-    hop = rate // 100
-    frames = x[: x.size // hop * hop].reshape(-1, hop).astype(np.float64)
-    db = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-20)
-    active = np.flatnonzero(db > db.max() - below_peak_db)
-    return active[0] / 100, (active[-1] + 1) / 100
 
 
 def say(path, text: str) -> np.ndarray:
@@ -51,22 +43,6 @@ def feed(ep: Endpointer, stream: np.ndarray, seed: int = 0) -> list[Event]:
         events += ep.push(stream[i : i + n])
         i += n
     return events
-
-
-def turns(events: list[Event]) -> list[tuple[float, SpeechEnd]]:
-    """Pair each SpeechStart with its SpeechEnd, checking they alternate."""
-    out, start = [], None
-    for ev in events:
-        if isinstance(ev, SpeechStart):
-            assert start is None, f"two starts in a row: {events}"
-            start = ev.t
-        else:
-            assert start is not None, f"end without start: {events}"
-            assert ev.t > start
-            out.append((start, ev))
-            start = None
-    assert start is None, f"turn left open: {events}"
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +192,13 @@ def test_rejects_multichannel_chunks(ep):
 
 def test_require_speech_tells_speech_from_tones_noise_and_clicks(question_audio):
     """What `llasm ask` refuses to send (exit 8 in the CLI) and what it sends."""
-    from llasm_cli.endpoint import MIN_VOICED, require_speech, voiced_seconds
+    from llasm_cli.audio.endpoint import MIN_VOICED, require_speech, voiced_seconds
     from llasm_cli.errors import NoSpeechError
 
     assert voiced_seconds(question_audio) > 1.0
     require_speech(question_audio, "speech")
     require_speech(question_audio * 0.01, "quiet speech")  # 40 dB down is still speech (a quiet microphone)
-    from llasm_finetune.demo import add_noise, phone_band
+    from llasm_finetune.augment import add_noise, phone_band
 
     require_speech(phone_band(question_audio, SAMPLE_RATE), "telephone band")
     require_speech(add_noise(question_audio, 0.0, True, 2), "speech in pink noise at 0 dB SNR")

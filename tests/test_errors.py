@@ -5,30 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm_cli.bundle import MANIFEST_FILE
-
-
-def run_llasm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llasm_cli", *args], capture_output=True, text=True, timeout=300,
-                          env=env)
-
-
-def assert_clean_error(res: subprocess.CompletedProcess, code: int, *needles: str) -> None:
-    """Exit code as documented (not a signal), exactly one line on stderr, no traceback."""
-    assert res.returncode == code, (res.returncode, res.stderr)
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, res.stderr
-    assert "Traceback" not in res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from llasm_cli.formats.bundle import MANIFEST_FILE
+from tests.helpers import assert_clean_error, run_llasm, speech_of_length
 
 
 def copy_bundle(src: Path, dst: Path) -> Path:
@@ -75,7 +59,7 @@ def test_empty_audio(bundle, tmp_path):
 
 
 def test_no_model_uses_the_demo_or_says_what_to_do(question_wav, monkeypatch):
-    from llasm_cli.bundle import default_bundle_path
+    from llasm_cli.formats.bundle import default_bundle_path
 
     monkeypatch.delenv("LLASM_MODEL", raising=False)
     res = run_llasm("ask", str(question_wav), "--max-tokens", "8")
@@ -205,8 +189,6 @@ def test_no_speech_is_not_answered(bundle, tmp_path, question_wav):
 def test_ten_minute_recording_names_ctx(bundle, tmp_path, question_audio):
     """Ten minutes of speech: a clear context error that names --ctx, before any encoding; five
     minutes fit, encoded window by window (ten 30 s windows)."""
-    from tests.conftest import speech_of_length
-
     long = tmp_path / "ten-minutes.wav"
     sf.write(long, speech_of_length(question_audio, 600.0), 16000, subtype="PCM_16")
     res = run_llasm("ask", str(long), "-m", str(bundle))
@@ -248,7 +230,6 @@ def test_max_audio_limit(bundle, tmp_path, question_audio):
 def test_window_of_one_sample_does_not_abort(bundle, question_audio):
     """30 s + 1 sample of speech: the second window holds one sample, which mtmd aborts on unpadded."""
     from llasm_cli.assistant import Assistant
-    from tests.conftest import speech_of_length
 
     bot = Assistant(bundle, backend="ggml")
     try:

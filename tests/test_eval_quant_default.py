@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llasm_cli.bundle import default_bundle_path, load_bundle
+from llasm_cli.formats.bundle import default_bundle_path, load_bundle
 
 pytestmark = pytest.mark.skipif(default_bundle_path() is None, reason="no packaged demo model")
 

@@ -20,9 +20,10 @@ import soxr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llasm_cli.audio import MAX_AUDIO_SECONDS, MIN_LOAD_SAMPLES, SAMPLE_RATE, check_finite, load_audio
+from llasm_cli.audio.decode import MAX_AUDIO_SECONDS, MIN_LOAD_SAMPLES, check_finite, load_audio
+from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.errors import AudioFileError, AudioTooLongError
-from tests.test_errors import assert_clean_error, run_llasm
+from tests.helpers import assert_clean_error, run_llasm
 
 PEAK = 0.5
 

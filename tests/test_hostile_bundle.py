@@ -18,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llasm_cli.bundle import MANIFEST_FILE, Bundle, Manifest, load_bundle
+from llasm_cli.formats.bundle import MANIFEST_FILE, Bundle, Manifest, load_bundle
 from llasm_cli.errors import BundleError, ModelFileError
 from llasm_cli.files import atomic_file, atomic_folder, atomic_path, atomic_write_bytes, atomic_write_text
-from llasm_cli.gguf_check import read_gguf, validate_llm, validate_tower
-from tests.test_errors import assert_clean_error, run_llasm
+from llasm_cli.formats.gguf_check import read_gguf, validate_llm, validate_tower
+from tests.helpers import assert_clean_error, run_llasm
 
-# --- a GGUF taken apart, independently of llasm_cli.bundle's reader -----------------------------
+# --- a GGUF taken apart, independently of llasm_cli.formats.bundle's reader -----------------------------
 
 U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
 _FMT = {U8: "B", I8: "b", U16: "H", I16: "h", U32: "I", I32: "i", F32: "f", BOOL: "?", U64: "Q", I64: "q", F64: "d"}
@@ -794,7 +794,7 @@ def test_expert_count_as_string_array_is_a_clear_error(tmp_path):
     """A string array where llama.cpp expects integers (read by the header parser as its length)."""
     import gguf
 
-    from llasm_cli.cpu_probe import write_random_llama
+    from llasm_cli.llm.cpu_probe import write_random_llama
 
     src = write_random_llama(tmp_path / "ok.gguf", 64, 128, 1, 2, 288)
     reader = gguf.GGUFReader(str(src))

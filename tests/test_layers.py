@@ -2,9 +2,11 @@
 
 Layers, bottom up: llasm_cli (the runtime) < export (formats: GGUF writers, the quantizer, the
 Whisper readers) < finetune (the recipe) < bench. A layer may import the ones below it, never one
-above: the runtime installs and runs without the training stack, and export runs without the
-recipe. The one exception is ``llasm export`` in llasm_cli/cli.py, which imports export lazily
-inside the command's function. Inside llasm_cli, the module-level imports form no cycle.
+above, not even inside a function: the runtime installs and runs without the training stack, and
+export runs without the recipe (``llasm export`` is the exporter's own command, which it registers
+through an entry point). Inside llasm_cli, the module-level imports form no cycle, and its rooms
+(sub-packages; each top-level module is a room of its own) form none either, counting the imports
+made inside functions too.
 
 finetune/ and export/ are installed as llasm_finetune / llasm_export; both spellings count as
 the same package.
@@ -23,7 +25,6 @@ PACKAGES = ("llasm_cli", "finetune", "export", "bench")
 ALIASES = {"llasm_finetune": "finetune", "llasm_export": "export"}
 LAYERS = ("llasm_cli", "export", "finetune", "bench")  # bottom up
 FORBIDDEN = {layer: set(LAYERS[i + 1 :]) for i, layer in enumerate(LAYERS)}  # every layer above
-LAZY_ALLOWED = ("llasm_cli/cli.py", "export")  # (file, package) that may be imported inside a function
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,6 @@ def layer_violations(imports: list[Import]) -> list[str]:
         layer = imp.module.split(".")[0]
         if imp.top not in FORBIDDEN.get(layer, set()):
             continue
-        if (imp.file, imp.top) == LAZY_ALLOWED and imp.in_function:
-            continue
         how = "inside a function" if imp.in_function else "at module level"
         bad.append(f"{imp.where}: {layer} imports {imp.target} ({how})")
     return bad
@@ -261,6 +260,38 @@ def test_no_import_cycle_in_the_runtime(repo):
     assert cycle is None, "import cycle in llasm_cli (module-level imports):\n" + describe(cycle)
 
 
+def room_of(module: str, files: dict[str, Path]) -> str:
+    """A runtime module's room: its sub-package of llasm_cli (llasm_cli.audio, llasm_cli.llm, ...),
+    else the top-level module itself."""
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and files.get(module, Path()).name == "__init__.py"):
+        return ".".join(parts[:2])
+    return module
+
+
+def room_graph(files: dict[str, Path], imports: list[Import], package: str = "llasm_cli") -> dict[str, dict[str, Import]]:
+    """Import edges between the runtime's rooms, counting the imports made inside functions too
+    (they run on the journeys all the same): importer room -> imported room -> first import."""
+    graph: dict[str, dict[str, Import]] = {room_of(m, files): {} for m in files if m.split(".")[0] == package}
+    for imp in imports:
+        if imp.type_checking or imp.module.split(".")[0] != package or imp.top != package or imp.target == package:
+            continue
+        a, b = room_of(imp.module, files), room_of(imp.target, files)
+        if a != b and b in graph:
+            graph[a].setdefault(b, imp)
+    return graph
+
+
+def test_no_cycle_between_the_runtimes_rooms(repo):
+    """A journey reads downward through the runtime's rooms: no room calls back into one above it."""
+    files, imports = repo
+    graph = room_graph(files, imports)
+    assert {"llasm_cli.audio", "llasm_cli.llm", "llasm_cli.formats", "llasm_cli.towers"} <= graph.keys()
+    assert sum(len(v) for v in graph.values()) > 20
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle between llasm_cli's rooms (imports inside functions too):\n" + describe(cycle)
+
+
 # --- the checker itself, on a made-up tree ---------------------------------------------------
 
 
@@ -294,6 +325,7 @@ def test_checker_finds_what_it_should(tmp_path):
         "export/x.py:1: export imports bench (at module level)",
         "finetune/__init__.py:3: finetune imports bench.x (at module level)",
         "llasm_cli/bad.py:3: llasm_cli imports bench.latency (inside a function)",
+        "llasm_cli/cli.py:2: llasm_cli imports export.bundle (inside a function)",
         "llasm_cli/cli.py:4: llasm_cli imports finetune (at module level)",
     ]
     graph = module_graph(files, imports, "llasm_cli")
@@ -315,6 +347,23 @@ def test_checker_finds_what_it_should(tmp_path):
     write_tree(tmp_path, {"llasm_cli/sub/__init__.py": "def later():\n    from ..a import y\n"})
     files, imports = all_imports(tmp_path)
     assert find_cycle(module_graph(files, imports, "llasm_cli")) is None
+
+
+def test_room_checker_sees_a_cycle_through_a_function(tmp_path):
+    write_tree(tmp_path, {
+        "llasm_cli/__init__.py": "",
+        "llasm_cli/top.py": "from .low.a import x\n",
+        "llasm_cli/low/__init__.py": "",
+        "llasm_cli/low/a.py": "def f():\n    from ..top import y\n",
+        "llasm_cli/low/b.py": "from . import a\n",
+        "finetune/__init__.py": "", "export/__init__.py": "", "bench/__init__.py": "",
+    })
+    files, imports = all_imports(tmp_path)
+    assert find_cycle(module_graph(files, imports, "llasm_cli")) is None  # module level: no cycle
+    graph = room_graph(files, imports)
+    assert graph["llasm_cli.top"].keys() == {"llasm_cli.low"} and graph["llasm_cli.low"].keys() == {"llasm_cli.top"}
+    cycle = find_cycle(graph)
+    assert cycle is not None and {a for a, _, _ in cycle} == {"llasm_cli.top", "llasm_cli.low"}
 
 
 def test_checker_reports_missing_modules(tmp_path):

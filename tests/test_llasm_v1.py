@@ -24,11 +24,11 @@ import torch
 from typer.testing import CliRunner
 
 from llasm_cli.assistant import Assistant
-from llasm_cli.audio import load_audio
-from llasm_cli.bundle import load_bundle
+from llasm_cli.audio.decode import load_audio
+from llasm_cli.formats.bundle import load_bundle
 from llasm_cli.cli import app
 from llasm_cli.errors import CheckpointError
-from llasm_cli.gguf_check import read_gguf
+from llasm_cli.formats.gguf_check import read_gguf
 from llasm_cli.model import DEFAULT_SYSTEM_PROMPT
 
 N_GREEDY = 12
@@ -200,7 +200,7 @@ def converted(original, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def question(tmp_path_factory):
-    from tests.conftest import espeak
+    from tests.helpers import espeak
 
     wav = espeak("what is seven plus five", tmp_path_factory.mktemp("llasm-v1-audio") / "q.wav")
     return wav, load_audio(wav)

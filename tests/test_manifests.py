@@ -11,7 +11,7 @@ import soundfile as sf
 from llasm_finetune.manifests import aishell, commonvoice, join_tokens, librispeech, main
 from llasm_finetune.records import DataError, read_asr_manifest
 
-from tests.conftest import espeak
+from tests.helpers import espeak
 
 
 @pytest.fixture(scope="module")

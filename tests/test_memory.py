@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from llasm_cli import cli
 from llasm_cli.assistant import DEFAULT_CTX, Assistant
-from llasm_cli.audio import SAMPLE_RATE, chunk_spans, load_audio
+from llasm_cli.audio.geometry import SAMPLE_RATE, chunk_spans
+from llasm_cli.audio.decode import load_audio
 from llasm_cli.conversation import ANSWER_RESERVE, ask, question_context
-from llasm_cli.engine import Sampling
-from tests.conftest import speech_of_length
-from tests.test_streaming import chunked_bundle
+from llasm_cli.llm.engine import Sampling
+from tests.helpers import chunked_bundle, speech_of_length
 
 LLAMA_CTX_STEP = 256  # llama.cpp rounds the context it makes up to a multiple of this
 
@@ -114,7 +114,7 @@ LOAD_PROBE = """
 import re, sys
 import llama_cpp
 from llasm_cli import native
-from llasm_cli.engine import Engine, Sampler, Sampling
+from llasm_cli.llm.engine import Engine, Sampler, Sampling
 
 def rss_mib():
     return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm_cli.audio import SAMPLE_RATE, resample
-from llasm_cli.endpoint import Endpointer, Event, SpeechEnd
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.audio.decode import resample
+from llasm_cli.audio.endpoint import Endpointer, Event, SpeechEnd
 from llasm_cli.errors import MicrophoneError
-from llasm_cli.mic import Microphone, list_input_devices, resolve_device
-from tests.conftest import espeak
-from tests.test_endpointing import speech_bounds, turns
+from llasm_cli.audio.mic import Microphone, list_input_devices, resolve_device
+from tests.helpers import espeak, speech_bounds, turns
 
 TOL = 0.3
 
@@ -98,7 +98,7 @@ def test_missing_portaudio_is_a_microphone_error(tmp_path):
     code = (
         "import ctypes.util; ctypes.util.find_library = lambda name: None\n"
         "from llasm_cli.errors import MicrophoneError\n"
-        "from llasm_cli.mic import list_input_devices\n"
+        "from llasm_cli.audio.mic import list_input_devices\n"
         "try:\n    list_input_devices()\nexcept MicrophoneError as e:\n    print('MicrophoneError:', e)\n"
     )
     root = Path(__file__).resolve().parents[1]

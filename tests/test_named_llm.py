@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from llasm_cli.bundle import MANIFEST_FILE, load_bundle, packaged_file
+from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle, packaged_file
 from llasm_cli.errors import BundleError
-from tests.test_errors import assert_clean_error, run_llasm
+from tests.helpers import assert_clean_error, run_llasm
 
 
 def _named(src: Path, dst: Path, **fields) -> Path:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from llasm_cli import cpu_probe, native
-from tests.test_errors import run_llasm
+from llasm_cli.llm import cpu_probe, native
+from tests.helpers import run_llasm
 
 DIE_BY_SIGILL = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
 
@@ -19,7 +19,7 @@ def test_probe_model_runs_without_extra_buffers(tmp_path):
     this process (which runs with the machine's verdict) decodes it to finite logits."""
     import numpy as np
 
-    from llasm_cli.engine import Engine
+    from llasm_cli.llm.engine import Engine
 
     model = cpu_probe.write_probe_model(tmp_path / "probe.gguf")
     with Engine(model, n_ctx=64) as engine:

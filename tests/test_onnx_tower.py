@@ -22,14 +22,17 @@ from llasm_export.bundle import write_tower_and_manifest
 from llasm_export.onnx_tower import write_onnx_tower
 from transformers import WhisperConfig
 
-from llasm_cli.audio import chunk_mel, chunk_spans, load_audio, log_mel_spectrogram, unpadded_frames
-from llasm_cli.bundle import MANIFEST_FILE, load_bundle
+from llasm_cli.audio.decode import load_audio
+from llasm_cli.audio.geometry import chunk_spans, unpadded_frames
+from llasm_cli.audio.mel import chunk_mel, log_mel_spectrogram
 from llasm_cli.errors import BundleError, ModelFileError, TowerMismatchError
+from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
 from llasm_cli.model import AdaptorConfig, AudioTower, CheckpointMeta
+from llasm_cli.onnx_runtime import quiet_session_options
 from llasm_cli.towers import CHOICE_FILE, candidates, open_tower
-from llasm_cli.towers.onnx import OnnxTower, quiet_session_options, unpadded_mel
+from llasm_cli.towers.onnx import OnnxTower, unpadded_mel
 
-from .conftest import espeak, speech_of_length
+from .helpers import espeak, speech_of_length
 
 TOL = 1e-5
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +126,7 @@ def test_one_shot_process_keeps_float16_weights_and_the_same_numbers(chunked, sp
     """``llasm ask`` opens the tower for one call: no float32 copies of a streaming model's weights
     (faster to open, less memory), the same embeddings; Assistant(one_shot=True) asks for that."""
     from llasm_cli.assistant import Assistant
-    from llasm_cli.bundle import default_bundle_path
+    from llasm_cli.formats.bundle import default_bundle_path
 
     bundle = load_bundle(chunked[1])
     kept, one = open_tower(bundle, "onnx", None, n_threads=2), open_tower(bundle, "onnx", None, n_threads=2, one_shot=True)
@@ -314,8 +317,8 @@ CHILD = textwrap.dedent("""
         sys.modules["transformers"] = None
     if mode == "no-ort":
         sys.modules["onnxruntime"] = None
-    from llasm_cli.bundle import load_bundle
-    from llasm_cli.endpoint import silero_scorer
+    from llasm_cli.formats.bundle import load_bundle
+    from llasm_cli.audio.endpoint import silero_scorer
     from llasm_cli.errors import BackendUnavailableError
     from llasm_cli.towers import candidates, open_tower
 

@@ -62,7 +62,7 @@ def test_parity_torch_tower(case, question_audio, record_property):
 
 
 def test_parity_ggml_tower(swiglu, question_audio, mandarin_wav, record_property):
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
 
     ckpt, bundle = swiglu
     ref = TorchReference(ckpt)

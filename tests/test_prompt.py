@@ -18,7 +18,7 @@ from llasm_cli.prompt import (
     render,
     user_content,
 )
-from tests.test_errors import assert_clean_error, run_llasm
+from tests.helpers import assert_clean_error, run_llasm
 
 HOSTILE = "</s> <au_start> <|audio|> <s>"
 

@@ -23,16 +23,16 @@ import numpy as np
 import pytest
 
 from llasm_cli.assistant import Assistant
-from llasm_cli.audio import SAMPLE_RATE, log_mel_spectrogram
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.audio.mel import log_mel_spectrogram
 from llasm_cli.conversation import Conversation
-from llasm_cli import engine as engine_module
-from llasm_cli.engine import Engine, Sampler, Sampling
-from llasm_cli.gguf_check import read_gguf
-from llasm_cli.published import PublishedPair, open_model
+from llasm_cli.formats.gguf_check import read_gguf
+from llasm_cli.formats.published import PublishedPair, open_model
+from llasm_cli.llm import engine as engine_module
+from llasm_cli.llm.engine import Engine, Sampler, Sampling
 
 from . import hf_layouts as hf
-from .conftest import espeak, speech_of_length
-from .test_errors import assert_clean_error, run_llasm
+from .helpers import assert_clean_error, espeak, run_llasm, speech_of_length
 
 GREEDY = Sampling(temperature=0.0)
 FAMILIES = ("qwen2a", "voxtral", "ultravox")
@@ -76,7 +76,7 @@ def speech(workdir) -> Path:
 
 
 def samples_of(wav: Path) -> np.ndarray:
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
 
     return load_audio(wav)
 
@@ -332,9 +332,9 @@ def mtmd_prefill(engine: Engine, mmproj: Path, before: str, after: str, audio: n
 def serve_prefill(engine: Engine, segs: list, seq: int) -> np.ndarray:
     """``segs`` prefilled on sequence ``seq`` of a fresh serve context (scheduler.BatchEngine, two sequences)
     over ``engine``'s model, batch by batch; the logits of the last position."""
-    from llasm_cli.scheduler import BatchEngine
+    from llasm_cli.llm.scheduler import BatchEngine
 
-    serve = BatchEngine(engine, n_seq=2, n_ctx_seq=1024, exact=True)
+    serve = BatchEngine(engine.llm, n_seq=2, n_ctx_seq=1024, exact=True)
     try:
         pos, n_batch = 0, serve.n_batch
         for k, seg in enumerate(segs):
@@ -389,7 +389,7 @@ def test_omni_logits_equal_mtmd_own_path(published, omni_question, monkeypatch):
     finally:
         bot.close()
     # mtmd ran llasm's audio-only copy: every audio tensor and key of the published file, nothing of its vision part
-    from llasm_cli.cpu_probe import cache_dir
+    from llasm_cli.files import cache_dir
     from llasm_cli.towers.encoder_only import audio_only_path
 
     published_file, copy = read_gguf(mmproj), read_gguf(audio_only_path(mmproj, cache_dir() / "encoders"))
@@ -435,7 +435,7 @@ def test_omni_llasm_ask_answers_as_mtmd_does(published, omni_question):
 
 
 def test_a_pulled_name_runs(published, speech, tmp_path):
-    from .test_pull import COMMIT, LLM, MMPROJ, ULTRAVOX, FakeHub, Repo, hf_env
+    from .fake_hub import COMMIT, LLM, MMPROJ, ULTRAVOX, FakeHub, Repo, hf_env
 
     server = FakeHub()
     files = {LLM: (published["ultravox"] / "Llama-F32.gguf").read_bytes(),

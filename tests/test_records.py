@@ -19,7 +19,7 @@ from llasm_finetune.records import (
 )
 
 from llasm_cli.errors import LlasmError
-from tests.conftest import espeak
+from tests.helpers import espeak
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm_cli.bundle import default_bundle_path, load_bundle
+from llasm_cli.formats.bundle import default_bundle_path, load_bundle
 from tests.near_greedy import departure, prompt_of
 
 openai = pytest.importorskip("openai")
@@ -101,7 +101,8 @@ def assert_openai_error(body: dict, code: str | None = None, param: str | None =
 
 @pytest.fixture(scope="module")
 def served():
-    from llasm_cli.serve import ServerThread, ServeSettings, close_server, load_server
+    from llasm_cli.serving.server import ServeSettings, close_server, load_server
+    from llasm_cli.serving.http import ServerThread
 
     srv = load_server(DEFAULT, ServeSettings(parallel=4, queue=4, n_ctx=1024, max_audio=MAX_AUDIO, max_body=MAX_BODY))
     try:
@@ -146,7 +147,8 @@ def ask(client, messages, **kw):
 def solo(served, bot=None):
     """(server, client) of a fresh one-conversation server on the module's model (or ``bot``): what a request
     sent there (or a conversation, turn after turn) gets is computed exactly as llasm's own path computes it."""
-    from llasm_cli.serve import Server, ServerThread, ServeSettings
+    from llasm_cli.serving.server import Server, ServeSettings
+    from llasm_cli.serving.http import ServerThread
 
     srv = Server(bot or served[0].bot, ServeSettings(parallel=1, queue=0, n_ctx=1024, max_audio=MAX_AUDIO, max_body=MAX_BODY))
     try:
@@ -177,9 +179,9 @@ def reference(bot, turns: list[tuple[Path | None, str | None]], max_tokens: int 
 
 
 def _reference(bot, turns, max_tokens, system) -> list[tuple[str, int]]:
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import Conversation
-    from llasm_cli.engine import Sampling
+    from llasm_cli.llm.engine import Sampling
 
     bot.engine.reset()
     conv = Conversation(bot, system=system)
@@ -203,7 +205,7 @@ def assert_llasms_answer(bot, turns: list[tuple[Path | None, str | None]], got: 
 
 def prompt_positions(bot, wav: Path | None, text: str | None) -> tuple[int, int]:
     """(prompt positions, audio positions) of a one-turn question, counted by the Assistant."""
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
 
     n = load_audio(wav).size if wav else 0
     audio = bot.audio_positions(n) if wav else 0
@@ -246,7 +248,7 @@ def test_answer_matches_llasm(served, ref, wav, text):
     assert r.usage.completion_tokens == n_tokens
     assert r.usage.total_tokens == positions + n_tokens
     if wav is not None:  # 2.03 s of speech: 2 boundary rows + one embedding per 320 * stack_factor samples begun
-        from llasm_cli.audio import load_audio
+        from llasm_cli.audio.decode import load_audio
 
         assert audio == 2 + math.ceil(load_audio(wav).size / (320 * ref.bundle.manifest.stack_factor))
 
@@ -292,7 +294,7 @@ def with_history():
     from dataclasses import replace
 
     from llasm_cli.assistant import Assistant
-    from llasm_cli.bundle import Bundle
+    from llasm_cli.formats.bundle import Bundle
 
     b = load_bundle(DEFAULT)
     bot = Assistant(Bundle(b.root, replace(b.manifest, history_turns=None)))
@@ -326,7 +328,7 @@ def test_multi_turn_with_audio_history_reuses_the_cache(served, with_history):
         second = ask(client, history)
         assert second.choices[0].message.content == expected[1][0]
         encoded = srv.bot.tower.encode_calls - calls
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
 
     before = ref.tower.encode_calls
     ref.tower.encode(load_audio(HAIKU))
@@ -508,7 +510,8 @@ def test_body_size_unknown_paths_and_methods(served, client):
 def test_full_queue_is_503_and_a_client_that_leaves_frees_its_sequence(served, ref):
     """One sequence, no queue: a second request is refused at once with Retry-After; closing the
     first one's stream frees the sequence long before its 1900 tokens could have been decoded."""
-    from llasm_cli.serve import Server, ServerThread, ServeSettings
+    from llasm_cli.serving.server import Server, ServeSettings
+    from llasm_cli.serving.http import ServerThread
 
     srv = Server(served[0].bot, ServeSettings(parallel=1, queue=0, n_ctx=2048))
     try:
@@ -550,7 +553,8 @@ def test_full_queue_is_503_and_a_client_that_leaves_frees_its_sequence(served, r
 def test_a_shared_prefix_is_copied_from_a_busy_sequence(served, ref):
     """A long system prompt another sequence holds is copied (cells shared), not prefilled again,
     and the answer is the one llasm gives on its own (up to the rounding of shared batches)."""
-    from llasm_cli.serve import Server, ServerThread, ServeSettings
+    from llasm_cli.serving.server import Server, ServeSettings
+    from llasm_cli.serving.http import ServerThread
 
     sentence = "You are a helpful assistant. Answer every question in one short sentence. "
     system = sentence
@@ -578,10 +582,11 @@ def test_tiny_random_bundle_with_the_ggml_tower(swiglu, question_wav):
     attention) and the ggml (mtmd) tower in the encoder thread: the answer and the counts are
     llasm's own."""
     from llasm_cli.assistant import Assistant
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import Conversation
-    from llasm_cli.engine import Sampling
-    from llasm_cli.serve import ServerThread, ServeSettings, close_server, load_server
+    from llasm_cli.llm.engine import Sampling
+    from llasm_cli.serving.server import ServeSettings, close_server, load_server
+    from llasm_cli.serving.http import ServerThread
 
     srv = load_server(swiglu[1], ServeSettings(parallel=2, queue=0, n_ctx=512), backend="ggml", variant="f32")
     try:
@@ -624,7 +629,7 @@ def test_cli_port_taken_exits_15():
 def test_startup_warns_when_open_to_others_without_a_key(served):
     import socket
 
-    from llasm_cli.serve import bind, startup_lines
+    from llasm_cli.serving.http import bind, startup_lines
 
     srv = served[0]
     with bind("127.0.0.1", 0) as local, socket.socket() as everywhere:

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from llasm_cli.bundle import default_bundle_path, load_bundle
+from llasm_cli.formats.bundle import default_bundle_path, load_bundle
 from tests.near_greedy import departure, prompt_of
 
 openai = pytest.importorskip("openai")
@@ -75,9 +75,9 @@ def llasm():
 
 def _own_answers(bot, turns: list[tuple[Path | None, str | None]]) -> list[str]:
     """llasm's answer to each turn (temperature 0, ``MAX_TOKENS``), computed as a fresh server computes it."""
-    from llasm_cli.audio import load_audio
+    from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import Conversation
-    from llasm_cli.engine import Sampling
+    from llasm_cli.llm.engine import Sampling
 
     bot.engine.reset()
     conv = Conversation(bot)

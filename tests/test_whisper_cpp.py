@@ -21,7 +21,7 @@ from llasm_export.whisper_cpp import GGML_MAGIC, map_name, read_whisper_cpp, wri
 from safetensors.torch import save_file
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from llasm_cli.audio import mel_filters
+from llasm_cli.audio.mel import mel_filters
 from llasm_cli.errors import CheckpointError
 
 needs_tiny_en = pytest.mark.skipif(

@@ -3,14 +3,14 @@
 - ``onnx``: ONNX Runtime running the bundle's ``tower.onnx`` (stack-swiglu trained on unpadded or
   chunked audio; float32, no PyTorch: what ``pip install .`` runs fast).
 - ``ggml``: llama.cpp's mtmd running the tower stored as an mmproj GGUF (stack-swiglu only).
-- ``torch``: the PyTorch module from ``finetune`` (any adaptor; needs the train extra).
+- ``torch``: the PyTorch module of ``llasm_cli/model.py`` (any adaptor; needs the train extra).
 
 ``auto`` measures the backends that can run the bundle here and keeps the fastest (see
 ``open_tower``); the choice is cached per bundle, thread count and device.
 
 Each cuts audio into 30 s windows, encodes each window (ggml pads it to 30 s) and keeps only the
 embeddings that cover real audio: ``ceil(n / (320 k))`` per window for stack-swiglu, 64 for
-llasm-v1.
+llasm-v1 (audio.geometry.positions).
 
 A model trained on the chunked input (``encoder_input`` lists "chunked") is encoded chunk by
 chunk while the user speaks (audio.chunk_spans): ``stream()`` encodes each chunk as soon as its
@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import audio_token_count, check_finite, chunk_mel, chunk_spans, split_windows
-from ..bundle import MANIFEST_FILE, Bundle
-from ..errors import AudioFileError, BackendUnavailableError
+from llasm_cli.audio.decode import check_finite
+from llasm_cli.audio.geometry import chunk_spans, positions, split_windows
+from llasm_cli.audio.mel import chunk_mel
+from llasm_cli.errors import AudioFileError, BackendUnavailableError
+from llasm_cli.formats.bundle import MANIFEST_FILE, Bundle
 
 BACKENDS = ("auto", "onnx", "ggml", "torch")
 CHOICE_FILE = "tower-backend.json"  # auto's measured choices, in the cache folder of cpu_probe
@@ -54,6 +56,7 @@ class TowerBackend(ABC):
     adaptor: str
     stack_factor: int
     tokens_per_window: int
+    trim = True  # keep only the embeddings that cover real audio (the bundle's rule, Bundle.trim)
 
     chunked = False  # set by a backend that runs the bundle's chunked input mode (see ChunkStream)
     unpadded = False  # set by a backend that encodes only each window's real audio
@@ -65,10 +68,8 @@ class TowerBackend(ABC):
         self.encode_calls = 0  # windows encoded so far; tests use it to prove KV reuse
 
     def token_count(self, n_samples: int) -> int:
-        """Embeddings kept for one window holding ``n_samples`` of real audio."""
-        if self.adaptor == "llasm-v1":
-            return self.tokens_per_window
-        return audio_token_count(n_samples, self.stack_factor)
+        """Embeddings kept for one window holding ``n_samples`` (at most 30 s) of real audio."""
+        return self.positions(n_samples)
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """All windows of a clip, trimmed to real audio and concatenated: (n_tokens, n_embd)."""
@@ -99,7 +100,7 @@ class TowerBackend(ABC):
     def positions(self, n_samples: int) -> int:
         """Embeddings a clip of ``n_samples`` becomes (without boundary rows); chunked or not, the same
         count (``audio.chunked_positions``)."""
-        return sum(self.token_count(w.size) for w in split_windows(np.zeros(n_samples, dtype=np.uint8)))
+        return positions(n_samples, self.stack_factor, self.tokens_per_window, self.trim)
 
     def embed_mel(self, mel: np.ndarray) -> np.ndarray:
         """Unpadded log-mel (n_mels, T) -> (T / 2k, n_embd): the chunked mode's one encoder call."""
@@ -179,14 +180,14 @@ def open_tower(
 def _open(bundle: Bundle, backend: str, engine, variant: str | None, n_threads: int | None, exact: bool,
           one_shot: bool = False) -> TowerBackend:
     if backend == "onnx":
-        from .onnx import OnnxTower
+        from llasm_cli.towers.onnx import OnnxTower
 
         return OnnxTower(bundle, n_threads, one_shot=one_shot)
     if backend == "ggml":
-        from .ggml import GgmlTower
+        from llasm_cli.towers.ggml import GgmlTower
 
         return GgmlTower(bundle, engine, variant, n_threads)
-    from .torch import TorchTower
+    from llasm_cli.towers.torch import TorchTower
 
     return TorchTower(bundle, n_threads, exact=exact)
 
@@ -198,13 +199,13 @@ def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_th
     A candidate that cannot start here (BackendUnavailableError) is left out; a broken model file
     is an error, not a reason to quietly run another backend.
     """
-    from ..cpu_probe import _read_cache, _write_cache, cache_dir
-    from ..native import default_threads
+    from llasm_cli.files import cache_dir, read_json, write_json_best_effort
+    from llasm_cli.llm.native import default_threads
 
     threads = n_threads or default_threads()
     key = choice_key(bundle, found, threads, variant, exact)
     path = cache_dir() / CHOICE_FILE
-    cached = _read_cache(path)
+    cached = read_json(path)
     entry = cached.get(key)
     if isinstance(entry, dict) and entry.get("backend") in found:
         tower = _open(bundle, entry["backend"], engine, variant, n_threads, exact, one_shot)
@@ -239,7 +240,7 @@ def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_th
         cached.pop(key, None)
         cached[key] = {"backend": best.name, "ms": ms, "bundle": str(bundle.root), "threads": threads,
                        "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-        _write_cache(path, dict(list(cached.items())[-MAX_CHOICES:]))  # the newest; old bundles' entries go
+        write_json_best_effort(path, dict(list(cached.items())[-MAX_CHOICES:]))  # the newest; old bundles' entries go
     best.choice = f"auto, measured: {_show_ms(ms)}"
     return best
 
@@ -247,7 +248,7 @@ def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_th
 def _time_encode(tower: TowerBackend) -> float:
     """Seconds for the faster of two encodes of PROBE_SECONDS of quiet noise, after one that warms
     the backend up (first-call set-up is not what a conversation pays on every turn)."""
-    from ..audio import SAMPLE_RATE
+    from llasm_cli.audio.geometry import SAMPLE_RATE
 
     audio = np.random.default_rng(0).standard_normal(int(PROBE_SECONDS * SAMPLE_RATE)).astype(np.float32) * 0.01
     tower.encode(audio)
@@ -288,7 +289,7 @@ def choice_key(bundle: Bundle, found: list[str], threads: int, variant: str | No
             stats.append([str(f), None, None])
     providers = None
     if "onnx" in found:
-        from .onnx import import_ort
+        from llasm_cli.onnx_runtime import import_ort
 
         providers = import_ort().get_available_providers()
     parts = [CHOICE_VERSION, stats, found, threads, variant, exact, providers, _device()]

@@ -31,35 +31,28 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ..errors import ModelFileError
-from ..files import atomic_path
+from llasm_cli.audio.geometry import N_ENCODER_FRAMES
+from llasm_cli.errors import ModelFileError
+from llasm_cli.files import write_gguf
+from llasm_cli.formats.gguf_keys import READER_PREFIX, VISION_PREFIX, projector_type, tensor_name
 
 K, T = gguf.Keys, gguf.MODEL_TENSOR
 ULTRAVOX, VOXTRAL = gguf.VisionProjectorType.ULTRAVOX, gguf.VisionProjectorType.VOXTRAL
 GLMA = gguf.VisionProjectorType.GLMA
-N_FRAMES = 1500  # Whisper encoder frames in one 30 s window
 RMS_EPS = 1e-6  # mtmd's and Ultravox's RMSNorm epsilon
 VOXTRAL_STACK = 4  # Hugging Face Voxtral: intermediate_size // hidden_size
 FORMAT_VERSION = 1  # of the encoder-only file; part of its cache key
 
 
-def _name(kind: gguf.MODEL_TENSOR, bid: int | None = None, part: str = "weight") -> str:
-    return f"{gguf.TENSOR_NAMES[kind].format(bid=bid)}.{part}"
-
-
-POST_LN = (_name(T.A_POST_NORM), _name(T.A_POST_NORM, part="bias"))
+POST_LN = (tensor_name(T.A_POST_NORM), tensor_name(T.A_POST_NORM, part="bias"))
 PROJECTOR_PREFIX = "mm."  # every projector tensor (mm.a.mlp.1.weight, mm.a.norm_pre.weight, ...)
-
-
-def projector_type(fields: dict) -> str | None:
-    return fields.get(K.ClipAudio.PROJECTOR_TYPE) or fields.get(K.Clip.PROJECTOR_TYPE)
 
 
 def needs_split(fields: dict) -> bool:
     """Whether mtmd's own graph for this mmproj aborts (see the module's docstring)."""
     proj = projector_type(fields)
     k = fields.get(K.ClipAudio.Projector.STACK_FACTOR, 0)
-    return proj == VOXTRAL or (proj == ULTRAVOX and isinstance(k, int) and k > 0 and N_FRAMES % k != 0)
+    return proj == VOXTRAL or (proj == ULTRAVOX and isinstance(k, int) and k > 0 and N_ENCODER_FRAMES % k != 0)
 
 
 # --- the projectors --------------------------------------------------------------------------
@@ -103,16 +96,16 @@ class Projector:
         w = self.w
         if self.proj == ULTRAVOX:
             # StackAudioFrames -> RMSNorm -> Linear -> SwiGLU (silu on the second half) -> RMSNorm -> Linear
-            x = _rms_norm(stack_frames(frames, self.k), w[_name(T.A_MM_NORM_PRE)])  # (T/k, k d)
-            h = x @ w[_name(T.A_MMPROJ, 1)].T  # (T/k, H)
+            x = _rms_norm(stack_frames(frames, self.k), w[tensor_name(T.A_MM_NORM_PRE)])  # (T/k, k d)
+            h = x @ w[tensor_name(T.A_MMPROJ, 1)].T  # (T/k, H)
             half = h.shape[1] // 2
             h = h[:, :half] * _silu(h[:, half:])
-            return _rms_norm(h, w[_name(T.A_MM_NORM_MID)]) @ w[_name(T.A_MMPROJ, 2)].T
+            return _rms_norm(h, w[tensor_name(T.A_MM_NORM_MID)]) @ w[tensor_name(T.A_MMPROJ, 2)].T
         # Voxtral: 4 frames stacked -> Linear -> GELU -> Linear (no biases)
         x = stack_frames(frames, self.k)  # (T/4, 4 d)
-        return _gelu(x @ w[_name(T.A_MMPROJ, 1)].T) @ w[_name(T.A_MMPROJ, 2)].T
+        return _gelu(x @ w[tensor_name(T.A_MMPROJ, 1)].T) @ w[tensor_name(T.A_MMPROJ, 2)].T
 
-    def rows(self, n_frames: int = N_FRAMES) -> int:
+    def rows(self, n_frames: int = N_ENCODER_FRAMES) -> int:
         return -(-n_frames // self.k)
 
 
@@ -148,7 +141,7 @@ def write_encoder_only(src: Path, out: Path) -> None:
     skip = {K.General.ARCHITECTURE, K.General.ALIGNMENT, K.Clip.PROJECTOR_TYPE, K.ClipAudio.PROJECTOR_TYPE,
             K.ClipAudio.Projector.STACK_FACTOR, K.ClipAudio.PROJECTION_DIM, K.Clip.HAS_VISION_ENCODER}
     for field in reader.fields.values():
-        if field.name in skip or field.name.startswith("GGUF."):
+        if field.name in skip or field.name.startswith(READER_PREFIX):
             continue
         _copy_field(writer, field)
     writer.add_clip_projector_type(GLMA)
@@ -161,28 +154,27 @@ def write_encoder_only(src: Path, out: Path) -> None:
         if t.name in POST_LN:
             post[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
             continue
-        if t.name == _name(T.A_ENC_EMBD_POS):
+        if t.name == tensor_name(T.A_ENC_EMBD_POS):
             d = int(t.shape[0])
         writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)  # bytes as they are
     if d is None or set(post) != set(POST_LN):
         raise ModelFileError(f"{src.name}: the Whisper encoder's position embeddings or post_ln are missing")
     writer.add_audio_projection_dim(d)
     eye = np.eye(d, dtype=np.float32)
-    writer.add_tensor(_name(T.A_MM_NORM_PRE), post[POST_LN[0]])
-    writer.add_tensor(_name(T.A_MM_NORM_PRE, part="bias"), post[POST_LN[1]])
-    writer.add_tensor(_name(T.A_MMPROJ, 1), np.concatenate([eye, -eye]))  # (2d, d): x -> [x, -x]
-    writer.add_tensor(_name(T.A_MMPROJ, 1, "bias"), np.zeros(2 * d, dtype=np.float32))
-    writer.add_tensor(_name(T.A_MMPROJ, 2), np.concatenate([eye, -eye], axis=1))  # (d, 2d): gelu(x) - gelu(-x) = x
-    writer.add_tensor(_name(T.A_MMPROJ, 2, "bias"), np.zeros(d, dtype=np.float32))
+    writer.add_tensor(tensor_name(T.A_MM_NORM_PRE), post[POST_LN[0]])
+    writer.add_tensor(tensor_name(T.A_MM_NORM_PRE, part="bias"), post[POST_LN[1]])
+    writer.add_tensor(tensor_name(T.A_MMPROJ, 1), np.concatenate([eye, -eye]))  # (2d, d): x -> [x, -x]
+    writer.add_tensor(tensor_name(T.A_MMPROJ, 1, "bias"), np.zeros(2 * d, dtype=np.float32))
+    writer.add_tensor(tensor_name(T.A_MMPROJ, 2), np.concatenate([eye, -eye], axis=1))  # (d, 2d): gelu(x) - gelu(-x) = x
+    writer.add_tensor(tensor_name(T.A_MMPROJ, 2, "bias"), np.zeros(d, dtype=np.float32))
     for boundary in (T.V_TOK_BOI, T.V_TOK_EOI):  # glma's two boundary rows ("v.boi", no suffix); dropped
         writer.add_tensor(gguf.TENSOR_NAMES[boundary], np.zeros(d, dtype=np.float32))
-    _write(writer, out)
+    write_gguf(writer, out)  # mtmd must never see a half-written file
 
 
 # --- the audio-only mmproj (Qwen2.5-Omni) -----------------------------------------------------
 
 AUDIO_PREFIXES = ("a.", "mm.a.")  # the Whisper encoder (a.blk.*, a.conv1d.*, ...) and the audio projector (mm.a.fc)
-VISION_KEY_PREFIX = "clip.vision."
 
 
 def audio_only_path(src: Path, cache: Path) -> Path:
@@ -202,14 +194,14 @@ def write_audio_only(src: Path, out: Path) -> None:
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
     skip = {K.General.ARCHITECTURE, K.General.ALIGNMENT, K.Clip.HAS_VISION_ENCODER}
     for field in reader.fields.values():
-        if field.name in skip or field.name.startswith(("GGUF.", VISION_KEY_PREFIX)):
+        if field.name in skip or field.name.startswith((READER_PREFIX, VISION_PREFIX)):
             continue
         _copy_field(writer, field)
     writer.add_bool(K.Clip.HAS_VISION_ENCODER, False)
     for t in reader.tensors:
         if t.name.startswith(AUDIO_PREFIXES):
             writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)  # bytes as they are
-    _write(writer, out)
+    write_gguf(writer, out)  # mtmd must never see a half-written file
 
 
 def _copy_field(writer: gguf.GGUFWriter, field) -> None:
@@ -220,13 +212,3 @@ def _copy_field(writer: gguf.GGUFWriter, field) -> None:
         writer.add_key_value(field.name, field.contents(), vtype, sub_type=etype)
     else:
         writer.add_key_value(field.name, field.contents(), vtype)
-
-
-def _write(writer, out: Path) -> None:
-    """The GGUF in one atomic write: mtmd must never see a half-written file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()

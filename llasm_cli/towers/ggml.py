@@ -15,15 +15,21 @@ import gguf
 import numpy as np
 from llama_cpp import mtmd_cpp
 
-from .. import native
-from ..audio import MIN_SAMPLES
-from ..bundle import Bundle
-from ..errors import BackendUnavailableError, ModelFileError
-from ..gguf_check import validate_tower
-from ..published import PublishedPair
-from . import TowerBackend
-from .encoder_only import (audio_only_path, encoder_only_path, load_projector, needs_split, write_audio_only,
-                           write_encoder_only)
+from llasm_cli.audio.mel import MIN_SAMPLES
+from llasm_cli.errors import BackendUnavailableError, ModelFileError
+from llasm_cli.formats.bundle import Bundle
+from llasm_cli.formats.gguf_check import validate_tower
+from llasm_cli.formats.published import PublishedPair
+from llasm_cli.llm import native
+from llasm_cli.towers import TowerBackend
+from llasm_cli.towers.encoder_only import (
+    audio_only_path,
+    encoder_only_path,
+    load_projector,
+    needs_split,
+    write_audio_only,
+    write_encoder_only,
+)
 
 
 class GgmlTower(TowerBackend):
@@ -50,7 +56,7 @@ class GgmlTower(TowerBackend):
         params.n_threads = n_threads or native.default_threads()
         self.projector = None  # the numpy projector after an encoder-only mtmd model (split mode)
         if self.pair is not None and needs_split(info.fields):
-            from ..cpu_probe import cache_dir
+            from llasm_cli.files import cache_dir
 
             encoder = encoder_only_path(path, cache_dir() / "encoders")
             if not encoder.is_file():
@@ -70,24 +76,20 @@ class GgmlTower(TowerBackend):
         self.adaptor = m.adaptor
         self.stack_factor = m.stack_factor
         self.tokens_per_window = m.tokens_per_window
-        self.width = int(info.fields["clip.audio.embedding_length"]) if self.projector else self.n_embd
+        self.trim = bundle.trim  # a published family's own rule (Voxtral keeps every embedding)
+        self.width = int(info.fields[gguf.Keys.ClipAudio.EMBEDDING_LENGTH]) if self.projector else self.n_embd
 
     @staticmethod
     def _audio_only(path, llm_dim: int):
         """The audio-only copy of a vision + audio mmproj in llasm's cache, written the first time and checked."""
-        from ..cpu_probe import cache_dir
-        from ..gguf_check import validate_audio_mmproj
+        from llasm_cli.files import cache_dir
+        from llasm_cli.formats.gguf_check import validate_audio_mmproj
 
         audio = audio_only_path(path, cache_dir() / "encoders")
         if not audio.is_file():
             write_audio_only(path, audio)
         validate_audio_mmproj(audio, llm_dim)
         return audio
-
-    def token_count(self, n_samples: int) -> int:
-        if self.pair is not None:
-            return self.pair.embeddings_per_window(n_samples)
-        return super().token_count(n_samples)
 
     def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         return [self._encode_one(w) for w in windows]

@@ -28,38 +28,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..audio import HOP_LENGTH, MIN_SAMPLES, N_FFT, N_FRAMES, log_mel_spectrogram, unpadded_frames
-from ..bundle import Bundle
-from ..errors import BackendUnavailableError, ModelFileError
-from ..gguf_check import check_widths
-from . import TowerBackend
+from llasm_cli.audio.geometry import HOP_LENGTH, N_FFT, N_FRAMES, unpadded_frames
+from llasm_cli.audio.mel import MIN_SAMPLES, log_mel_spectrogram
+from llasm_cli.errors import BackendUnavailableError, ModelFileError
+from llasm_cli.formats.bundle import Bundle
+from llasm_cli.formats.gguf_check import check_widths
+from llasm_cli.onnx_runtime import first_line, import_ort, quiet_session_options
+from llasm_cli.towers import TowerBackend
 
 INPUT, OUTPUT = "mel", "embeddings"
 ACCELERATORS = ("CUDAExecutionProvider", "CoreMLExecutionProvider")  # used first where the build has them
-
-
-def import_ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailableError(
-            "the onnx backend needs ONNX Runtime: pip install onnxruntime (or use --backend torch or ggml)"
-        ) from None
-    return onnxruntime
-
-
-def quiet_session_options(ort, n_threads: int):
-    """Session options for a model run beside llama.cpp: ``n_threads`` that spin only while a call
-    runs (idle, they would take the CPU from decoding), one operator at a time, errors only in the log."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = n_threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    so.add_session_config_entry("session.force_spinning_stop", "1")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3  # errors only; they come back as exceptions anyway
-    return so
 
 
 def pick_providers(ort) -> list[str]:
@@ -79,7 +57,7 @@ class OnnxTower(TowerBackend):
             raise BackendUnavailableError(f"the onnx backend runs stack-swiglu towers, not {m.adaptor!r}: use --backend torch")
         path = bundle.onnx_tower_path()
         if n_threads is None:
-            from ..native import default_threads
+            from llasm_cli.llm.native import default_threads
 
             n_threads = default_threads()
         so = quiet_session_options(ort, n_threads)
@@ -102,6 +80,7 @@ class OnnxTower(TowerBackend):
         self.adaptor = m.adaptor
         self.stack_factor = m.stack_factor
         self.tokens_per_window = m.tokens_per_window
+        self.trim = bundle.trim
         self.n_mels = m.n_mels
         self.unpadded = "unpadded" in m.encoder_input
         self.chunked = "chunked" in m.encoder_input
@@ -159,8 +138,3 @@ def unpadded_mel(window: np.ndarray, n_mels: int, stack_factor: int) -> np.ndarr
     need = max(keep, touched)
     mel = log_mel_spectrogram(window, n_mels, n_frames=need) if need <= N_FRAMES else log_mel_spectrogram(window, n_mels)
     return np.ascontiguousarray(mel[:, :keep])
-
-
-def first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

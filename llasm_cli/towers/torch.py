@@ -1,14 +1,15 @@
-"""The torch backend: the finetune module runs the tower (any adaptor, CUDA/MPS/CPU)."""
+"""The torch backend: the PyTorch model of llasm_cli/model.py runs the tower (any adaptor, CUDA/MPS/CPU)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..audio import log_mel_spectrogram, unpadded_frames
-from ..bundle import Bundle
-from ..errors import BackendUnavailableError
-from ..gguf_check import check_widths
-from . import TowerBackend
+from llasm_cli.audio.geometry import unpadded_frames
+from llasm_cli.audio.mel import log_mel_spectrogram
+from llasm_cli.errors import BackendUnavailableError
+from llasm_cli.formats.bundle import Bundle
+from llasm_cli.formats.gguf_check import check_widths
+from llasm_cli.towers import TowerBackend
 
 
 def pick_dtype(torch, device: str, exact: bool) -> str:
@@ -45,7 +46,7 @@ class TorchTower(TowerBackend):
         try:
             import torch
 
-            from ..model import load_tower
+            from llasm_cli.model import load_tower
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the torch backend needs PyTorch and transformers ({exc.name} is missing): "
@@ -63,6 +64,7 @@ class TorchTower(TowerBackend):
         self.adaptor = m.adaptor
         self.stack_factor = m.stack_factor
         self.tokens_per_window = m.tokens_per_window
+        self.trim = bundle.trim
         self.n_mels = self.module.n_mels
         # encode only the real audio when the adaptor was trained that way: far less work
         self.unpadded = m.adaptor == "stack-swiglu" and "unpadded" in m.encoder_input

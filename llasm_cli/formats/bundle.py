@@ -3,14 +3,14 @@
 The manifest is checked here (JSON types, ranges, every path inside the bundle); the GGUF files
 it names are checked by gguf_check before llama.cpp sees them.
 
-Layout::
+Layout (every name here, and nowhere else: the exporter, the recipe and the benchmarks use these)::
 
-    BUNDLE/llasm-bundle.json     the manifest (this module's Manifest)
-    BUNDLE/llm.<variant>.gguf    the LLM, one file per quantization variant
-    BUNDLE/tower.<variant>.gguf  the audio tower as an mmproj GGUF (ggml backend; stack-swiglu)
-    BUNDLE/tower-torch/          the audio tower as safetensors (torch backend)
-    BUNDLE/tower.onnx            the audio tower for ONNX Runtime (onnx backend; fast, no torch)
-    BUNDLE/audio-boundary.npy    learned start/end-of-audio rows (boundary "embeddings")
+    BUNDLE/llasm-bundle.json     MANIFEST_FILE        the manifest (this module's Manifest)
+    BUNDLE/llm.<variant>.gguf    llm_file(variant)    the LLM, one file per quantization variant
+    BUNDLE/tower.<variant>.gguf  tower_file(variant)  the audio tower as an mmproj GGUF (ggml backend)
+    BUNDLE/tower-torch/          TORCH_TOWER_DIR      the audio tower as safetensors (torch backend)
+    BUNDLE/tower.onnx            ONNX_TOWER_FILE      the audio tower for ONNX Runtime (onnx backend; no torch)
+    BUNDLE/audio-boundary.npy    BOUNDARY_FILE        learned start/end-of-audio rows (boundary "embeddings")
 
 An LLM may also come from an installed Python package instead of a file in the bundle
 (``llm_packages``: variant -> "module/file.gguf"): a speech adaptor for a GGUF people already
@@ -24,19 +24,31 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PureWindowsPath
 
-from .errors import BundleError
+from llasm_cli.audio.geometry import N_ENCODER_FRAMES, SAMPLE_RATE, positions, samples_per_embedding
+from llasm_cli.errors import BundleError, show_value
 
 MANIFEST_FILE = "llasm-bundle.json"
 BUNDLE_FORMAT = "llasm-bundle"
 BUNDLE_VERSION = 1
 TORCH_TOWER_DIR = "tower-torch"
+ONNX_TOWER_FILE = "tower.onnx"
+BOUNDARY_FILE = "audio-boundary.npy"
 MAX_MANIFEST_BYTES = 16 << 20
 # With no --variant, the first of these a bundle has runs: smallest that keeps quality first.
 PREFERRED_VARIANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16", "f32")
 ADAPTOR_TYPES = ("stack-swiglu", "llasm-v1")
 ENCODER_INPUTS = ("padded", "unpadded", "chunked")
 BOUNDARIES = ("tokens", "embeddings")
-N_ENCODER_FRAMES = 1500  # Whisper encoder frames per 30 s window
+
+
+def llm_file(variant: str) -> str:
+    """The bundle's LLM GGUF of one quantization variant: ``llm.q8_0.gguf``."""
+    return f"llm.{variant}.gguf"
+
+
+def tower_file(variant: str) -> str:
+    """The bundle's mmproj GGUF tower of one variant: ``tower.f16.gguf``."""
+    return f"tower.{variant}.gguf"
 
 
 @dataclass
@@ -79,11 +91,11 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError(f"{where} must hold a JSON object, not {type(data).__name__}")
         if data.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{where} is not a llasm bundle manifest (format {_show(data.get('format'))})")
+            raise BundleError(f"{where} is not a llasm bundle manifest (format {show_value(data.get('format'))})")
         version = data.get("version")
         if type(version) is not int or version != BUNDLE_VERSION:
             raise BundleError(
-                f"{where} has bundle version {_show(version)}; this llasm reads version {BUNDLE_VERSION}. "
+                f"{where} has bundle version {show_value(version)}; this llasm reads version {BUNDLE_VERSION}. "
                 "Re-export the bundle or upgrade llasm."
             )
         fields = set(cls.__dataclass_fields__)
@@ -100,7 +112,7 @@ class Manifest:
 
     def _check(self, where: str) -> None:
         def bad(name: str, want: str) -> BundleError:
-            return BundleError(f"{where}: {name} must be {want}, not {_show(getattr(self, name))}")
+            return BundleError(f"{where}: {name} must be {want}, not {show_value(getattr(self, name))}")
 
         for name in ("name", "audio_start", "audio_end", "system_prompt"):
             if not isinstance(getattr(self, name), str):
@@ -130,7 +142,7 @@ class Manifest:
             if type(v) not in (int, float) or not math.isfinite(v) or not 0 <= v <= 30:
                 raise bad(name, "a number of seconds from 0 to 30")
         if "chunked" in self.encoder_input:
-            unit = 0.02 * self.stack_factor
+            unit = samples_per_embedding(self.stack_factor) / SAMPLE_RATE
             for v in (self.chunk_seconds, self.context_seconds):
                 if abs(v / unit - round(v / unit)) > 1e-6:
                     raise BundleError(f"{where}: chunk_seconds and context_seconds must be multiples of {unit:g} s")
@@ -176,12 +188,6 @@ class Manifest:
             _check_file_name(self.torch_tower, "torch_tower", where)
 
 
-def _show(value: object, limit: int = 60) -> str:
-    """repr() for an error message, cut short (a hostile manifest may hold megabytes)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _check_file_name(name: str, what: str, where: str) -> None:
     """A manifest names files inside the bundle folder: one plain name, never a path out of it."""
     if (
@@ -189,7 +195,7 @@ def _check_file_name(name: str, what: str, where: str) -> None:
         or PureWindowsPath(name).drive or name != name.strip()
     ):
         raise BundleError(
-            f"{where}: {what} is {_show(name)}; it must be a plain file name inside the bundle folder, not a path"
+            f"{where}: {what} is {show_value(name)}; it must be a plain file name inside the bundle folder, not a path"
         )
 
 
@@ -219,6 +225,16 @@ class Bundle:
         """LLM variants this bundle can run."""
         m = self.manifest
         return list(m.llm_external | m.llm_packages | m.llm_files)
+
+    @property
+    def trim(self) -> bool:
+        """Whether a window keeps only the embeddings that cover real audio (llasm-v1 keeps all 64)."""
+        return self.manifest.adaptor != "llasm-v1"
+
+    def audio_positions(self, n_samples: int) -> int:
+        """Embeddings a clip of ``n_samples`` becomes (markers not counted), known before it is encoded."""
+        m = self.manifest
+        return positions(n_samples, m.stack_factor, m.tokens_per_window, self.trim)
 
     def boundary_rows(self):
         """The learned (2, llm_dim) start/end-of-audio rows, or None for token boundaries."""
@@ -315,7 +331,7 @@ def packaged_file(ref: str) -> Path:
 
 def default_bundle_path() -> Path | None:
     """The demo model that ships inside the package (trained by finetune/demo.py), if present."""
-    path = Path(__file__).resolve().parent / "models" / "demo"
+    path = Path(__file__).resolve().parent.parent / "models" / "demo"  # llasm_cli/models/demo
     return path if (path / MANIFEST_FILE).is_file() else None
 
 
@@ -334,7 +350,7 @@ def load_bundle(path: str | Path) -> Bundle:
             raise BundleError(f"{manifest_path} is {manifest_path.stat().st_size} bytes; a manifest is a few kB")
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, UTF-8 or a 5000-digit number
-        raise BundleError(f"cannot read {manifest_path}: {_show(str(exc), 200)[1:-1]}") from None
+        raise BundleError(f"cannot read {manifest_path}: {show_value(str(exc), 200)[1:-1]}") from None
     if not isinstance(data, dict):
         raise BundleError(f"{manifest_path} must hold a JSON object")
     return Bundle(root, Manifest.from_dict(data, str(manifest_path)))

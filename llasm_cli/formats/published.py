@@ -26,20 +26,19 @@ are template text: tokenized with control tokens parsed, exactly as mtmd adds th
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 
-from .bundle import MANIFEST_FILE, PREFERRED_VARIANTS, Bundle, Manifest, load_bundle
-from .errors import BundleError, LlasmError, ModelFileError
-from .gguf_check import MMPROJ_ARCH, GGUFInfo, read_gguf, validate_audio_mmproj
+from llasm_cli.audio.geometry import N_ENCODER_FRAMES
+from llasm_cli.errors import BundleError, LlasmError, ModelFileError
+from llasm_cli.formats.bundle import MANIFEST_FILE, PREFERRED_VARIANTS, Bundle, Manifest, load_bundle
+from llasm_cli.formats.gguf_check import MMPROJ_ARCH, GGUFInfo, read_gguf, validate_audio_mmproj
+from llasm_cli.formats.gguf_keys import embedding_length, projector_type
 
 K = gguf.Keys
 P = gguf.VisionProjectorType
-N_ENCODER_FRAMES = 1500  # Whisper frames per 30 s window
-SAMPLES_PER_FRAME = 320  # 16 kHz samples per Whisper encoder frame
 HF_PREFIX = "hf:"
 
 
@@ -57,7 +56,7 @@ class Family:
 
     def frames_per_embedding(self, fields: dict) -> int:
         """Whisper encoder frames behind one embedding."""
-        proj = fields.get(K.ClipAudio.PROJECTOR_TYPE) or fields.get(K.Clip.PROJECTOR_TYPE)
+        proj = projector_type(fields)
         if proj in (P.QWEN2A, P.QWEN25O):
             return 2  # average pooling of frame pairs
         if proj == P.VOXTRAL:
@@ -93,7 +92,7 @@ PUBLISHED = "published"  # the variant name of a file whose quantization the hea
 
 
 def family_of(fields: dict, where: str) -> Family:
-    proj = fields.get(K.ClipAudio.PROJECTOR_TYPE) or fields.get(K.Clip.PROJECTOR_TYPE)
+    proj = projector_type(fields)
     for fam in FAMILIES:
         if proj in fam.projectors:
             return fam
@@ -114,9 +113,9 @@ class PublishedPair(Bundle):
         arch = llm.fields.get(K.General.ARCHITECTURE)
         if not isinstance(arch, str) or arch == MMPROJ_ARCH:
             raise ModelFileError(f"{llm.path.name} is not an LLM GGUF")
-        n_embd = llm.fields.get(f"{arch}.embedding_length")
+        n_embd = llm.fields.get(embedding_length(arch))
         if not isinstance(n_embd, int) or n_embd < 1:
-            raise ModelFileError(f"{llm.path.name}: key '{arch}.embedding_length' is missing")
+            raise ModelFileError(f"{llm.path.name}: key {embedding_length(arch)!r} is missing")
         self.frames = self.family.frames_per_embedding(mmproj.fields)
         if not 1 <= self.frames <= N_ENCODER_FRAMES:
             raise ModelFileError(f"{mmproj.path.name}: stack factor {self.frames} is out of range")
@@ -161,11 +160,13 @@ class PublishedPair(Bundle):
         """Embeddings the projector makes from one 30 s window."""
         return -(-N_ENCODER_FRAMES // self.frames)
 
+    @property
+    def trim(self) -> bool:
+        return self.family.trim
+
     def embeddings_per_window(self, n_samples: int) -> int:
-        """Embeddings kept for a window holding ``n_samples`` of real audio."""
-        if not self.family.trim:
-            return self.rows_per_window
-        return min(self.rows_per_window, max(1, math.ceil(n_samples / (SAMPLES_PER_FRAME * self.frames))))
+        """Embeddings kept for a window holding ``n_samples`` (at most 30 s) of real audio."""
+        return self.audio_positions(n_samples)
 
     def marker_ids(self, engine) -> tuple[list[int], list[int]]:
         """The family's text before and after the embeddings, as the LLM tokenizes it (control tokens parsed)."""
@@ -247,13 +248,13 @@ def open_model(path: str | Path) -> Bundle:
 def resolve_model(spec: str) -> Path:
     """What ``--model`` names: a path, ``hf:owner/repo``, or a name from ``llasm models``, the last two
     as their snapshot in the Hugging Face cache (``llasm pull`` puts them there)."""
-    from .hub import REPO_ID, cached_snapshot, resolve
+    from llasm_cli.hub.pull import REPO_ID, cached_snapshot, resolve
 
     is_repo = spec.startswith(HF_PREFIX)
     name = spec[len(HF_PREFIX):] if is_repo else spec
     if not is_repo and Path(spec).exists():
         return Path(spec)
-    from .registry import known
+    from llasm_cli.hub.registry import known
 
     if not is_repo and known(name) is None:
         return Path(spec)  # a path that does not exist: the loader says so

@@ -30,8 +30,8 @@ from typing import Union
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
-from .errors import BackendUnavailableError, NoSpeechError
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.errors import BackendUnavailableError, NoSpeechError
 
 FRAME = 512  # samples per VAD decision: Silero's fixed 32 ms window at 16 kHz
 HYSTERESIS = 0.15  # a running turn continues while the score stays above threshold - this
@@ -91,7 +91,7 @@ def silero_scorer() -> tuple[FrameScorer, Callable[[], None]]:
 
 def onnx_scorer() -> tuple[FrameScorer, Callable[[], None]]:
     """Silero VAD v6 on the onnxruntime package (BackendUnavailableError without it or the model file)."""
-    from .vad_onnx import OnnxSileroVAD
+    from llasm_cli.audio.vad_onnx import OnnxSileroVAD
 
     vad = OnnxSileroVAD()
     return vad.process, vad.reset

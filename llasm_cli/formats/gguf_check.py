@@ -17,20 +17,22 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .bundle import N_ENCODER_FRAMES, _show
-from .errors import ModelFileError, TowerMismatchError
+from llasm_cli.audio.geometry import N_ENCODER_FRAMES
+from llasm_cli.errors import ModelFileError, TowerMismatchError, show_value
+from llasm_cli.formats.gguf_keys import (
+    AUDIO_HEAD_COUNT_KV,
+    AUDIO_HEAD_DIM,
+    HAS_GEN_AUDIO_ENCODER,
+    projector_type,
+    tensor_name,
+)
 
 K, T, V, Q = gguf.Keys, gguf.MODEL_TENSOR, gguf.GGUFValueType, gguf.GGMLQuantizationType
 LLAMA_ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
 MMPROJ_ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ]  # "clip"
 ROPE_SCALING_TYPES = tuple(t.value for t in gguf.RopeScalingType)
 NO_VOCAB = gguf.NoVocab.tokenizer_model
-# mtmd keys gguf-py has no constant for (tools/mtmd/clip-impl.h)
-KEY_HAS_GEN_AUDIO_ENCODER = "clip.has_gen_audio_encoder"
-KEY_AUDIO_HEAD_COUNT_KV = "clip.audio.attention.head_count_kv"
-KEY_AUDIO_HEAD_DIM = "clip.audio.attention.head_dim"
-# gguf-py names a tensor's module ("blk.0.attn_q"); the file's tensor adds one of these
-WEIGHT, BIAS = "weight", "bias"
+BIAS = "bias"  # tensor_name's part for a bias ("blk.0.attn_q.bias")
 # llama.cpp's limits (src/llama-hparams.h, src/llama-model.cpp): beyond them it aborts the process
 LLAMA_MAX_LAYERS = 512
 LLAMA_MAX_EXPERTS = 1024
@@ -58,11 +60,6 @@ def _array_type(etype: V) -> str:
 
 _STRING_ARRAY = _array_type(V.STRING)
 _INT_ARRAYS = frozenset(_array_type(t) for t in _DTYPES if t.name in _INT_TYPES)
-
-
-def _tensor(kind: gguf.MODEL_TENSOR, bid: int | None = None, part: str = WEIGHT) -> str:
-    """A tensor's name in the file: (T.ATTN_Q, 3) -> "blk.3.attn_q.weight"."""
-    return f"{gguf.TENSOR_NAMES[kind].format(bid=bid)}.{part}"
 
 
 @dataclass
@@ -336,7 +333,7 @@ def _check_llm_hparams(info: GGUFInfo, arch: str) -> int:
         )
     key = K.Rope.SCALING_TYPE.format(arch=arch)
     if key in info.fields and info.fields[key] not in ROPE_SCALING_TYPES:
-        raise ModelFileError(f"{name}: key {key!r} is {_show(info.fields[key])}; llama.cpp knows {', '.join(ROPE_SCALING_TYPES)}")
+        raise ModelFileError(f"{name}: key {key!r} is {show_value(info.fields[key])}; llama.cpp knows {', '.join(ROPE_SCALING_TYPES)}")
     _float(info, K.Rope.FREQ_BASE.format(arch=arch), positive=True)
     _float(info, K.Rope.SCALING_FACTOR.format(arch=arch))
     _float(info, K.Attention.LAYERNORM_EPS.format(arch=arch))
@@ -390,20 +387,20 @@ def validate_llm(path: Path) -> GGUFInfo:
         raise ModelFileError(f"{path.name}: head counts {n_head}/{n_head_kv} are inconsistent")
     _check_layers(info, n_layer, 9)
     q, kv = n_head * head_k, n_head_kv * head_k
-    expected = {_tensor(T.TOKEN_EMBD): (n_vocab, n_embd), _tensor(T.OUTPUT_NORM): (n_embd,), _tensor(T.OUTPUT): (n_vocab, n_embd)}
+    expected = {tensor_name(T.TOKEN_EMBD): (n_vocab, n_embd), tensor_name(T.OUTPUT_NORM): (n_embd,), tensor_name(T.OUTPUT): (n_vocab, n_embd)}
     for i in range(n_layer):
         expected |= {
-            _tensor(T.ATTN_NORM, i): (n_embd,),
-            _tensor(T.ATTN_Q, i): (q, n_embd),
-            _tensor(T.ATTN_K, i): (kv, n_embd),
-            _tensor(T.ATTN_V, i): (kv, n_embd),
-            _tensor(T.ATTN_OUT, i): (n_embd, q),
-            _tensor(T.FFN_NORM, i): (n_embd,),
-            _tensor(T.FFN_GATE, i): (n_ff, n_embd),
-            _tensor(T.FFN_UP, i): (n_ff, n_embd),
-            _tensor(T.FFN_DOWN, i): (n_embd, n_ff),
+            tensor_name(T.ATTN_NORM, i): (n_embd,),
+            tensor_name(T.ATTN_Q, i): (q, n_embd),
+            tensor_name(T.ATTN_K, i): (kv, n_embd),
+            tensor_name(T.ATTN_V, i): (kv, n_embd),
+            tensor_name(T.ATTN_OUT, i): (n_embd, q),
+            tensor_name(T.FFN_NORM, i): (n_embd,),
+            tensor_name(T.FFN_GATE, i): (n_ff, n_embd),
+            tensor_name(T.FFN_UP, i): (n_ff, n_embd),
+            tensor_name(T.FFN_DOWN, i): (n_embd, n_ff),
         }
-    _check_tensors(info, expected, optional={_tensor(T.OUTPUT)})
+    _check_tensors(info, expected, optional={tensor_name(T.OUTPUT)})
     return info
 
 
@@ -412,7 +409,7 @@ def _validate_other_llm(info: GGUFInfo, arch: str) -> GGUFInfo:
     _check_llm_hparams(info, arch)
     n_embd = _int(info, K.LLM.EMBEDDING_LENGTH.format(arch=arch), _MAX_WIDTH)
     n_vocab = _vocab_size(info)
-    _check_tensors(info, {_tensor(T.TOKEN_EMBD): (n_vocab, n_embd)})
+    _check_tensors(info, {tensor_name(T.TOKEN_EMBD): (n_vocab, n_embd)})
     return info
 
 
@@ -424,7 +421,7 @@ _TOWER_KEY_TYPES = {
     K.General.DESCRIPTION: V.STRING,
     K.Clip.HAS_VISION_ENCODER: V.BOOL,
     K.Clip.HAS_AUDIO_ENCODER: V.BOOL,
-    KEY_HAS_GEN_AUDIO_ENCODER: V.BOOL,
+    HAS_GEN_AUDIO_ENCODER: V.BOOL,
     K.ClipVision.USE_GELU: V.BOOL,
     K.ClipVision.USE_SILU: V.BOOL,
     K.Clip.PROJECTOR_TYPE: V.STRING,
@@ -434,8 +431,8 @@ _TOWER_KEY_TYPES = {
     K.ClipAudio.BLOCK_COUNT: V.UINT32,
     K.ClipAudio.PROJECTION_DIM: V.UINT32,
     K.ClipAudio.Attention.HEAD_COUNT: V.UINT32,
-    KEY_AUDIO_HEAD_COUNT_KV: V.UINT32,
-    KEY_AUDIO_HEAD_DIM: V.UINT32,
+    AUDIO_HEAD_COUNT_KV: V.UINT32,
+    AUDIO_HEAD_DIM: V.UINT32,
     K.ClipAudio.Attention.LAYERNORM_EPS: V.FLOAT32,
     K.ClipAudio.NUM_MEL_BINS: V.UINT32,
     K.ClipAudio.Projector.STACK_FACTOR: V.UINT32,
@@ -448,7 +445,7 @@ def validate_tower(path: Path, llm_dim: int) -> GGUFInfo:
     info, enc = _read_audio_mmproj(path)
     proj = info.fields.get(K.Clip.PROJECTOR_TYPE) or info.fields.get(K.ClipAudio.PROJECTOR_TYPE)
     if proj != gguf.VisionProjectorType.ULTRAVOX:
-        raise ModelFileError(f"{path.name}: projector type {_show(proj)}; llasm runs {gguf.VisionProjectorType.ULTRAVOX!r} towers")
+        raise ModelFileError(f"{path.name}: projector type {show_value(proj)}; llasm runs {gguf.VisionProjectorType.ULTRAVOX!r} towers")
     k = _int(info, K.ClipAudio.Projector.STACK_FACTOR, 1 << 32, lo=0)
     if k <= 0 or N_ENCODER_FRAMES % k:
         raise ModelFileError(f"{path.name}: stack factor {k} must divide {N_ENCODER_FRAMES} (mtmd aborts otherwise)")
@@ -468,9 +465,9 @@ def validate_audio_mmproj(path: Path, llm_dim: int) -> GGUFInfo:
     the Whisper encoder and the projector's tensors, before mtmd (or llasm's own projector) reads them."""
     path = Path(path)
     info, enc = _read_audio_mmproj(path)
-    proj = info.fields.get(K.ClipAudio.PROJECTOR_TYPE) or info.fields.get(K.Clip.PROJECTOR_TYPE)
+    proj = projector_type(info.fields)
     if proj not in AUDIO_PROJECTORS:
-        raise ModelFileError(f"{path.name}: audio projector type {_show(proj)}; llasm runs "
+        raise ModelFileError(f"{path.name}: audio projector type {show_value(proj)}; llasm runs "
                              + ", ".join(repr(p) for p in AUDIO_PROJECTORS))
     # Qwen2.5-Omni's published mmproj holds its vision encoder too: its audio part is checked here and
     # the ggml backend hands mtmd an audio-only copy (towers/encoder_only.write_audio_only), so the
@@ -521,12 +518,12 @@ def _read_audio_mmproj(path: Path) -> tuple[GGUFInfo, _Encoder]:
     if d % n_head:
         raise ModelFileError(f"{path.name}: {n_head} heads do not divide width {d}")
     # Whisper attends with every head over its own slice: other values make mtmd's graph assert
-    n_head_kv = _int(info, KEY_AUDIO_HEAD_COUNT_KV, 1 << 12, lo=0, default=n_head)
-    head_dim = _int(info, KEY_AUDIO_HEAD_DIM, _MAX_WIDTH, lo=0, default=0)
+    n_head_kv = _int(info, AUDIO_HEAD_COUNT_KV, 1 << 12, lo=0, default=n_head)
+    head_dim = _int(info, AUDIO_HEAD_DIM, _MAX_WIDTH, lo=0, default=0)
     if n_head_kv != n_head or head_dim not in (0, d // n_head):
         raise ModelFileError(
-            f"{path.name}: key {KEY_AUDIO_HEAD_COUNT_KV!r} = {n_head_kv} and "
-            f"{KEY_AUDIO_HEAD_DIM!r} = {head_dim} do not fit {n_head} heads over width {d} (mtmd aborts otherwise)"
+            f"{path.name}: key {AUDIO_HEAD_COUNT_KV!r} = {n_head_kv} and "
+            f"{AUDIO_HEAD_DIM!r} = {head_dim} do not fit {n_head} heads over width {d} (mtmd aborts otherwise)"
         )
     _check_layers(info, enc.n_layer, 16)
     return info, enc
@@ -535,42 +532,42 @@ def _read_audio_mmproj(path: Path) -> tuple[GGUFInfo, _Encoder]:
 def _check_audio_projector(info: GGUFInfo, enc: _Encoder, proj: str, k: int, llm_dim: int) -> None:
     """Every tensor of the Whisper encoder and of projector ``proj``: names, shapes and types."""
     path, d, n_ff, n_mels, out_dim = info.path, enc.d, enc.n_ff, enc.n_mels, enc.out_dim
-    pos, conv1, conv2 = _tensor(T.A_ENC_EMBD_POS), _tensor(T.A_ENC_CONV1D, 1), _tensor(T.A_ENC_CONV1D, 2)
+    pos, conv1, conv2 = tensor_name(T.A_ENC_EMBD_POS), tensor_name(T.A_ENC_CONV1D, 1), tensor_name(T.A_ENC_CONV1D, 2)
     expected = {
         pos: (N_ENCODER_FRAMES, d),
         conv1: (d, n_mels, 3),
-        _tensor(T.A_ENC_CONV1D, 1, BIAS): (d, 1),
+        tensor_name(T.A_ENC_CONV1D, 1, BIAS): (d, 1),
         conv2: (d, d, 3),
-        _tensor(T.A_ENC_CONV1D, 2, BIAS): (d, 1),
-        _tensor(T.A_POST_NORM): (d,),
-        _tensor(T.A_POST_NORM, part=BIAS): (d,),
+        tensor_name(T.A_ENC_CONV1D, 2, BIAS): (d, 1),
+        tensor_name(T.A_POST_NORM): (d,),
+        tensor_name(T.A_POST_NORM, part=BIAS): (d,),
     }
-    mlp1 = _tensor(T.A_MMPROJ, 1)
+    mlp1 = tensor_name(T.A_MMPROJ, 1)
     if proj == gguf.VisionProjectorType.ULTRAVOX:
         shape1 = info.tensors.get(mlp1, ())
         hidden = shape1[0] if len(shape1) == 2 else 0
         if hidden == 0 or hidden % 2:
             raise ModelFileError(f"{path.name}: tensor {mlp1!r} is missing or has an odd width")
         expected |= {
-            _tensor(T.A_MM_NORM_PRE): (d * k,),
+            tensor_name(T.A_MM_NORM_PRE): (d * k,),
             mlp1: (hidden, d * k),
-            _tensor(T.A_MM_NORM_MID): (hidden // 2,),
-            _tensor(T.A_MMPROJ, 2): (out_dim, hidden // 2),
+            tensor_name(T.A_MM_NORM_MID): (hidden // 2,),
+            tensor_name(T.A_MMPROJ, 2): (out_dim, hidden // 2),
         }
     elif proj == gguf.VisionProjectorType.VOXTRAL:  # stacks k frames; linear_1 -> GELU -> linear_2, no biases
-        expected |= {mlp1: (out_dim, d * k), _tensor(T.A_MMPROJ, 2): (out_dim, out_dim)}
+        expected |= {mlp1: (out_dim, d * k), tensor_name(T.A_MMPROJ, 2): (out_dim, out_dim)}
     else:  # qwen2a / qwen2.5o: one Linear with bias after the average pooling
-        fc = _tensor(T.A_MMPROJ_FC)
-        expected |= {fc: (out_dim, d), _tensor(T.A_MMPROJ_FC, part=BIAS): (out_dim,)}
+        fc = tensor_name(T.A_MMPROJ_FC)
+        expected |= {fc: (out_dim, d), tensor_name(T.A_MMPROJ_FC, part=BIAS): (out_dim,)}
     for i in range(enc.n_layer):
         for kind in (T.A_ENC_ATTN_Q, T.A_ENC_ATTN_V, T.A_ENC_OUTPUT):
-            expected |= {_tensor(kind, i): (d, d), _tensor(kind, i, BIAS): (d,)}
+            expected |= {tensor_name(kind, i): (d, d), tensor_name(kind, i, BIAS): (d,)}
         expected |= {
-            _tensor(T.A_ENC_ATTN_K, i): (d, d),
-            _tensor(T.A_ENC_INPUT_NORM, i): (d,), _tensor(T.A_ENC_INPUT_NORM, i, BIAS): (d,),
-            _tensor(T.A_ENC_OUTPUT_NORM, i): (d,), _tensor(T.A_ENC_OUTPUT_NORM, i, BIAS): (d,),
-            _tensor(T.A_ENC_FFN_UP, i): (n_ff, d), _tensor(T.A_ENC_FFN_UP, i, BIAS): (n_ff,),
-            _tensor(T.A_ENC_FFN_DOWN, i): (d, n_ff), _tensor(T.A_ENC_FFN_DOWN, i, BIAS): (d,),
+            tensor_name(T.A_ENC_ATTN_K, i): (d, d),
+            tensor_name(T.A_ENC_INPUT_NORM, i): (d,), tensor_name(T.A_ENC_INPUT_NORM, i, BIAS): (d,),
+            tensor_name(T.A_ENC_OUTPUT_NORM, i): (d,), tensor_name(T.A_ENC_OUTPUT_NORM, i, BIAS): (d,),
+            tensor_name(T.A_ENC_FFN_UP, i): (n_ff, d), tensor_name(T.A_ENC_FFN_UP, i, BIAS): (n_ff,),
+            tensor_name(T.A_ENC_FFN_DOWN, i): (d, n_ff), tensor_name(T.A_ENC_FFN_DOWN, i, BIAS): (d,),
         }
     _check_tensors(info, expected)
     for name in (pos, conv1, conv2):
@@ -581,7 +578,7 @@ def _check_audio_projector(info: GGUFInfo, enc: _Encoder, proj: str, k: int, llm
         is_norm = name.endswith("." + BIAS) or "norm" in name or (len(parts) >= 2 and "ln" in parts[-2])
         if is_norm and ttype != Q.F32.name:
             raise ModelFileError(f"{path.name}: tensor {name!r} is {ttype}; biases and norms must be F32")
-    k_bias = _tensor(T.A_ENC_ATTN_K, 0, BIAS)
+    k_bias = tensor_name(T.A_ENC_ATTN_K, 0, BIAS)
     if k_bias in info.tensors:
         raise ModelFileError(f"{path.name}: Whisper has no key bias, but {k_bias!r} is present")
     check_widths(out_dim, llm_dim, path.name)

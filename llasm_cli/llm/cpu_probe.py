@@ -9,13 +9,12 @@ the repack kernels take them) with the extra buffers on and decodes once. If it 
 they are safe; if it dies by a signal, hangs or fails, llasm runs without them. The verdict
 is cached per CPU model, CPU flags and llama.cpp build, so only the first command pays for it.
 
-``python -m llasm_cli.cpu_probe MODEL.gguf`` is the child's side.
+``python -m llasm_cli.llm.cpu_probe MODEL.gguf`` is the child's side.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import signal
@@ -26,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from llasm_cli.files import cache_dir, read_json, write_json_best_effort
 
 PROBE_VERSION = 1
 PROBE_TIMEOUT_S = 120.0
@@ -46,14 +47,6 @@ class Verdict:
     extra_buffers: bool
     reason: str
     probed: bool = False  # True when this process ran the probe (the reason is then news)
-
-
-def cache_dir() -> Path:
-    """$LLASM_CACHE_DIR, else $XDG_CACHE_HOME/llasm, else ~/.cache/llasm."""
-    if os.environ.get("LLASM_CACHE_DIR"):
-        return Path(os.environ["LLASM_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llasm"
 
 
 def machine_key() -> str:
@@ -85,7 +78,7 @@ def extra_buffers_verdict(command: list[str] | None = None, use_cache: bool = Tr
         return Verdict(on, f"{ENV_FORCE}={forced}")
     key = machine_key()
     path = cache_dir() / VERDICT_FILE
-    cached = _read_cache(path) if use_cache else {}
+    cached = read_json(path) if use_cache else {}
     if key in cached and command is None:
         entry = cached[key]
         return Verdict(bool(entry["extra_buffers"]), str(entry["reason"]))
@@ -93,7 +86,7 @@ def extra_buffers_verdict(command: list[str] | None = None, use_cache: bool = Tr
     if command is None and use_cache:
         cached[key] = asdict(verdict) | {"when": time.strftime("%Y-%m-%d %H:%M:%S")}
         cached[key].pop("probed", None)
-        _write_cache(path, cached)
+        write_json_best_effort(path, cached)
     return verdict
 
 
@@ -105,7 +98,7 @@ def run_probe(command: list[str] | None = None, timeout: float = PROBE_TIMEOUT_S
         if command is None:
             model = Path(tmp) / "probe.gguf"
             write_probe_model(model)
-            command = [sys.executable, "-m", "llasm_cli.cpu_probe", str(model)]
+            command = [sys.executable, "-m", "llasm_cli.llm.cpu_probe", str(model)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
@@ -126,24 +119,6 @@ def _signal_name(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return f"signal {num}"
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_cache(path: Path, data: dict) -> None:
-    """Best effort: an unwritable cache only means probing again next time."""
-    from .files import atomic_write_text
-
-    try:
-        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-    except OSError:
-        pass
 
 
 def write_probe_model(path: Path) -> Path:
@@ -208,7 +183,7 @@ def open_bare(model: str, extra_buffers: bool, n_ctx: int, n_batch: int, threads
     what the probe child and the extra-buffer benchmark measure. None where loading failed."""
     import llama_cpp
 
-    from . import native
+    from llasm_cli.llm import native
 
     native.init()
     params = llama_cpp.llama_model_default_params()

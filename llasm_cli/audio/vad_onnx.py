@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendUnavailableError
-from .towers.onnx import first_line, quiet_session_options
+from llasm_cli.errors import BackendUnavailableError
+from llasm_cli.onnx_runtime import first_line, quiet_session_options
 
 RATE = 16000
 FRAME = 512  # Silero's fixed 32 ms window at 16 kHz

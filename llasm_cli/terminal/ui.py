@@ -44,3 +44,10 @@ def stats_table(stats: dict, title: str = "timings") -> Table:
 
 def error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """One line on stderr about something llasm repaired or chose for the user (it goes on)."""
+    from rich.markup import escape
+
+    err_console.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)

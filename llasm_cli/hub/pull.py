@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (
+from llasm_cli.errors import (
     ChecksumMismatchError,
     DiskFullError,
     GatedModelError,
@@ -40,8 +40,8 @@ from .errors import (
     OfflineNotCachedError,
     PullError,
 )
-from .files import atomic_write_text
-from .registry import KnownModel, by_repo, known
+from llasm_cli.files import atomic_write_text
+from llasm_cli.hub.registry import KnownModel, by_repo, known
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CHECKSUM = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # git blob id (sha1) or LFS sha256

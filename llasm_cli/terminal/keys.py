@@ -6,6 +6,7 @@ the typed line is shown by the caller's live display instead of the terminal's e
 
 from __future__ import annotations
 
+import codecs
 import os
 import select
 import sys
@@ -26,6 +27,8 @@ class KeyReader:
         self.lines: list[object] = []  # completed lines (or EOF) not yet returned
         self.fd = sys.stdin.fileno() if sys.stdin and sys.stdin.isatty() else None
         self._saved = None
+        # bytes that are not UTF-8 become U+FFFD, and a character split across two reads stays whole
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __enter__(self) -> KeyReader:
         if self.fd is not None:
@@ -53,8 +56,9 @@ class KeyReader:
         ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:
             return None
-        data = os.read(fd, 1024).decode("utf-8", errors="replace")
-        if data == "":
+        raw = os.read(fd, 1024)
+        data = self._decoder.decode(raw, final=not raw)
+        if not raw:
             self.lines.append(self.EOF)
         for ch in data:
             if ch in ENTER:

@@ -18,33 +18,17 @@ from __future__ import annotations
 import codecs
 import ctypes
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
-from . import native
-from .errors import ContextOverflowError, ModelFileError
-
-# Architectures whose graph scales token embeddings (and not injected rows) by sqrt(n_embd).
-EMBED_SCALE_ARCHS = {"gemma", "gemma2", "gemma3", "gemma3n"}
-# Architectures whose graph reads injected rows exactly as it reads the token_embd rows of tokens,
-# but for a factor the token path applies (src/models/<arch>.cpp: llama, qwen2 and qwen3 use
-# build_inp_embd as it is; gemma3 scales token input only by sqrt(n_embd)). There, tokens can join
-# the embedding rows of one llama_decode (Engine.eval_joined). True: scale by sqrt(n_embd).
-JOINABLE_ARCHS = {"llama": False, "qwen2": False, "qwen3": False, "gemma3": True}
-
-Segment = Sequence[int] | np.ndarray  # token ids, or embeddings of shape (n, n_embd)
-MROPE_SECTIONS = 4  # GGML_MROPE_SECTIONS: the position axes of an M-RoPE model's embedding rows
-
-
-def n_pos_per_embd(model) -> int:
-    """Positions llama.cpp reads per embedding row: ``MROPE_SECTIONS`` for M-RoPE models, else 1
-    (llama_hparams::n_pos_per_embd; mtmd asks ``llama_model_rope_type`` the same way)."""
-    rope = llama_cpp.llama_model_rope_type(model)
-    return MROPE_SECTIONS if rope in (llama_cpp.LLAMA_ROPE_TYPE_MROPE, llama_cpp.LLAMA_ROPE_TYPE_IMROPE) else 1
+from llasm_cli.errors import ContextOverflowError, ModelFileError
+from llasm_cli.llm import native
+from llasm_cli.llm.kv import Segment, append_segment, as_segment, common_prefix, drop_positions, same_positions
+from llasm_cli.llm.weights import LlamaModel
 
 
 def mrope_positions(first: int, n: int, sections: int) -> np.ndarray:
@@ -115,36 +99,32 @@ class Engine:
     """One llama.cpp model + context holding one conversation (sequence 0)."""
 
     def __init__(
-        self, model_path: str | Path, n_ctx: int | Callable[[Engine], int] = 4096, n_threads: int | None = None,
+        self, model: LlamaModel | str | Path, n_ctx: int = 4096, n_threads: int | None = None,
         n_gpu_layers: int = 0, n_batch: int = 512, exact: bool = False,
     ) -> None:
-        """``n_ctx``: positions the context holds (at most what the model was trained for), or a
-        function that sizes it from this engine once the vocabulary is loaded and before the context
-        exists (``tokenize``, ``meta`` and ``piece`` work then: a caller can count its prompt).
+        """``model``: a loaded ``LlamaModel``, or a GGUF path to load one that this engine then owns (and
+        frees on ``close``). ``n_ctx``: positions the context holds (at most what the model was trained
+        for). Size it first from the model (``LlamaModel.tokenize`` and ``meta`` work before any context
+        exists: a caller can count its prompt).
 
         The KV cache (F16, or F32 when ``exact``) is allocated and cleared for every position at
         once, so it is as much of the process's memory as ``n_ctx`` says: size it to the work."""
-        native.init()
-        self.path = Path(model_path)
-        mparams = native.model_params(n_gpu_layers)  # extra CPU buffers only where the probe says safe
-        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
-        if not self.model:
-            raise ModelFileError(f"llama.cpp could not load {self.path}: {native.last_log()}")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self.n_embd = llama_cpp.llama_model_n_embd_inp(self.model)
-        self.arch = self.meta("general.architecture") or ""
-        self.embed_scale = math.sqrt(self.n_embd) if self.arch in EMBED_SCALE_ARCHS else 1.0
-        self._token_rows: dict[int, np.ndarray] = {}  # token_rows' cache
-        if callable(n_ctx):
-            try:
-                n_ctx = int(n_ctx(self))
-            except BaseException:
-                llama_cpp.llama_model_free(self.model)
-                raise
+        self._owns_model = not isinstance(model, LlamaModel)
+        self.llm = LlamaModel(model, n_gpu_layers) if self._owns_model else model
+        llm = self.llm
+        self.path, self.model, self.vocab = llm.path, llm.model, llm.vocab
+        self.n_vocab, self.n_embd, self.arch, self.embed_scale = llm.n_vocab, llm.n_embd, llm.arch, llm.embed_scale
+        try:
+            self._make_context(n_ctx, n_threads, n_batch, exact)
+        except BaseException:
+            if self._owns_model:
+                llm.close()
+            raise
+
+    def _make_context(self, n_ctx: int, n_threads: int | None, n_batch: int, exact: bool) -> None:
         threads = n_threads or native.default_threads()
         cparams = llama_cpp.llama_context_default_params()
-        train_ctx = llama_cpp.llama_model_n_ctx_train(self.model)
+        train_ctx = self.llm.n_ctx_train
         cparams.n_ctx = min(n_ctx, train_ctx) if train_ctx > 0 else n_ctx
         self.n_ctx_train = train_ctx if train_ctx > 0 else n_ctx
         # llama.cpp cuts n_batch to the n_ctx asked for (it then rounds n_ctx up to a multiple of 256):
@@ -161,7 +141,6 @@ class Engine:
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
-            llama_cpp.llama_model_free(self.model)
             raise ModelFileError(f"llama.cpp could not create a context for {self.path}: {native.last_log()}")
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = n_batch
@@ -169,72 +148,49 @@ class Engine:
         self._logits_type = ctypes.c_float * self.n_vocab
         self._tok_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._emb_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
-        self.n_pos_per_embd = n_pos_per_embd(self.model)  # > 1: M-RoPE positions for embedding rows
+        self.n_pos_per_embd = self.llm.n_pos_per_embd  # > 1: M-RoPE positions for embedding rows
         self._closed = False
         self.fed: list[Segment] = []  # what the KV cache holds, in order (token lists merged)
         self.reused = 0  # positions the last sync() kept from what the cache held
 
-    # --- metadata and vocabulary --------------------------------------------------------
+    # --- the model's vocabulary and metadata (LlamaModel), asked through the engine ---------
 
     def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(1 << 16)
-        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
-        if n < 0:
-            return None
-        if n >= len(buf):
-            buf = ctypes.create_string_buffer(n + 1)
-            llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", errors="replace")
+        return self.llm.meta(key)
 
     @property
     def bos(self) -> int:
-        return llama_cpp.llama_vocab_bos(self.vocab)
+        return self.llm.bos
 
     @property
     def eos(self) -> int:
-        return llama_cpp.llama_vocab_eos(self.vocab)
+        return self.llm.eos
 
     @property
     def add_bos(self) -> bool:
-        return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-
-    def is_eog(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
-
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        """Token ids of ``text`` without BOS; ``special`` parses control tokens like <au_start>."""
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
-        if n < 0:
-            buf = (llama_cpp.llama_token * -n)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, -n, False, special)
-        return list(buf[:n])
-
-    def token_id(self, piece: str) -> int:
-        """The id of a single special token such as ``<au_start>``; error if it is not one token."""
-        ids = self.tokenize(piece, special=True)
-        if len(ids) != 1:
-            raise ModelFileError(f"{self.path.name}: the vocabulary has no single token {piece!r}")
-        return ids[0]
-
-    def piece(self, token: int, special: bool = False) -> bytes:
-        """The bytes of one token; control tokens render as nothing unless ``special``."""
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        return buf.raw[:n]
+        return self.llm.add_bos
 
     @property
     def eos_text(self) -> str:
-        """How the EOS token is spelled in templates (e.g. ``</s>``)."""
-        return self.piece(self.eos, special=True).decode("utf-8", errors="replace") if self.eos >= 0 else ""
+        return self.llm.eos_text
+
+    def is_eog(self, token: int) -> bool:
+        return self.llm.is_eog(token)
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.llm.tokenize(text, special)
+
+    def token_id(self, piece: str) -> int:
+        return self.llm.token_id(piece)
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        return self.llm.piece(token, special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+        return self.llm.detokenize(tokens)
+
+    def token_rows(self, tokens: Sequence[int]) -> np.ndarray | None:
+        return self.llm.token_rows(tokens)
 
     # --- evaluation ---------------------------------------------------------------------
 
@@ -251,7 +207,7 @@ class Engine:
         If anything interrupts it (an error, Ctrl-C between two batches), the positions it
         added are removed again, so the cache holds exactly what it held before.
         """
-        segments = [_as_segment(s, self.n_embd) for s in segments if len(s)]
+        segments = [as_segment(s, self.n_embd) for s in segments if len(s)]
         if not segments:
             raise ValueError("nothing to evaluate")
         self._check_room(sum(len(s) for s in segments))
@@ -268,7 +224,7 @@ class Engine:
             self._forget_from(start)
             raise
         for seg in segments:
-            _append_segment(self.fed, seg)  # our own copy (see _as_segment)
+            append_segment(self.fed, seg)  # our own copy (see as_segment)
         return out
 
     def sync(self, segments: Sequence[Segment], logits: bool = True) -> np.ndarray | None:
@@ -279,21 +235,21 @@ class Engine:
         the last position is evaluated again, for its logits (with ``logits`` False nothing is
         evaluated again, and None comes back).
         """
-        segments = [_as_segment(s, self.n_embd) for s in segments if len(s)]
+        segments = [as_segment(s, self.n_embd) for s in segments if len(s)]
         total = sum(len(s) for s in segments)
         if not total:
             raise ValueError("nothing to evaluate")
         keep = min(common_prefix(self.fed, segments), total - 1 if logits else total)
         self.truncate(keep)
         self.reused = keep
-        rest = _drop_positions(segments, keep)
+        rest = drop_positions(segments, keep)
         return self.eval(rest, logits=logits) if rest else None
 
     def eval_joined(self, rows: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
         """Embedding ``rows`` and then ``tokens``, with the last one's logits, in one llama_decode
         where the architecture allows it (the tokens go in as their own embedding rows, see
         ``token_rows``; elsewhere in two). Recorded in ``fed`` as rows and tokens; all or nothing."""
-        rows = _as_segment(rows, self.n_embd) if len(rows) else np.zeros((0, self.n_embd), np.float32)
+        rows = as_segment(rows, self.n_embd) if len(rows) else np.zeros((0, self.n_embd), np.float32)
         tokens = [int(t) for t in tokens]
         extra = self.token_rows(tokens) if len(rows) and tokens else None
         if extra is None:
@@ -301,42 +257,6 @@ class Engine:
         out = self.eval([np.concatenate([rows, extra])])
         self.fed[-1:] = [rows, tokens]  # the same positions, recorded as what they are
         return out
-
-    def token_rows(self, tokens: Sequence[int]) -> np.ndarray | None:
-        """What the first layer sees for ``tokens`` when they are fed as embedding rows: their rows of
-        the GGUF's token_embd table (dequantized), scaled as the token path scales them; None for an
-        architecture not in JOINABLE_ARCHS."""
-        if self.arch not in JOINABLE_ARCHS:
-            return None
-        cache = self._token_rows
-        missing = sorted({int(t) for t in tokens} - cache.keys())
-        if missing:
-            import gguf
-
-            from .gguf_check import read_gguf
-
-            info = read_gguf(self.path)
-            name = "token_embd.weight"
-            if name not in info.offsets or info.tensors[name][-1] != self.n_embd:
-                return None
-            qtype = gguf.GGMLQuantizationType[info.types[name]]
-            block, size = gguf.GGML_QUANT_SIZES[qtype]
-            row_bytes = self.n_embd // block * size
-            scale = np.float32(math.sqrt(self.n_embd)) if JOINABLE_ARCHS[self.arch] else np.float32(1.0)
-            with open(self.path, "rb") as f:
-                for t in missing:
-                    if not 0 <= t < info.tensors[name][0]:
-                        raise ValueError(f"token id {t} is outside the vocabulary")
-                    f.seek(info.offsets[name] + t * row_bytes)
-                    raw = np.frombuffer(f.read(row_bytes), dtype=np.uint8)
-                    if qtype == gguf.GGMLQuantizationType.F32:
-                        row = raw.view(np.float32)
-                    elif qtype == gguf.GGMLQuantizationType.F16:
-                        row = raw.view(np.float16).astype(np.float32)
-                    else:
-                        row = gguf.quants.dequantize(raw[None], qtype)[0].astype(np.float32)
-                    cache[t] = row * scale
-        return np.stack([cache[int(t)] for t in tokens]) if len(tokens) else np.zeros((0, self.n_embd), np.float32)
 
     def _decode_tokens(self, tokens: list[int], logits: bool) -> None:
         b = self._tok_batch
@@ -412,12 +332,12 @@ class Engine:
         """Record the cache's content as ``segments``: the very positions ``fed`` lists, grouped
         differently (audio prefilled chunk by chunk, recorded as the one clip that the next prompt
         holds, so that ``sync`` finds it in the common prefix). Anything else is a ValueError."""
-        segments = [_as_segment(s, self.n_embd) for s in segments if len(s)]
+        segments = [as_segment(s, self.n_embd) for s in segments if len(s)]
         if not same_positions(self.fed, segments):
             raise ValueError("regroup: the segments are not what the cache holds")
         fed: list[Segment] = []
-        for seg in segments:  # token lists merged, as eval records them (_as_segment made them ours)
-            _append_segment(fed, seg)
+        for seg in segments:  # token lists merged, as eval records them (as_segment made them ours)
+            append_segment(fed, seg)
         self.fed = fed
 
     def truncate(self, n_keep: int) -> None:
@@ -430,7 +350,7 @@ class Engine:
 
     def _forget_from(self, n_keep: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._mem, 0, n_keep, -1)
-        self.fed = _drop_positions(self.fed, n_keep, keep_head=True)
+        self.fed = drop_positions(self.fed, n_keep, keep_head=True)
 
     # --- generation ---------------------------------------------------------------------
 
@@ -464,7 +384,7 @@ class Engine:
         except BaseException:
             self._forget_from(pos)
             raise
-        _append_segment(self.fed, [tok])
+        append_segment(self.fed, [tok])
         return out
 
     def close(self) -> None:
@@ -474,93 +394,14 @@ class Engine:
         llama_cpp.llama_batch_free(self._tok_batch)
         llama_cpp.llama_batch_free(self._emb_batch)
         llama_cpp.llama_free(self.ctx)
-        llama_cpp.llama_model_free(self.model)
+        if self._owns_model:
+            self.llm.close()
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _append_segment(fed: list[Segment], seg: Segment) -> None:
-    """Append ``seg`` (which ``fed`` then owns) to a list of segments as ``Engine.fed`` keeps them:
-    token ids that follow token ids join their list."""
-    if not isinstance(seg, np.ndarray) and fed and not isinstance(fed[-1], np.ndarray):
-        fed[-1].extend(seg)
-    else:
-        fed.append(seg)
-
-
-def _as_segment(seg: Segment, n_embd: int) -> Segment:
-    """Token ids as a list, embeddings as a float32 (n, n_embd) array; a wrong width is an error."""
-    if isinstance(seg, np.ndarray) and seg.ndim == 2:
-        if seg.shape[1] != n_embd:
-            raise ModelFileError(f"embeddings of shape {seg.shape} do not fit an LLM {n_embd} wide")
-        return np.ascontiguousarray(seg, dtype=np.float32)
-    return [int(t) for t in seg]
-
-
-def common_prefix(a: Sequence[Segment], b: Sequence[Segment]) -> int:
-    """Positions two segment lists share from the start: equal token ids, equal embedding rows."""
-    n = ia = ib = oa = ob = 0
-    while ia < len(a) and ib < len(b):
-        sa, sb = a[ia], b[ib]
-        if isinstance(sa, np.ndarray) or isinstance(sb, np.ndarray):
-            if not (isinstance(sa, np.ndarray) and isinstance(sb, np.ndarray)) or oa or ob:
-                break
-            if not (sa is sb or (sa.shape == sb.shape and np.array_equal(sa, sb))):
-                break
-            n, ia, ib = n + len(sa), ia + 1, ib + 1
-            continue
-        k, limit = 0, min(len(sa) - oa, len(sb) - ob)
-        while k < limit and sa[oa + k] == sb[ob + k]:
-            k += 1
-        n, oa, ob = n + k, oa + k, ob + k
-        if k < limit:
-            break
-        if oa == len(sa):
-            ia, oa = ia + 1, 0
-        if ob == len(sb):
-            ib, ob = ib + 1, 0
-    return n
-
-
-def same_positions(a: Sequence[Segment], b: Sequence[Segment]) -> bool:
-    """Whether two segment lists hold the same positions, however each groups them."""
-    n = common_prefix(a, b)  # cheap on what is shared as the same objects
-    runs_a, runs_b = _runs(_drop_positions(a, n)), _runs(_drop_positions(b, n))
-    return len(runs_a) == len(runs_b) and all(
-        isinstance(x, np.ndarray) == isinstance(y, np.ndarray)
-        and (np.array_equal(x, y) if isinstance(x, np.ndarray) else list(x) == list(y))
-        for x, y in zip(runs_a, runs_b)
-    )
-
-
-def _runs(segments: Sequence[Segment]) -> list[Segment]:
-    """Consecutive token lists joined, consecutive embedding arrays joined."""
-    groups: list[list[Segment]] = []
-    for seg in segments:
-        if groups and isinstance(groups[-1][0], np.ndarray) == isinstance(seg, np.ndarray):
-            groups[-1].append(seg)
-        else:
-            groups.append([seg])
-    return [np.concatenate(g) if isinstance(g[0], np.ndarray) else [int(t) for s in g for t in s] for g in groups]
-
-
-def _drop_positions(segments: Sequence[Segment], n: int, keep_head: bool = False) -> list[Segment]:
-    """The segments after their first ``n`` positions (or, with ``keep_head``, only those ``n``)."""
-    head: list[Segment] = []
-    tail: list[Segment] = []
-    pos = 0
-    for seg in segments:
-        cut = min(max(n - pos, 0), len(seg))
-        if cut:
-            head.append(seg[:cut])
-        if cut < len(seg):
-            tail.append(seg[cut:])
-        pos += len(seg)
-    return head if keep_head else tail
 
 
 class TextStream:

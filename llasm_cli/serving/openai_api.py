@@ -5,14 +5,13 @@ OpenAI-style error naming the offending field (``messages[2].content[0].input_au
 Message content is a string or a list of parts, ``{"type": "text", "text": ...}`` and
 ``{"type": "input_audio", "input_audio": {"data": <base64>, "format": "wav"}}`` -- the shape
 OpenAI and llama.cpp's llama-server use. Audio is decoded from memory (nothing is written to
-disk) with the same checks ``audio.load_audio`` applies to files.
+disk) by the code that decodes files (``audio.decode_audio``), with the same checks.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -20,17 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from .audio import MAX_RATE, MIN_LOAD_SAMPLES, MIN_RATE, SAMPLE_RATE, check_finite
-from .errors import AudioFileError, AudioTooLongError
+from llasm_cli.audio.decode import decode_audio
+from llasm_cli.errors import InvalidValueError
+from llasm_cli.inputs import check_max_tokens, check_seed, check_temperature, check_top_p, clean_text
 
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
 MAX_STOP_CHARS = 256
-_BLOCK_SAMPLES = 1 << 20  # decode this many samples (all channels together) at a time
-_UNKNOWN_FRAMES = 1 << 62  # libsndfile's SF_COUNT_MAX: the header does not say
-_PCM_WIDTH = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
-              "ULAW": 1, "ALAW": 1}  # bytes per sample of uncompressed data: its size bounds the length
 
 
 class APIError(Exception):
@@ -93,6 +89,7 @@ class ChatRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False  # llama-server's extension: answer up to max_tokens whatever the model says
+    notes: list[str] = field(default_factory=list)  # text made valid (inputs.clean_text): one line each, for the log
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -146,8 +143,27 @@ def _want(obj: dict, key: str, kind: str, param: str, default: Any = None) -> An
     return v
 
 
+def _checked(check, value: Any, param: str) -> Any:
+    """``value`` (None: not given) under one of inputs.py's rules, the same as the CLI's; a 400 naming ``param``."""
+    if value is None:
+        return None
+    try:
+        return check(value, param)
+    except InvalidValueError as exc:
+        raise bad(str(exc), param, "invalid_value") from None
+
+
+def _text(value: str, param: str, notes: list[str]) -> str:
+    """Text made valid (inputs.clean_text: a lone surrogate such as "\\ud800" becomes U+FFFD), noted."""
+    text, note = clean_text(value, param)
+    if note:
+        notes.append(note)
+    return text
+
+
 def parse_chat_request(obj: Any, max_messages: int) -> ChatRequest:
-    """A chat-completions request, every field checked; anything unsupported is a 400 that names it."""
+    """A chat-completions request, every field checked; anything unsupported is a 400 that names it.
+    Text that is not valid Unicode is made valid (U+FFFD), as everywhere in llasm (inputs.py)."""
     if not isinstance(obj, dict):
         raise bad(f"the request body must be a JSON object, not {_type_name(obj)}", code="invalid_type")
     raw_messages = _want(obj, "messages", "array", "messages")
@@ -158,7 +174,8 @@ def parse_chat_request(obj: Any, max_messages: int) -> ChatRequest:
     if len(raw_messages) > max_messages:
         raise bad(f"messages holds {len(raw_messages)} messages; this server takes at most {max_messages}",
                   "messages", "too_many_messages")
-    messages = [_message(m, f"messages[{i}]") for i, m in enumerate(raw_messages)]
+    notes: list[str] = []
+    messages = [_message(m, f"messages[{i}]", notes) for i, m in enumerate(raw_messages)]
 
     n = _want(obj, "n", "integer", "n", 1)
     if n != 1:
@@ -172,29 +189,22 @@ def parse_chat_request(obj: Any, max_messages: int) -> ChatRequest:
         raise bad("this server answers in text only: modalities must be [\"text\"]", "modalities",
                   "unsupported_value")
 
-    temperature = _want(obj, "temperature", "number", "temperature")
-    if temperature is not None and not 0 <= temperature <= 2:
-        raise bad(f"temperature must be from 0 to 2, got {temperature}", "temperature", "invalid_value")
-    top_p = _want(obj, "top_p", "number", "top_p")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise bad(f"top_p must be above 0 and at most 1, got {top_p}", "top_p", "invalid_value")
+    temperature = _checked(check_temperature, _want(obj, "temperature", "number", "temperature"), "temperature")
+    top_p = _checked(check_top_p, _want(obj, "top_p", "number", "top_p"), "top_p")
     max_tokens = _want(obj, "max_completion_tokens", "integer", "max_completion_tokens")
     key = "max_completion_tokens"
     if max_tokens is None:
         max_tokens, key = _want(obj, "max_tokens", "integer", "max_tokens"), "max_tokens"
-    if max_tokens is not None and max_tokens < 1:
-        raise bad(f"{key} must be at least 1, got {max_tokens}", key, "invalid_value")
-    seed = _want(obj, "seed", "integer", "seed")
-    if seed is not None and not -(2**63) <= seed < 2**64:
-        raise bad("seed must fit in 64 bits", "seed", "invalid_value")
+    max_tokens = _checked(check_max_tokens, max_tokens, key)
+    seed = _checked(check_seed, _want(obj, "seed", "integer", "seed"), "seed")
 
     stop = obj.get("stop")
     if stop is None:
         stops: list[str] = []
     elif isinstance(stop, str):
-        stops = [stop]
+        stops = [_text(stop, "stop", notes)]
     elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        stops = list(stop)
+        stops = [_text(s, f"stop[{i}]", notes) for i, s in enumerate(stop)]
     else:
         raise bad("stop must be a string or an array of strings", "stop", "invalid_type")
     if len(stops) > MAX_STOP:
@@ -208,11 +218,11 @@ def parse_chat_request(obj: Any, max_messages: int) -> ChatRequest:
     return ChatRequest(
         messages=messages, model=_want(obj, "model", "string", "model"), stream=stream,
         include_usage=include_usage, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-        stop=stops, seed=seed, ignore_eos=_want(obj, "ignore_eos", "boolean", "ignore_eos", False),
+        stop=stops, seed=seed, ignore_eos=_want(obj, "ignore_eos", "boolean", "ignore_eos", False), notes=notes,
     )
 
 
-def _message(m: Any, param: str) -> ChatMessage:
+def _message(m: Any, param: str, notes: list[str]) -> ChatMessage:
     if not isinstance(m, dict):
         raise bad(f"{param} must be an object, not {_type_name(m)}", param, "invalid_type")
     role = _want(m, "role", "string", f"{param}.role")
@@ -227,9 +237,9 @@ def _message(m: Any, param: str) -> ChatMessage:
             raise bad(f"{param}.content is required", f"{param}.content", "missing_required_parameter")
         parts = [Part(f"{param}.content", text="")]
     elif isinstance(content, str):
-        parts = [Part(f"{param}.content", text=content)]
+        parts = [Part(f"{param}.content", text=_text(content, f"{param}.content", notes))]
     elif isinstance(content, list):
-        parts = [_part(p, f"{param}.content[{j}]") for j, p in enumerate(content)]
+        parts = [_part(p, f"{param}.content[{j}]", notes) for j, p in enumerate(content)]
     else:
         raise bad(f"{param}.content must be a string or an array of content parts, not {_type_name(content)}",
                   f"{param}.content", "invalid_type")
@@ -242,7 +252,7 @@ def _message(m: Any, param: str) -> ChatMessage:
     return ChatMessage(role, parts, param)
 
 
-def _part(p: Any, param: str) -> Part:
+def _part(p: Any, param: str, notes: list[str]) -> Part:
     if not isinstance(p, dict):
         raise bad(f"{param} must be an object, not {_type_name(p)}", param, "invalid_type")
     kind = _want(p, "type", "string", f"{param}.type")
@@ -250,7 +260,7 @@ def _part(p: Any, param: str) -> Part:
         text = _want(p, "text", "string", f"{param}.text")
         if text is None:
             raise bad(f"{param}.text is required", f"{param}.text", "missing_required_parameter")
-        return Part(param, text=text)
+        return Part(param, text=_text(text, f"{param}.text", notes))
     if kind == "input_audio":
         audio = _want(p, "input_audio", "object", f"{param}.input_audio")
         if audio is None:
@@ -287,71 +297,11 @@ def decode_base64(data: str, param: str) -> bytes:
 
 
 def read_audio_bytes(raw: bytes, what: str, max_seconds: float) -> np.ndarray:
-    """Encoded audio in memory (wav/flac/ogg/mp3, any rate and channels) as 16 kHz mono float32.
-
-    The checks of ``audio.load_audio``: libsndfile must recognise it, the rate must be plausible,
-    no NaN/infinite/absurd samples, at least ``MIN_LOAD_SAMPLES``, and at most ``max_seconds`` --
-    from the header before decoding when it says, and decoding stops at the limit when it lies.
-    Raises ``AudioFileError`` (``AudioTooLongError``) with one sentence naming ``what``.
+    """Encoded audio in memory (wav/flac/ogg/mp3, any rate and channels) as 16 kHz mono float32,
+    decoded and checked as ``audio.load_audio`` does a file (``audio.decode_audio``, one path for both).
+    Raises ``AudioFileError`` (``AudioTooLongError``) with one sentence naming the request field ``what``.
     """
-    import soundfile as sf
-
-    if not raw:
-        raise AudioFileError(f"{what} is empty")
-    try:
-        f = sf.SoundFile(io.BytesIO(raw))
-    except Exception as exc:  # soundfile raises several types for data that is not audio
-        why = str(exc).removeprefix("Error opening ").split(": ", 1)[-1].strip().rstrip(".") or type(exc).__name__
-        raise AudioFileError(f"{what} is not audio that can be decoded ({why}); send wav, flac, ogg or mp3") from None
-    with f:
-        rate, channels = int(f.samplerate), int(f.channels)
-        if not MIN_RATE <= rate <= MAX_RATE:
-            raise AudioFileError(f"{what} has a sample rate of {rate} Hz; expected {MIN_RATE}-{MAX_RATE} Hz")
-        limit = int(math.ceil(max_seconds * rate))
-        frames = int(f.frames)
-        width = _PCM_WIDTH.get(str(f.subtype))
-        if width is not None and str(f.format) in ("WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "CAF"):
-            frames = min(frames, len(raw) // (width * channels))  # a header may claim more than the data holds
-        if 0 <= frames < _UNKNOWN_FRAMES and frames > limit:
-            raise _too_long(what, frames / rate, max_seconds)
-        mono, n_read = _decode(f, rate, channels, limit, what)
-    if n_read > limit:
-        raise _too_long(what, None, max_seconds)
-    if mono.size < MIN_LOAD_SAMPLES:
-        raise AudioFileError(f"{what} is too short ({n_read} samples): nothing to listen to")
-    return mono
-
-
-def _too_long(what: str, seconds: float | None, limit: float) -> AudioTooLongError:
-    lasts = "is longer than" if seconds is None else f"lasts {seconds:.4g} s, longer than"
-    return AudioTooLongError(f"{what} {lasts} this server's limit of {limit:g} s", seconds=seconds, limit=limit)
-
-
-def _decode(f, rate: int, channels: int, limit: int, what: str) -> tuple[np.ndarray, int]:
-    """Block by block (at most ``limit + 1`` frames): checked, downmixed, resampled as it goes."""
-    import soxr
-
-    stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-    out: list[np.ndarray] = []
-    n_read = 0
-    block_frames = max(1, _BLOCK_SAMPLES // channels)  # memory stays bounded whatever the channel count
-    while n_read <= limit:
-        want = min(block_frames, limit + 1 - n_read)
-        try:
-            block = f.read(want, dtype="float32", always_2d=True)
-        except Exception as exc:
-            raise AudioFileError(f"{what} is damaged: decoding stopped after {n_read / rate:.3g} s ({exc})") from None
-        if len(block):
-            check_finite(block, what, rate, n_read)
-            mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].copy()
-            out.append(mono if stream is None else stream.resample_chunk(mono, last=False))
-            n_read += len(block)
-        if len(block) < want:
-            break
-    if stream is not None and n_read:
-        out.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-    mono = np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, np.float32)
-    return np.ascontiguousarray(mono), n_read
+    return decode_audio(raw, what, max_seconds, raise_limit=" of this server")
 
 
 # --- responses --------------------------------------------------------------------------

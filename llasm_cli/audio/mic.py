@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
-from .errors import MicrophoneError
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.errors import MicrophoneError
 
 BLOCK_SECONDS = 0.032  # one callback's worth of audio: one Silero frame, low latency
 QUEUE_SECONDS = 10.0  # audio kept while nobody reads before the oldest is dropped

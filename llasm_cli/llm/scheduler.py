@@ -1,7 +1,7 @@
 """Many conversations at once in one llama.cpp context: sequences, continuous batching, prefix reuse.
 
 ``BatchEngine`` is a llama.cpp context whose KV cache holds several sequences (one per slot) in
-one unified cache, over the model an ``Engine`` loaded. ``Scheduler`` drives it from one thread
+one unified cache, over a loaded ``LlamaModel`` (weights.py). ``Scheduler`` drives it from one thread
 (a llama.cpp context is not thread-safe). Each step decodes one ``llama_batch`` carrying the next
 token of every sequence that is answering and a chunk of any prompt being prefilled, so a new
 request starts while the others go on answering (continuous batching). Audio embeddings go in
@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
-from . import native
-from .engine import (Engine, Sampler, Sampling, Segment, TextStream, _as_segment, _drop_positions, common_prefix,
-                     mrope_batch)
-from .errors import ContextOverflowError, LlasmError, ModelFileError
+from llasm_cli.errors import ContextOverflowError, LlasmError, ModelFileError
+from llasm_cli.llm import native
+from llasm_cli.llm.engine import Sampler, Sampling, TextStream, mrope_batch
+from llasm_cli.llm.kv import Segment, as_segment, common_prefix, drop_positions
+from llasm_cli.llm.weights import LlamaModel
 
 log = logging.getLogger("llasm.serve")
 
@@ -42,20 +43,20 @@ MAX_SEQUENCES = 64  # slots one context may hold (llama.cpp's own limit is highe
 class BatchEngine:
     """A llama.cpp context holding ``n_seq`` sequences of up to ``n_ctx_seq`` positions each.
 
-    It borrows the model (weights, vocabulary) of ``engine``, which must outlive it.
+    It is made over a loaded model (weights, vocabulary), which must outlive it.
     """
 
     def __init__(
-        self, engine: Engine, n_seq: int, n_ctx_seq: int, n_batch: int = 512, n_threads: int | None = None,
+        self, llm: LlamaModel, n_seq: int, n_ctx_seq: int, n_batch: int = 512, n_threads: int | None = None,
         exact: bool = False,
     ) -> None:
         if not 1 <= n_seq <= MAX_SEQUENCES:
             raise ValueError(f"n_seq must be from 1 to {MAX_SEQUENCES}, got {n_seq}")
-        self.engine = engine
+        self.llm = llm
         self.n_seq = n_seq
-        self.n_ctx_seq = min(n_ctx_seq, engine.n_ctx_train)
+        self.n_ctx_seq = min(n_ctx_seq, llm.n_ctx_train) if llm.n_ctx_train > 0 else n_ctx_seq
         self.n_batch = n_batch
-        self.n_embd = engine.n_embd
+        self.n_embd = llm.n_embd
         threads = n_threads or native.default_threads()
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = self.n_ctx_seq * n_seq
@@ -68,11 +69,11 @@ class BatchEngine:
         if exact:  # as Engine: f32 KV cache, no (F16-rounding) flash attention
             cparams.type_k = cparams.type_v = llama_cpp.GGML_TYPE_F32
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self.ctx = llama_cpp.llama_init_from_model(engine.model, cparams)
+        self.ctx = llama_cpp.llama_init_from_model(llm.model, cparams)
         if not self.ctx:
             raise ModelFileError(
                 f"llama.cpp could not create a context of {n_seq} x {self.n_ctx_seq} positions for "
-                f"{engine.path}: {native.last_log()}"
+                f"{llm.path}: {native.last_log()}"
             )
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self._mem = llama_cpp.llama_get_memory(self.ctx)
@@ -83,7 +84,7 @@ class BatchEngine:
 
     def warmup(self) -> None:
         """One throw-away decode (the first one allocates the graphs)."""
-        bos = self.engine.bos if self.engine.bos >= 0 else 0
+        bos = self.llm.bos if self.llm.bos >= 0 else 0
         self.decode_tokens([(bos, 0, 0, False)])
         self.clear()
 
@@ -113,7 +114,7 @@ class BatchEngine:
             b.seq_id[i][0] = seq
             b.logits[i] = logits_last and i == n - 1
         b.n_tokens = n
-        sections = self.engine.n_pos_per_embd
+        sections = self.llm.n_pos_per_embd
         self._decode(b if sections == 1 else mrope_batch(b, pos, sections))  # M-RoPE: as engine.py feeds them
 
     def _decode(self, batch) -> None:
@@ -124,7 +125,7 @@ class BatchEngine:
     def logits(self, i: int) -> np.ndarray:
         """A copy of the logits of batch entry ``i`` of the last decode."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
-        return np.ctypeslib.as_array(ptr, shape=(self.engine.n_vocab,)).copy()
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab,)).copy()
 
     # --- KV state -----------------------------------------------------------------------
 
@@ -301,7 +302,7 @@ class Scheduler:
 
     def __init__(self, engine: BatchEngine, prefill_chunk: int | None = None) -> None:
         self.engine = engine
-        self.vocab = engine.engine  # the Engine: tokens -> text, end-of-generation
+        self.vocab = engine.llm  # the model: tokens -> text, end-of-generation
         self.n_ctx_seq = engine.n_ctx_seq
         self.prefill_chunk = min(prefill_chunk or engine.n_batch, engine.n_batch)
         self.slots = [_Slot(seq=i) for i in range(engine.n_seq)]
@@ -320,7 +321,7 @@ class Scheduler:
     # --- any thread -------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
-        job.segments = [_as_segment(s, self.engine.n_embd) for s in job.segments if len(s)]
+        job.segments = [as_segment(s, self.engine.n_embd) for s in job.segments if len(s)]
         need = job.n_positions
         if need == 0:
             raise ValueError("an empty prompt")
@@ -427,14 +428,14 @@ class Scheduler:
             keep = min(shared[donor.seq], total - 1)
             self.engine.seq_rm(slot.seq, 0)
             self.engine.seq_cp(donor.seq, slot.seq, keep)
-            slot.fed = _drop_positions(donor.fed, keep, keep_head=True)
+            slot.fed = drop_positions(donor.fed, keep, keep_head=True)
         elif not self.engine.seq_rm(slot.seq, keep):  # a memory that cannot cut in the middle
             self.engine.seq_rm(slot.seq, 0)
             keep = 0
             slot.fed = []
         else:
-            slot.fed = _drop_positions(slot.fed, keep, keep_head=True)
-        slot.run = _Run(job, _drop_positions(segs, keep), keep)
+            slot.fed = drop_positions(slot.fed, keep, keep_head=True)
+        slot.run = _Run(job, drop_positions(segs, keep), keep)
         self.reused_positions += keep
         self.prefilled_positions += total - keep
 

@@ -21,40 +21,35 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
 import math
 import secrets
-import socket
-import sys
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
-from . import __version__
-from .assistant import Assistant
-from .audio import SAMPLE_RATE
-from .engine import Sampling
-from .errors import (
+from llasm_cli.assistant import Assistant
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.errors import (
     AudioFileError,
     AudioTooLongError,
     BackendUnavailableError,
     ContextOverflowError,
     LlasmError,
-    ServeError,
     TemplateError,
 )
-from .openai_api import (
+from llasm_cli.llm.engine import Sampling
+from llasm_cli.llm.scheduler import BatchEngine, Failed, Finished, Job, Scheduler, Text
+from llasm_cli.prompt import AUDIO, Message, join_lines, recent_exchanges
+from llasm_cli.serving.openai_api import (
     APIError,
     ChatRequest,
     Part,
@@ -69,8 +64,6 @@ from .openai_api import (
     usage_body,
     usage_chunk,
 )
-from .prompt import AUDIO, Message, recent_exchanges
-from .scheduler import BatchEngine, Failed, Finished, Job, Scheduler, Text
 
 log = logging.getLogger("llasm.serve")
 
@@ -157,12 +150,10 @@ class _Prepared:
         return any(c.placeholder is not None for c in self.clips)
 
     def final_segments(self, bot: Assistant) -> list:
-        """The prompt rendered again with each placeholder replaced by its clip's embeddings."""
+        """The measured prompt with each placeholder's slot holding its clip's embeddings (not rendered again)."""
         if not self.measured_only:
             return self.segments
-        real = {id(c.placeholder): c.embd for c in self.clips if c.placeholder is not None}
-        msgs = [replace(m, clips=[real.get(id(x), x) for x in m.clips]) if m.clips else m for m in self.msgs]
-        return bot.prompt(msgs)
+        return bot.with_clips(self.segments, [c.embd for c in self.clips])
 
 
 class Server:
@@ -174,7 +165,7 @@ class Server:
         self.settings = settings
         self.name = name or bot.bundle.manifest.name
         self.created = int(time.time())
-        self.batch = BatchEngine(bot.engine, settings.parallel, settings.n_ctx, n_threads=n_threads, exact=exact)
+        self.batch = BatchEngine(bot.llm, settings.parallel, settings.n_ctx, n_threads=n_threads, exact=exact)
         self.scheduler = Scheduler(self.batch)
         self.n_ctx_seq = self.batch.n_ctx_seq
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="llasm-encode")
@@ -209,31 +200,18 @@ class Server:
 
     def _prepare(self, req: ChatRequest) -> _Prepared:
         """Messages -> prompt segments, audio decoded (or found in the cache) and measured; worker thread."""
-        msgs: list[Message] = []
         clips: list[_Clip] = []
-        if self.bot.system_prompt and not any(m.role == "system" for m in req.messages):
-            msgs.append(Message.of("system", [self.bot.system_prompt]))
-        for m in recent_exchanges(req.messages, self.bot.bundle.manifest.history_turns):
+        turns: list[Message] = []
+        for m in recent_exchanges(req.messages, self.bot.bundle.manifest.history_turns):  # before decoding audio
             if m.role != "user":
-                text = m.text
-                tokens = self._answers.get(text) if m.role == "assistant" else None
-                msgs.append(Message.of(m.role, [text], tokens=tokens))
+                tokens = self._answers.get(m.text) if m.role == "assistant" else None
+                turns.append(Message.of(m.role, [m.text], tokens=tokens))
                 continue
-            parts: list = []
-            slots: list[np.ndarray] = []
-            for p in m.parts:
-                if p.audio is None and not p.text:
-                    continue
-                if parts:
-                    parts.append("\n")  # text and speech one per line, as `llasm ask --text T audio.wav`
-                if p.audio is None:
-                    parts.append(p.text)
-                    continue
-                clip = self._clip(p)
-                clips.append(clip)
-                slots.append(clip.embd if clip.embd is not None else clip.placeholder)
-                parts.append(AUDIO)
-            msgs.append(Message.of("user", parts, slots))
+            spoken = [self._clip(p) for p in m.parts if p.audio is not None]
+            clips += spoken
+            slots = [c.embd if c.embd is not None else c.placeholder for c in spoken]
+            turns.append(Message.of("user", join_lines([AUDIO if p.audio is not None else (p.text or "") for p in m.parts]), slots))
+        msgs = self.bot.context_messages(turns)
         prep = _Prepared(msgs, self.bot.prompt(msgs), clips)
         if prep.positions >= self.n_ctx_seq:
             raise ContextOverflowError(
@@ -285,6 +263,8 @@ class Server:
         """POST /v1/chat/completions."""
         body = await self._read_body(request)
         req = parse_chat_request(parse_json(body), self.settings.max_messages)
+        for note in req.notes:  # text made valid (U+FFFD): the request is answered, and the log says so
+            log.warning("note: %s", note)
         ticket = self._admit()
         try:
             prep = await asyncio.to_thread(self._prepare, req)
@@ -491,55 +471,6 @@ def _param_of(exc: BaseException) -> str | None:
     return first if first.startswith("messages[") else None
 
 
-# --- the ASGI app -----------------------------------------------------------------------
-
-
-def create_app(server: Server):
-    """The FastAPI application for ``server``."""
-    app = FastAPI(title="llasm", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.server = server
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError):
-        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        message = {404: f"unknown endpoint: {request.method} {request.url.path}",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
-        return JSONResponse(error_body(message, "invalid_request_error", None, f"http_{exc.status_code}"),
-                            exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        server.check_key(request)
-        try:
-            return await server.chat(request)
-        except (APIError, LlasmError) as exc:
-            raise as_api_error(exc) from None
-        except Exception as exc:  # a bug: a 500 with a JSON body, and the server goes on
-            raise as_api_error(exc) from None
-
-    @app.get("/v1/models")
-    async def models(request: Request):
-        server.check_key(request)
-        return {"object": "list", "data": [server.model_card()]}
-
-    @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str, request: Request):
-        server.check_key(request)
-        if model_id != server.name:
-            raise APIError(404, f"no model {model_id!r}; this server runs {server.name!r}", "model", "model_not_found")
-        return server.model_card()
-
-    @app.get("/health")
-    async def health():
-        status, body = server.health()
-        return JSONResponse(body, status)
-
-    return app
-
-
 # --- running ----------------------------------------------------------------------------
 
 
@@ -547,8 +478,8 @@ def load_server(model: str | Path, settings: ServeSettings, backend: str = "auto
                 n_threads: int | None = None, n_gpu_layers: int = 0) -> Server:
     """Load a bundle and start its scheduler; the audio tower is opened and warmed up now, so the
     first spoken request does not pay for it and a tower that cannot run fails here."""
-    bot = Assistant(model, backend=backend, llm_variant=variant, n_ctx=256, n_threads=n_threads,
-                    n_gpu_layers=n_gpu_layers)  # its own context is not used: the server's is the BatchEngine's
+    bot = Assistant(model, backend=backend, llm_variant=variant, n_ctx=None, n_threads=n_threads,
+                    n_gpu_layers=n_gpu_layers)  # no context of its own: the server's is the BatchEngine's
     try:
         bot.warmup_tower()
         return Server(bot, settings, n_threads=n_threads, exact=variant == "f32")
@@ -560,90 +491,3 @@ def load_server(model: str | Path, settings: ServeSettings, backend: str = "auto
 def close_server(server: Server) -> None:
     server.close()
     server.bot.close()
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket (clients may connect as soon as it returns); failure is a ``ServeError``."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, kind, proto, _, addr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(2048)  # connections wait in the backlog from now on, before uvicorn accepts any
-    except OSError as exc:
-        sock.close()
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def is_loopback(sock: socket.socket) -> bool:
-    host = sock.getsockname()[0]
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
-
-
-def _uvicorn(server: Server, verbose: bool):
-    import uvicorn
-
-    config = uvicorn.Config(
-        create_app(server), log_level="info" if verbose else "warning", access_log=verbose,
-        timeout_graceful_shutdown=3, lifespan="off", server_header=False,
-    )
-    return uvicorn.Server(config)
-
-
-def startup_lines(server: Server, sock: socket.socket) -> list[str]:
-    """What ``llasm serve`` says when it starts: where, how much, and a warning when it is open to others."""
-    s = server.settings
-    lines = []
-    if not is_loopback(sock) and s.api_key is None:
-        lines.append(f"warning: listening on {sock.getsockname()[0]} without --api-key: anyone who can reach "
-                     "this port can use the model")
-    lines.append(f"llasm serve: {server.name} at {url_of(sock)}/v1 ({s.parallel} conversations at once, "
-                 f"{server.n_ctx_seq} positions each, queue {s.queue}); Ctrl-C stops")
-    return lines
-
-
-def run(server: Server, sock: socket.socket, verbose: bool = False) -> None:
-    """Serve on ``sock`` (from ``bind``) until Ctrl-C or SIGTERM; the start-up lines go to stderr."""
-    for line in startup_lines(server, sock):
-        print(line, file=sys.stderr, flush=True)
-    _uvicorn(server, verbose).run(sockets=[sock])
-
-
-class ServerThread:
-    """The app on a loopback port in a background thread (tests, embedding in other programs)."""
-
-    def __init__(self, server: Server, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = server
-        self.sock = bind(host, port)
-        self.url = url_of(self.sock)
-        self._uv = _uvicorn(server, verbose=False)
-        self._thread = threading.Thread(target=self._uv.run, kwargs={"sockets": [self.sock]}, daemon=True,
-                                        name="llasm-http")
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._uv.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ServeError("the HTTP server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._uv.should_exit = True
-        self._thread.join(timeout=10)
-        self.sock.close()

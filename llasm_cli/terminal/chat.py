@@ -27,17 +27,19 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
-from .audio import SAMPLE_RATE, load_audio
-from .conversation import AudioTurnStream, Conversation, TurnStats
-from .endpoint import SpeechEnd
-from .engine import Sampling
-from .errors import LlasmError, MicrophoneError, NoSpeechError
-from .keys import KeyReader
-from .ui import stream_answer
-
-WHOLE_SHARE = 0.75  # of the silence left at a pause that a whole-clip encode may take (its cost is estimated)
+from llasm_cli.audio.decode import load_audio
+from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.conversation import Conversation
+from llasm_cli.errors import LlasmError, MicrophoneError, NoSpeechError
+from llasm_cli.inputs import clean_text, tolerant_stdin
+from llasm_cli.llm.engine import Sampling
+from llasm_cli.terminal.keys import KeyReader
+from llasm_cli.terminal.ui import stream_answer
+from llasm_cli.turn_taking import HandsFree, LiveTurn
+from llasm_cli.turns import TurnStats
 
 HELP = (
     "commands: /file PATH [text]  /reset  /save FILE  /system TEXT  /stats  /help  /quit\n"
@@ -56,42 +58,6 @@ class ChatSettings:
     sampling: Sampling | None = None
     max_tokens: int | None = None
     max_audio: float | None = None  # longest audio file accepted (seconds)
-
-
-class LiveTurn:
-    """A spoken turn fed to the conversation while it is heard. A refusal (the context cannot hold
-    it) is kept in ``error`` to show at the end of speech; the rest of the audio is then dropped."""
-
-    def __init__(self, conv: Conversation, text: str | None) -> None:
-        self.fed = 0  # samples fed so far
-        self.error: LlasmError | None = None
-        self.stream: AudioTurnStream | None = None
-        try:
-            self.stream = conv.begin_audio(text=text)
-        except LlasmError as exc:
-            self.error = exc
-
-    def feed(self, samples: np.ndarray) -> None:
-        if samples.size and self.stream is not None:
-            try:
-                self.stream.feed(samples)
-            except LlasmError as exc:  # the stream has taken the turn back already
-                self.error, self.stream = exc, None
-        self.fed += samples.size
-
-    def speculate(self, budget_s: float) -> None:
-        """The speaker has paused: prefill the turn as it stands (AudioTurnStream.speculate), encoded
-        whole if that likely takes at most WHOLE_SHARE of the ``budget_s`` left before the end."""
-        if self.stream is not None:
-            try:
-                self.stream.speculate(budget_ms=WHOLE_SHARE * budget_s * 1e3)
-            except LlasmError as exc:
-                self.error, self.stream = exc, None
-
-    def cancel(self) -> None:
-        if self.stream is not None:
-            self.stream.cancel()
-            self.stream = None
 
 
 def stats_line(st: TurnStats) -> str:
@@ -131,6 +97,7 @@ class ChatApp:
 
     def run(self, first_file: Path | None = None, first_text: str | None = None) -> None:
         _ctrl_c_interrupts()
+        tolerant_stdin()  # bytes that are not UTF-8 reach _handle_line (and are replaced there), not an exception
         c = self.console
         m = self.conv.bot.bundle.manifest
         self.pending_text = first_text
@@ -170,20 +137,20 @@ class ChatApp:
         if self.s.mode == "text":
             return
         try:
-            from .endpoint import Endpointer
-            from .mic import Microphone
+            from llasm_cli.audio.endpoint import Endpointer
+            from llasm_cli.audio.mic import Microphone
 
             self.endpointer = Endpointer(trailing_silence=self.s.trailing_silence, max_turn=self.s.max_turn)
             self.mic = Microphone(self.s.device)
             self.mic.open()
         except (MicrophoneError, LlasmError) as exc:
-            self.console.print(f"[yellow]no microphone:[/] {exc} — using typed input")
+            self.console.print(f"[yellow]no microphone:[/] {escape(str(exc))} — using typed input")
             self.mic, self.s.mode = None, "text"
 
     def _next_input(self, keys: KeyReader):
         if self.s.mode == "text":
             try:
-                prompt = "[bold cyan]you›[/] " + (f"[dim]({self.pending_text})[/] " if self.pending_text else "")
+                prompt = "[bold cyan]you›[/] " + (f"[dim]({escape(self.pending_text)})[/] " if self.pending_text else "")
                 return ("text", self.console.input(prompt))
             except EOFError:
                 return EOF_
@@ -202,7 +169,8 @@ class ChatApp:
         self.endpointer.reset()
         self.mic.flush()
         chunks: list[np.ndarray] = []
-        turn: LiveTurn | None = None
+        turn: LiveTurn | None = None  # push-to-talk's
+        hands_free = HandsFree(self.conv, self.endpointer, self.pending_text)
         t0, db, speaking = time.monotonic(), -120.0, False
         try:
             with Live(Text(""), console=self.console, transient=True, refresh_per_second=12) as live:
@@ -228,37 +196,34 @@ class ChatApp:
                             chunks.append(chunk)
                             turn.feed(chunk)
                         elif not ptt:
-                            for ev in self.endpointer.push(chunk):
-                                if isinstance(ev, SpeechEnd):  # the rest of the turn, then it is sent
-                                    turn = turn or LiveTurn(self.conv, self.pending_text)
-                                    turn.feed(ev.audio[turn.fed :])
-                                    item, turn = ("audio", (turn, ev.audio)), None
-                                    return item
-                                speaking = True
-                                turn = LiveTurn(self.conv, self.pending_text)  # pre-roll and speech so far
-                            if turn is not None:
-                                turn.feed(self.endpointer.committed(turn.fed))
-                                if self.endpointer.settled():  # a pause: the end of the turn is likely
-                                    turn.speculate(self.endpointer.confirm_seconds)
+                            done = hands_free.push(chunk)
+                            if done is not None:  # the trailing silence confirmed: the turn is sent
+                                return ("audio", done)
+                            speaking = hands_free.turn is not None
                     live.update(self._meter(db, time.monotonic() - t0, recording, speaking, keys.buffer))
-        finally:
-            if turn is not None:  # not handed over: a typed line, end of input, Ctrl-C, an error
+        finally:  # a turn not handed over (a typed line, end of input, Ctrl-C, an error) is taken back
+            if turn is not None:
                 turn.cancel()
+            hands_free.cancel()
 
     def _meter(self, db: float, elapsed: float, recording: bool, speaking: bool, typed: str) -> Text:
         if self.s.mode == "ptt" and not recording:
             state = "[dim]press Enter to talk[/]"
         else:
             state = "[bold red]● speaking[/]" if speaking else "[green]● listening[/]"
-        pending = f"  [dim]({self.pending_text})[/]" if self.pending_text else ""
+        pending = f"  [dim]({escape(self.pending_text)})[/]" if self.pending_text else ""
         return Text.from_markup(
-            f"{state} {level_bar(db)} {db:5.0f} dB {elapsed:5.1f} s{pending}   [bold cyan]you›[/] {typed}█"
+            f"{state} {level_bar(db)} {db:5.0f} dB {elapsed:5.1f} s{pending}   [bold cyan]you›[/] {escape(typed)}█"
         )
 
     # --- turns ----------------------------------------------------------------------
 
     def _handle_line(self, line: str) -> bool:
-        """A typed line: a command, text held for the next speech, or a text turn. False quits."""
+        """A typed line: a command, text held for the next speech, or a text turn. False quits.
+        Text that is not valid Unicode is made valid first (inputs.clean_text), and the chat says so."""
+        line, note = clean_text(line, "the line")
+        if note:
+            self.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         line = line.strip()
         if not line:
             return True
@@ -266,7 +231,7 @@ class ChatApp:
             return self._command(line)
         if line.endswith(":"):
             self.pending_text = line
-            self.console.print(f"[dim]… waiting for speech to go with “{line}”[/]")
+            self.console.print(f"[dim]… waiting for speech to go with “{escape(line)}”[/]")
             return True
         self._turn(text=line)
         return True
@@ -278,7 +243,7 @@ class ChatApp:
         if name in ("/quit", "/exit"):
             return False
         if name == "/help":
-            c.print(HELP)
+            c.print(escape(HELP))
         elif name == "/reset":
             self.conv.reset()
             self.pending_text = None
@@ -294,7 +259,7 @@ class ChatApp:
                 c.print("[yellow]usage:[/] /save FILE.json")
             else:
                 path = self.conv.save(Path(arg).expanduser())
-                c.print(f"[dim]saved {path}[/]")
+                c.print(f"[dim]saved {escape(str(path))}[/]")
         elif name == "/file":
             parts = shlex.split(arg) if arg else []
             if not parts:
@@ -303,13 +268,13 @@ class ChatApp:
             try:
                 audio = load_audio(Path(parts[0]).expanduser(), self.s.max_audio)
             except LlasmError as exc:
-                c.print(f"[red]error:[/] {exc}")
+                c.print(f"[red]error:[/] {escape(str(exc))}")
                 return True
             if len(parts) > 1:
                 self.pending_text = " ".join(parts[1:])
             self._spoken_turn(audio, f"file {Path(parts[0]).name}")
         else:
-            c.print(f"[yellow]unknown command {name}[/] — {HELP.splitlines()[0]}")
+            c.print(f"[yellow]unknown command {escape(name)}[/] — {escape(HELP.splitlines()[0])}")
         return True
 
     def _spoken_turn(self, audio: np.ndarray, label: str, heard: bool = False, live: LiveTurn | None = None) -> None:
@@ -320,18 +285,18 @@ class ChatApp:
             if audio.size == 0:
                 return
             if not heard:
-                from .endpoint import require_speech
+                from llasm_cli.audio.endpoint import require_speech
 
                 try:
                     require_speech(audio, label)
                 except NoSpeechError as exc:
-                    self.console.print(f"[yellow]not sent:[/] {str(exc).split('; ')[0]}")
+                    self.console.print(f"[yellow]not sent:[/] {escape(str(exc).split('; ')[0])}")
                     return
             if live is not None and live.error is not None:
-                self.console.print(f"[red]error:[/] {live.error}")
+                self.console.print(f"[red]error:[/] {escape(str(live.error))}")
                 return
             text, self.pending_text = self.pending_text, None
-            self.console.print(f"[bold cyan]you›[/] {text + ' ' if text else ''}[dim]\\[{label}][/]")
+            self.console.print(f"[bold cyan]you›[/] {escape(text) + ' ' if text else ''}[dim]\\[{escape(label)}][/]")
             self._turn(audio=audio, text=text, live=live)
             live = None
         finally:
@@ -350,7 +315,7 @@ class ChatApp:
                 stream = self.conv.respond(self.s.sampling, self.s.max_tokens)
                 first = next(stream, None)
         except LlasmError as exc:  # the conversation has already taken the failed turn back
-            c.print(f"[red]error:[/] {exc}")
+            c.print(f"[red]error:[/] {escape(str(exc))}")
             return
         except KeyboardInterrupt:
             c.print("[dim](interrupted: the turn was not sent)[/]")

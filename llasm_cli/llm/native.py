@@ -56,7 +56,7 @@ def extra_buffers() -> bool:
     global _extra_buffers
     with _lock:
         if _extra_buffers is None:
-            from .cpu_probe import extra_buffers_verdict
+            from llasm_cli.llm.cpu_probe import extra_buffers_verdict
 
             verdict = extra_buffers_verdict()
             _extra_buffers = verdict.extra_buffers
@@ -78,30 +78,6 @@ def model_params(n_gpu_layers: int = 0):
         # MiB). Read into memory instead, each weight is held once (1153 -> 708 MiB).
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
     return params
-
-
-def load_llama(**kwargs):
-    """llama-cpp-python's high-level ``Llama`` (benchmarks' cascades), under the same verdict.
-
-    ``Llama`` builds its model parameters internally from ``llama_model_default_params``, so
-    that one function is wrapped while the model loads.
-    """
-    import llama_cpp.llama_cpp as low
-
-    use = extra_buffers()
-    original = low.llama_model_default_params
-
-    def defaults():
-        params = original()
-        params.use_extra_bufts = use
-        return params
-
-    with _lock:
-        low.llama_model_default_params = defaults
-        try:
-            return llama_cpp.Llama(**kwargs)
-        finally:
-            low.llama_model_default_params = original
 
 
 def last_log(n: int = 3) -> str:

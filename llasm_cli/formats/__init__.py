@@ -1,0 +1,1 @@
+"""Model files: the bundle's layout and manifest, GGUF keys and checks, published GGUF pairs."""

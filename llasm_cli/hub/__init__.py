@@ -1,0 +1,1 @@
+"""Models people already have: short names for hub repositories, and ``llasm pull``."""

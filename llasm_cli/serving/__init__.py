@@ -1,0 +1,1 @@
+"""``llasm serve``: OpenAI's chat-completions wire format over HTTP."""

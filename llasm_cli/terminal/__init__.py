@@ -1,0 +1,1 @@
+"""The terminal: the interactive chat, keyboard input, rich rendering."""

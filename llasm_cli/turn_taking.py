@@ -1,0 +1,85 @@
+"""Turn-taking without a screen: microphone blocks in, a spoken turn streamed into the conversation
+while it is heard, and the finished turn out when the endpointer confirms its end.
+
+``llasm chat`` (terminal/chat.py) draws its meter around this loop and the benchmarks drive the
+very same one, so what the bench times is what the chat does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llasm_cli.audio.endpoint import Endpointer, SpeechEnd
+from llasm_cli.conversation import Conversation
+from llasm_cli.errors import LlasmError
+from llasm_cli.spoken_turn import AudioTurnStream
+
+WHOLE_SHARE = 0.75  # of the silence left at a pause that a whole-clip encode may take (its cost is estimated)
+
+
+class LiveTurn:
+    """A spoken turn fed to the conversation while it is heard. A refusal (the context cannot hold
+    it) is kept in ``error`` to show at the end of speech; the rest of the audio is then dropped."""
+
+    def __init__(self, conv: Conversation, text: str | None) -> None:
+        self.fed = 0  # samples fed so far
+        self.error: LlasmError | None = None
+        self.stream: AudioTurnStream | None = None
+        try:
+            self.stream = conv.begin_audio(text=text)
+        except LlasmError as exc:
+            self.error = exc
+
+    def feed(self, samples: np.ndarray) -> None:
+        if samples.size and self.stream is not None:
+            try:
+                self.stream.feed(samples)
+            except LlasmError as exc:  # the stream has taken the turn back already
+                self.error, self.stream = exc, None
+        self.fed += samples.size
+
+    def speculate(self, budget_s: float) -> None:
+        """The speaker has paused: prefill the turn as it stands (AudioTurnStream.speculate), encoded
+        whole if that likely takes at most WHOLE_SHARE of the ``budget_s`` left before the end."""
+        if self.stream is not None:
+            try:
+                self.stream.speculate(budget_ms=WHOLE_SHARE * budget_s * 1e3)
+            except LlasmError as exc:
+                self.error, self.stream = exc, None
+
+    def cancel(self) -> None:
+        if self.stream is not None:
+            self.stream.cancel()
+            self.stream = None
+
+
+class HandsFree:
+    """The hands-free loop: each microphone block goes through the voice-activity endpointer; from the
+    start of speech (with the pre-roll it keeps) the turn streams into the conversation, at a pause it
+    is prefilled as it stands (``LiveTurn.speculate``), and ``push`` returns it once the trailing
+    silence confirms the end. ``cancel`` takes back a turn that was never returned."""
+
+    def __init__(self, conv: Conversation, endpointer: Endpointer, text: str | None = None) -> None:
+        self.conv, self.endpointer, self.text = conv, endpointer, text
+        self.turn: LiveTurn | None = None  # the turn being heard
+
+    def push(self, block: np.ndarray) -> tuple[LiveTurn, np.ndarray] | None:
+        """The next block of 16 kHz audio; the finished turn and its whole clip once the end is confirmed."""
+        ep = self.endpointer
+        for ev in ep.push(block):
+            if isinstance(ev, SpeechEnd):  # the rest of the turn, then it is handed over
+                turn = self.turn or LiveTurn(self.conv, self.text)
+                turn.feed(ev.audio[turn.fed :])
+                self.turn = None
+                return turn, ev.audio
+            self.turn = LiveTurn(self.conv, self.text)  # speech started: the pre-roll and speech so far
+        if self.turn is not None:
+            self.turn.feed(ep.committed(self.turn.fed))
+            if ep.settled():  # a pause: the end of the turn is likely
+                self.turn.speculate(ep.confirm_seconds)
+        return None
+
+    def cancel(self) -> None:
+        if self.turn is not None:
+            self.turn.cancel()
+            self.turn = None
