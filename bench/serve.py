@@ -2,6 +2,7 @@
 
     python bench/serve.py                       # 1, 4 and 16 clients, 8 s per cell
     python bench/serve.py --clients 1,4 --seconds 4 --threads 2
+    python bench/serve.py --gpu-layers -1 --save serve.json   # LLM on the GPU for both; the table also as JSON
 
 Both servers run the built-in model's LLM (``load_bundle(default_bundle_path()).llm_path()``),
 the demo bundle's GGUF or whatever llasm runs with no --model,
@@ -205,12 +206,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise RuntimeError(f"did not answer within {timeout:.0f} s")
 
 
-def start_llasm(threads: int) -> tuple[subprocess.Popen, str]:
+def start_llasm(threads: int, gpu_layers: int = 0) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "LLASM_THREADS": str(threads)}
     env.pop("LLASM_MODEL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "llasm_cli", "serve", "--port", "0", "--parallel", str(LLASM_PARALLEL),
-         "--queue", "256", "--ctx", "1024"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+         "--queue", "256", "--ctx", "1024", "--gpu-layers", str(gpu_layers)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
     )
     for line in proc.stderr:
         m = re.search(r"at (http://\S+?)/v1", line)
@@ -221,12 +223,12 @@ def start_llasm(threads: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"llasm serve did not start (exit {proc.wait()})")
 
 
-def start_llama_cpp_server(gguf: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start_llama_cpp_server(gguf: Path, threads: int, gpu_layers: int = 0) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "--model", str(gguf), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--n_threads_batch", str(threads),
-         "--interrupt_requests", "false", "--verbose", "false"],
+         "--interrupt_requests", "false", "--verbose", "false", "--n_gpu_layers", str(gpu_layers)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -281,6 +283,8 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16", help="client counts, comma-separated")
     ap.add_argument("--seconds", type=float, default=8.0, help="measured time per cell")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for each server (default: llasm's)")
+    ap.add_argument("--gpu-layers", type=int, default=0, help="LLM layers on the GPU for both servers (-1: all)")
+    ap.add_argument("--save", type=Path, default=None, help="also write the table's numbers as JSON to this file")
     args = ap.parse_args()
     from llasm_cli.formats.bundle import default_bundle_path, load_bundle
     from llasm_cli.llm import native
@@ -304,14 +308,14 @@ def main() -> None:
     procs = []
     try:
         print("starting llasm serve...", file=sys.stderr)
-        proc, llasm_url = start_llasm(threads)
+        proc, llasm_url = start_llasm(threads, args.gpu_layers)
         procs.append(proc)
         urls = {"llasm speech": llasm_url, "llasm typed": llasm_url}
         print("starting python -m llama_cpp.server...", file=sys.stderr)
         try:
             import llama_cpp.server.app  # noqa: F401 - its extra dependencies present?
 
-            proc, urls["llama_cpp.server typed"] = start_llama_cpp_server(gguf, threads)
+            proc, urls["llama_cpp.server typed"] = start_llama_cpp_server(gguf, threads, args.gpu_layers)
             procs.append(proc)
         except (ImportError, RuntimeError) as exc:
             notes.append(f"llama_cpp.server could not run here ({exc}); pip install 'llama-cpp-python[server]'")
@@ -353,6 +357,17 @@ def main() -> None:
         notes.append("failed requests: " + ", ".join(f"{k} {v}" for k, v in errors.items() if v))
     for note in notes:
         print(f"note: {note}")
+    if args.save:
+        import json
+
+        cells = [{"system": name, "clients": n, "requests": c.requests, "errors": c.errors, "seconds": round(c.seconds, 2),
+                  "rps": round(c.rps, 3), "ttft_p50_ms": round(c.pct(0.5), 1) if c.ttft else None,
+                  "ttft_p95_ms": round(c.pct(0.95), 1) if c.ttft else None,
+                  "same": round(c.same / c.requests, 3) if c.requests else None}
+                 for name in systems for n, c in results[name].items()]
+        args.save.write_text(json.dumps({"gguf": str(gguf), "threads": threads, "gpu_layers": args.gpu_layers,
+                                         "seconds": args.seconds, "max_tokens": MAX_TOKENS, "cells": cells,
+                                         "notes": notes}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from llasm_cli.formats.bundle import (BOUNDARY_FILE, MANIFEST_FILE, ONNX_TOWER_FILE, TORCH_TOWER_DIR, Manifest,
-                                      llm_file, tower_file)
 from llasm_cli.errors import CheckpointError
 from llasm_cli.files import atomic_folder
+from llasm_cli.formats.bundle import (
+    BOUNDARY_FILE,
+    MANIFEST_FILE,
+    ONNX_TOWER_FILE,
+    TORCH_TOWER_DIR,
+    Manifest,
+    llm_file,
+    tower_file,
+)
 from llasm_cli.model import LLM_DIR, AudioTower, CheckpointMeta, llm_width, load_tower, read_meta, save_tower
 
 from .llm_gguf import write_llm_gguf

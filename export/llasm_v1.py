@@ -38,9 +38,9 @@ from pathlib import Path
 
 import gguf
 
-from llasm_cli.formats.bundle import Manifest, llm_file
 from llasm_cli.errors import CheckpointError, LlasmError
 from llasm_cli.files import atomic_folder, write_gguf
+from llasm_cli.formats.bundle import Manifest, llm_file
 from llasm_cli.model import DEFAULT_SYSTEM_PROMPT, AdaptorConfig, CheckpointMeta
 
 from .bundle import write_tower_and_manifest

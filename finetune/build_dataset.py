@@ -1,7 +1,7 @@
 """The spoken-instruction dataset builder: text conversations in, spoken human turns out.
 
-(One command read top to bottom: three input formats, the TTS voices and the parallel, resumable
-run belong together; over 400 lines for that reason.)
+(One command read top to bottom: three input formats and the parallel, resumable run belong
+together; over 400 lines for that reason. The voices are voices.py's.)
 
     python -m llasm_finetune.build_dataset sharegpt.json data/spoken
     python -m llasm_finetune.build_dataset alpaca.json data/spoken --voices en-us,en-gb-x-rp --speed 150:180
@@ -32,27 +32,17 @@ continues where it stopped; ``conversations.json`` is written atomically at the 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import random
 import re
-import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from llasm_cli.audio.geometry import SAMPLE_RATE
-from llasm_cli.audio.decode import resample
-from llasm_cli.files import atomic_path, stale_temp_files
+from llasm_cli.files import stale_temp_files
 
 from .records import (
     AUDIO_MARKER,
@@ -69,23 +59,21 @@ from .records import (
     read_conversations,
     write_conversations,
 )
+from .voices import (
+    DEFAULT_PITCH,
+    DEFAULT_SPEED,
+    DEFAULT_VOICES,
+    DEFAULT_ZH_VOICES,
+    TMP_PREFIX,
+    TtsError,
+    TtsPlan,
+)
 
-DEFAULT_VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029")
-DEFAULT_ZH_VOICES = ("cmn",)
-DEFAULT_SPEED = (140, 190)  # espeak-ng words per minute
-DEFAULT_PITCH = (30, 70)  # espeak-ng 0..99
-TTS_TIMEOUT_S = 300
 CONVERSATIONS_FILE = "conversations.json"
 JOURNAL_FILE = "journal.jsonl"
 AUDIO_DIR = "audio"
-TMP_PREFIX = ".tmp-"
-PLACEHOLDER = re.compile(r"\{(text|out|voice|speed|pitch)\}")
 HUMAN_ROLES = {"human", "user"}
 GPT_ROLES = {"gpt", "assistant"}
-
-
-class TtsError(DataError):
-    """A TTS engine cannot run, or failed on one text."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,161 +168,6 @@ def read_text_conversations(
         seen.add(conv.id)
         convs.append(conv)
     return report.result(convs)
-
-
-# ---------------------------------------------------------------------------------------------
-# TTS
-
-
-def has_cjk(text: str) -> bool:
-    """True if ``text`` holds a Han character (CJK Unified Ideographs and extensions)."""
-    return any(
-        0x4E00 <= (c := ord(ch)) <= 0x9FFF or 0x3400 <= c <= 0x4DBF or 0xF900 <= c <= 0xFAFF
-        or 0x20000 <= c <= 0x2FA1F
-        for ch in text
-    )
-
-
-def _store_wav(audio: bytes | Path, out_path: Path) -> float:
-    """Read TTS output (any soundfile format), make it 16 kHz mono, write ``out_path`` atomically."""
-    import soundfile as sf
-
-    try:
-        src = io.BytesIO(audio) if isinstance(audio, bytes) else str(audio)
-        data, rate = sf.read(src, dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises several types for bad input
-        raise TtsError(f"the TTS output is not readable audio: {exc}") from None
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if mono.size == 0 or not np.any(mono):
-        raise TtsError("the TTS produced no sound")
-    pcm = np.clip(resample(np.ascontiguousarray(mono, dtype=np.float32), rate), -1.0, 1.0)
-    with atomic_path(out_path) as tmp:
-        sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    return pcm.size / SAMPLE_RATE
-
-
-def _run(argv: list[str], stdin: bytes | None) -> subprocess.CompletedProcess:
-    try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=TTS_TIMEOUT_S, check=False)
-    except FileNotFoundError:
-        raise TtsError(f"TTS command not found: {argv[0]}") from None
-    except subprocess.TimeoutExpired:
-        raise TtsError(f"{Path(argv[0]).name} took more than {TTS_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise TtsError(f"{Path(argv[0]).name} exited with {proc.returncode}: {err[-1] if err else 'no message'}")
-    return proc
-
-
-def espeak_path() -> str:
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise TtsError("espeak-ng is not installed: apt-get install espeak-ng (or use --tts-command)")
-    return exe
-
-
-def speak(text: str, out_path: str | Path, voice: str = "en", speed: int = 160, pitch: int = 50) -> float:
-    """Speak ``text`` with espeak-ng into ``out_path`` (16 kHz mono PCM16 wav); return its seconds."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, raw = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".wav", dir=out_path.parent)
-    os.close(fd)
-    try:
-        argv = [espeak_path(), "-v", voice, "-s", str(int(speed)), "-p", str(int(pitch)), "-w", raw, "--stdin"]
-        _run(argv, text.encode("utf-8"))
-        return _store_wav(Path(raw), out_path)
-    finally:
-        Path(raw).unlink(missing_ok=True)
-
-
-def command_argv(template: str, values: dict[str, str]) -> list[str]:
-    """Split ``template`` like a shell line, then fill ``{text}``/``{out}``/... inside each argument.
-
-    Filling after splitting keeps every value one argument whatever it contains (quotes, spaces,
-    ``{out}``), and no shell ever sees it."""
-    try:
-        parts = shlex.split(template)
-    except ValueError as exc:
-        raise TtsError(f"cannot split --tts-command {template!r}: {exc}") from None
-    if not parts:
-        raise TtsError("--tts-command is empty")
-    return [PLACEHOLDER.sub(lambda m: values[m.group(1)], p) for p in parts]
-
-
-def speak_command(
-    text: str, out_path: str | Path, template: str, voice: str = "", speed: int = 0, pitch: int = 0
-) -> float:
-    """Speak ``text`` with a command-line TTS given by ``template``; return the wav's seconds."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, raw = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".wav", dir=out_path.parent)
-    os.close(fd)
-    try:
-        values = {"text": text, "out": raw, "voice": voice, "speed": str(speed), "pitch": str(pitch)}
-        argv = command_argv(template, values)
-        proc = _run(argv, None if "{text}" in template else text.encode("utf-8"))
-        if "{out}" in template:
-            return _store_wav(Path(raw), out_path)
-        if not proc.stdout:
-            raise TtsError("the TTS command wrote no audio to stdout (or use {out} in the template)")
-        return _store_wav(proc.stdout, out_path)
-    finally:
-        Path(raw).unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class TtsPlan:
-    """How every turn is spoken: the engine and the ranges its settings are drawn from."""
-
-    voices: tuple[str, ...] = DEFAULT_VOICES
-    zh_voices: tuple[str, ...] = DEFAULT_ZH_VOICES
-    variants: tuple[str, ...] = ()
-    speed: tuple[int, int] = DEFAULT_SPEED
-    pitch: tuple[int, int] = DEFAULT_PITCH
-    command: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.voices or not self.zh_voices:
-            raise TtsError("give at least one voice in --voices and --zh-voices")
-        for name, (lo, hi) in (("speed", self.speed), ("pitch", self.pitch)):
-            if lo > hi or lo < 0:
-                raise TtsError(f"--{name} range {lo}:{hi} is empty or negative")
-
-    def draw(self, key: str, text: str) -> dict[str, Any]:
-        """The settings for one turn: the same for the same (seed, key, text script)."""
-        rng = random.Random(f"{self.seed}:{key}")
-        voice = rng.choice(self.zh_voices if has_cjk(text) else self.voices)
-        variant = rng.choice(self.variants) if self.variants else None
-        speed, pitch = rng.randint(*self.speed), rng.randint(*self.pitch)
-        if variant:
-            voice = f"{voice}+{variant}"
-        if self.command is None:
-            return {"engine": "espeak-ng", "voice": voice, "speed": speed, "pitch": pitch}
-        params: dict[str, Any] = {"engine": "command", "command": self.command}
-        for name, value in (("voice", voice), ("speed", speed), ("pitch", pitch)):
-            if "{" + name + "}" in self.command:
-                params[name] = value
-        return params
-
-    def check(self) -> None:
-        """Fail early (before any work) when the engine cannot run at all."""
-        if self.command is not None:
-            exe = command_argv(self.command, dict.fromkeys(("text", "out", "voice", "speed", "pitch"), ""))[0]
-            if shutil.which(exe) is None:
-                raise TtsError(f"TTS command not found: {exe}")
-            return
-        exe = espeak_path()
-        for voice in sorted(set(self.voices + self.zh_voices)):
-            if subprocess.run([exe, "-q", "-v", voice, "a"], capture_output=True, check=False).returncode != 0:
-                raise TtsError(f"espeak-ng has no voice {voice!r} (see: espeak-ng --voices)")
-
-    def speak(self, text: str, out_path: Path, params: dict[str, Any]) -> float:
-        if self.command is None:
-            return speak(text, out_path, params["voice"], params["speed"], params["pitch"])
-        return speak_command(
-            text, out_path, self.command, params.get("voice", ""), params.get("speed", 0), params.get("pitch", 0)
-        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llasm_cli.audio.geometry import audio_token_count, chunked_positions, split_windows, unpadded_frames
 from llasm_cli.audio.decode import load_audio
+from llasm_cli.audio.geometry import audio_token_count, chunked_positions, split_windows, unpadded_frames
 from llasm_cli.audio.mel import log_mel_spectrogram
 from llasm_cli.files import atomic_path
 from llasm_cli.model import AudioTower

@@ -79,7 +79,7 @@ def synthesise(root: Path, jobs: list[dict]) -> None:
 
     A job with ``degrade`` gets noise or a telephone band added before its wav appears, so an
     interrupted run never leaves a clean clip where a degraded one belongs."""
-    from llasm_finetune.build_dataset import speak
+    from llasm_finetune.voices import speak
 
     todo = [j for j in jobs if not (root / j["audio"]).is_file()]
     log(f"speech: {len(jobs)} clips, {len(todo)} to synthesise")
@@ -270,8 +270,8 @@ def evaluate(root: Path, ckpt: Path, bundle: Path) -> dict:
     """Exact-match accuracy on held-out voices: PyTorch (each encoder input) and the bundle (each backend
     here; a chunked model's clips both whole and streamed)."""
     from llasm_cli.assistant import Assistant
-    from llasm_cli.formats.bundle import load_bundle
     from llasm_cli.conversation import answer, answer_streamed
+    from llasm_cli.formats.bundle import load_bundle
     from llasm_cli.llm.engine import Sampling
     from llasm_cli.towers import candidates
 

@@ -13,6 +13,8 @@ published, and the bundle points at it instead of copying it.
 Features are the chunked (streaming) encoder input the runtime computes while the user speaks,
 so the model is trained on exactly what it will see. The schedule runs on a wall-clock budget
 (cosine over ``--minutes``); ``--resume`` continues a run that was cut off.
+
+(Over 400 lines: a recipe read top to bottom, set-up to saved bundle.)
 """
 
 from __future__ import annotations
@@ -33,8 +35,17 @@ from llasm_cli.audio.decode import load_audio
 from llasm_cli.files import atomic_folder, atomic_path
 from llasm_cli.model import AudioTower, CheckpointMeta, save_tower
 
-from .distill_data import (CLIPS_FILE, QUESTIONS_FILE, SYSTEM_PROMPT, TEACHER_FILE, WORD_CLIPS_FILE, WORDS_FILE,
-                           PromptFormat, read_jsonl, smollm2_gguf)
+from .distill_data import (
+    CLIPS_FILE,
+    QUESTIONS_FILE,
+    SYSTEM_PROMPT,
+    TEACHER_FILE,
+    WORD_CLIPS_FILE,
+    WORDS_FILE,
+    PromptFormat,
+    read_jsonl,
+    smollm2_gguf,
+)
 from .init import fresh_tower
 
 STATE_FILE = "state.pt"
@@ -89,8 +100,8 @@ def compute_features(tower: AudioTower, data: Path, clips: list[dict], out: Path
     import onnxruntime as ort
     from llasm_export.onnx_tower import export_graph
 
-    from llasm_cli.audio.mel import chunk_mel
     from llasm_cli.audio.geometry import chunk_spans
+    from llasm_cli.audio.mel import chunk_mel
 
     graph = out / "encoder-frames.onnx"
     export_graph(tower, graph, frames=True)

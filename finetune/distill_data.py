@@ -14,6 +14,8 @@
    the word: without this a held-out "capital of Greece" is heard as "capital of rice".
 
 Every step writes its files atomically and is skipped when they exist, so a cut-off run resumes.
+
+(Over 400 lines: every step of the data a distillation run needs, in the order it runs.)
 """
 
 from __future__ import annotations
@@ -345,7 +347,7 @@ def plan_clips(questions: list[dict], per_question: int, rng: random.Random) -> 
 
 def speak_clips(root: Path, clips: list[dict], texts: dict[str, str], progress) -> None:
     """espeak-ng renders each clip (two at a time); existing wavs are kept."""
-    from .build_dataset import speak
+    from .voices import speak
 
     todo = [c for c in clips if not (root / c["audio"]).is_file()]
     (root / AUDIO_DIR).mkdir(parents=True, exist_ok=True)

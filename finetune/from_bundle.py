@@ -16,9 +16,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
+from llasm_export.llm_gguf import map_name
 
-from llasm_cli.formats.bundle import load_bundle
 from llasm_cli.errors import CheckpointError
+from llasm_cli.formats.bundle import load_bundle
 from llasm_cli.model import (
     ADAPTOR_FILE,
     LLM_DIR,
@@ -28,8 +29,6 @@ from llasm_cli.model import (
     read_meta,
     read_safetensors,
 )
-
-from llasm_export.llm_gguf import map_name
 
 from .checkpoint import load_checkpoint, save_checkpoint
 

@@ -66,7 +66,7 @@ class Conversation:
             raise LlasmError("an empty turn: say something or type something")
         self._nolive_stream()
         if audio is not None:
-            self._check_fits(audio)
+            self.check_recording(self.bot.audio_positions(audio.size), audio.size)
         t0 = time.perf_counter()
         clips = [(self.tower or self.bot.tower).encode(audio)] if audio is not None else []
         self.stats = TurnStats(audio_seconds=0.0 if audio is None else audio.size / SAMPLE_RATE)
@@ -77,15 +77,17 @@ class Conversation:
         self.turns.append(turn)
         return turn
 
-    def _check_fits(self, audio: np.ndarray) -> None:
-        """Refuse a recording that cannot fit the context, before spending time encoding it."""
-        need = self.bot.audio_positions(audio.size)
-        room = self.bot.engine.n_ctx - self.reserve
-        if need > room:
+    def check_recording(self, need: int, n_samples: int, so_far: bool = False) -> None:
+        """Refuse a recording of ``n_samples`` (``so_far``: still being spoken) whose ``need`` positions do
+        not fit the context beside the answer's reserve, whatever the history: before it is encoded."""
+        engine = self.bot.engine
+        if need > engine.n_ctx - self.reserve:
+            heard = f"{n_samples / SAMPLE_RATE:.0f} s" + (" so far" if so_far else "")
+            advice = "speak for less time" if so_far else "use a shorter recording"
             raise ContextOverflowError(
-                f"this recording ({audio.size / SAMPLE_RATE:.0f} s) needs {need} positions but the context holds "
-                f"{self.bot.engine.n_ctx} ({self.reserve} kept for the answer); use a shorter recording or a larger "
-                f"--ctx (this model was trained for up to {self.bot.engine.n_ctx_train})"
+                f"this recording ({heard}) needs {need} positions but the context holds {engine.n_ctx} "
+                f"({self.reserve} kept for the answer); {advice} or a larger --ctx (this model was trained for up "
+                f"to {engine.n_ctx_train})"
             )
 
     def begin_audio(self, text: str | None = None, after: str | None = None) -> AudioTurnStream:

@@ -139,7 +139,8 @@ class AudioTurnStream:
                 if whole:  # the chunks' rows went out with it: back in, for the chunks still to come
                     self._sync()
                 self._early_ms += (time.perf_counter() - t0) * 1e3
-            self._check_length(self.n + x.size)
+            n = self.n + x.size  # too long for the whole context, whatever the history: refused
+            self.conv.check_recording(2 + self.tower.positions(n), n, so_far=True)
             self.samples.append(x)
             self.n += x.size
             if self.chunks is None or not x.size:
@@ -159,18 +160,6 @@ class AudioTurnStream:
         except BaseException:
             self.cancel()
             raise
-
-    def _check_length(self, n_samples: int) -> None:
-        """Refuse audio longer than the whole context could hold, whatever the history."""
-        conv = self.conv
-        need = 2 + self.tower.positions(n_samples)
-        room = conv.bot.engine.n_ctx - conv.reserve
-        if need > room:
-            raise ContextOverflowError(
-                f"this recording ({n_samples / SAMPLE_RATE:.0f} s so far) needs {need} positions but the context "
-                f"holds {conv.bot.engine.n_ctx} ({conv.reserve} kept for the answer); speak for less time or use a "
-                f"larger --ctx"
-            )
 
     def speculate(self, budget_ms: float = 0.0) -> bool:
         """Encode the audio so far and prefill it with the end of the audio span and the template

@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from llasm_finetune.build_dataset import (
-    JOURNAL_FILE,
-    TtsError,
-    build_dataset,
-    command_argv,
-    has_cjk,
-    main,
-    read_text_conversations,
-    speak,
-)
+from llasm_finetune.build_dataset import JOURNAL_FILE, build_dataset, main, read_text_conversations
 from llasm_finetune.records import DataError, read_conversations
+from llasm_finetune.voices import TtsError, command_argv, has_cjk, speak
 
 SHORT = "What time is it?"
 LONG = "Please tell me three interesting facts about the planet Jupiter and its many moons."

@@ -21,11 +21,11 @@ import pytest
 import torch
 from llasm_export.ct2_whisper import (
     ct2_to_hf_state,
-    find_packaged_whisper,
     import_ct2_whisper,
     main,
     read_ct2_model,
 )
+from llasm_export.packaged_whisper import find_packaged_whisper
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from llasm_cli.errors import CheckpointError
@@ -361,7 +361,7 @@ def test_real_tiny_en_transcribes_espeak(tmp_path, question_features):
 
 @needs_base
 def test_real_base_assembles_once_and_imports(tmp_path, monkeypatch, question_features):
-    monkeypatch.setenv("LLASM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LLASM_CACHE_DIR", str(tmp_path / "cache"))
     src = find_packaged_whisper("base")
     assert src.is_relative_to(tmp_path / "cache")
     stamp = (src / "model.bin").stat().st_mtime_ns

@@ -292,6 +292,24 @@ def test_no_cycle_between_the_runtimes_rooms(repo):
     assert cycle is None, "import cycle between llasm_cli's rooms (imports inside functions too):\n" + describe(cycle)
 
 
+MAX_LINES, EXPLAIN_OVER = 600, 400
+
+
+def test_modules_are_small_or_say_why(repo):
+    """No module over 600 lines; one over 400 says why in its docstring ("... 400 lines ...")."""
+    files, _ = repo
+    long, silent = [], []
+    for module, path in sorted(files.items()):
+        text = path.read_text(encoding="utf-8")
+        n = text.count("\n")
+        if n > MAX_LINES:
+            long.append(f"{path.relative_to(ROOT)}: {n} lines")
+        elif n > EXPLAIN_OVER and "400 lines" not in (ast.get_docstring(ast.parse(text)) or ""):
+            silent.append(f"{path.relative_to(ROOT)}: {n} lines")
+    assert not long, f"modules over {MAX_LINES} lines (split them):\n" + "\n".join(long)
+    assert not silent, f"modules over {EXPLAIN_OVER} lines whose docstring does not say why:\n" + "\n".join(silent)
+
+
 # --- the checker itself, on a made-up tree ---------------------------------------------------
 
 

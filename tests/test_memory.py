@@ -113,7 +113,7 @@ def test_text_only_question_is_sized_without_audio(bundles):
 LOAD_PROBE = """
 import re, sys
 import llama_cpp
-from llasm_cli import native
+from llasm_cli.llm import native
 from llasm_cli.llm.engine import Engine, Sampler, Sampling
 
 def rss_mib():

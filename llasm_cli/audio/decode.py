@@ -179,8 +179,8 @@ def _check_path(path: Path) -> int:
         st = path.stat()
     except FileNotFoundError:
         raise AudioFileError(f"audio file not found: {path}") from None
-    except OSError as exc:
-        raise AudioFileError(f"cannot read audio file {path}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name (typed, or pasted into the chat)
+        raise AudioFileError(f"cannot read audio file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if stat.S_ISDIR(st.st_mode):
         raise AudioFileError(f"{path} is a directory, not an audio file")
     if not stat.S_ISREG(st.st_mode):

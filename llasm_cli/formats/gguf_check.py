@@ -3,7 +3,8 @@
 llama.cpp aborts the whole process (GGML_ASSERT) on a malformed GGUF, so every name, shape and
 value it asserts on is checked here first and turned into a ModelFileError. Key names, tensor
 names and value types come from gguf-py, the constants the exporter writes the files with.
-Long on purpose: it mirrors the checks of gguf.cpp's loader, load_hparams and mtmd's clip loader in one place.
+(Over 400 lines on purpose: it mirrors the checks of gguf.cpp's loader, load_hparams and mtmd's clip loader
+in one place.)
 """
 
 from __future__ import annotations

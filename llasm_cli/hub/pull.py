@@ -18,6 +18,8 @@ How a pull goes:
 4. ``refs/REVISION`` names the commit, so offline mode (``HF_HUB_OFFLINE=1``) finds it.
 
 Every failure a user can cause is a ``PullError`` subclass (errors.py) with its own exit code (10-14).
+
+(Over 400 lines: every step of a resumable, checked download and each way it can fail, in order.)
 """
 
 from __future__ import annotations

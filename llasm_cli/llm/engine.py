@@ -11,6 +11,9 @@ prefix, so callers describe the whole prompt and never track positions themselve
 Positions: one per row, the row's index in the sequence. An LLM with M-RoPE (qwen2vl: Qwen2.5-Omni)
 rotates with several position axes; llama.cpp gives a token row its one position on every axis, and
 reads an embedding batch's ``pos`` as ``n_pos_per_embd`` axes section-major (``mrope_positions``).
+
+(Over 400 lines: every way positions enter and leave the one cache -- tokens, rows, joined batches,
+roll-backs, sampling -- is here, so its all-or-nothing rule is checked in one place.)
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ more (a busy one, say, with the same system prompt and history), that prefix is 
 unified cache a copy shares the cells, it duplicates nothing. Every slot is limited to
 ``n_ctx_seq`` positions and the cache holds ``n_seq * n_ctx_seq`` cells, so a decode never runs
 out of cells whatever the other sequences hold.
+
+(Over 400 lines: the batch context and the one thread that drives it share every invariant about
+what a slot holds, so they are read together.)
 """
 
 from __future__ import annotations

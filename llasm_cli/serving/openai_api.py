@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from llasm_cli.audio.decode import decode_audio
-from llasm_cli.errors import InvalidValueError
+from llasm_cli.errors import AudioFileError, AudioTooLongError, InvalidValueError
 from llasm_cli.inputs import check_max_tokens, check_seed, check_temperature, check_top_p, clean_text
 
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
@@ -299,9 +299,14 @@ def decode_base64(data: str, param: str) -> bytes:
 def read_audio_bytes(raw: bytes, what: str, max_seconds: float) -> np.ndarray:
     """Encoded audio in memory (wav/flac/ogg/mp3, any rate and channels) as 16 kHz mono float32,
     decoded and checked as ``audio.load_audio`` does a file (``audio.decode_audio``, one path for both).
-    Raises ``AudioFileError`` (``AudioTooLongError``) with one sentence naming the request field ``what``.
+    A refusal is a 400 naming the request field ``what``: ``audio_too_long`` or ``invalid_audio``.
     """
-    return decode_audio(raw, what, max_seconds, raise_limit=" of this server")
+    try:
+        return decode_audio(raw, what, max_seconds, raise_limit=" of this server")
+    except AudioTooLongError as exc:
+        raise bad(str(exc), what, "audio_too_long") from None
+    except AudioFileError as exc:
+        raise bad(str(exc), what, "invalid_audio") from None
 
 
 # --- responses --------------------------------------------------------------------------

@@ -15,6 +15,9 @@ Two caches keep a conversation's next turn cheap: encoded clips by the hash of t
 (audio in earlier turns is neither decoded nor encoded again), and the token ids of answers
 this server gave, by their text (a history that repeats an answer is fed exactly the tokens
 that were generated, so the sequence's cached prefix still matches past it).
+
+(Over 400 lines: admission, the audio cache, prompts and the reply stream of one request read in
+order; the HTTP routes are http.py's.)
 """
 
 from __future__ import annotations

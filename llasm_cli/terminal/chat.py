@@ -258,12 +258,19 @@ class ChatApp:
             if not arg:
                 c.print("[yellow]usage:[/] /save FILE.json")
             else:
-                path = self.conv.save(Path(arg).expanduser())
+                try:
+                    path = self.conv.save(Path(arg).expanduser())
+                except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+                    c.print(f"[red]error:[/] cannot save {escape(arg)}: {escape(getattr(exc, 'strerror', None) or str(exc))}")
+                    return True
                 c.print(f"[dim]saved {escape(str(path))}[/]")
         elif name == "/file":
-            parts = shlex.split(arg) if arg else []
+            try:
+                parts, why = shlex.split(arg) if arg else [], ""
+            except ValueError as exc:  # an unclosed quote, a backslash at the end
+                parts, why = [], f" ({str(exc).lower()})"
             if not parts:
-                c.print("[yellow]usage:[/] /file PATH [text]")
+                c.print(f"[yellow]usage:[/] /file PATH \\[text]{escape(why)}")
                 return True
             try:
                 audio = load_audio(Path(parts[0]).expanduser(), self.s.max_audio)
