@@ -41,6 +41,7 @@ from llasm_cli.files import (  # noqa: E402
     atomic_path,
     cache_dir,  # noqa: E402
 )
+from llasm_cli.formats import bundle as bundle_layout  # noqa: E402
 
 RECIPE = "v1"  # bump when a bundle recipe changes: the cache keys on it
 STACK_FACTOR = 5
@@ -174,7 +175,7 @@ def _write_bundle(dest: Path, name: str, llm_src: Path, llm_how: str, llm_dim: i
 
     from llasm_cli.model import CheckpointMeta
 
-    llm_file = "llm.q4_k_m.gguf"
+    llm_file = bundle_layout.llm_file("q4_k_m")
     if llm_how == "link":  # the Gemma GGUF as is: a hard link where possible, else a copy
         try:
             os.link(llm_src, dest / llm_file)
@@ -252,11 +253,11 @@ def random_llama_gguf(work: Path, shape: dict, name: str, log: Log = _quiet) -> 
     del model
     tokenizer.save_pretrained(llm_dir)
     shutil.copy(spm, llm_dir / "tokenizer.model")
-    f16 = work / "llm.f16.gguf"
+    f16 = work / bundle_layout.llm_file("f16")
     log(f"{name}: writing the f16 GGUF")
     write_llm_gguf(llm_dir, f16, "f16", name=f"{name}-random")
     shutil.rmtree(llm_dir)
-    q4 = work / "llm.q4_k_m.gguf"
+    q4 = work / bundle_layout.llm_file("q4_k_m")
     log(f"{name}: quantizing to Q4_K_M")
     native.init()
     params = llama_cpp.llama_model_quantize_default_params()

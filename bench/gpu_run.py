@@ -119,12 +119,14 @@ class Runner:
     def sizes(self) -> dict:
         a = self.args
         if self.dry:
-            return {"examples": a.examples or 1, "reps": a.reps or 3, "lengths": a.lengths or "2",
-                    "latency_backends": a.latency_backends or "onnx", "decode_tokens": a.decode_tokens or 8,
+            return {"examples": a.examples or 1, "reps": a.reps or 3, "lengths_realtime": a.lengths_realtime or "2",
+                    "lengths_whole": a.lengths_whole or "2", "latency_backends": a.latency_backends or "onnx",
+                    "decode_tokens": a.decode_tokens or 8,
                     "serve_clients": a.serve_clients or "1", "serve_seconds": a.serve_seconds or 1.0,
                     "max_tokens": a.max_tokens or 8}
-        return {"examples": a.examples or 8, "reps": a.reps or 3, "lengths": a.lengths or "2,5,10,25",
-                "latency_backends": a.latency_backends or "", "decode_tokens": a.decode_tokens or 64,
+        return {"examples": a.examples or 4, "reps": a.reps or 3, "lengths_realtime": a.lengths_realtime or "2",
+                "lengths_whole": a.lengths_whole or "2,5,10,25", "latency_backends": a.latency_backends or "",
+                "decode_tokens": a.decode_tokens or 64,
                 "serve_clients": a.serve_clients or "1,4,16", "serve_seconds": a.serve_seconds or 4.0,
                 "max_tokens": a.max_tokens or 16}
 
@@ -279,6 +281,8 @@ class Runner:
                 note += (f"; the carried folder {self.rel(self.carry)} holds {len(man.get('wheels', []))} wheels for "
                          f"CPython {man.get('python')} and the source ({man.get('carry_mib')} MiB; the repository "
                          f"{man.get('repository_mib')} MiB; limit {man.get('limit_mib')} MiB)")
+        elif self.importable():
+            note = "cached: llasm and its dependencies import already (an earlier run on this machine)"
         elif not (self.carry / "wheels").is_dir() or not (self.carry / "requirements.txt").is_file():
             note = (f"no carried wheels in {self.rel(self.carry)} (bench/gpu_prepare.sh makes them where PyPI is "
                     "reachable): using what is installed")
@@ -300,15 +304,19 @@ class Runner:
         check, p = self.py_json(IMPORT_CHECK, 90)
         if check is None:
             raise RuntimeError(f"import check failed: {p.tail()}")
-        missing = [k for k, v in check.items() if v is not True]
-        if missing and not self.dry and "llasm_export" in missing:
+        if not self.dry and check.get("llasm_export") is not True:
             self.shim()
             check, p = self.py_json(IMPORT_CHECK, 90)
-            missing = [k for k, v in (check or {}).items() if v is not True]
         self.result["machine"]["imports"] = check
+        # on the GPU machine llama_cpp comes from the next step (build)
+        missing = [k for k, v in (check or {}).items() if v is not True and (self.dry or k != "llama_cpp")]
         if missing:
             return "failed", f"{note}; cannot import: " + ", ".join(f"{k} ({check[k]})" for k in missing)
         return "ok", note
+
+    def importable(self) -> bool:
+        check, _ = self.py_json(IMPORT_CHECK, 90)
+        return bool(check) and all(v is True for k, v in check.items() if k != "llama_cpp")
 
     def shim(self) -> None:
         """llasm importable without pip: the repository's folders under their package names, on PYTHONPATH."""
@@ -355,8 +363,8 @@ class Runner:
         src = self.unpack(src_tar)
         env = dict(self.env)
         extra, libdirs = self.cuda_libs()
-        b["cublas"] = extra
         cmake_args += extra
+        b["cmake_args"] = cmake_args
         env.update(CMAKE_ARGS=" ".join(cmake_args), CMAKE_BUILD_PARALLEL_LEVEL=str(self.args.jobs or os.cpu_count()),
                    FORCE_CMAKE="1")
         if shutil.which("ninja"):
@@ -390,23 +398,50 @@ class Runner:
         return found[0].parent
 
     def cuda_libs(self) -> tuple[list[str], list[str]]:
-        """cuBLAS where the toolkit lacks it: the pip wheels PyTorch brings (nvidia/*/lib, include)."""
+        """What CMake's FindCUDAToolkit needs and a minimal toolkit may lack: cuBLAS (then the pip wheels PyTorch
+        brings: nvidia/*/lib and include) and the driver library to link (then the driver's own libcuda.so.1; with
+        none, ggml is built without its virtual-memory pool, GGML_CUDA_NO_VMM)."""
         nvcc = (self.result["machine"].get("nvcc") or {}).get("path")
         root = Path(os.path.realpath(nvcc)).parents[1] if nvcc else Path("/usr/local/cuda")
-        if (root / "include" / "cublas_v2.h").exists() or (root / "targets/x86_64-linux/include/cublas_v2.h").exists():
-            return [], [str(root / "lib64")]
-        found, _ = self.py_json(FIND_CUBLAS, 60)
-        if not found or not found.get("header") or not found.get("cublas"):
-            self.result["notes"].append(f"cuBLAS was found neither in {root} nor in the Python packages: the CUDA "
-                                        "build will fail at configure time")
-            return [], []
-        inc = str(Path(found["header"]).parent)
-        args = [f"-DCUDA_cublas_LIBRARY={found['cublas']}", f"-DCMAKE_CUDA_FLAGS=-I{inc}", f"-DCMAKE_CXX_FLAGS=-I{inc}"]
-        if found.get("cublasLt"):
-            args.append(f"-DCUDA_cublasLt_LIBRARY={found['cublasLt']}")
-        libdirs = sorted({str(Path(found["cublas"]).parent), str(root / "lib64")})
-        self.result["notes"].append(f"cuBLAS from the Python packages: {found['cublas']} (headers {inc})")
+        tk_libs = [root / "lib64", root / "targets" / "x86_64-linux" / "lib"]
+        args, libdirs, notes = [], [str(d) for d in tk_libs if d.is_dir()], []
+        if not any((d / "include" / "cublas_v2.h").exists() for d in (root, root / "targets" / "x86_64-linux")):
+            found, _ = self.py_json(FIND_CUBLAS, 60)
+            if found and found.get("header") and found.get("cublas"):
+                inc = str(Path(found["header"]).parent)
+                args += [f"-DCUDA_cublas_LIBRARY={found['cublas']}", f"-DCMAKE_CUDA_FLAGS=-I{inc}",
+                         f"-DCMAKE_CXX_FLAGS=-I{inc}"]
+                if found.get("cublasLt"):
+                    args.append(f"-DCUDA_cublasLt_LIBRARY={found['cublasLt']}")
+                libdirs.insert(0, str(Path(found["cublas"]).parent))
+                notes.append(f"cuBLAS from the Python packages ({found['cublas']}, headers {inc})")
+            else:
+                notes.append(f"cuBLAS found neither in {root} nor in the Python packages: the CUDA configure will fail")
+        stubs = [d / "stubs" / "libcuda.so" for d in tk_libs] + [d / "libcuda.so" for d in tk_libs]
+        if not any(p.exists() for p in stubs):
+            driver = self.find_libcuda()
+            if driver:
+                args.append(f"-DCUDA_cuda_driver_LIBRARY={driver}")
+                notes.append(f"driver library {driver}")
+            else:
+                args.append("-DGGML_CUDA_NO_VMM=on")
+                notes.append("no libcuda.so to link: built with GGML_CUDA_NO_VMM")
+        self.result["build"]["toolkit"] = {"root": str(root), "notes": notes}
+        self.result["notes"] += [f"build: {n}" for n in notes]
         return args, libdirs
+
+    @staticmethod
+    def find_libcuda() -> str | None:
+        try:
+            out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        listed = re.findall(r"libcuda\.so(?:\.1)? .*=> (\S+)", out)
+        for cand in [*listed, "/usr/local/nvidia/lib64/libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+                     "/usr/lib64/libcuda.so.1"]:
+            if Path(cand).exists():
+                return cand
+        return None
 
     def compile(self, src: Path, env: dict, kind: str, budget: float) -> tuple[bool, str]:
         wheelhouse = self.work / f"wheelhouse-{kind}"
@@ -501,7 +536,7 @@ class Runner:
             if backend == "onnx":
                 tower_dev = "CUDA" if "CUDAExecutionProvider" in (onnx.get("providers") or []) else "CPU"
             elif backend == "torch":
-                tower_dev = "cuda" if torch.get("cuda") else "cpu"
+                tower_dev = "CUDA" if torch.get("cuda") else "CPU"
             else:
                 tower_dev = clip.group(1) if clip else None
             row = {"model": model, "example": ex.stem, "backend": t.get("backend", backend), "rc": p.rc,
@@ -521,9 +556,9 @@ class Runner:
         note = f"{len(rows) - failed}/{len(rows)} answered"
         return ("ok" if not failed else "failed"), note
 
-    def speech(self) -> Path:
+    def speech(self, lengths: str) -> Path:
         carried = self.carry / "speech"
-        lengths = [float(x) for x in str(self.sizes()["lengths"]).split(",")]
+        lengths = [float(x) for x in lengths.split(",")]
         if all((carried / f"u{t:g}.wav").is_file() for t in lengths):
             return carried
         if not shutil.which("espeak-ng"):
@@ -543,9 +578,10 @@ class Runner:
         key = "realtime" if realtime else "whole"
         save = self.work / f"latency_{key}.json"
         save.unlink(missing_ok=True)
+        lengths = str(s[f"lengths_{key}"])
         cmd = [sys.executable, str(ROOT / "bench" / "latency.py"), "--bundle", str(DEMO), "--gpu-layers", "-1",
-               "--reps", str(s["reps"]), "--lengths", str(s["lengths"]), "--decode-tokens", str(s["decode_tokens"]),
-               "--no-rss", "--speech", str(self.speech()), "--save", str(save)]
+               "--reps", str(s["reps"]), "--lengths", lengths, "--decode-tokens", str(s["decode_tokens"]),
+               "--no-rss", "--speech", str(self.speech(lengths)), "--save", str(save)]
         if realtime:
             cmd.insert(2, "--realtime")
         if s["latency_backends"]:
@@ -732,6 +768,11 @@ sys.stdout.flush()
 # --- the Markdown report ------------------------------------------------------------------------------------
 
 
+def printable(text: str) -> str:
+    """Model output as one Markdown-safe line (a random model's answer holds control characters)."""
+    return "".join(c if c.isprintable() else "·" for c in text.replace("\n", " "))
+
+
 def fmt(v, nd: int = 0) -> str:
     if v is None or v == "":
         return "—"
@@ -775,7 +816,7 @@ def markdown(r: dict) -> str:
                          "first token", "decode tok/s"],
                         [[a["model"], a["example"], a["backend"], a.get("tower_device"),
                           (a.get("llm_device") or "—") + (f" ({a['llm_layers_on_gpu']} layers)" if a.get("llm_layers_on_gpu") else ""),
-                          (a.get("answer") or ("error: " + (a.get("error") or "") if a.get("rc") else ""))[:40],
+                          printable(a.get("answer") or ("error: " + (a.get("error") or "") if a.get("rc") else ""))[:40],
                           fmt(a.get("encode_ms")), fmt(a.get("prefill_ms")), fmt(a.get("first_token_ms")),
                           fmt(a.get("decode_tokens_per_s"))] for a in r["ask"]])]
     for key, title in (("realtime", "streamed while spoken (`bench/latency.py --realtime`)"),
@@ -821,10 +862,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds for the whole run, results written included (default 570 on a GPU, 900 dry)")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma list of steps to run (default all: {','.join(STEPS)})")
     ap.add_argument("--jobs", type=int, default=None, help="compile jobs (default: all cores)")
-    ap.add_argument("--examples", type=int, default=None, help="examples/*.wav asked per backend (GPU 8, dry 1)")
+    ap.add_argument("--examples", type=int, default=None, help="examples/*.wav asked per backend (GPU 4, dry 1)")
     ap.add_argument("--max-tokens", type=int, default=None, help="answer tokens per ask (GPU 16, dry 8)")
     ap.add_argument("--reps", type=int, default=None, help="bench/latency.py repetitions (at least 3; default 3)")
-    ap.add_argument("--lengths", default=None, help="bench/latency.py utterance lengths (GPU 2,5,10,25; dry 2)")
+    ap.add_argument("--lengths-realtime", default=None,
+                    help="bench/latency.py --realtime utterance lengths, played in real time (GPU 2; dry 2)")
+    ap.add_argument("--lengths-whole", default=None, help="bench/latency.py utterance lengths (GPU 2,5,10,25; dry 2)")
     ap.add_argument("--latency-backends", default=None,
                     help="bench/latency.py --backends (GPU: every tower the bundle has; dry: onnx)")
     ap.add_argument("--decode-tokens", type=int, default=None, help="bench/latency.py --decode-tokens (GPU 64, dry 8)")

@@ -19,7 +19,8 @@ import numpy as np
 
 from bench import assets
 from bench.latency_common import log, now
-from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.audio.geometry import N_ENCODER_FRAMES, SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME
+from llasm_cli.formats.bundle import llm_file as llm_file_name
 
 GPU_LAYERS = 0  # --gpu-layers: LLM layers on the GPU for llasm and the cascades' LLM alike
 BACKENDS: tuple[str, ...] = ()  # --backends: the llasm tower backends to time (empty: all the bundle has)
@@ -215,7 +216,7 @@ def whisper_cpp_asr(ggml_path: Path, threads: int, trim_ctx: bool = False) -> Ca
     )
 
     def run(audio: np.ndarray) -> str:
-        ctx = min(1500, -(-audio.size // 320) + AUDIO_CTX_MARGIN) if trim_ctx else 0  # 0: the whole window
+        ctx = min(N_ENCODER_FRAMES, -(-audio.size // SAMPLES_PER_ENCODER_FRAME) + AUDIO_CTX_MARGIN) if trim_ctx else 0  # 0: the whole window
         return " ".join(s.text for s in model.transcribe(audio, audio_ctx=ctx))
 
     return run
@@ -341,7 +342,7 @@ def chunked_bundle(log=assets._quiet) -> Path:
 
         from llasm_cli.model import CheckpointMeta
 
-        llm_file = "llm.q4_k_m.gguf"
+        llm_file = llm_file_name("q4_k_m")
         try:
             os.link(gguf_path, tmp / llm_file)
         except OSError:

@@ -1,6 +1,9 @@
 """The ``llasm`` command: thin Typer commands over importable functions.
 
 Every user error is one line on stderr and a non-zero exit code, never a traceback.
+
+(Over 400 lines: each command's signature is its options and help text, which Typer reads as they are;
+the options several commands share are options.py's, the checks of their values inputs.py's.)
 """
 
 from __future__ import annotations
@@ -12,20 +15,23 @@ from typing import Optional
 import typer
 
 from llasm_cli import __version__
-from llasm_cli.audio.decode import MAX_AUDIO_SECONDS
 from llasm_cli.errors import LlasmError
-from llasm_cli.inputs import (
-    check_api_key,
-    check_ctx,
-    check_gpu_layers,
-    check_max_audio,
-    check_max_body,
-    check_max_tokens,
-    check_seconds,
-    check_seed,
-    check_temperature,
-    check_threads,
-    clean_text,
+from llasm_cli.inputs import check_api_key, check_ctx, check_max_audio, check_max_body, check_max_tokens, check_seconds
+from llasm_cli.options import (
+    AskCtxOpt,
+    BackendOpt,
+    GpuOpt,
+    MaxAudioOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    SeedOpt,
+    SystemOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    VariantOpt,
+    chat_ctx,
+    rule,
+    valid_text,
 )
 
 app = typer.Typer(
@@ -37,76 +43,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
-)
-
-
-def _option_name(ctx: typer.Context, param: typer.CallbackParam) -> str:
-    """The option as the user gave it: ``--threads``, or ``LLASM_THREADS`` when it came from there."""
-    source = ctx.get_parameter_source(param.name)
-    if getattr(source, "name", "") == "ENVIRONMENT" and isinstance(param.envvar, str):
-        return param.envvar
-    return param.opts[0]
-
-
-def _rule(check):
-    """A Typer callback applying one of inputs.py's rules to an option's value (None: not given)."""
-
-    def callback(ctx: typer.Context, param: typer.CallbackParam, value):
-        return None if value is None else check(value, _option_name(ctx, param))
-
-    return callback
-
-
-def _chat_ctx(value: int, name: str) -> int:
-    """A chat's context must hold more than the positions it keeps free for each answer."""
-    from llasm_cli.conversation import ANSWER_RESERVE
-
-    return check_ctx(value, name, ANSWER_RESERVE + 1, f"a chat keeps {ANSWER_RESERVE} positions free for each answer")
-
-
-def _text(ctx: typer.Context, param: typer.CallbackParam, value):
-    """A Typer callback for an option that holds text: made valid (inputs.clean_text), said once on stderr."""
-    if value is None:
-        return None
-    if isinstance(value, list | tuple):  # a repeatable option
-        return [_text(ctx, param, v) for v in value]
-    text, note = clean_text(value, _option_name(ctx, param))
-    if note:
-        from llasm_cli.terminal.ui import note as show_note
-
-        show_note(note)
-    return text
-
-
-ModelOpt = typer.Option(
-    None, "--model", "-m", envvar="LLASM_MODEL",
-    help="Bundle directory (from `llasm export`), a folder or LLM GGUF of a published speech model (its mmproj "
-    "beside it), a name from `llasm models` or hf:owner/repo (as `llasm pull` cached it). Env: LLASM_MODEL. "
-    "Default: the built-in demo model.",
-)
-BackendOpt = typer.Option(
-    "auto", "--backend", help="Audio tower backend: auto (the fastest here, measured once), onnx (ONNX Runtime), ggml (llama.cpp) or torch."
-)
-VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle's files to run, e.g. f16 or f32 (f32 also runs attention and the KV cache in f32).")
-ThreadsOpt = typer.Option(
-    None, "--threads", "-t", envvar="LLASM_THREADS", callback=_rule(check_threads),
-    help="CPU threads, 1-512 (default, or 0: all cores, up to 8). Env: LLASM_THREADS.",
-)
-AskCtxOpt = typer.Option(
-    None, "--ctx", callback=_rule(check_ctx),
-    help="LLM context length in tokens (default: the question's prompt plus room for the answer, "
-    "up to 4096: the KV cache takes memory for every position).",
-)
-GpuOpt = typer.Option(0, "--gpu-layers", callback=_rule(check_gpu_layers), help="LLM layers to offload to the GPU (-1: all).")
-SystemOpt = typer.Option(None, "--system", callback=_text, help="System prompt (default: the bundle's; '' for none).")
-TemperatureOpt = typer.Option(
-    None, "--temperature", callback=_rule(check_temperature), help="From 0 (greedy) to 2 (default: the bundle's)."
-)
-MaxTokensOpt = typer.Option(None, "--max-tokens", callback=_rule(check_max_tokens), help="Longest answer in tokens (at least 1).")
-SeedOpt = typer.Option(0, "--seed", callback=_rule(check_seed), help="Sampling seed (any 64-bit number).")
-MaxAudioOpt = typer.Option(
-    MAX_AUDIO_SECONDS, "--max-audio", callback=_rule(check_max_audio),
-    help="Longest audio file accepted, in seconds (at least 1; checked before decoding).",
 )
 
 
@@ -151,8 +87,8 @@ def _need_model(model: Optional[Path]) -> Path:
 @app.command()
 def ask(
     audio: Optional[Path] = typer.Argument(None, help="Spoken question: wav, flac, ogg or mp3, any rate and channels."),
-    text: Optional[str] = typer.Option(None, "--text", callback=_text, help="Typed text placed before the spoken part."),
-    after: Optional[str] = typer.Option(None, "--after", callback=_text, help="Typed text placed after the spoken part."),
+    text: Optional[str] = typer.Option(None, "--text", callback=valid_text, help="Typed text placed before the spoken part."),
+    after: Optional[str] = typer.Option(None, "--after", callback=valid_text, help="Typed text placed after the spoken part."),
     model: Optional[Path] = ModelOpt,
     backend: str = BackendOpt,
     variant: Optional[str] = VariantOpt,
@@ -217,15 +153,15 @@ def chat(
     ),
     ptt: bool = typer.Option(False, "--ptt", help="Push-to-talk: Enter starts and stops recording."),
     device: Optional[str] = typer.Option(
-        None, "--device", "-d", callback=_text, help="Input device index or name (see `llasm devices`)."
+        None, "--device", "-d", callback=valid_text, help="Input device index or name (see `llasm devices`)."
     ),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Audio file for a scripted first turn."),
-    text: Optional[str] = typer.Option(None, "--text", callback=_text, help="Typed text sent with the first spoken turn."),
+    text: Optional[str] = typer.Option(None, "--text", callback=valid_text, help="Typed text sent with the first spoken turn."),
     silence: float = typer.Option(
-        0.6, "--silence", callback=_rule(check_seconds), help="Seconds of silence that end a spoken turn (above 0)."
+        0.6, "--silence", callback=rule(check_seconds), help="Seconds of silence that end a spoken turn (above 0)."
     ),
     max_turn: float = typer.Option(
-        30.0, "--max-turn", callback=_rule(check_seconds), help="Longest spoken turn in seconds (above 0)."
+        30.0, "--max-turn", callback=rule(check_seconds), help="Longest spoken turn in seconds (above 0)."
     ),
     stream: bool = typer.Option(
         True, "--stream/--no-stream",
@@ -241,7 +177,7 @@ def chat(
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep answering past end-of-text, up to --max-tokens."),
     threads: Optional[int] = ThreadsOpt,
     ctx: int = typer.Option(
-        4096, "--ctx", callback=_rule(_chat_ctx),
+        4096, "--ctx", callback=rule(chat_ctx),
         help="LLM context length in tokens (more than the 256 kept free for each answer).",
     ),
     gpu_layers: int = GpuOpt,
@@ -291,7 +227,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port (0: any free port)."),
     api_key: Optional[str] = typer.Option(
-        None, "--api-key", envvar="LLASM_API_KEY", callback=_rule(check_api_key),
+        None, "--api-key", envvar="LLASM_API_KEY", callback=rule(check_api_key),
         help="Require 'Authorization: Bearer KEY' (printable ASCII). Env: LLASM_API_KEY.",
     ),
     parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Conversations decoded at once."),
@@ -300,15 +236,15 @@ def serve(
     variant: Optional[str] = VariantOpt,
     threads: Optional[int] = ThreadsOpt,
     ctx: int = typer.Option(
-        4096, "--ctx", callback=_rule(check_ctx),
+        4096, "--ctx", callback=rule(check_ctx),
         help="Context length per conversation, in tokens (the cache holds --parallel of them).",
     ),
     gpu_layers: int = GpuOpt,
     max_audio: float = typer.Option(
-        300.0, "--max-audio", callback=_rule(check_max_audio), help="Longest audio clip accepted, in seconds (at least 1)."
+        300.0, "--max-audio", callback=rule(check_max_audio), help="Longest audio clip accepted, in seconds (at least 1)."
     ),
     max_body: float = typer.Option(
-        32.0, "--max-body", callback=_rule(check_max_body), help="Largest request body accepted, in MiB (at least 0.001)."
+        32.0, "--max-body", callback=rule(check_max_body), help="Largest request body accepted, in MiB (at least 0.001)."
     ),
 ) -> None:
     """Serve the model over HTTP with OpenAI's chat-completions API, speech included.
@@ -405,16 +341,16 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
 def eval_quant_command(
     model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help="Bundle or published model (as --model)."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="Folder of spoken prompts (wav, flac, ogg, mp3)."),
-    text: Optional[list[str]] = typer.Option(None, "--text", callback=_text, help="A typed prompt (repeat for several)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", callback=valid_text, help="A typed prompt (repeat for several)."),
     variants: Optional[list[str]] = typer.Option(
         None, "--variants", help="LLM variants to score, comma-separated or repeated (default: all; the reference always runs)."
     ),
     max_tokens: int = typer.Option(
-        64, "--max-tokens", callback=_rule(check_max_tokens), help="Longest reference answer in tokens (at least 1)."
+        64, "--max-tokens", callback=rule(check_max_tokens), help="Longest reference answer in tokens (at least 1)."
     ),
     backend: str = BackendOpt,
     threads: Optional[int] = ThreadsOpt,
-    ctx: int = typer.Option(2048, "--ctx", callback=_rule(check_ctx), help="LLM context length in tokens."),
+    ctx: int = typer.Option(2048, "--ctx", callback=rule(check_ctx), help="LLM context length in tokens."),
     as_run: bool = typer.Option(
         False, "--as-run", help="Run each variant as `llasm ask --variant` does (f16 KV cache and flash attention except "
         "f32) instead of all with an f32 KV cache and attention (the default: only the weights differ)."

@@ -135,6 +135,13 @@ class ServeError(LlasmError):
     exit_code = 15
 
 
+class VoiceError(LlasmError):
+    """A text-to-speech voice cannot speak: its engine is not installed (the message says what to install),
+    no such voice, or the engine failed on a text."""
+
+    exit_code = 16
+
+
 def show_value(value: object, limit: int = 60) -> str:
     """repr() for an error message, cut short (a hostile manifest or header may hold megabytes)."""
     text = repr(value)

@@ -28,8 +28,21 @@ from typer.testing import CliRunner
 from llasm_cli.errors import InvalidValueError
 from llasm_cli.formats.bundle import default_bundle_path
 from llasm_cli.inputs import (
-    MAX_TEMPERATURE, MAX_THREADS, REPLACEMENT, SEED_RANGE, check_api_key, check_ctx, check_gpu_layers, check_max_audio,
-    check_max_body, check_max_tokens, check_seconds, check_seed, check_temperature, check_threads, check_top_p,
+    MAX_TEMPERATURE,
+    MAX_THREADS,
+    REPLACEMENT,
+    SEED_RANGE,
+    check_api_key,
+    check_ctx,
+    check_gpu_layers,
+    check_max_audio,
+    check_max_body,
+    check_max_tokens,
+    check_seconds,
+    check_seed,
+    check_temperature,
+    check_threads,
+    check_top_p,
     clean_text,
 )
 
@@ -356,6 +369,20 @@ def test_a_bad_line_is_repaired_noted_and_kept_in_the_history(bot):
     assert app.conv.turns[0].message.content == f"bad {REPLACEMENT}{REPLACEMENT} text"
     app._handle_line(NORMAL)
     assert [t.message.role for t in app.conv.turns] == ["user", "assistant", "user", "assistant"]
+
+
+def test_chat_commands_refuse_what_they_cannot_do_and_go_on(bot, tmp_path):
+    app, out = _chat(bot)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    for line in [f"/save {not_a_folder}/x.json", '/file "unclosed', "/file \\", "/file a\x00b.wav"]:
+        assert app._handle_line(line) is True
+    said = out.getvalue()
+    assert "cannot save" in said and "no closing quotation" in said and "usage: /file PATH [text]" in said
+    app.pending_text = "[/dim] typed: [bold"
+    app._meter(-30.0, 1.0, True, True, "[/] \\")  # markup in typed text is shown as typed
+    app._handle_line(NORMAL)
+    assert "llasm›" in out.getvalue()
 
 
 # --- the server's JSON fields -----------------------------------------------------------------

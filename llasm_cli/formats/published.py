@@ -162,6 +162,7 @@ class PublishedPair(Bundle):
 
     @property
     def trim(self) -> bool:
+        """The family's rule: Voxtral keeps every embedding of a window, the others only those of real audio."""
         return self.family.trim
 
     def embeddings_per_window(self, n_samples: int) -> int:

