@@ -52,10 +52,11 @@ SCHEMA = 1
 STEPS = ("env", "install", "build", "import_order", "info", "tiny_bundle", "ask", "latency_realtime",
          "latency_whole", "serve")
 # seconds per step on the GPU machine / in the dry run (each is also cut to the time left before the deadline)
-BUDGET = {"env": (40, 60), "install": (90, 30), "build": (420, 30), "import_order": (60, 120), "info": (30, 60),
+BUDGET = {"env": (40, 60), "install": (90, 30), "build": (480, 30), "import_order": (60, 120), "info": (30, 60),
           "tiny_bundle": (60, 180), "ask": (120, 240), "latency_realtime": (120, 240), "latency_whole": (120, 240),
           "serve": (90, 180)}
 RESERVE_S = 8  # kept back at the deadline to write the results
+NEEDS_LLAMA = {"import_order", "info", "tiny_bundle", "ask", "latency_realtime", "latency_whole", "serve"}
 LOG_TAIL = 6000  # characters of each command's output kept in gpu_run.log
 FREE_CRASH = "free(): invalid pointer"
 
@@ -220,6 +221,10 @@ class Runner:
         try:
             if saved - time.monotonic() - RESERVE_S < 5:
                 raise OutOfTime()
+            if name in NEEDS_LLAMA and "build" in self.args.steps and not self.dry \
+                    and not (self.result["build"].get("after") or {}).get("version"):
+                raise Skip("llama_cpp is not installed (the build did not finish): run the same command again on "
+                           "this machine, whose build folder the next build goes on with")
             status, note = fn()
         except OutOfTime:
             status, note = ("timeout", f"stopped at its time budget ({self.budget(name):.0f} s) or the deadline") \
@@ -281,7 +286,7 @@ class Runner:
                 note += (f"; the carried folder {self.rel(self.carry)} holds {len(man.get('wheels', []))} wheels for "
                          f"CPython {man.get('python')} and the source ({man.get('carry_mib')} MiB; the repository "
                          f"{man.get('repository_mib')} MiB; limit {man.get('limit_mib')} MiB)")
-        elif self.importable():
+        elif not self.args.rebuild and self.importable():
             note = "cached: llasm and its dependencies import already (an earlier run on this machine)"
         elif not (self.carry / "wheels").is_dir() or not (self.carry / "requirements.txt").is_file():
             note = (f"no carried wheels in {self.rel(self.carry)} (bench/gpu_prepare.sh makes them where PyPI is "
@@ -334,9 +339,16 @@ class Runner:
         b["before"] = state
         gpu = self.result["machine"].get("gpu")
         arch = gpu["compute_cap"].replace(".", "") if gpu and gpu.get("compute_cap") else None
-        cmake_args = ["-DGGML_CUDA=on", f"-DCMAKE_CUDA_ARCHITECTURES={arch + '-real' if arch else 'native'}",
-                      "-DGGML_NATIVE=on", "-DGGML_CUDA_FA_QUANTS=f16-f16", "-DGGML_CUDA_COMPRESSION_MODE=none",
-                      "-DGGML_CUDA_NCCL=off", f"-DGGML_CCACHE={'on' if shutil.which('ccache') else 'off'}"]
+        if self.args.cuda_archs:
+            arch = None
+        archs = self.args.cuda_archs or (f"{arch}-real" if arch else "native")
+        # FlashAttention kernels are the largest part of a CUDA build (33 of its 141 CUDA files; one of them compiled
+        # in 160 s with them and 23 s without, for sm_90 on one core): left out unless --cuda-fa, and llama.cpp's
+        # automatic choice then runs attention without FA on the GPU
+        fa = ["-DGGML_CUDA_FA_QUANTS=f16-f16"] if self.args.cuda_fa else ["-DGGML_CUDA_FA=off"]
+        cmake_args = ["-DGGML_CUDA=on", f"-DCMAKE_CUDA_ARCHITECTURES={archs}", "-DGGML_NATIVE=on", *fa,
+                      "-DGGML_CUDA_COMPRESSION_MODE=none", "-DGGML_CUDA_NCCL=off",
+                      f"-DGGML_CCACHE={'on' if shutil.which('ccache') else 'off'}"]
         b["cmake_args"] = cmake_args
         src_tar = self.carry / "llama_cpp_python-src.tar.xz"
         if self.dry:
@@ -358,29 +370,44 @@ class Runner:
             b["after"] = state
             b["cached"] = True
             return "ok", f"cached: llama-cpp-python {state['version']} with GPU offload is already installed"
+        if not gpu and state and state.get("version") and not self.args.rebuild:
+            b["after"] = state
+            return "ok", f"no NVIDIA GPU: keeping the installed llama-cpp-python {state['version']} (CPU; --rebuild compiles)"
         if not src_tar.is_file():
             raise Skip(f"no carried source {self.rel(src_tar)}: llama-cpp-python stays as it is ({state})")
         src = self.unpack(src_tar)
         env = dict(self.env)
+        env.update(CMAKE_BUILD_PARALLEL_LEVEL=str(self.args.jobs or os.cpu_count()), FORCE_CMAKE="1")
+        if shutil.which("ninja"):
+            env["CMAKE_GENERATOR"] = "Ninja"
+        if not gpu:  # GPU mode on a machine without one: build for its CPU, so that the other steps still run
+            env["CMAKE_ARGS"] = b["cmake_args"] = "-DGGML_CUDA=off -DGGML_NATIVE=on"
+            ok, note = self.compile(src, env, "cpu", self.left() - 5)
+            b["after"], _ = self.py_json(LLAMA_PROBE, 60)
+            return ("ok" if ok else "failed"), f"no NVIDIA GPU: {note}"
+        if not self.args.cuda_fa:
+            self.result["notes"].append("llama.cpp was built without its FlashAttention CUDA kernels, for build time "
+                                        "(--cuda-fa builds them): attention runs without FA on the GPU")
         extra, libdirs = self.cuda_libs()
         cmake_args += extra
         b["cmake_args"] = cmake_args
-        env.update(CMAKE_ARGS=" ".join(cmake_args), CMAKE_BUILD_PARALLEL_LEVEL=str(self.args.jobs or os.cpu_count()),
-                   FORCE_CMAKE="1")
-        if shutil.which("ninja"):
-            env["CMAKE_GENERATOR"] = "Ninja"
+        env["CMAKE_ARGS"] = " ".join(cmake_args)
         if libdirs:
             self.env["LD_LIBRARY_PATH"] = os.pathsep.join([*libdirs, self.env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
             env["LD_LIBRARY_PATH"] = self.env["LD_LIBRARY_PATH"]
-        ok, note = self.compile(src, env, "cuda", self.left() - 150)  # keep time for a CPU build if this fails
+        t = time.monotonic()
+        ok, note = self.compile(src, env, "cuda", self.left() - 5)
         after, _ = self.py_json(LLAMA_PROBE, 60)
         b["after"] = after
         if ok and after and after.get("gpu_offload"):
             return "ok", note
         msg = note if not ok else f"{note}, but llama_supports_gpu_offload() is False"
-        if not (after and after.get("version")) and self.left() > 90:  # nothing usable: a CPU build, to go on
+        # a CUDA build that broke early (not one cut short: the next run on this machine goes on with it) leaves
+        # nothing to run the other steps with: a CPU build then, where time allows
+        if not (after and after.get("version")) and time.monotonic() - t < 120 and self.left() > 120 \
+                and "time budget" not in note:
             env["CMAKE_ARGS"] = "-DGGML_CUDA=off -DGGML_NATIVE=on"
-            ok2, note2 = self.compile(src, env, "cpu", self.left() - 30)
+            ok2, note2 = self.compile(src, env, "cpu", self.left() - 5)
             b["fallback"] = note2
             b["after"], _ = self.py_json(LLAMA_PROBE, 60)
             msg += f"; fell back to a CPU build: {note2}"
@@ -862,6 +889,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds for the whole run, results written included (default 570 on a GPU, 900 dry)")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma list of steps to run (default all: {','.join(STEPS)})")
     ap.add_argument("--jobs", type=int, default=None, help="compile jobs (default: all cores)")
+    ap.add_argument("--cuda-fa", action="store_true",
+                    help="compile llama.cpp's FlashAttention CUDA kernels too (for the f16 KV cache; a much longer build)")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="pip-install and compile even where what is installed would do (e.g. a CPU build on a machine "
+                    "without a GPU)")
+    ap.add_argument("--cuda-archs", default=None,
+                    help="CMAKE_CUDA_ARCHITECTURES (default: the card's compute capability, e.g. 90-real)")
     ap.add_argument("--examples", type=int, default=None, help="examples/*.wav asked per backend (GPU 4, dry 1)")
     ap.add_argument("--max-tokens", type=int, default=None, help="answer tokens per ask (GPU 16, dry 8)")
     ap.add_argument("--reps", type=int, default=None, help="bench/latency.py repetitions (at least 3; default 3)")

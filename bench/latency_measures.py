@@ -267,7 +267,7 @@ def measure_rss(name: str, bundle: Path, wav: Path, threads: int, backends: tupl
         "validate_llm only": f"from llasm_cli.formats.gguf_check import validate_llm; from pathlib import Path; validate_llm(Path({str(llm)!r}))",
         # the LLM half of `llasm ask`: GGUF check, llama.cpp model and a context sized to the question
         "LLM, context sized as ask": f"{audio}; from llasm_cli.assistant import Assistant; "
-        f"from llasm_cli.conversation import question_context; "
+        f"from llasm_cli.assistant import question_context; "
         f"Assistant({str(bundle)!r}, n_threads={threads}, n_ctx=question_context(audio, max_tokens=16))",
         "Engine, 4096 positions": f"from llasm_cli.llm.engine import Engine; Engine({str(llm)!r}, n_ctx=4096, n_threads={threads}).warmup()",
     }

@@ -14,7 +14,8 @@ on each clip (so load on the machine hits all alike):
 - ``onnx <mode>[+p]``: the ONNX folder of the packaged whisper-base (float32) on the padded 30 s window,
   the unpadded frames, or unpadded + 1 s of zeros; ``+p`` adds the quiz prompt. Prompted and plain
   decodes share one encoder pass; each row's ms counts mel + encoder + cross K/V + its decode.
-- ``onnx-int8 <mode>[+p]``: the same with the decoder's matrices in int8 (``--int8``).
+- ``onnx-int8 <mode>[+p]``: the same encoder pass, the decoder's matrices in int8 (ONNX Runtime's dynamic
+  quantization; the encoder stays float32, as the adaptor of the hybrid reads its frames).
 - ``faster-whisper[+p]``: CTranslate2 int8 on the same weights, temperature 0 without fallback.
 - ``whisper.cpp [ctx][+p]``: pywhispercpp on export/whisper_cpp.py's f16 file, the padded window, or
   ``ctx``: audio_ctx trimmed to the clip's encoder frames.
@@ -23,7 +24,7 @@ Word error rate against the text that was spoken (lower case, punctuation droppe
 "exact": share of clips with WER 0; "runaway": outputs with more than 1.4x the spoken text's words;
 ms: the median per clip, and its ratio to faster-whisper's (the median of per-clip ratios).
 
-    python bench/transcribe.py [--limit N] [--int8] [--json > out.json]
+    python bench/transcribe.py [--limit N] [--no-int8] [--json > out.json]
 
 Needs espeak-ng, flite, faster-whisper and pywhispercpp (the bench extra). Files go to the bench cache.
 """
@@ -158,20 +159,24 @@ def word_errors(ref: list[str], hyp: list[str]) -> int:
 # --- systems: each maps samples to {row name: (text, ms)} ----------------------------------------------
 
 
-def onnx_system(folder: Path, label: str, modes: tuple[str, ...]):
-    model = WhisperOnnx(folder, THREADS)
+def onnx_system(folders: dict[str, Path], modes: tuple[str, ...] = MODES):
+    """Rows ``<label> <mode>[+p]`` per folder: one encoder + cross K/V pass per mode (the folders share their
+    float32 encoder and cross K/V graphs; their decoders differ), each decode timed on its own."""
+    models = {label: WhisperOnnx(folder, THREADS) for label, folder in folders.items()}
+    first = next(iter(models.values()))
 
     def run(x: np.ndarray) -> dict[str, tuple[str, float]]:
         out = {}
         for mode in modes:
             t0 = time.perf_counter()
-            cross = model.cross_kv(model.encode(clip_mel(x, mode)))
+            cross = first.cross_kv(first.encode(clip_mel(x, mode)))
             shared = time.perf_counter() - t0
-            for prompt in (False, True):
-                t1 = time.perf_counter()
-                ids, _ = model.decode(cross, max_tokens(x.size / SAMPLE_RATE), prompt)
-                text = model.text(ids)
-                out[f"{label} {mode}{'+p' if prompt else ''}"] = (text, 1000 * (shared + time.perf_counter() - t1))
+            for label, model in models.items():
+                for prompt in (False, True):
+                    t1 = time.perf_counter()
+                    ids, _ = model.decode(cross, max_tokens(x.size / SAMPLE_RATE), prompt)
+                    text = model.text(ids)
+                    out[f"{label} {mode}{'+p' if prompt else ''}"] = (text, 1000 * (shared + time.perf_counter() - t1))
         return out
 
     return run
@@ -221,13 +226,11 @@ def whisper_cpp_system():
 # --- the run -------------------------------------------------------------------------------------------
 
 
-def measure(limit: int | None, int8: bool) -> dict:
+def measure(limit: int | None, int8: bool = True) -> dict:
     folder, rows = clips()
     rows = rows[:limit] if limit else rows
-    systems = [onnx_system(onnx_folder("f32"), "onnx", MODES)]
-    if int8:
-        systems.append(onnx_system(onnx_folder("int8"), "onnx-int8", MODES))
-    systems += [faster_whisper_system(), whisper_cpp_system()]
+    folders = {"onnx": onnx_folder("f32")} | ({"onnx-int8": onnx_folder("int8")} if int8 else {})
+    systems = [onnx_system(folders), faster_whisper_system(), whisper_cpp_system()]
     warm = load_audio(folder / rows[0]["file"])
     for system in systems:  # first calls (allocations, kernel choices) not counted
         system(warm)
@@ -274,11 +277,11 @@ def print_table(summary: dict[str, dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, help="only the first N clips (of 180)")
-    parser.add_argument("--int8", action="store_true", help="also the ONNX decoder with int8 matrices")
+    parser.add_argument("--no-int8", action="store_true", help="leave out the ONNX decoder with int8 matrices")
     parser.add_argument("--json", action="store_true", help="one JSON object (every transcript, the summary) on "
                         "stdout instead of the table")
     args = parser.parse_args(argv)
-    result = measure(args.limit, args.int8)
+    result = measure(args.limit, not args.no_int8)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

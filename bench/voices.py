@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 
+from llasm_cli.files import atomic_write_text
 from llasm_cli.voices import ENGINES, THREADS, Engine, VoiceError, available, open_voice, parse_spec
 
 SENTENCES = (
@@ -160,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sentences", type=int, default=len(SENTENCES), help="the first N sentences (default: all 20)")
     ap.add_argument("--threads", type=int, default=THREADS, help=f"compute threads of TTS and Whisper (default {THREADS})")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
+    ap.add_argument("--save", help="also write the JSON object to this file, rewritten after every voice")
+    ap.add_argument("--table", metavar="JSON", help="print the table of a saved run and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        with open(args.table, encoding="utf-8") as f:
+            print(table(json.load(f)["results"]))
+        return 0
 
     from faster_whisper import WhisperModel
     from llasm_export.packaged_whisper import find_packaged_whisper
@@ -170,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     norm = normaliser()
     specs = args.voices.split(",") if args.voices else english_specs()
     sentences = SENTENCES[: args.sentences]
-    results = []
+    results: list[dict] = []
+    missing = [{"engine": s.engine, "reason": s.reason} for s in available() if not s.ok]
+    report = {"sentences": list(sentences), "results": results, "missing": missing}
     for spec in specs:
         print(f"{spec} ...", file=sys.stderr, flush=True)
         try:
@@ -180,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         r = results[-1]
         note = r["error"] if "error" in r else f"WER {100 * r['wer']:.1f}%  RTF {r['rtf']:.3f}"
         print(f"  {note}", file=sys.stderr, flush=True)
-    missing = [{"engine": s.engine, "reason": s.reason} for s in available() if not s.ok]
+        if args.save:
+            atomic_write_text(args.save, json.dumps(report, indent=1))
     if args.json:
-        json.dump({"sentences": list(sentences), "results": results, "missing": missing}, sys.stdout, indent=1)
+        json.dump(report, sys.stdout, indent=1)
         print()
     else:
         print(table(results))

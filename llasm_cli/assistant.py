@@ -18,11 +18,13 @@ from llasm_cli.formats.bundle import Bundle
 from llasm_cli.formats.gguf_check import check_widths, validate_llm
 from llasm_cli.formats.gguf_keys import embedding_length
 from llasm_cli.formats.published import PublishedPair, open_model
+from llasm_cli.inputs import check_ctx
 from llasm_cli.llm.engine import Engine, Sampler, Sampling
 from llasm_cli.llm.weights import LlamaModel
 from llasm_cli.prompt import DEFAULT_TEMPLATE, Message, prompt_pieces, recent_exchanges, segments, user_content
 from llasm_cli.towers import TowerBackend, open_tower
 
+ANSWER_RESERVE = 256  # positions a conversation keeps free for the answer
 DEFAULT_CTX = 4096  # positions: a chat's context, and the most a one-shot question is given unless --ctx says more
 
 
@@ -170,3 +172,26 @@ class Assistant:
         if self.engine is not None:
             self.engine.close()
         self.llm.close()
+
+
+def question_context(
+    samples: np.ndarray | None, text: str | None = None, after: str | None = None, system: str | None = None,
+    max_tokens: int | None = None, limit: int = DEFAULT_CTX, given: int | None = None,
+) -> Callable[[Assistant], int]:
+    """The ``n_ctx`` of an ``Assistant`` made for one question (``llasm ask``): the question's prompt
+    and room for its answer (``max_tokens``, else the bundle's; never less than the reserve a
+    conversation keeps), at most ``limit``. The KV cache holds every position from the start, so a
+    context sized to the question takes that much memory, not a chat's. A question that needs more
+    than ``limit`` gets ``limit``, and the errors about too long a recording say so and name --ctx.
+    ``given``: the size asked for (--ctx), kept if it holds the prompt and the reserve, else refused
+    (InvalidValueError naming it)."""
+
+    def size(bot: Assistant) -> int:
+        prompt = bot.prompt_positions(None if samples is None else samples.size, text, after, system)
+        if given is not None:
+            return check_ctx(given, "--ctx", prompt + ANSWER_RESERVE, f"this question's prompt takes {prompt} "
+                             f"positions and {ANSWER_RESERVE} more are kept for the answer")
+        room = max(max_tokens or bot.bundle.manifest.max_tokens, ANSWER_RESERVE)
+        return min(prompt + room, limit)
+
+    return size

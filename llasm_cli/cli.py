@@ -114,10 +114,9 @@ def ask(
 
       llasm ask --text "What is seven plus five?" -m my-bundle --json
     """
-    from llasm_cli.assistant import Assistant
+    from llasm_cli.assistant import Assistant, question_context
     from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import ask as ask_once
-    from llasm_cli.conversation import question_context
     from llasm_cli.terminal.ui import console, stats_table, stream_answer
 
     if audio is None and not (text or after):

@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from llasm_cli.assistant import DEFAULT_CTX, Assistant
+from llasm_cli.assistant import ANSWER_RESERVE, Assistant
 from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.errors import ContextOverflowError, LlasmError
-from llasm_cli.inputs import check_ctx
 from llasm_cli.llm.engine import Sampler, Sampling, TextStream
 from llasm_cli.prompt import Message, user_content
 from llasm_cli.spoken_turn import AudioTurnStream
 from llasm_cli.towers import TowerBackend
-from llasm_cli.turns import Turn, TurnStats
-
-ANSWER_RESERVE = 256  # positions a conversation keeps free for the answer
+from llasm_cli.turns import Turn, TurnStats, fit_prompt
 
 
 @dataclass
@@ -124,29 +121,10 @@ class Conversation:
         and saves them all)."""
         return self.bot.context_messages([t.message for t in self.turns], self.system or "")
 
-    def _prompt(self) -> list:
-        return self.bot.prompt(self.context_messages())
-
     def fit(self, extra: int = 0) -> list:
         """The prompt's segments, dropping the oldest turns if they do not fit with the reserve (and
         ``extra`` positions more: audio a streamed turn will still add)."""
-        n_ctx = self.bot.engine.n_ctx
-        segs = self._prompt()
-        dropped = 0
-        while sum(len(s) for s in segs) + extra + self.reserve > n_ctx:
-            if len(self.turns) <= 1:
-                raise ContextOverflowError(
-                    f"this turn needs {sum(len(s) for s in segs) + extra} positions (+{self.reserve} for the answer) "
-                    f"but the context holds {n_ctx}; use a shorter recording or a larger --ctx"
-                )
-            # drop the oldest user turn and the answer that followed it
-            cut = next((i for i in range(1, len(self.turns)) if self.turns[i].message.role == "user"), len(self.turns) - 1)
-            del self.turns[:cut]
-            dropped += cut
-            segs = self._prompt()
-        if dropped:
-            self.notices.append(f"context full: dropped the {dropped} oldest message(s)")
-        return segs
+        return fit_prompt(self.bot, self.turns, self.system or "", self.reserve, self.notices, extra)
 
     def prefill(self) -> np.ndarray:
         """Bring the KV cache to the whole prompt; returns the next-token logits.
@@ -261,29 +239,6 @@ def ask(
     conv = Conversation(bot, system=system)
     conv.add_user(audio, text=text, after=after)
     return conv
-
-
-def question_context(
-    samples: np.ndarray | None, text: str | None = None, after: str | None = None, system: str | None = None,
-    max_tokens: int | None = None, limit: int = DEFAULT_CTX, given: int | None = None,
-) -> Callable[[Assistant], int]:
-    """The ``n_ctx`` of an ``Assistant`` made for one question (``llasm ask``): the question's prompt
-    and room for its answer (``max_tokens``, else the bundle's; never less than the reserve a
-    conversation keeps), at most ``limit``. The KV cache holds every position from the start, so a
-    context sized to the question takes that much memory, not a chat's. A question that needs more
-    than ``limit`` gets ``limit``, and the errors about too long a recording say so and name --ctx.
-    ``given``: the size asked for (--ctx), kept if it holds the prompt and the reserve, else refused
-    (InvalidValueError naming it)."""
-
-    def size(bot: Assistant) -> int:
-        prompt = bot.prompt_positions(None if samples is None else samples.size, text, after, system)
-        if given is not None:
-            return check_ctx(given, "--ctx", prompt + ANSWER_RESERVE, f"this question's prompt takes {prompt} "
-                             f"positions and {ANSWER_RESERVE} more are kept for the answer")
-        room = max(max_tokens or bot.bundle.manifest.max_tokens, ANSWER_RESERVE)
-        return min(prompt + room, limit)
-
-    return size
 
 
 def answer(bot: Assistant, audio: np.ndarray | None = None, text: str | None = None, after: str | None = None,

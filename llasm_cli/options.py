@@ -39,7 +39,7 @@ def rule(check):
 
 def chat_ctx(value: int, name: str) -> int:
     """A chat's context must hold more than the positions it keeps free for each answer."""
-    from llasm_cli.conversation import ANSWER_RESERVE
+    from llasm_cli.assistant import ANSWER_RESERVE
 
     return check_ctx(value, name, ANSWER_RESERVE + 1, f"a chat keeps {ANSWER_RESERVE} positions free for each answer")
 

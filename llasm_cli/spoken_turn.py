@@ -18,7 +18,7 @@ from llasm_cli.audio.geometry import SAMPLE_RATE, samples_per_embedding
 from llasm_cli.errors import AudioFileError, ContextOverflowError, LlasmError
 from llasm_cli.prompt import Message, user_content
 from llasm_cli.towers import ChunkStream
-from llasm_cli.turns import Turn, TurnStats
+from llasm_cli.turns import Turn, TurnStats, fit_prompt
 
 if TYPE_CHECKING:
     from llasm_cli.conversation import Conversation
@@ -86,7 +86,8 @@ class AudioTurnStream:
         cut it at the stand-in clip: ``prefix`` (segments up to the first audio row: the template
         text, ``<au_start>`` or the learned start row), ``tail_rows`` (the learned end row, if any)
         and ``suffix`` (token ids after the audio: ``<au_end>``, the rest of the template)."""
-        segs = self.conv.fit(extra=max(0, audio_rows - 1))  # the stand-in is one row of them
+        conv = self.conv  # the stand-in is one row of the audio
+        segs = fit_prompt(conv.bot, conv.turns, conv.system or "", conv.reserve, conv.notices, max(0, audio_rows - 1))
         slots = [i for i, seg in enumerate(segs) if isinstance(seg, np.ndarray) and np.isnan(seg).any()]
         if len(slots) != 1:
             raise LlasmError("the chat template did not place this turn's audio exactly once")

@@ -6,10 +6,15 @@ Shared by the conversation (conversation.py) and the turn streamed while it is s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from llasm_cli.errors import ContextOverflowError
 from llasm_cli.prompt import Message
+
+if TYPE_CHECKING:
+    from llasm_cli.assistant import Assistant
 
 
 @dataclass
@@ -43,3 +48,30 @@ class Turn:
 
     message: Message
     audio: np.ndarray | None = None
+
+
+def fit_prompt(bot: Assistant, turns: list[Turn], system: str, reserve: int, notices: list[str], extra: int = 0) -> list:
+    """A conversation's prompt segments, the oldest exchanges dropped from ``turns`` (and said in ``notices``)
+    until it fits the context with ``reserve`` positions for the answer and ``extra`` more (audio a streamed
+    turn will still add); a single turn that cannot fit is refused."""
+    n_ctx = bot.engine.n_ctx
+
+    def render() -> list:
+        return bot.prompt(bot.context_messages([t.message for t in turns], system))
+
+    segs = render()
+    dropped = 0
+    while sum(len(s) for s in segs) + extra + reserve > n_ctx:
+        if len(turns) <= 1:
+            raise ContextOverflowError(
+                f"this turn needs {sum(len(s) for s in segs) + extra} positions (+{reserve} for the answer) "
+                f"but the context holds {n_ctx}; use a shorter recording or a larger --ctx"
+            )
+        # drop the oldest user turn and the answer that followed it
+        cut = next((i for i in range(1, len(turns)) if turns[i].message.role == "user"), len(turns) - 1)
+        del turns[:cut]
+        dropped += cut
+        segs = render()
+    if dropped:
+        notices.append(f"context full: dropped the {dropped} oldest message(s)")
+    return segs

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from llasm_cli import cli
-from llasm_cli.assistant import DEFAULT_CTX, Assistant
-from llasm_cli.audio.geometry import SAMPLE_RATE, chunk_spans
+from llasm_cli.assistant import ANSWER_RESERVE, DEFAULT_CTX, Assistant, question_context
 from llasm_cli.audio.decode import load_audio
-from llasm_cli.conversation import ANSWER_RESERVE, ask, question_context
+from llasm_cli.audio.geometry import SAMPLE_RATE, chunk_spans
+from llasm_cli.conversation import ask
 from llasm_cli.llm.engine import Sampling
 from tests.helpers import chunked_bundle, speech_of_length
 

@@ -27,7 +27,7 @@ PREFERRED = ("cmn-latn-pinyin",)
 _OTHER = re.compile(r"\(([^\s()]+) \d+\)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table(which: str = "") -> dict[str, tuple[str, ...]]:
     """``espeak-ng --voices[=which]`` as {name: language tags}; for variants, {name: ()}."""
     argv = ["espeak-ng", f"--voices={which}" if which else "--voices"]
@@ -76,7 +76,7 @@ class EspeakEngine(Engine):
         return tuple(_table())
 
     def languages(self, name: str) -> tuple[str, ...]:
-        return _table().get(name.partition("+")[0], ())
+        return _table().get(name.partition("+")[0].lower(), ())
 
     def voices_for(self, language: str) -> tuple[str, ...]:
         found = super().voices_for(language)
@@ -84,7 +84,7 @@ class EspeakEngine(Engine):
 
     def check_name(self, name: str) -> None:
         base, _, variant = name.partition("+")
-        if base not in _table():
+        if base.lower() not in _table():
             raise VoiceError(f"no espeak-ng voice {base!r}; see `espeak-ng --voices`")
         if variant and variant not in _table("variant"):
             raise VoiceError(f"no espeak-ng variant {variant!r}; see `espeak-ng --voices=variant`")

@@ -23,7 +23,7 @@ RATES = {"kal": 8000}  # every other voice is 16 kHz
 LIMITED_DOMAIN = ("awb_time",)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _installed() -> tuple[str, ...]:
     """``flite -lv``: "Voices available: kal awb_time kal16 awb rms slt"."""
     try:
