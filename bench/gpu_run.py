@@ -141,12 +141,12 @@ class Runner:
         self.log.flush()
 
     def run(self, cmd: list[str], timeout: float, env: dict | None = None, cwd: Path = ROOT,
-            log_to: Path | None = None) -> Proc:
+            log_to: Path | None = None, label: str | None = None) -> Proc:
         """Run a command in its own process group, killed (group and all) at ``timeout`` seconds."""
         timeout = min(timeout, self.left())
         if timeout < 3:
             raise OutOfTime()
-        shown = " ".join(str(c) for c in cmd)
+        shown = label or " ".join(str(c) for c in cmd)
         self.say(f"$ {shown}  (timeout {timeout:.0f} s)")
         t = time.monotonic()
         sink = open(log_to, "a", encoding="utf-8") if log_to else None
@@ -190,7 +190,9 @@ class Runner:
                 continue
 
     def py(self, code: str, timeout: float, *argv: str) -> Proc:
-        return self.run([sys.executable, "-c", code, *argv], timeout)
+        name = next((k for k, v in globals().items() if v is code), "code")
+        return self.run([sys.executable, "-c", code, *argv], timeout,
+                        label=" ".join([sys.executable, "-c", f"<{name}>", *argv]))
 
     def py_json(self, code: str, timeout: float, *argv: str) -> tuple[dict | None, Proc]:
         p = self.py(code, timeout, *argv)
@@ -331,6 +333,19 @@ class Runner:
             link = shim / name
             if not link.exists():
                 link.symlink_to(ROOT / folder)
+        # the entry points (`llasm export` is a plugin command) from pyproject.toml, as an installed dist would have
+        info = shim / "llasm-0.0.0+shim.dist-info"
+        info.mkdir(exist_ok=True)
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: llasm\nVersion: 0.0.0+shim\n")
+        try:
+            import tomllib
+
+            project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+            groups = {"console_scripts": project.get("scripts", {}), **project.get("entry-points", {})}
+            (info / "entry_points.txt").write_text("".join(
+                f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n" for g, eps in groups.items()))
+        except (ImportError, KeyError, ValueError) as exc:  # Python 3.10 has no tomllib
+            self.result["notes"].append(f"the PYTHONPATH shim has no entry points ({exc}): `llasm export` may be missing")
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), str(ROOT), self.env.get("PYTHONPATH")]))
 
     def build_step(self):
@@ -495,7 +510,7 @@ class Runner:
         llm = self.demo_llm()
         rows = []
         for order in ("llama_cpp,torch", "torch,llama_cpp"):
-            p = self.run([sys.executable, "-c", IMPORT_ORDER, order, str(llm)], 90)
+            p = self.py(IMPORT_ORDER, 90, order, str(llm))
             text = p.out + p.err
             info = last_json(p.out) or {}
             row = {"order": order.replace(",", " then "), "rc": p.rc, "signal": signal_name(p.rc),

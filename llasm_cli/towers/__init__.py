@@ -1,4 +1,4 @@
-"""Audio towers: 16 kHz PCM in, LLM-space embeddings out (one contract, three backends).
+"""Audio towers: 16 kHz PCM in, LLM-space embeddings out (one contract, base.py; backends registered in REGISTRY).
 
 - ``onnx``: ONNX Runtime running the bundle's ``tower.onnx`` (stack-swiglu trained on unpadded or
   chunked audio; float32, no PyTorch: what ``pip install .`` runs fast).
@@ -29,89 +29,75 @@ import os
 import platform
 import sys
 import time
-from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llasm_cli.audio.decode import check_finite
-from llasm_cli.audio.geometry import chunk_spans, positions, split_windows
-from llasm_cli.audio.mel import chunk_mel
-from llasm_cli.errors import AudioFileError, BackendUnavailableError
+from llasm_cli.errors import BackendUnavailableError
 from llasm_cli.formats.bundle import MANIFEST_FILE, Bundle
+from llasm_cli.towers.base import ChunkStream, TowerBackend  # noqa: F401 (the contract, public here)
 
-BACKENDS = ("auto", "onnx", "ggml", "torch")
-CHOICE_FILE = "tower-backend.json"  # auto's measured choices, in the cache folder of cpu_probe
+CHOICE_FILE = "tower-backend.json"  # auto's measured choices, in llasm's cache folder (files.cache_dir)
 CHOICE_VERSION = 1
 MAX_CHOICES = 64  # cache entries kept
 PROBE_SECONDS = 2.0  # audio auto encodes with each candidate (twice; the faster run counts)
 
 
-class TowerBackend(ABC):
-    """Shared windowing and trimming; subclasses encode one padded window."""
+@dataclass(frozen=True)
+class Backend:
+    """One way to run a bundle's audio tower. Adding a backend is one more entry in ``REGISTRY``."""
 
-    name = "?"  # the backend's --backend name, reported in the turn's stats
-    choice = ""  # how auto came to pick it (measured or cached times), empty when named
-    n_embd: int
-    adaptor: str
-    stack_factor: int
-    tokens_per_window: int
-    trim = True  # keep only the embeddings that cover real audio (the bundle's rule, Bundle.trim)
+    name: str
+    carried: Callable[[Bundle], bool]  # the bundle holds this backend's tower
+    installed: Callable[[], bool]  # its library imports here
+    streams: bool  # it encodes chunk by chunk (a chunked model's audio while it is spoken)
+    files: Callable[[Bundle, str | None], list[Path]]  # what a measured choice depends on (variant given)
+    open: Callable[..., TowerBackend]  # (bundle, llm, variant, n_threads, exact, one_shot) -> the tower
 
-    chunked = False  # set by a backend that runs the bundle's chunked input mode (see ChunkStream)
-    unpadded = False  # set by a backend that encodes only each window's real audio
-    n_mels = 80
-    chunk_seconds = 1.0
-    context_seconds = 2.0
 
-    def __init__(self) -> None:
-        self.encode_calls = 0  # windows encoded so far; tests use it to prove KV reuse
+def _open_onnx(bundle: Bundle, llm, variant, n_threads, exact, one_shot) -> TowerBackend:
+    from llasm_cli.towers.onnx import OnnxTower
 
-    def token_count(self, n_samples: int) -> int:
-        """Embeddings kept for one window holding ``n_samples`` (at most 30 s) of real audio."""
-        return self.positions(n_samples)
+    return OnnxTower(bundle, n_threads, one_shot=one_shot)
 
-    def encode(self, samples: np.ndarray) -> np.ndarray:
-        """All windows of a clip, trimmed to real audio and concatenated: (n_tokens, n_embd)."""
-        if self.whole_clip_chunked:
-            stream = self.stream()
-            head = stream.push(samples)
-            return np.ascontiguousarray(np.concatenate([head, stream.finish()]), dtype=np.float32)
-        windows = split_windows(check_finite(samples))  # a NaN from a microphone or a request never gets in
-        if not windows:
-            raise AudioFileError("the audio is empty")
-        outs = self.encode_windows(windows)
-        self.encode_calls += len(windows)
-        kept = [o[: self.token_count(w.size)] for o, w in zip(outs, windows, strict=True)]
-        return np.ascontiguousarray(np.concatenate(kept, axis=0), dtype=np.float32)
 
-    @property
-    def whole_clip_chunked(self) -> bool:
-        """Whether a whole clip is encoded chunk by chunk (a model that knows no unpadded input)."""
-        return self.chunked and not self.unpadded
+def _open_torch(bundle: Bundle, llm, variant, n_threads, exact, one_shot) -> TowerBackend:
+    from llasm_cli.towers.torch import TorchTower
 
-    def stream(self) -> ChunkStream:
-        """An encoder fed audio as it arrives (chunked models only)."""
-        if not self.chunked:
-            raise BackendUnavailableError("this model was not trained on chunked audio; it cannot be encoded while "
-                                          "the user speaks")
-        return ChunkStream(self)
+    return TorchTower(bundle, n_threads, exact=exact)
 
-    def positions(self, n_samples: int) -> int:
-        """Embeddings a clip of ``n_samples`` becomes (without boundary rows); chunked or not, the same
-        count (``audio.chunked_positions``)."""
-        return positions(n_samples, self.stack_factor, self.tokens_per_window, self.trim)
 
-    def embed_mel(self, mel: np.ndarray) -> np.ndarray:
-        """Unpadded log-mel (n_mels, T) -> (T / 2k, n_embd): the chunked mode's one encoder call."""
-        raise BackendUnavailableError(f"the {type(self).__name__} backend cannot encode chunked audio")
+def _open_ggml(bundle: Bundle, llm, variant, n_threads, exact, one_shot) -> TowerBackend:
+    from llasm_cli.towers.ggml import GgmlTower
 
-    @abstractmethod
-    def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
-        """Each window (<= 30 s) -> its full (tokens_per_window, n_embd) embeddings."""
+    return GgmlTower(bundle, llm, variant, n_threads)
 
-    def close(self) -> None:  # noqa: B027 - a no-op unless the backend holds native resources
-        """Release native resources."""
+
+def _onnx_files(bundle: Bundle, variant: str | None) -> list[Path]:
+    onnx = bundle.root / bundle.manifest.onnx_tower
+    return [onnx, onnx.with_name(onnx.name + ".data")]
+
+
+def _torch_files(bundle: Bundle, variant: str | None) -> list[Path]:
+    return sorted(p for p in (bundle.root / bundle.manifest.torch_tower).rglob("*") if p.is_file())
+
+
+def _installed(*modules: str) -> Callable[[], bool]:
+    return lambda: all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+REGISTRY: tuple[Backend, ...] = (  # in order of preference when nothing has been measured
+    Backend("onnx", lambda b: bool(b.manifest.onnx_tower) and b.manifest.adaptor == "stack-swiglu",
+            _installed("onnxruntime"), True, _onnx_files, _open_onnx),
+    Backend("torch", lambda b: bool(b.manifest.torch_tower), _installed("torch", "transformers"), True,
+            _torch_files, _open_torch),
+    Backend("ggml", lambda b: bool(b.manifest.tower_files) and "padded" in b.manifest.encoder_input,
+            lambda: True, False, lambda b, variant: [b.tower_path(variant)], _open_ggml),
+)
+BY_NAME = {b.name: b for b in REGISTRY}
+BACKENDS = ("auto", *BY_NAME)  # what --backend accepts
 
 
 def candidates(bundle: Bundle) -> list[str]:
@@ -120,16 +106,11 @@ def candidates(bundle: Bundle) -> list[str]:
     A chunked model keeps to the backends that encode chunk by chunk (onnx, torch) when one is
     here: ggml pads every window to 30 s, so it could never encode while the user speaks.
     """
+    found = [b for b in REGISTRY if b.carried(bundle) and b.installed()]
     m = bundle.manifest
-    found = []
-    if m.onnx_tower and m.adaptor == "stack-swiglu" and importlib.util.find_spec("onnxruntime") is not None:
-        found.append("onnx")
-    if m.torch_tower and _torch_available():
-        found.append("torch")
-    chunked = m.adaptor == "stack-swiglu" and "chunked" in m.encoder_input
-    if m.tower_files and "padded" in m.encoder_input and not (chunked and found):
-        found.append("ggml")
-    return found
+    if m.adaptor == "stack-swiglu" and "chunked" in m.encoder_input and any(b.streams for b in found):
+        found = [b for b in found if b.streams]
+    return [b.name for b in found]
 
 
 def _unpadded_first_on_cpu(bundle: Bundle, found: list[str]) -> list[str]:
@@ -150,14 +131,7 @@ def auto_backend(bundle: Bundle) -> str:
     found = candidates(bundle)
     if found:
         return found[0]
-    m = bundle.manifest
-    if m.onnx_tower:
-        return "onnx"
-    return "ggml" if m.tower_files and "padded" in m.encoder_input else "torch"
-
-
-def _torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+    return next((b.name for b in REGISTRY if b.carried(bundle)), "torch")
 
 
 def open_tower(
@@ -179,17 +153,7 @@ def open_tower(
 
 def _open(bundle: Bundle, backend: str, engine, variant: str | None, n_threads: int | None, exact: bool,
           one_shot: bool = False) -> TowerBackend:
-    if backend == "onnx":
-        from llasm_cli.towers.onnx import OnnxTower
-
-        return OnnxTower(bundle, n_threads, one_shot=one_shot)
-    if backend == "ggml":
-        from llasm_cli.towers.ggml import GgmlTower
-
-        return GgmlTower(bundle, engine, variant, n_threads)
-    from llasm_cli.towers.torch import TorchTower
-
-    return TorchTower(bundle, n_threads, exact=exact)
+    return BY_NAME[backend].open(bundle, engine, variant, n_threads, exact, one_shot)
 
 
 def _fastest(bundle: Bundle, found: list[str], engine, variant: str | None, n_threads: int | None,
@@ -270,16 +234,7 @@ def _show_ms(ms) -> str:
 def choice_key(bundle: Bundle, found: list[str], threads: int, variant: str | None, exact: bool) -> str:
     """What auto's choice depends on: the bundle's files (path, size, mtime), the candidates, the
     thread count, the tower variant and precision, and the device (CPU, GPU, ONNX Runtime providers)."""
-    m = bundle.manifest
-    files = [bundle.root / MANIFEST_FILE]
-    if "onnx" in found:
-        onnx = bundle.root / m.onnx_tower
-        files += [onnx, onnx.with_name(onnx.name + ".data")]
-    if "torch" in found:
-        folder = bundle.root / m.torch_tower
-        files += sorted(p for p in folder.rglob("*") if p.is_file())
-    if "ggml" in found:
-        files += [bundle.tower_path(variant)]
+    files = [bundle.root / MANIFEST_FILE] + [f for name in found for f in BY_NAME[name].files(bundle, variant)]
     stats = []
     for f in files:
         try:
@@ -323,49 +278,3 @@ def _gpu_nodes() -> list[str]:
     return sorted(p for p in ("/dev/nvidiactl", "/dev/kfd", "/dev/dri") if os.path.exists(p))
 
 
-class ChunkStream:
-    """Chunked encoding of audio that is still arriving: each chunk is encoded once its audio is in.
-
-    ``push`` returns the embeddings of the chunks the new audio completed (maybe none);
-    ``finish`` encodes what is left. Concatenated, they equal ``encode`` of the whole clip.
-    """
-
-    def __init__(self, tower: TowerBackend) -> None:
-        self.tower = tower
-        self.parts: list[np.ndarray] = []
-        self.n = 0
-        self.done = 0  # chunks encoded
-
-    @property
-    def samples(self) -> np.ndarray:
-        if len(self.parts) > 1:
-            self.parts = [np.concatenate(self.parts)]
-        return self.parts[0] if self.parts else np.zeros(0, dtype=np.float32)
-
-    def push(self, samples: np.ndarray) -> np.ndarray:
-        self.parts.append(np.asarray(check_finite(samples), dtype=np.float32))
-        self.n += samples.size
-        return self._encode(final=False)
-
-    def finish(self) -> np.ndarray:
-        if self.n == 0:
-            raise AudioFileError("the audio is empty")
-        return self._encode(final=True)
-
-    def peek(self) -> np.ndarray:
-        """What ``finish`` would return now, leaving the stream open for more audio."""
-        return self._encode(final=True, advance=False)
-
-    def _encode(self, final: bool, advance: bool = True) -> np.ndarray:
-        t = self.tower
-        spans = chunk_spans(self.n, t.chunk_seconds, t.context_seconds, t.stack_factor, final=final)[self.done:]
-        out = [np.zeros((0, t.n_embd), dtype=np.float32)]
-        if spans:
-            audio = self.samples
-            for span in spans:
-                emb = t.embed_mel(chunk_mel(audio, span, t.n_mels))
-                out.append(emb[span.skip : span.skip + span.keep])
-                t.encode_calls += 1
-            if advance:
-                self.done += len(spans)
-        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)

@@ -21,7 +21,7 @@ from llasm_cli.formats.bundle import Bundle
 from llasm_cli.formats.gguf_check import validate_tower
 from llasm_cli.formats.published import PublishedPair
 from llasm_cli.llm import native
-from llasm_cli.towers import TowerBackend
+from llasm_cli.towers.base import TowerBackend
 from llasm_cli.towers.encoder_only import (
     audio_only_path,
     encoder_only_path,

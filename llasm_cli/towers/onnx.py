@@ -34,7 +34,7 @@ from llasm_cli.errors import BackendUnavailableError, ModelFileError
 from llasm_cli.formats.bundle import Bundle
 from llasm_cli.formats.gguf_check import check_widths
 from llasm_cli.onnx_runtime import first_line, import_ort, quiet_session_options
-from llasm_cli.towers import TowerBackend
+from llasm_cli.towers.base import TowerBackend
 
 INPUT, OUTPUT = "mel", "embeddings"
 ACCELERATORS = ("CUDAExecutionProvider", "CoreMLExecutionProvider")  # used first where the build has them

@@ -9,7 +9,7 @@ from llasm_cli.audio.mel import log_mel_spectrogram
 from llasm_cli.errors import BackendUnavailableError
 from llasm_cli.formats.bundle import Bundle
 from llasm_cli.formats.gguf_check import check_widths
-from llasm_cli.towers import TowerBackend
+from llasm_cli.towers.base import TowerBackend
 
 
 def pick_dtype(torch, device: str, exact: bool) -> str:
