@@ -59,6 +59,7 @@ RESERVE_S = 8  # kept back at the deadline to write the results
 NEEDS_LLAMA = {"import_order", "info", "tiny_bundle", "ask", "latency_realtime", "latency_whole", "serve"}
 LOG_TAIL = 6000  # characters of each command's output kept in gpu_run.log
 FREE_CRASH = "free(): invalid pointer"
+CUT_SHORT = "stopped at its time budget"
 
 
 class OutOfTime(Exception):
@@ -178,6 +179,8 @@ class Runner:
 
     @staticmethod
     def kill(proc: subprocess.Popen) -> None:
+        """SIGTERM to the command's process group, then SIGKILL to whatever of the group is left (compilers,
+        servers it started), so that nothing holds its pipes open."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(proc.pid, sig)
@@ -185,9 +188,8 @@ class Runner:
                 return
             try:
                 proc.wait(timeout=5)
-                return
             except subprocess.TimeoutExpired:
-                continue
+                pass
 
     def py(self, code: str, timeout: float, *argv: str) -> Proc:
         name = next((k for k, v in globals().items() if v is code), "code")
@@ -389,6 +391,7 @@ class Runner:
             b["after"] = state
             return "ok", f"no NVIDIA GPU: keeping the installed llama-cpp-python {state['version']} (CPU; --rebuild compiles)"
         if not src_tar.is_file():
+            b["after"] = state
             raise Skip(f"no carried source {self.rel(src_tar)}: llama-cpp-python stays as it is ({state})")
         src = self.unpack(src_tar)
         env = dict(self.env)
@@ -399,7 +402,7 @@ class Runner:
             env["CMAKE_ARGS"] = b["cmake_args"] = "-DGGML_CUDA=off -DGGML_NATIVE=on"
             ok, note = self.compile(src, env, "cpu", self.left() - 5)
             b["after"], _ = self.py_json(LLAMA_PROBE, 60)
-            return ("ok" if ok else "failed"), f"no NVIDIA GPU: {note}"
+            return ("ok" if ok else "timeout" if CUT_SHORT in note else "failed"), f"no NVIDIA GPU: {note}"
         if not self.args.cuda_fa:
             self.result["notes"].append("llama.cpp was built without its FlashAttention CUDA kernels, for build time "
                                         "(--cuda-fa builds them): attention runs without FA on the GPU")
@@ -420,13 +423,13 @@ class Runner:
         # a CUDA build that broke early (not one cut short: the next run on this machine goes on with it) leaves
         # nothing to run the other steps with: a CPU build then, where time allows
         if not (after and after.get("version")) and time.monotonic() - t < 120 and self.left() > 120 \
-                and "time budget" not in note:
+                and CUT_SHORT not in note:
             env["CMAKE_ARGS"] = "-DGGML_CUDA=off -DGGML_NATIVE=on"
             ok2, note2 = self.compile(src, env, "cpu", self.left() - 5)
             b["fallback"] = note2
             b["after"], _ = self.py_json(LLAMA_PROBE, 60)
             msg += f"; fell back to a CPU build: {note2}"
-        return "failed", msg
+        return ("timeout" if CUT_SHORT in note else "failed"), msg
 
     def unpack(self, tar: Path) -> Path:
         dest = self.work / "src"
@@ -498,7 +501,7 @@ class Runner:
         progress = f", {steps[-1][0]}/{steps[-1][1]} build steps" if steps else ""
         self.result["build"][f"{kind}_seconds"] = round(took, 1)
         if not p.ok:
-            why = "stopped at its time budget (the build folder is kept: run again on the same machine to go on)" \
+            why = f"{CUT_SHORT} (the build folder is kept: run again on the same machine to go on)" \
                 if p.timed_out else f"failed: {p.tail(300)}"
             return False, f"{kind} build {why}{progress}"
         whl = sorted(wheelhouse.glob("llama_cpp_python-*.whl"))

@@ -17,8 +17,9 @@ on each clip (so load on the machine hits all alike):
 - ``onnx-int8 <mode>[+p]``: the same encoder pass, the decoder's matrices in int8 (ONNX Runtime's dynamic
   quantization; the encoder stays float32, as the adaptor of the hybrid reads its frames).
 - ``faster-whisper[+p]``: CTranslate2 int8 on the same weights, temperature 0 without fallback.
-- ``whisper.cpp [ctx][+p]``: pywhispercpp on export/whisper_cpp.py's f16 file, the padded window, or
-  ``ctx``: audio_ctx trimmed to the clip's encoder frames.
+- ``whisper.cpp``, ``whisper.cpp ctx[+p]``: pywhispercpp on export/whisper_cpp.py's f16 file, the padded
+  window, or ``ctx``: audio_ctx trimmed to the clip's encoder frames + 1 s (see WHISPER_CPP_EXTRA_CTX).
+  whisper.cpp has neither the length bound nor the repeat cut of ours.
 
 Word error rate against the text that was spoken (lower case, punctuation dropped, numbers as words);
 "exact": share of clips with WER 0; "runaway": outputs with more than 1.4x the spoken text's words;
@@ -49,11 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/transcribe.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.assets import SENTENCES, bench_root, whisper_base_ct2, whisper_base_hf, whisper_cpp_base  # noqa: E402
 from llasm_finetune.augment import add_noise, phone_band, write_clip  # noqa: E402
 from llasm_finetune.demo_tasks import en_words  # noqa: E402
 from llasm_finetune.distill_data import CAPITALS, FACTS, OTHER  # noqa: E402
 
+from bench.assets import SENTENCES, bench_root, whisper_base_ct2, whisper_base_hf, whisper_cpp_base  # noqa: E402
 from llasm_cli.audio.decode import load_audio  # noqa: E402
 from llasm_cli.audio.geometry import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME  # noqa: E402
 from llasm_cli.audio.transcribe import MODES, WhisperOnnx, clip_mel, max_tokens  # noqa: E402
@@ -70,6 +71,11 @@ ESPEAK = [  # (voice, speed, pitch), cycled
 ]
 FLITE = ("slt", "kal", "awb", "rms")
 REFERENCE = "faster-whisper"
+# whisper.cpp's trimmed audio_ctx: the clip's encoder frames + 1 s (our ``zeros`` mode), over the clip + 2 s of
+# zeros. With audio_ctx at or past the audio's own end it transcribed silence ("I'm going to start now.",
+# "Thanks for watching.") on every clip tried; with the audio 1 s longer than the ctx it worked.
+WHISPER_CPP_EXTRA_CTX = 50
+WHISPER_CPP_TAIL_S = 2.0
 
 
 def log(msg: str) -> None:
@@ -210,13 +216,14 @@ def whisper_cpp_system():
 
     def run(x: np.ndarray) -> dict[str, tuple[str, float]]:
         out = {}
-        ctx = -(-x.size // SAMPLES_PER_ENCODER_FRAME)
-        for name, audio_ctx, prompt in (("whisper.cpp", 0, ""), ("whisper.cpp+p", 0, PROMPT),
-                                        ("whisper.cpp ctx", ctx, ""), ("whisper.cpp ctx+p", ctx, PROMPT)):
+        ctx = -(-x.size // SAMPLES_PER_ENCODER_FRAME) + WHISPER_CPP_EXTRA_CTX
+        tail = np.zeros(round(WHISPER_CPP_TAIL_S * SAMPLE_RATE), np.float32)
+        for name, audio_ctx, prompt in (("whisper.cpp", 0, ""), ("whisper.cpp ctx", ctx, ""),
+                                        ("whisper.cpp ctx+p", ctx, PROMPT)):
             t = time.perf_counter()
-            segs = model.transcribe(x, language="en", no_timestamps=True, single_segment=True, temperature=0.0,
-                                    temperature_inc=0.0, audio_ctx=audio_ctx, initial_prompt=prompt, no_context=True,
-                                    max_tokens=max_tokens(x.size / SAMPLE_RATE))
+            audio = np.concatenate([x, tail]) if audio_ctx else x
+            segs = model.transcribe(audio, language="en", no_timestamps=True, single_segment=True, temperature=0.0,
+                                    temperature_inc=0.0, audio_ctx=audio_ctx, initial_prompt=prompt, no_context=True)
             out[name] = (" ".join(s.text.strip() for s in segs), 1000 * (time.perf_counter() - t))
         return out
 

@@ -3,6 +3,7 @@
     python bench/voices.py                      # every engine's English voices here: a Markdown table
     python bench/voices.py --json               # one JSON object (per-sentence transcripts too)
     python bench/voices.py --voices pico:en-US,hibari:heart --sentences 5
+    python bench/voices.py --chinese            # the Mandarin voices: character error rate on 5 sentences
 
 For each voice (``llasm_cli.voices``): 20 fixed English sentences (questions, digits and spelled numbers,
 names, one long sentence) are spoken and transcribed by faster-whisper on the packaged whisper-base
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -53,6 +55,15 @@ SENTENCES = (
     "Is it true that octopuses have three hearts?",
     "The total comes to 48 dollars and 75 cents.",
 )
+# Mandarin, scored by syllables: Whisper answers in traditional or simplified characters, and homophones are
+# heard right, so reference and transcript are both read by espeak-ng's pinyin voice into syllables (tones dropped)
+CHINESE_SENTENCES = (
+    "澳大利亚的首都是哪里？",
+    "请把厨房的灯关掉。",
+    "明天下午三点我们在火车站见面。",
+    "这本书一共有二十五章。",
+    "今天天气很好，我们去公园散步吧。",
+)
 FIRST_AUDIO_SENTENCE = "The next train leaves at noon."
 EXTRA_SPECS = ("kokoro:jf_alpha*0.5+jm_kumo",)  # a mixed Kokoro speaker, as the dataset builders may use
 
@@ -66,10 +77,56 @@ def english_specs() -> list[str]:
     return specs + [s for s in EXTRA_SPECS if parse_spec(s)[0].missing() is None]
 
 
+def syllables(text: str) -> list[str]:
+    """Mandarin syllables of the Han characters in ``text`` (espeak-ng's pinyin voice; tones and stress dropped)."""
+    hanzi = "".join(ch for ch in text if 0x4E00 <= ord(ch) <= 0x9FFF)
+    if not hanzi:
+        return []
+    out = subprocess.run(["espeak-ng", "-v", "cmn-latn-pinyin", "-x", "-q", hanzi], capture_output=True, text=True,
+                         check=True).stdout
+    return [s for s in (re.sub(r"[\d',-]", "", t) for t in re.split(r"[_|\s]+", out)) if s]
+
+
+def measure_chinese(spec: str, whisper, threads: int) -> dict:
+    """One voice on the Mandarin sentences: syllable error rate of what Whisper (language zh, beam 5) heard."""
+    voice = open_voice(spec, threads)
+    errors = total = 0
+    rows = []
+    for text in CHINESE_SENTENCES:
+        segments, _ = whisper.transcribe(voice.speak(text), language="zh", beam_size=5,
+                                         condition_on_previous_text=False, without_timestamps=True)
+        heard = "".join(s.text.strip() for s in segments)
+        ref = syllables(text)
+        n = word_errors(ref, syllables(heard))
+        errors, total = errors + n, total + len(ref)
+        rows.append({"text": text, "heard": heard, "errors": n, "syllables": len(ref)})
+    return {"voice": spec, "ser": errors / total, "errors": errors, "syllables": total, "sentences": rows}
+
+
 def normaliser():
+    """Whisper's English normaliser, with a clock time written "3.30" or "3:30" read as "330", which is what
+    the normaliser makes of "three thirty" ("$48.75" stays)."""
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    return EnglishTextNormalizer({})  # no British -> American spelling map: the references are American
+    whisper_norm = EnglishTextNormalizer({})  # no British -> American spelling map: the references are American
+    clock = re.compile(r"(?<![$\d.])(1[0-2]|0?[1-9])[.:]([0-5]\d)\b")
+    return lambda text: whisper_norm(clock.sub(r"\1\2", text))
+
+
+def score(norm, text: str, heard: str) -> tuple[int, int]:
+    """(word errors, reference words) of a transcript, both sides normalised."""
+    ref = norm(text).split()
+    return word_errors(ref, norm(heard).split()), len(ref)
+
+
+def rescore(result: dict, norm) -> dict:
+    """A saved voice's result scored again from its transcripts (the scoring may have changed since)."""
+    for row in result["sentences"]:
+        row["errors"], row["words"] = score(norm, row["text"], row["heard"])
+    result["errors"] = sum(r["errors"] for r in result["sentences"])
+    result["words"] = sum(r["words"] for r in result["sentences"])
+    result["wer"] = result["errors"] / max(result["words"], 1)
+    return result
 
 
 def word_errors(ref: list[str], hyp: list[str]) -> int:
@@ -124,10 +181,9 @@ def measure(spec: str, whisper, norm, sentences: tuple[str, ...], threads: int) 
         segments, _ = whisper.transcribe(voice.at_16k(native), language="en", beam_size=1, temperature=0.0,
                                          condition_on_previous_text=False, without_timestamps=True)
         heard = " ".join(s.text.strip() for s in segments)
-        ref, hyp = norm(text).split(), norm(heard).split()
-        n = word_errors(ref, hyp)
-        errors, words = errors + n, words + len(ref)
-        rows.append({"text": text, "heard": heard, "errors": n, "words": len(ref), "seconds": round(native.size / voice.native_rate, 3)})
+        n, m = score(norm, text, heard)
+        errors, words = errors + n, words + m
+        rows.append({"text": text, "heard": heard, "errors": n, "words": m, "seconds": round(native.size / voice.native_rate, 3)})
     eng = ENGINES[voice.engine]
     return {
         "voice": spec, "engine": voice.engine, "languages": list(voice.languages), "licence": voice.licence,
@@ -162,11 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=THREADS, help=f"compute threads of TTS and Whisper (default {THREADS})")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     ap.add_argument("--save", help="also write the JSON object to this file, rewritten after every voice")
-    ap.add_argument("--table", metavar="JSON", help="print the table of a saved run and stop")
+    ap.add_argument("--table", metavar="JSON", help="print the table of a saved run (scored again) and stop")
+    ap.add_argument("--chinese", action="store_true",
+                    help="instead: every installed Mandarin voice on 5 Chinese sentences, syllable error rate")
     args = ap.parse_args(argv)
     if args.table:
         with open(args.table, encoding="utf-8") as f:
-            print(table(json.load(f)["results"]))
+            saved = json.load(f)["results"]
+        norm = normaliser()
+        print(table([r if "error" in r else rescore(r, norm) for r in saved]))
         return 0
 
     from faster_whisper import WhisperModel
@@ -174,6 +234,17 @@ def main(argv: list[str] | None = None) -> int:
 
     whisper = WhisperModel(str(find_packaged_whisper("base")), device="cpu", compute_type="int8",
                            cpu_threads=args.threads, num_workers=1)
+    if args.chinese:
+        specs = [f"{e.name}:{v}" for e in ENGINES.values() if e.missing() is None for v in e.voices_for("zh-cmn")]
+        found = [measure_chinese(spec, whisper, args.threads) for spec in specs]
+        if args.json:
+            json.dump(found, sys.stdout, ensure_ascii=False, indent=1)
+            print()
+            return 0
+        for r in found:
+            print(f"| `{r['voice']}` | {100 * r['ser']:.0f}% ({r['errors']}/{r['syllables']}) | "
+                  + " / ".join(s["heard"] for s in r["sentences"]) + " |")
+        return 0
     norm = normaliser()
     specs = args.voices.split(",") if args.voices else english_specs()
     sentences = SENTENCES[: args.sentences]

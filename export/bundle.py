@@ -7,6 +7,7 @@ end, so a failed or interrupted export never leaves a half-written bundle behind
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from llasm_cli.errors import CheckpointError
@@ -62,7 +63,7 @@ def export_bundle(
     name = name or ckpt.name
     with atomic_folder(out) as tmp:
         llm_files = {t: llm_file(t) for t in types}
-        write_llm_types(tmp, llm_files, lambda path, t: write_llm_gguf(ckpt / LLM_DIR, path, t, name=name), progress)
+        write_llm_types(tmp, llm_files, partial(write_llm_gguf, ckpt / LLM_DIR, name=name), progress)
         manifest = write_tower_and_manifest(tmp, name, tower, meta, llm_files, tower_types, torch_dtype, progress,
                                             half_onnx=half_onnx)
     return manifest

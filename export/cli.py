@@ -63,19 +63,19 @@ def export(
     if is_llasm_v1(checkpoint):
         with err_console.status("exporting") as status:
             manifest = export_llasm_v1(checkpoint, out, whisper, tuple(types), (tower_types or ["f16"])[0], name=name,
-                                       overwrite=force, progress=lambda s: status.update(s))
+                                       overwrite=force, progress=status.update)
         err_console.print(f"wrote {out}: " + ", ".join([*manifest.llm_files.values(), manifest.torch_tower or ""]))
         return
     if is_ultravox(checkpoint):
         with err_console.status("exporting") as status:
             written = export_ultravox(checkpoint, out, llm, tuple(types), (tower_types or ["f16"])[0], name=name,
-                                      overwrite=force, progress=lambda s: status.update(s))
+                                      overwrite=force, progress=status.update)
         err_console.print(f"wrote {out}: " + ", ".join(f.name for f in written))
         return
 
     with err_console.status("exporting") as status:
         manifest = export_bundle(
-            checkpoint, out, tuple(types), name=name, overwrite=force, progress=lambda s: status.update(s),
+            checkpoint, out, tuple(types), name=name, overwrite=force, progress=status.update,
             tower_types=tuple(tower_types) if tower_types else None,
         )
     files = [*manifest.llm_files.values(), *manifest.tower_files.values(), manifest.torch_tower or ""]

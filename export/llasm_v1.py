@@ -34,6 +34,7 @@ import argparse
 import json
 import pickle
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gguf
@@ -322,7 +323,7 @@ def export_llasm_v1(
     name = name or src.name
     with atomic_folder(out) as tmp:
         llm_files = {t: llm_file(t) for t in types}
-        write_llm_types(tmp, llm_files, lambda path, t: write_llm(config, llm_state, src, path, t, name), progress)
+        write_llm_types(tmp, llm_files, partial(write_llm, config, llm_state, src, name=name), progress)
         del llm_state
         progress("loading Whisper")
         tower, meta = build_llasm_tower(config, projector, whisper_dir)

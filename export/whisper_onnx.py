@@ -26,6 +26,8 @@ tower's ``half_weights``); ``weights="int8"`` quantizes the decoder's matrices d
 
 Exporting needs PyTorch, transformers, onnx and tokenizers (the train extra); the files need only
 numpy and onnxruntime.
+
+(Over 400 lines: three graphs, each with the PyTorch module it is traced from and its check, in one file.)
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -278,7 +279,7 @@ class Server:
             loop = asyncio.get_running_loop()
             max_tokens = req.max_tokens or self.bot.bundle.manifest.max_tokens
             job = Job(segments, self._sampling(req), max_tokens,
-                      emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), stop=req.stop)
+                      emit=partial(loop.call_soon_threadsafe, events.put_nowait), stop=req.stop)
             self.scheduler.submit(job)
         except BaseException:
             ticket.release()

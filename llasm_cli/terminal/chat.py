@@ -19,6 +19,7 @@ which takes it back out of the KV cache.
 
 from __future__ import annotations
 
+import itertools
 import shlex
 import time
 from dataclasses import dataclass
@@ -332,7 +333,7 @@ class ChatApp:
         self.conv.notices.clear()
         c.print("[bold magenta]llasm›[/]")
         try:
-            stream_answer(_chain(first, stream), out=c)
+            stream_answer(itertools.chain([first] if first is not None else [], stream), out=c)
         except KeyboardInterrupt:
             stream.close()
             c.print("[dim](interrupted)[/]")
@@ -349,9 +350,3 @@ def _ctrl_c_interrupts() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _chain(first, rest):
-    if first is not None:
-        yield first
-    yield from rest
