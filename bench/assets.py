@@ -34,14 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/latency.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from llasm_export.packaged_whisper import find_packaged_whisper  # noqa: E402
-
 from llasm_cli.files import (  # noqa: E402
     atomic_folder,
     atomic_path,
     cache_dir,  # noqa: E402
 )
 from llasm_cli.formats import bundle as bundle_layout  # noqa: E402
+from llasm_cli.hub.packaged import find_packaged_whisper  # noqa: E402
 
 RECIPE = "v1"  # bump when a bundle recipe changes: the cache keys on it
 STACK_FACTOR = 5

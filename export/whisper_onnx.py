@@ -450,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             if src.startswith("packaged:"):
                 from llasm_export.ct2_whisper import import_ct2_whisper
-                from llasm_export.packaged_whisper import find_packaged_whisper
+
+                from llasm_cli.hub.packaged import find_packaged_whisper
 
                 src = import_ct2_whisper(find_packaged_whisper(src.removeprefix("packaged:")), Path(tmp) / "hf")
             report = write_whisper_onnx(src, args.out, args.prompt, args.weights, overwrite=args.force)

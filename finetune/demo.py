@@ -45,7 +45,7 @@ from llasm_finetune import demo_tasks as T
 from llasm_finetune.augment import degrade, warp
 
 from llasm_cli.files import atomic_path, atomic_write_text
-from llasm_cli.formats.bundle import MANIFEST_FILE
+from llasm_cli.formats.bundle import MANIFEST_FILE, TORCH_TOWER_DIR
 
 ROOT_DEFAULT = Path.home() / ".cache" / "llasm" / "demo-run"
 SEED = 1234
@@ -250,7 +250,9 @@ def feature_dtype() -> str:
 
 
 def make_bundle(root: Path, ckpt: Path) -> Path:
-    from llasm_export.bundle import export_bundle
+    from llasm_export.bundle import export_bundle, reference_packaged_whisper
+
+    from llasm_cli.model import WHISPER_DIR
 
     out = root / "bundle"
     if (out / MANIFEST_FILE).exists():
@@ -259,6 +261,8 @@ def make_bundle(root: Path, ckpt: Path) -> Path:
                              torch_dtype="float16", half_onnx=True)
     # trained on single questions: a chat shows it each question alone, not the history's questions too
     atomic_write_text(out / MANIFEST_FILE, dataclasses.replace(manifest, history_turns=0).to_json())
+    # the frozen encoder is the packaged whisper-base itself: the bundle names it instead of carrying 40 MB
+    reference_packaged_whisper(out / TORCH_TOWER_DIR / WHISPER_DIR, "base")
     log(f"bundle: {out}")
     return out
 

@@ -36,7 +36,8 @@ from .checkpoint import save_checkpoint
 def load_whisper(spec: str | Path, workdir: Path) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
     """Whisper config + weights (keys encoder.* / decoder.*) from any supported source."""
     from llasm_export.ct2_whisper import import_ct2_whisper
-    from llasm_export.packaged_whisper import find_packaged_whisper
+
+    from llasm_cli.hub.packaged import find_packaged_whisper
 
     spec = str(spec)
     src = find_packaged_whisper(spec.split(":", 1)[1]) if spec.startswith("packaged:") else Path(spec)

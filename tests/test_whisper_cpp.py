@@ -154,7 +154,8 @@ def test_truncated_file_is_reported(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_en_ggml(tmp_path_factory) -> Path:
     from llasm_export.ct2_whisper import import_ct2_whisper
-    from llasm_export.packaged_whisper import find_packaged_whisper
+
+    from llasm_cli.hub.packaged import find_packaged_whisper
 
     tmp = tmp_path_factory.mktemp("whisper-cpp")
     hf = import_ct2_whisper(find_packaged_whisper("tiny.en"), tmp / "tiny.en-hf")

