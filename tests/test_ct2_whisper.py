@@ -386,3 +386,28 @@ def test_real_base_assembles_once_and_imports(tmp_path, monkeypatch, question_fe
         return logits.log_softmax(-1)[0, len(prompt) - 1 :].gather(-1, ids[0, len(prompt) :, None]).sum().item()
 
     assert logprob(" What is 7 plus 5?") > logprob(" The cat sat on the mat.") + 10
+
+
+def test_a_tower_folder_names_the_packaged_whisper_it_holds(tmp_path):
+    """A tower's Whisper folder whose weights are exactly a packaged Whisper's becomes a reference to it
+    (the built-in model's torch tower is shipped so), and reads back the same tensors; one whose weights
+    differ in a single value keeps them."""
+    from llasm_export.bundle import reference_packaged_whisper
+    from safetensors.torch import save_file
+
+    from llasm_cli.model import PACKAGED_WHISPER_REF, WHISPER_WEIGHTS, packaged_whisper_weights, whisper_state
+
+    weights = {k: v for k, v in packaged_whisper_weights("tiny.en").items() if k.startswith("encoder.")}
+    same, other = tmp_path / "same", tmp_path / "other"
+    for folder, state in ((same, weights), (other, dict(weights))):
+        folder.mkdir()
+        if folder is other:
+            state["encoder.conv1.bias"] = state["encoder.conv1.bias"].clone()
+            state["encoder.conv1.bias"][0] += 1
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WHISPER_WEIGHTS))
+    assert reference_packaged_whisper(same, "tiny.en")
+    assert sorted(p.name for p in same.iterdir()) == [PACKAGED_WHISPER_REF]
+    back = whisper_state(same)
+    assert all(torch.equal(back[k], v) for k, v in weights.items())
+    assert not reference_packaged_whisper(other, "tiny.en")
+    assert sorted(p.name for p in other.iterdir()) == [WHISPER_WEIGHTS]
