@@ -150,10 +150,10 @@ def build_bundle(work: Path, source: Path) -> tuple[Path, str, str]:
 
 def demo_items(clips: Path, n_sums: int, n_repeats: int) -> list[Item]:
     """The demo model's task, spoken: in-domain examples/ clips and fresh held-out espeak-ng clips."""
-    from bench.eval_demo import questions
     from llasm_finetune import demo_tasks as T
     from llasm_finetune.demo import synthesise
 
+    from bench.eval_demo import questions
     from llasm_cli.audio.decode import load_audio
     from llasm_cli.eval_quant import Prompt
 
@@ -229,9 +229,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args()
 
-    from llasm_cli.llm import native
-    from llasm_cli.formats.bundle import llm_file, load_bundle
     from llasm_cli.eval_quant import eval_quant
+    from llasm_cli.formats.bundle import llm_file, load_bundle
+    from llasm_cli.llm import native
 
     source = load_bundle(args.bundle)
     demo = args.prompts == "demo" or (args.prompts == "auto" and source.manifest.name.startswith("llasm-demo"))

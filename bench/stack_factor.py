@@ -78,7 +78,6 @@ def subset(root: Path, n: int, out: Path) -> Path:
 def _warm(args: tuple[str, str, str, list[str]]) -> int:
     """One worker: compute (and cache) the frozen features of ``paths`` in ``mode``."""
     import torch
-
     from llasm_finetune.checkpoint import load_checkpoint
     from llasm_finetune.data import FeatureStore
 

@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from faster_whisper import WhisperModel
+
     from llasm_cli.hub.packaged import find_packaged_whisper
 
     whisper = WhisperModel(str(find_packaged_whisper("base")), device="cpu", compute_type="int8",

@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--voices", type=_names, default=DEFAULT_VOICES,
                         help=f"espeak-ng voices for non-Chinese text (default {','.join(DEFAULT_VOICES)})")
     parser.add_argument("--zh-voices", type=_names, default=DEFAULT_ZH_VOICES,
-                        help="voices for text with Han characters (default cmn)")
+                        help="voices for text with Han characters (default cmn-latn-pinyin: Debian's plain cmn reads Han characters as English)")
     parser.add_argument("--variants", type=_names, default=(),
                         help="espeak-ng variants drawn per turn, e.g. m3,f2,f4 (default none)")
     parser.add_argument("--speed", type=_range, default=DEFAULT_SPEED, help="words per minute, N or LOW:HIGH (140:190)")

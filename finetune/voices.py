@@ -28,7 +28,7 @@ from llasm_cli.files import atomic_path
 from .records import DataError
 
 DEFAULT_VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029")
-DEFAULT_ZH_VOICES = ("cmn",)
+DEFAULT_ZH_VOICES = ("cmn-latn-pinyin",)  # Debian's plain "cmn" reads Han characters as English letters
 DEFAULT_SPEED = (140, 190)  # espeak-ng words per minute
 DEFAULT_PITCH = (30, 70)  # espeak-ng 0..99
 TTS_TIMEOUT_S = 300

@@ -43,7 +43,7 @@ def question_wav(workdir) -> Path:
 
 @pytest.fixture(scope="session")
 def mandarin_wav(workdir) -> Path:
-    return espeak("七加五等于几", workdir / "mandarin.wav", voice="cmn")
+    return espeak("七加五等于几", workdir / "mandarin.wav", voice="cmn-latn-pinyin")  # "cmn" reads it as English
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from llasm_finetune.checkpoint import load_checkpoint
 
-from llasm_cli.audio.mel import log_mel_spectrogram
 from llasm_cli.audio.geometry import split_windows
+from llasm_cli.audio.mel import log_mel_spectrogram
 
 
 class TorchReference:

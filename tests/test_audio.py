@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 
 from llasm_cli.assistant import Assistant
-from llasm_cli.audio.geometry import SAMPLE_RATE, audio_token_count
 from llasm_cli.audio.decode import load_audio
+from llasm_cli.audio.geometry import SAMPLE_RATE, audio_token_count
 from tests.helpers import speech_of_length
 
 SECONDS = [1.0, 29.9, 30.0, 31.0, 65.0]

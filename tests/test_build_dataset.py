@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from llasm_finetune.build_dataset import JOURNAL_FILE, build_dataset, main, read_text_conversations
 from llasm_finetune.records import DataError, read_conversations
-from llasm_finetune.voices import TtsError, command_argv, has_cjk, speak
+from llasm_finetune.voices import DEFAULT_ZH_VOICES, TtsError, command_argv, has_cjk, speak
 
 SHORT = "What time is it?"
 LONG = "Please tell me three interesting facts about the planet Jupiter and its many moons."
@@ -58,11 +58,11 @@ def test_builds_spoken_conversations(built):
     assert multi.turns[2].audio == out / "audio" / "multi-2.wav"
     raw = json.loads((out / "conversations.json").read_text())
     assert raw[0]["conversations"][0]["audio"] == "audio/short-0.wav"
-    assert raw[2]["conversations"][0]["tts"]["voice"] == "cmn"
+    assert raw[2]["conversations"][0]["tts"]["voice"] == DEFAULT_ZH_VOICES[0]  # Han characters: the Mandarin voice
     for conv in convs:
         tts = conv.turns[0].tts
         assert 140 <= tts["speed"] <= 190 and 30 <= tts["pitch"] <= 70
-    assert convs[0].turns[0].tts["voice"] != "cmn"
+    assert convs[0].turns[0].tts["voice"] != DEFAULT_ZH_VOICES[0]
 
     short, long_ = _wav(out / "audio" / "short-0.wav"), _wav(out / "audio" / "multi-0.wav")
     for text, seconds in ((SHORT, short), (LONG, long_)):

@@ -8,8 +8,8 @@ import time
 
 import soundfile as sf
 
-from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.audio.decode import load_audio
+from llasm_cli.audio.geometry import SAMPLE_RATE
 from tests.helpers import espeak, finish, spawn, speech_bounds
 
 ANSWER_DONE = r"· \d+ tokens?"  # near the end of the --stats line printed after every answer

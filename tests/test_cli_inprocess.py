@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from llasm_cli import __version__
-from llasm_cli.formats.bundle import load_bundle
 from llasm_cli.cli import app, main
 from llasm_cli.errors import AudioFileError, BundleError, InvalidValueError, LlasmError
+from llasm_cli.formats.bundle import load_bundle
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}  # wide enough that no option name is cut
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -11,8 +11,8 @@ import soundfile as sf
 from llasm_cli.assistant import Assistant
 from llasm_cli.audio.decode import load_audio
 from llasm_cli.conversation import Conversation
-from llasm_cli.llm.engine import Engine, Sampling
 from llasm_cli.errors import ModelFileError
+from llasm_cli.llm.engine import Engine, Sampling
 from tests.reference import rel_err
 
 GREEDY = Sampling(temperature=0.0)

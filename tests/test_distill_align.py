@@ -10,8 +10,8 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from llasm_finetune.distill import Aligner, DistillConfig, Example, align, token_error_rate
+
 from llasm_cli.model import AdaptorConfig, StackSwiGLUAdaptor
 
 K, D_ENC, D_LLM, VOCAB = 5, 16, 32, 40
@@ -80,8 +80,7 @@ def test_warm_up_words_are_common_words_in_the_llms_spelling():
     holds it as one token; answers read aloud only when their spoken form is their text."""
     from collections import Counter
 
-    from llasm_finetune.distill_data import (WORD_REPEATS, WORD_VOCAB, WORDS_PER_CLIP, spoken_answers,
-                                             word_texts)
+    from llasm_finetune.distill_data import WORD_REPEATS, WORD_VOCAB, WORDS_PER_CLIP, spoken_answers, word_texts
 
     texts = word_texts({"\u0120the": 1, "\u0120Greece": 2, "\u0120paris": 3, "\u0120Paris": 4}, random.Random(0))
     said = Counter(w for t in texts for w in t.split())

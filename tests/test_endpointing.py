@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.audio.decode import resample
 from llasm_cli.audio.endpoint import Endpointer, Event, level
+from llasm_cli.audio.geometry import SAMPLE_RATE
 from tests.helpers import espeak, speech_bounds, turns
 
 TOL = 0.3  # seconds: allowed distance between a turn boundary and the speech's energy boundary

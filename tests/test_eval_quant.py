@@ -12,10 +12,10 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from llasm_cli.formats.bundle import MANIFEST_FILE
 from llasm_cli.cli import app
 from llasm_cli.errors import BundleError
 from llasm_cli.eval_quant import eval_quant, pick_reference, text_prompts
+from llasm_cli.formats.bundle import MANIFEST_FILE
 from llasm_cli.formats.gguf_check import read_gguf
 
 TEXTS = ("what is seven plus five?", "please translate this sentence to chinese.", "今天天气很好。")

@@ -8,10 +8,10 @@ import pytest
 from llasm_export.bundle import export_bundle
 from llasm_finetune.checkpoint import load_checkpoint
 
-from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
-from llasm_cli.llm.engine import Engine
 from llasm_cli.errors import CheckpointError
+from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
 from llasm_cli.formats.gguf_check import read_gguf
+from llasm_cli.llm.engine import Engine
 
 
 def test_bundle_layout_and_manifest(swiglu):

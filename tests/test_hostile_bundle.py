@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llasm_cli.formats.bundle import MANIFEST_FILE, Bundle, Manifest, load_bundle
 from llasm_cli.errors import BundleError, ModelFileError
 from llasm_cli.files import atomic_file, atomic_folder, atomic_path, atomic_write_bytes, atomic_write_text
+from llasm_cli.formats.bundle import MANIFEST_FILE, Bundle, Manifest, load_bundle
 from llasm_cli.formats.gguf_check import read_gguf, validate_llm, validate_tower
 from tests.helpers import assert_clean_error, run_llasm
 

@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 from llasm_cli.assistant import Assistant
 from llasm_cli.audio.decode import load_audio
-from llasm_cli.formats.bundle import load_bundle
 from llasm_cli.cli import app
 from llasm_cli.errors import CheckpointError
+from llasm_cli.formats.bundle import load_bundle
 from llasm_cli.formats.gguf_check import read_gguf
 from llasm_cli.model import DEFAULT_SYSTEM_PROMPT
 

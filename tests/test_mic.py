@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.audio.decode import resample
 from llasm_cli.audio.endpoint import Endpointer, Event, SpeechEnd
-from llasm_cli.errors import MicrophoneError
+from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.audio.mic import Microphone, list_input_devices, resolve_device
+from llasm_cli.errors import MicrophoneError
 from tests.helpers import espeak, speech_bounds, turns
 
 TOL = 0.3

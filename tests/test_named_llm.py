@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle, packaged_file
 from llasm_cli.errors import BundleError
+from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle, packaged_file
 from tests.helpers import assert_clean_error, run_llasm
 
 

@@ -101,8 +101,8 @@ def assert_openai_error(body: dict, code: str | None = None, param: str | None =
 
 @pytest.fixture(scope="module")
 def served():
-    from llasm_cli.serving.server import ServeSettings, close_server, load_server
     from llasm_cli.serving.http import ServerThread
+    from llasm_cli.serving.server import ServeSettings, close_server, load_server
 
     srv = load_server(DEFAULT, ServeSettings(parallel=4, queue=4, n_ctx=1024, max_audio=MAX_AUDIO, max_body=MAX_BODY))
     try:
@@ -147,8 +147,8 @@ def ask(client, messages, **kw):
 def solo(served, bot=None):
     """(server, client) of a fresh one-conversation server on the module's model (or ``bot``): what a request
     sent there (or a conversation, turn after turn) gets is computed exactly as llasm's own path computes it."""
-    from llasm_cli.serving.server import Server, ServeSettings
     from llasm_cli.serving.http import ServerThread
+    from llasm_cli.serving.server import Server, ServeSettings
 
     srv = Server(bot or served[0].bot, ServeSettings(parallel=1, queue=0, n_ctx=1024, max_audio=MAX_AUDIO, max_body=MAX_BODY))
     try:
@@ -510,8 +510,8 @@ def test_body_size_unknown_paths_and_methods(served, client):
 def test_full_queue_is_503_and_a_client_that_leaves_frees_its_sequence(served, ref):
     """One sequence, no queue: a second request is refused at once with Retry-After; closing the
     first one's stream frees the sequence long before its 1900 tokens could have been decoded."""
-    from llasm_cli.serving.server import Server, ServeSettings
     from llasm_cli.serving.http import ServerThread
+    from llasm_cli.serving.server import Server, ServeSettings
 
     srv = Server(served[0].bot, ServeSettings(parallel=1, queue=0, n_ctx=2048))
     try:
@@ -553,8 +553,8 @@ def test_full_queue_is_503_and_a_client_that_leaves_frees_its_sequence(served, r
 def test_a_shared_prefix_is_copied_from_a_busy_sequence(served, ref):
     """A long system prompt another sequence holds is copied (cells shared), not prefilled again,
     and the answer is the one llasm gives on its own (up to the rounding of shared batches)."""
-    from llasm_cli.serving.server import Server, ServeSettings
     from llasm_cli.serving.http import ServerThread
+    from llasm_cli.serving.server import Server, ServeSettings
 
     sentence = "You are a helpful assistant. Answer every question in one short sentence. "
     system = sentence
@@ -585,8 +585,8 @@ def test_tiny_random_bundle_with_the_ggml_tower(swiglu, question_wav):
     from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import Conversation
     from llasm_cli.llm.engine import Sampling
-    from llasm_cli.serving.server import ServeSettings, close_server, load_server
     from llasm_cli.serving.http import ServerThread
+    from llasm_cli.serving.server import ServeSettings, close_server, load_server
 
     srv = load_server(swiglu[1], ServeSettings(parallel=2, queue=0, n_ctx=512), backend="ggml", variant="f32")
     try:

@@ -20,14 +20,14 @@ import pytest
 import soundfile as sf
 
 from llasm_cli.assistant import Assistant
-from llasm_cli.audio.geometry import SAMPLE_RATE, chunk_spans
 from llasm_cli.audio.decode import load_audio
-from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
-from llasm_cli.conversation import Conversation, answer
 from llasm_cli.audio.endpoint import FRAME, Endpointer, SpeechEnd, SpeechStart
+from llasm_cli.audio.geometry import SAMPLE_RATE, chunk_spans
+from llasm_cli.conversation import Conversation, answer
+from llasm_cli.errors import ContextOverflowError
+from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
 from llasm_cli.llm.engine import Engine, Sampling
 from llasm_cli.llm.kv import same_positions
-from llasm_cli.errors import ContextOverflowError
 from tests.helpers import CHUNK, CONTEXT, chunked_bundle, espeak, finish, spawn, speech_of_length
 from tests.reference import rel_err
 

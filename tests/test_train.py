@@ -175,8 +175,8 @@ def test_bfloat16_features_are_close_and_cached_apart(base, asr_data, tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) == 4
     # the store's pre-cast bfloat16 weights give exactly what autocast gives with the float32 tower
     from llasm_cli.audio.decode import load_audio
-    from llasm_cli.audio.mel import log_mel_spectrogram
     from llasm_cli.audio.geometry import unpadded_frames
+    from llasm_cli.audio.mel import log_mel_spectrogram
 
     x = load_audio(clip)
     mel = torch.from_numpy(log_mel_spectrogram(x, model.tower.n_mels)[:, : unpadded_frames(x.size, model.tower.cfg.stack_factor)])[None]

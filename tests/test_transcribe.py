@@ -77,8 +77,9 @@ def test_missing_folder_is_a_model_file_error(tmp_path):
 def tiny_en(tmp_path_factory):
     """(HF folder, export report) of the packaged tiny.en."""
     from llasm_export.ct2_whisper import import_ct2_whisper
-    from llasm_cli.hub.packaged import find_packaged_whisper
     from llasm_export.whisper_onnx import write_whisper_onnx
+
+    from llasm_cli.hub.packaged import find_packaged_whisper
 
     tmp = tmp_path_factory.mktemp("whisper-onnx")
     hf = import_ct2_whisper(find_packaged_whisper("tiny.en"), tmp / "hf")

@@ -16,10 +16,10 @@ import pytest
 
 from llasm_cli.audio.geometry import N_SAMPLES, SAMPLE_RATE, audio_token_count, chunked_positions, split_windows
 from llasm_cli.audio.mel import log_mel_spectrogram, mel_filters
-from llasm_cli.llm.engine import Sampler, Sampling
-from llasm_cli.llm.kv import common_prefix
 from llasm_cli.errors import LlasmError, ModelFileError, TemplateError
 from llasm_cli.formats.gguf_check import read_gguf
+from llasm_cli.llm.engine import Sampler, Sampling
+from llasm_cli.llm.kv import common_prefix
 from llasm_cli.prompt import (
     _STAND_IN,
     AUDIO,

@@ -13,11 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.audio.decode import load_audio
 from llasm_cli.audio.endpoint import FRAME, Endpointer, SpeechEnd, SpeechStart, lite_scorer, onnx_scorer, silero_scorer
-from llasm_cli.errors import BackendUnavailableError
+from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.audio.vad_onnx import OnnxSileroVAD, packaged_model
+from llasm_cli.errors import BackendUnavailableError
 from tests.helpers import espeak
 
 TOL = 1e-5  # per-frame score difference allowed between the two runtimes

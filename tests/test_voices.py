@@ -34,9 +34,10 @@ needs_whisper_cpp = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def recogniser(tmp_path_factory):
     from llasm_export.ct2_whisper import import_ct2_whisper
-    from llasm_cli.hub.packaged import find_packaged_whisper
     from llasm_export.whisper_cpp import write_whisper_cpp
     from pywhispercpp.model import Model
+
+    from llasm_cli.hub.packaged import find_packaged_whisper
 
     tmp = tmp_path_factory.mktemp("voices-whisper")
     hf = import_ct2_whisper(find_packaged_whisper("tiny.en"), tmp / "tiny.en-hf")

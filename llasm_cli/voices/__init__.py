@@ -10,7 +10,8 @@ Specs: ``espeak-ng:en-us+f3``, ``espeak-ng:cmn-latn-pinyin``, ``flite:slt``, ``p
 ``kokoro:jf_alpha*0.6+jm_kumo``, ``piper:joe``. Every engine imports its library only when a voice is opened,
 so this package imports without any of them; every failure is ``VoiceError``, whose message says what to
 install. Nothing here downloads: a voice is installed with its package (pip or apt) or it is not there.
-The engines' order is the order of preference for speech out (bench/voices.py measured it: bench/RESULTS.md).
+The engines' order is the order of preference for speech out, and each engine's default voice its best measured
+(bench/voices.py: bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from llasm_cli.errors import VoiceError
 from . import espeak, flite, hibari, kokoro, pico, piper
 from .base import THREADS, Engine, Voice
 
+# Preference for speech out, from bench/voices.py (2026-12-07): hibari understood best (Whisper-base WER 0.0%) at
+# 0.05 s per audio second in 16 MB; Pico 1.9-4.3% at 0.012 in 8 MB; flite 3.4-8.2%; Piper 1.4% but GPL and 0.14;
+# Kokoro 0.5-7.2% but slower than real time on 2 cores; espeak-ng 10-33%, kept last for its 100+ languages.
 ENGINES: dict[str, Engine] = {
-    e.name: e for e in (pico.ENGINE, hibari.ENGINE, flite.ENGINE, kokoro.ENGINE, piper.ENGINE, espeak.ENGINE)
+    e.name: e for e in (hibari.ENGINE, pico.ENGINE, flite.ENGINE, piper.ENGINE, kokoro.ENGINE, espeak.ENGINE)
 }
 
 

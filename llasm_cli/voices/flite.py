@@ -53,7 +53,7 @@ class FliteEngine(Engine):
     name = "flite"
     licence = LICENCE
     install = "apt-get install flite"
-    default_voice = "slt"
+    default_voice = "rms"  # Whisper-base WER 3.4%; kal16 3.8%, slt 5.3%, kal 7.7%, awb 8.2% (bench/RESULTS.md)
     debs = ("flite", "libflite1")
 
     def executables(self) -> tuple[str, ...]:

@@ -117,7 +117,7 @@ class KokoroEngine(Engine):
     name = "kokoro"
     licence = LICENCE
     install = INSTALL
-    default_voice = "jf_alpha"
+    default_voice = "jm_kumo"  # Whisper-base WER 0.5%; the other packs 1.9-7.2% (bench/RESULTS.md)
     dists = ("kokoro-onnx", "phonemizer", "espeakng-loader", PACKS, *PARTS)
 
     def modules(self) -> tuple[str, ...]:

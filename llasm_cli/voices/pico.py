@@ -36,7 +36,7 @@ class PicoEngine(Engine):
     name = "pico"
     licence = LICENCE
     install = INSTALL
-    default_voice = "en-US"
+    default_voice = "en-GB"  # Whisper-base WER 1.9% against en-US's 4.3% (bench/RESULTS.md)
     dists = ("py-nanotts",)
 
     def modules(self) -> tuple[str, ...]:
