@@ -4,6 +4,9 @@ One definition for the runtime's torch backend and for the training recipe (``fi
 imports it from here; nothing here imports the recipe). Importing this module needs PyTorch and
 transformers; the rest of ``llasm_cli`` imports it only when the torch backend is asked for.
 
+(Over 400 lines: the model's modules, its dimensions and the loading of its weights from every layout
+llasm reads belong in one file, as openai/whisper keeps its model.py.)
+
 Two adaptor types share one interface (mel windows in, LLM-space embeddings out):
 
 - ``stack-swiglu``: k Whisper encoder frames stacked -> RMSNorm -> Linear -> SwiGLU -> RMSNorm

@@ -393,3 +393,20 @@ def test_checker_reports_missing_modules(tmp_path):
     })
     files, imports = all_imports(tmp_path)
     assert missing_modules(files, imports) == ["llasm_cli/a.py:1: llasm_cli.gone does not exist"]
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists the packages setuptools puts in the wheel by hand (two are installed under other
+    names), so a new sub-package missing from it would install broken with `pip install .` while an editable
+    install still worked."""
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    listed = set(config["packages"])
+    folders = {v: k for k, v in config["package-dir"].items()}  # "finetune" -> "llasm_finetune"
+    found = set()
+    for init in ROOT.glob("*/**/__init__.py"):
+        parts = list(init.parent.relative_to(ROOT).parts)
+        if parts[0] in ("llasm_cli", *folders):
+            parts[0] = folders.get(parts[0], parts[0])
+            found.add(".".join(parts))
+    assert found == listed, f"in the tree, not listed: {sorted(found - listed)}; listed, not in the tree: {sorted(listed - found)}"
