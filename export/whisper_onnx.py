@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -256,7 +257,11 @@ def int8_weights(path: Path) -> None:
     tmp = path.with_suffix(".int8.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"])
+        logging.disable(logging.WARNING)  # "consider pre-processing": the root logger's advice, not a problem
+        try:
+            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"])
+        finally:
+            logging.disable(logging.NOTSET)
     os.replace(tmp, path)
 
 
