@@ -55,6 +55,7 @@ from llasm_finetune.demo_tasks import en_words  # noqa: E402
 from llasm_finetune.distill_data import CAPITALS, FACTS, OTHER  # noqa: E402
 
 from bench.assets import SENTENCES, bench_root, whisper_base_ct2, whisper_base_hf, whisper_cpp_base  # noqa: E402
+from bench.scoring import word_errors  # noqa: E402
 from llasm_cli.audio.decode import load_audio  # noqa: E402
 from llasm_cli.audio.geometry import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME  # noqa: E402
 from llasm_cli.audio.transcribe import MODES, WhisperOnnx, clip_mel, max_tokens  # noqa: E402
@@ -150,16 +151,6 @@ def words(text: str) -> list[str]:
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text.lower()).replace("-", " ")
     text = re.sub(r"\d+", lambda m: en_words(int(m.group())) if int(m.group()) < 1000 else m.group(), text)
     return re.sub(r"[^a-z0-9' ]+", " ", text).split()
-
-
-def word_errors(ref: list[str], hyp: list[str]) -> int:
-    """Levenshtein distance over words."""
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
 
 
 # --- systems: each maps samples to {row name: (text, ms)} ----------------------------------------------

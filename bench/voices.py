@@ -28,7 +28,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python bench/voices.py` from anywhere
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.scoring import word_errors  # noqa: E402
 from llasm_cli.files import atomic_write_text
 from llasm_cli.voices import ENGINES, THREADS, Engine, VoiceError, available, open_voice, parse_spec
 
@@ -127,16 +132,6 @@ def rescore(result: dict, norm) -> dict:
     result["words"] = sum(r["words"] for r in result["sentences"])
     result["wer"] = result["errors"] / max(result["words"], 1)
     return result
-
-
-def word_errors(ref: list[str], hyp: list[str]) -> int:
-    """Levenshtein distance between two word lists (substitutions + deletions + insertions)."""
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
 
 
 def install_bytes(engine: Engine) -> int:

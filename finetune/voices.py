@@ -23,7 +23,9 @@ import numpy as np
 
 from llasm_cli.audio.decode import resample
 from llasm_cli.audio.geometry import SAMPLE_RATE
+from llasm_cli.errors import VoiceError
 from llasm_cli.files import atomic_path
+from llasm_cli.voices.base import run_tts
 
 from .records import DataError
 
@@ -67,17 +69,12 @@ def _store_wav(audio: bytes | Path, out_path: Path) -> float:
     return pcm.size / SAMPLE_RATE
 
 
-def _run(argv: list[str], stdin: bytes | None) -> subprocess.CompletedProcess:
+def _run(argv: list[str], stdin: bytes | None) -> bytes:
+    """The TTS command's stdout (the runtime's voices run commands the same way); a failure is a TtsError."""
     try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=TTS_TIMEOUT_S, check=False)
-    except FileNotFoundError:
-        raise TtsError(f"TTS command not found: {argv[0]}") from None
-    except subprocess.TimeoutExpired:
-        raise TtsError(f"{Path(argv[0]).name} took more than {TTS_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise TtsError(f"{Path(argv[0]).name} exited with {proc.returncode}: {err[-1] if err else 'no message'}")
-    return proc
+        return run_tts(argv, stdin, TTS_TIMEOUT_S)  # a dataset's turn may be a long paragraph
+    except VoiceError as exc:
+        raise TtsError(str(exc)) from None
 
 
 def espeak_path() -> str:
@@ -126,12 +123,12 @@ def speak_command(
     try:
         values = {"text": text, "out": raw, "voice": voice, "speed": str(speed), "pitch": str(pitch)}
         argv = command_argv(template, values)
-        proc = _run(argv, None if "{text}" in template else text.encode("utf-8"))
+        stdout = _run(argv, None if "{text}" in template else text.encode("utf-8"))
         if "{out}" in template:
             return _store_wav(Path(raw), out_path)
-        if not proc.stdout:
+        if not stdout:
             raise TtsError("the TTS command wrote no audio to stdout (or use {out} in the template)")
-        return _store_wav(proc.stdout, out_path)
+        return _store_wav(stdout, out_path)
     finally:
         Path(raw).unlink(missing_ok=True)
 

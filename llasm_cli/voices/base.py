@@ -145,14 +145,14 @@ def dist_file(dist: str, rel: str, install: str) -> Path:
     return path
 
 
-def run_tts(argv: list[str], stdin: bytes | None = None) -> bytes:
+def run_tts(argv: list[str], stdin: bytes | None = None, timeout: float = TTS_TIMEOUT_S) -> bytes:
     """Run a command-line TTS; its stdout. A missing command, a timeout or a failure is VoiceError."""
     try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=TTS_TIMEOUT_S, check=False)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
     except FileNotFoundError:
         raise VoiceError(f"{argv[0]} is not installed") from None
     except subprocess.TimeoutExpired:
-        raise VoiceError(f"{Path(argv[0]).name} took more than {TTS_TIMEOUT_S} s") from None
+        raise VoiceError(f"{Path(argv[0]).name} took more than {timeout:g} s") from None
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise VoiceError(f"{Path(argv[0]).name} exited with {proc.returncode}: {err[-1] if err else 'no message'}")
