@@ -77,7 +77,23 @@ AskCtxOpt = typer.Option(
     help="LLM context length in tokens (default: the question's prompt plus room for the answer, "
     "up to 4096: the KV cache takes memory for every position).",
 )
-GpuOpt = typer.Option(0, "--gpu-layers", callback=rule(check_gpu_layers), help="LLM layers to offload to the GPU (-1: all).")
+def gpu_layers(ctx: typer.Context, param: typer.CallbackParam, value):
+    """--gpu-layers checked, and said once on stderr when this llama.cpp cannot offload (a CPU build):
+    the LLM then runs on the CPU, which it would otherwise do without a word."""
+    value = rule(check_gpu_layers)(ctx, param, value)
+    if value:
+        from llasm_cli.llm.native import gpu_offload
+
+        if not gpu_offload():
+            from llasm_cli.terminal.ui import note
+
+            note(f"{_option_name(ctx, param)} {value}: this llama.cpp was built without GPU support, so the LLM runs on "
+                 "the CPU (README, GPU: how to install a CUDA, Metal or Vulkan build)")
+    return value
+
+
+GpuOpt = typer.Option(0, "--gpu-layers", callback=gpu_layers,
+                      help="LLM layers to offload to the GPU (-1: all; default 0: none). A build without GPU support says so.")
 SystemOpt = typer.Option(None, "--system", callback=valid_text, help="System prompt (default: the bundle's; '' for none).")
 TemperatureOpt = typer.Option(
     None, "--temperature", callback=rule(check_temperature), help="From 0 (greedy) to 2 (default: the bundle's)."

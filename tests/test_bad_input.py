@@ -45,6 +45,7 @@ from llasm_cli.inputs import (
     check_top_p,
     clean_text,
 )
+from tests.helpers import run_llasm
 
 DEFAULT = default_bundle_path()
 QUESTION_WAV = Path(__file__).resolve().parent.parent / "examples" / "what_is_the_capital_of_japan.wav"
@@ -489,3 +490,19 @@ def test_issue_piped_bad_bytes_do_not_end_the_chat():
     assert res.returncode == 0, res.stderr.decode()
     assert "note: the line is not valid UTF-8 text: 2 invalid characters" in out
     assert out.count("llasm›") == 2 and "bye" in out, out
+
+
+def test_gpu_layers_on_a_build_without_gpu_says_so_once_and_answers():
+    """--gpu-layers on a llama.cpp that cannot offload (a CPU build) runs on the CPU, as before, and says so in
+    one line instead of leaving a user to think the GPU is busy; --gpu-layers 0 says nothing."""
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama.cpp is a GPU build")
+    wav = str(QUESTION_WAV.with_name("what_is_seven_plus_five.wav"))
+    res = run_llasm("ask", wav, "--gpu-layers", "-1")
+    assert res.returncode == 0 and res.stdout.strip() == "twelve", res
+    notes = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(notes) == 1 and notes[0].startswith("note: --gpu-layers -1: ") and "without GPU support" in notes[0], notes
+    quiet = run_llasm("ask", wav)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "twelve" and not quiet.stderr.strip(), quiet

@@ -92,3 +92,8 @@ def default_threads() -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def gpu_offload() -> bool:
+    """Whether this llama.cpp build can put layers on a GPU (CUDA, Metal, Vulkan, ...)."""
+    return bool(llama_cpp.llama_supports_gpu_offload())
