@@ -24,13 +24,13 @@ from transformers import WhisperConfig
 
 from llasm_cli.audio.decode import load_audio
 from llasm_cli.audio.geometry import chunk_spans, unpadded_frames
-from llasm_cli.audio.mel import chunk_mel, log_mel_spectrogram
+from llasm_cli.audio.mel import chunk_mel, log_mel_spectrogram, unpadded_mel
 from llasm_cli.errors import BundleError, ModelFileError, TowerMismatchError
 from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
 from llasm_cli.model import AdaptorConfig, AudioTower, CheckpointMeta
 from llasm_cli.onnx_runtime import quiet_session_options
 from llasm_cli.towers import CHOICE_FILE, candidates, open_tower
-from llasm_cli.towers.onnx import OnnxTower, unpadded_mel
+from llasm_cli.towers.onnx import OnnxTower
 
 from .helpers import espeak, speech_of_length
 

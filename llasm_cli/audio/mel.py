@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from llasm_cli.audio.geometry import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE, ChunkSpan
+from llasm_cli.audio.geometry import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE, ChunkSpan, unpadded_frames
 
 MEL_FLOOR = 5.960464477539063e-08  # mtmd's floor before log10
 MIN_SAMPLES = N_FFT // 2 + 1  # reflection padding needs one sample plus half a window
@@ -98,3 +98,18 @@ def _one_blas_thread():
 def chunk_mel(samples: np.ndarray, span: ChunkSpan, n_mels: int) -> np.ndarray:
     """The log-mel input of one chunk's window: (n_mels, 2 k (skip + keep))."""
     return log_mel_spectrogram(samples[span.start : span.end], n_mels, n_frames=span.n_frames)
+
+
+def unpadded_mel(window: np.ndarray, n_mels: int, stack_factor: int) -> np.ndarray:
+    """``log_mel_spectrogram(window)[:, :unpadded_frames(...)]`` without the 30 s of padding.
+
+    The max-8 clamp of the padded window looks at every frame, but frames that hold none of the
+    window's samples are silence at the floor and never the maximum: computing only the frames
+    that touch the audio gives the same numbers, for a 2 s window about a hundredth of the work
+    (the whole padded mel took longer than ONNX Runtime's encoder).
+    """
+    keep = unpadded_frames(window.size, stack_factor)
+    touched = -(-(max(window.size, MIN_SAMPLES) + N_FFT // 2) // HOP_LENGTH)  # frames starting inside the audio
+    need = max(keep, touched)
+    mel = log_mel_spectrogram(window, n_mels, n_frames=need) if need <= N_FRAMES else log_mel_spectrogram(window, n_mels)
+    return np.ascontiguousarray(mel[:, :keep])

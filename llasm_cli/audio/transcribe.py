@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llasm_cli.audio.geometry import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE, split_windows
-from llasm_cli.audio.mel import MIN_SAMPLES, log_mel_spectrogram
+from llasm_cli.audio.geometry import N_SAMPLES, SAMPLE_RATE, split_windows
+from llasm_cli.audio.mel import log_mel_spectrogram, unpadded_mel
 from llasm_cli.errors import InvalidValueError, ModelFileError
 from llasm_cli.onnx_runtime import first_line, import_ort, quiet_session_options
 
@@ -92,8 +92,7 @@ def clip_mel(samples: np.ndarray, mode: str, n_mels: int = 80) -> np.ndarray:
     """The encoder's input for one window of at most 30 s: (1, n_mels, T), T even.
 
     ``padded``: Whisper's 3000 frames. ``unpadded``: the frames that cover the audio, 2 ceil(n / 320)
-    (llasm_cli.towers.onnx.unpadded_mel with stack factor 1: the same frames, computed without the 30 s of
-    zeros). ``zeros``: unpadded over the audio followed by TRAILING_ZEROS_S of silence.
+    (audio.mel.unpadded_mel with stack factor 1: the frames computed without the 30 s of zeros). ``zeros``: unpadded over the audio followed by TRAILING_ZEROS_S of silence.
     """
     if mode not in MODES:
         raise InvalidValueError(f"input mode must be one of {MODES}, not {mode!r}")
@@ -103,10 +102,7 @@ def clip_mel(samples: np.ndarray, mode: str, n_mels: int = 80) -> np.ndarray:
         return log_mel_spectrogram(samples, n_mels)[None]
     if mode == "zeros":
         samples = np.concatenate([samples, np.zeros(round(TRAILING_ZEROS_S * SAMPLE_RATE), np.float32)])[:N_SAMPLES]
-    keep = min(N_FRAMES, 2 * math.ceil(max(1, samples.size) / (2 * HOP_LENGTH)))
-    touched = -(-(max(samples.size, MIN_SAMPLES) + N_FFT // 2) // HOP_LENGTH)  # frames starting inside the audio
-    need = min(N_FRAMES, max(keep, touched))
-    return np.ascontiguousarray(log_mel_spectrogram(samples, n_mels, n_frames=need)[None, :, :keep])
+    return unpadded_mel(samples, n_mels, 1)[None]  # one encoder frame per stack: every frame the audio covers
 
 
 # --- decoding rules -----------------------------------------------------------------------------------

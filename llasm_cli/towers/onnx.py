@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llasm_cli.audio.geometry import HOP_LENGTH, N_FFT, N_FRAMES, unpadded_frames
-from llasm_cli.audio.mel import MIN_SAMPLES, log_mel_spectrogram
+from llasm_cli.audio.mel import log_mel_spectrogram, unpadded_mel
 from llasm_cli.errors import BackendUnavailableError, ModelFileError
 from llasm_cli.formats.bundle import Bundle
 from llasm_cli.formats.gguf_check import check_widths
@@ -123,18 +122,3 @@ class OnnxTower(TowerBackend):
 
     def close(self) -> None:
         self.session = None
-
-
-def unpadded_mel(window: np.ndarray, n_mels: int, stack_factor: int) -> np.ndarray:
-    """``log_mel_spectrogram(window)[:, :unpadded_frames(...)]`` without the 30 s of padding.
-
-    The max-8 clamp of the padded window looks at every frame, but frames that hold none of the
-    window's samples are silence at the floor and never the maximum: computing only the frames
-    that touch the audio gives the same numbers, for a 2 s window about a hundredth of the work
-    (the whole padded mel took longer than ONNX Runtime's encoder).
-    """
-    keep = unpadded_frames(window.size, stack_factor)
-    touched = -(-(max(window.size, MIN_SAMPLES) + N_FFT // 2) // HOP_LENGTH)  # frames starting inside the audio
-    need = max(keep, touched)
-    mel = log_mel_spectrogram(window, n_mels, n_frames=need) if need <= N_FRAMES else log_mel_spectrogram(window, n_mels)
-    return np.ascontiguousarray(mel[:, :keep])
