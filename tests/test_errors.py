@@ -254,3 +254,10 @@ def test_nan_weights_are_a_model_error(bundle, question_wav, tmp_path):
     path.write_bytes(bytes(data))
     res = run_llasm("ask", str(question_wav), "-m", str(b), "--variant", "f16")
     assert_clean_error(res, 3, "NaN or infinite scores", "corrupt")
+
+
+def test_an_error_keeps_square_brackets(bundle, tmp_path):
+    """The one line of an error is literal text: a file name or an install hint with [brackets] in it is not
+    taken for terminal markup and cut ("pip install 'llasm[train]'" used to print as 'llasm')."""
+    res = run_llasm("ask", str(tmp_path / "take[final].wav"), "-m", str(bundle))
+    assert_clean_error(res, 2, "take[final].wav")

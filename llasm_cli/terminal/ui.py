@@ -43,7 +43,11 @@ def stats_table(stats: dict, title: str = "timings") -> Table:
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr: what went wrong and what to do (its text is literal: "pip install 'llasm[train]'"
+    keeps its brackets)."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:

@@ -50,7 +50,7 @@ class TorchTower(TowerBackend):
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the torch backend needs PyTorch and transformers ({exc.name} is missing): "
-                "pip install 'llasm[train]', or use --backend ggml"
+                "pip install 'llasm[train]', or use --backend auto (the model's other towers: onnx, ggml)"
             ) from None
         self.torch = torch
         if n_threads:
