@@ -51,7 +51,7 @@ def test_an_asked_question_gets_its_prompt_and_its_answer_and_no_more(bundles, q
         conv = ask(bot, audio, text="Answer:")
         clip = conv.turns[0].message.clips[0]
         assert len(clip) == expected_audio_rows(bot.bundle, audio.size)
-        prompt = sum(len(seg) for seg in conv._prompt())  # what the cache will hold before the answer
+        prompt = sum(len(seg) for seg in bot.prompt(conv.context_messages()))  # what the cache will hold before the answer
         assert bot.prompt_positions(audio.size, "Answer:") == prompt  # counted before anything was encoded
         need = prompt + answer_tokens
         assert need <= bot.engine.n_ctx < need + LLAMA_CTX_STEP
