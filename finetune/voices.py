@@ -25,7 +25,7 @@ from llasm_cli.audio.decode import resample
 from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.errors import VoiceError
 from llasm_cli.files import atomic_path
-from llasm_cli.voices.base import run_tts
+from llasm_cli.voices.base import has_cjk, run_tts  # noqa: F401 (has_cjk: the builder's too)
 
 from .records import DataError
 
@@ -40,15 +40,6 @@ PLACEHOLDER = re.compile(r"\{(text|out|voice|speed|pitch)\}")
 
 class TtsError(DataError):
     """A TTS engine cannot run, or failed on one text."""
-
-
-def has_cjk(text: str) -> bool:
-    """True if ``text`` holds a Han character (CJK Unified Ideographs and extensions)."""
-    return any(
-        0x4E00 <= (c := ord(ch)) <= 0x9FFF or 0x3400 <= c <= 0x4DBF or 0xF900 <= c <= 0xFAFF
-        or 0x20000 <= c <= 0x2FA1F
-        for ch in text
-    )
 
 
 def _store_wav(audio: bytes | Path, out_path: Path) -> float:

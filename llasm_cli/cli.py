@@ -149,6 +149,12 @@ def ask(
     stats: bool = typer.Option(False, "--stats", help="Print timings after the answer."),
     force: bool = typer.Option(False, "--force", help="Send the audio even if no speech is detected in it."),
     max_audio: float = MaxAudioOpt,
+    speech_out: Optional[Path] = typer.Option(
+        None, "--speech-out", help="Also speak the answer into this wav file (offline voices: see --voice)."),
+    voice: Optional[str] = typer.Option(
+        None, "--voice", callback=valid_text,
+        help="The voice for --speech-out, e.g. hibari:heart, pico:en-GB, flite:slt, espeak-ng:en-us (default: the best "
+             "installed one for the answer's language; pip install 'llasm[voices]' adds hibari and Pico)."),
 ) -> None:
     """Answer one spoken (and/or typed) question.
 
@@ -159,6 +165,8 @@ def ask(
       llasm ask sentence.wav --text "Translate this to Chinese:" -m my-bundle
 
       llasm ask --text "What is seven plus five?" -m my-bundle --json
+
+      llasm ask question.wav --speech-out answer.wav
     """
     from llasm_cli.assistant import Assistant, question_context
     from llasm_cli.audio.decode import load_audio
@@ -167,6 +175,9 @@ def ask(
 
     if audio is None and not (text or after):
         raise LlasmError("nothing to ask: give an audio file, --text, or both")
+    from llasm_cli.speech_out import check_speech_out, speak_into
+
+    speaker = check_speech_out(speech_out, voice)  # a wrong voice or folder fails now, not after the answer
     samples = load_audio(audio, max_seconds=max_audio) if audio is not None else None
     if samples is not None and not force:
         from llasm_cli.audio.endpoint import require_speech
@@ -181,11 +192,13 @@ def ask(
         pieces = conv.respond(sampling, max_tokens)
         if as_json:
             answer = "".join(pieces).strip()
-            typer.echo(json.dumps({"answer": answer, "timings": conv.stats.to_dict()}, ensure_ascii=False))
+            spoken = speak_into(speech_out, answer, speaker)
+            typer.echo(json.dumps({"answer": answer, "timings": conv.stats.to_dict(), **spoken}, ensure_ascii=False))
             return
-        stream_answer(pieces)
+        answer = stream_answer(pieces)
         if stats:
             console.print(stats_table(conv.stats.to_dict()))
+        speak_into(speech_out, answer, speaker)
     finally:
         bot.close()
 

@@ -141,3 +141,30 @@ def test_a_chinese_answer_gets_a_mandarin_voice():
     assert 1.0 < audio.size / 16000 < 8.0 and np.sqrt(np.mean(audio**2)) > 0.01
     with pytest.raises(VoiceError, match="no installed voice speaks 'xx'"):
         voice_for("xx")
+
+
+@needs_whisper_cpp
+def test_ask_speaks_its_answer_into_a_file(recogniser, tmp_path):
+    """`llasm ask --speech-out` writes the answer the text says, in the preferred installed voice (hibari where the
+    test extra installed it), one a recogniser understands: the built-in model answers "twelve", and Whisper
+    hears "twelve" (or 12) in the wav."""
+    import json
+
+    import soundfile as sf
+
+    from llasm_cli.audio.decode import load_audio
+    from tests.helpers import run_llasm
+
+    wav = tmp_path / "answer.wav"
+    question = Path(__file__).resolve().parents[1] / "examples" / "what_is_seven_plus_five.wav"
+    res = run_llasm("ask", str(question), "--speech-out", str(wav), "--json")  # the preferred installed voice
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    best = next(f"{s.engine}:{ENGINES[s.engine].default_voice}" for s in STATUS.values() if s.ok)
+    assert out["answer"] == "twelve" and out["speech_out"]["voice"] == best
+    info = sf.info(str(wav))
+    assert info.channels == 1 and abs(info.duration - out["speech_out"]["seconds"]) < 0.01
+    heard = recogniser(load_audio(wav))
+    assert "twelve" in heard or "12" in heard, heard
+    refused = run_llasm("ask", str(question), "--voice", "pico:en-GB")  # a voice without a file to speak into
+    assert refused.returncode == 1 and "--speech-out" in refused.stderr and not refused.stdout

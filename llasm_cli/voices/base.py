@@ -23,6 +23,15 @@ TTS_TIMEOUT_S = 120  # one subprocess synthesis; a sentence takes well under a s
 THREADS = 2  # compute threads of the in-process engines (ONNX Runtime); the subprocess engines use one
 
 
+def has_cjk(text: str) -> bool:
+    """True if ``text`` holds a Han character (CJK Unified Ideographs and extensions)."""
+    return any(
+        0x4E00 <= (c := ord(ch)) <= 0x9FFF or 0x3400 <= c <= 0x4DBF or 0xF900 <= c <= 0xFAFF
+        or 0x20000 <= c <= 0x2FA1F
+        for ch in text
+    )
+
+
 class Voice(ABC):
     """One speaker of one engine, loaded once. ``speak(text)`` is float32 mono at 16 kHz."""
 
