@@ -59,6 +59,12 @@ class Voice(ABC):
             raise VoiceError(f"{self.spec} produced no sound for {text[:40]!r}")
         return audio
 
+    def native(self, audio: np.ndarray, rate: int, who: str) -> np.ndarray:
+        """An engine's audio, checked to be at this voice's native rate (VoiceError otherwise)."""
+        if rate != self.native_rate:
+            raise VoiceError(f"{who} spoke at {rate} Hz, not {self.native_rate} Hz")
+        return audio
+
     def speak(self, text: str) -> np.ndarray:
         """float32 mono audio at 16 kHz (the assistant's and the dataset builders' rate)."""
         return self.at_16k(self.speak_native(text))

@@ -56,10 +56,7 @@ class EspeakVoice(Voice):
 
     def _synthesize(self, text: str) -> np.ndarray:
         wav = run_tts(["espeak-ng", "-v", self.name, "--stdout", "--stdin"], text.encode("utf-8"))
-        audio, rate = read_wav(wav, "espeak-ng")
-        if rate != self.native_rate:
-            raise VoiceError(f"espeak-ng wrote {rate} Hz audio, not {self.native_rate} Hz")
-        return audio
+        return self.native(*read_wav(wav, "espeak-ng"), "espeak-ng")
 
 
 class EspeakEngine(Engine):

@@ -44,9 +44,7 @@ class FliteVoice(Voice):
             # -t takes the next argument as text whatever it starts with ("-5 degrees")
             run_tts(["flite", "-voice", self.name, "-t", " ".join(text.split()), "-o", str(out)])
             audio, rate = read_wav(out, "flite")
-        if rate != self.native_rate:
-            raise VoiceError(f"flite {self.name} wrote {rate} Hz audio, not {self.native_rate} Hz")
-        return audio
+        return self.native(audio, rate, f"flite {self.name}")
 
 
 class FliteEngine(Engine):

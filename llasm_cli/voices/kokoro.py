@@ -108,9 +108,7 @@ class KokoroVoice(Voice):
             audio, rate = self._tts.create(" ".join(text.split()), voice=self._style, lang=LANGUAGE)
         except ValueError as exc:  # kokoro-onnx's error for text that gives no phonemes
             raise VoiceError(f"kokoro {self.name} failed on {text[:40]!r}: {exc}") from None
-        if rate != self.native_rate:
-            raise VoiceError(f"kokoro-onnx spoke at {rate} Hz, not {self.native_rate} Hz")
-        return audio
+        return self.native(audio, rate, "kokoro-onnx")
 
 
 class KokoroEngine(Engine):
