@@ -2,7 +2,8 @@
 
     python bench/eval_demo.py [--model DIR] [--questions 60] [--repeats 20] [--backends ggml,onnx,torch]
 
-DIR defaults to the bundle `python -m llasm_finetune.demo` writes (~/.cache/llasm/demo-run/bundle).
+DIR defaults to the bundle `python -m llasm_finetune.demo` writes (~/.cache/llasm/demo-run/bundle) where one
+exists, else the packaged demo model (llasm_cli/models/demo).
 
 Speaks fresh questions in espeak-ng voices, variants, speeds and pitches that training never used
 (`finetune/demo_tasks.py`), then asks the bundle (as `llasm ask` does) about clean, noisy (20 and
@@ -100,7 +101,7 @@ def table(report: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the packaged demo model)")
+    p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the demo recipe's own bundle where it exists, else the packaged demo model)")
     p.add_argument("--questions", type=int, default=60, help="spoken sums (a third with 'answer in Chinese')")
     p.add_argument("--repeats", type=int, default=20, help="'repeat after me' sentences")
     p.add_argument("--backends", default=None,
@@ -109,9 +110,10 @@ def main() -> None:
     a = p.parse_args()
     from llasm_finetune.demo import ROOT_DEFAULT
 
-    from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
+    from llasm_cli.formats.bundle import MANIFEST_FILE, default_bundle_path, load_bundle
 
-    model = a.model or ROOT_DEFAULT / "bundle"
+    trained = ROOT_DEFAULT / "bundle"
+    model = a.model or (trained if (trained / MANIFEST_FILE).is_file() else default_bundle_path())
     if not (model / MANIFEST_FILE).is_file():
         raise SystemExit(f"no demo bundle in {model}: train one (python -m llasm_finetune.demo) or pass --model DIR")
     from llasm_cli.towers import candidates
