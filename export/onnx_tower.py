@@ -81,12 +81,26 @@ def export_graph(tower: AudioTower, path: Path, frames: bool = False) -> None:
     if frames:
         outputs.append("frames")
         axes["frames"] = {1: "encoder_frames"}
+    export_module(_Graph(tower, frames), (example,), path, [INPUT], outputs, axes)
+
+
+def export_module(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+                  axes: dict) -> None:
+    """``module`` traced into the ONNX file ``path`` (the legacy exporter, opset ``OPSET``), quietly: the tower's
+    graph here, Whisper's encoder and decoder graphs in whisper_onnx.py."""
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints, and the legacy exporter's deprecation
-        torch.onnx.export(
-            _Graph(tower, frames).eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=[INPUT], output_names=outputs, dynamic_axes=axes,
-        )
+        torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=OPSET,
+                          input_names=inputs, output_names=outputs, dynamic_axes=axes)
+
+
+def check_session(path: Path):
+    """An ONNX Runtime session on the CPU for checking a written graph against PyTorch (errors only in the log)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def write_onnx_tower(
@@ -166,11 +180,7 @@ def check_onnx_tower(tower: AudioTower, path: Path, tol: float = TOLERANCE, seed
 
     Returns the largest error (relative to max(1, max |torch|)) and the mel lengths checked.
     """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session = check_session(path)
     k, rng = tower.cfg.stack_factor, np.random.default_rng(seed)
     lengths = tuple(dict.fromkeys(min(2 * k * n, MAX_FRAMES) for n in CHECK_TOKENS))
     worst = 0.0

@@ -23,6 +23,7 @@ import argparse
 import json
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gguf
@@ -214,7 +215,7 @@ def export_ultravox(
             shutil.copyfile(llm_src, tmp / llm_src.name)
         else:
             write_llm_types(tmp, {t: f"{name}-llm-{t}.gguf" for t in types},
-                            lambda path, t: write_llm_gguf(llm_src, path, t, name=name), progress)
+                            partial(write_llm_gguf, llm_src, name=name), progress)
     return sorted(out.glob("*.gguf"))
 
 

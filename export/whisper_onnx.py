@@ -47,13 +47,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from llasm_export.onnx_tower import check_session, export_module
 from torch import nn
 
 from llasm_cli.errors import CheckpointError
 from llasm_cli.files import atomic_folder
 from llasm_cli.model import encode_frames
 
-OPSET = 17
 MAX_FRAMES = 3000  # Whisper's 30 s window of mel frames
 TOLERANCE = 1e-4  # max |ORT - torch| / max(1, max |torch|) (f16: against the module with its weights rounded alike)
 INT8_AGREEMENT = 0.75  # int8 decoder: the least share of greedy steps that pick PyTorch's token
@@ -187,27 +187,20 @@ class DecoderStepGraph(nn.Module):
 # --- export -----------------------------------------------------------------------------------------
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about Python ints, and the legacy exporter's deprecation
-        torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=OPSET,
-                          input_names=inputs, output_names=outputs, dynamic_axes=axes)
-
-
 def export_graphs(model, out: Path) -> None:
     """The three graphs of a ``WhisperForConditionalGeneration`` (float32, CPU) into ``out``."""
     cfg = model.config
     heads, layers, dh = cfg.decoder_attention_heads, cfg.decoder_layers, cfg.d_model // cfg.decoder_attention_heads
     mel = torch.zeros(1, cfg.num_mel_bins, 100)
-    _export(EncoderGraph(model.model.encoder), (mel,), out / FILES[0], ["mel"], ["hidden"],
+    export_module(EncoderGraph(model.model.encoder), (mel,), out / FILES[0], ["mel"], ["hidden"],
             {"mel": {2: "mel_frames"}, "hidden": {1: "frames"}})
     hidden = torch.zeros(1, 50, cfg.d_model)
-    _export(CrossKVGraph(model.model.decoder, heads), (hidden,), out / FILES[1], ["hidden"], ["cross_k", "cross_v"],
+    export_module(CrossKVGraph(model.model.decoder, heads), (hidden,), out / FILES[1], ["hidden"], ["cross_k", "cross_v"],
             {"hidden": {1: "frames"}, "cross_k": {2: "frames"}, "cross_v": {2: "frames"}})
     ids = torch.zeros(1, 3, dtype=torch.long)
     past = torch.zeros(layers, heads, 4, dh)
     cross = torch.zeros(layers, heads, 50, dh)
-    _export(DecoderStepGraph(model.model.decoder, model.proj_out, heads), (ids, past, past, cross, cross),
+    export_module(DecoderStepGraph(model.model.decoder, model.proj_out, heads), (ids, past, past, cross, cross),
             out / FILES[2], ["input_ids", "past_k", "past_v", "cross_k", "cross_v"],
             ["logits", "present_k", "present_v"],
             {"input_ids": {1: "new"}, "past_k": {2: "past"}, "past_v": {2: "past"}, "cross_k": {2: "frames"},
@@ -268,14 +261,6 @@ def int8_weights(path: Path) -> None:
 # --- checks against PyTorch -----------------------------------------------------------------------------
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def _error(got: np.ndarray, want: np.ndarray, what: str) -> float:
     if got.shape != want.shape:
         raise CheckpointError(f"the ONNX {what} gave shape {got.shape}; PyTorch {want.shape}")
@@ -292,7 +277,7 @@ def check_graphs(model, out: Path, seed: int = 0) -> dict[str, float]:
     """
     cfg = model.config
     rng = np.random.default_rng(seed)
-    enc, kv, dec = (_session(out / f) for f in FILES)
+    enc, kv, dec = (check_session(out / f) for f in FILES)
     errors = {"encoder": 0.0, "cross_kv": 0.0, "decoder": 0.0}
     for frames in CHECK_FRAMES:
         mel = (rng.standard_normal((1, cfg.num_mel_bins, frames)) * 0.5).astype(np.float32)  # log-mel's range
@@ -330,7 +315,7 @@ def check_greedy(model, out: Path, frames: int = 400, tokens: int = 12, seed: in
     PyTorch's token, on a random mel of ``frames`` frames."""
     cfg = model.config
     mel = (np.random.default_rng(seed).standard_normal((1, cfg.num_mel_bins, frames)) * 0.5).astype(np.float32)
-    enc, kv, dec = (_session(out / f) for f in FILES)
+    enc, kv, dec = (check_session(out / f) for f in FILES)
     hidden = enc.run(None, {"mel": mel})[0]
     cross_k, cross_v = kv.run(None, {"hidden": hidden})
     ids = [cfg.decoder_start_token_id]

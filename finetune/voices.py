@@ -7,7 +7,6 @@ mono PCM16 wavs atomically. Used by the dataset builder (build_dataset.py) and t
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import re
@@ -25,7 +24,7 @@ from llasm_cli.audio.decode import resample
 from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.errors import VoiceError
 from llasm_cli.files import atomic_path
-from llasm_cli.voices.base import has_cjk, run_tts  # noqa: F401 (has_cjk: the builder's too)
+from llasm_cli.voices.base import has_cjk, read_wav, run_tts  # noqa: F401 (has_cjk: the builder's too)
 
 from .records import DataError
 
@@ -47,11 +46,9 @@ def _store_wav(audio: bytes | Path, out_path: Path) -> float:
     import soundfile as sf
 
     try:
-        src = io.BytesIO(audio) if isinstance(audio, bytes) else str(audio)
-        data, rate = sf.read(src, dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises several types for bad input
-        raise TtsError(f"the TTS output is not readable audio: {exc}") from None
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+        mono, rate = read_wav(audio, "the TTS")  # the runtime's voices read their engines' output the same way
+    except VoiceError as exc:
+        raise TtsError(str(exc)) from None
     if mono.size == 0 or not np.any(mono):
         raise TtsError("the TTS produced no sound")
     pcm = np.clip(resample(np.ascontiguousarray(mono, dtype=np.float32), rate), -1.0, 1.0)

@@ -171,15 +171,12 @@ def ask(
     from llasm_cli.assistant import Assistant, question_context
     from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import ask as ask_once
+    from llasm_cli.speech_out import check_speech_out, speak_into
     from llasm_cli.terminal.ui import console, stats_table, stream_answer
 
     if audio is None and not (text or after):
         raise LlasmError("nothing to ask: give an audio file, --text, or both")
-    speaker = None
-    if speech_out is not None or voice:  # the voices load only for a spoken answer
-        from llasm_cli.speech_out import check_speech_out, speak_into
-
-        speaker = check_speech_out(speech_out, voice)  # a wrong voice or folder fails now, not after the answer
+    speaker = check_speech_out(speech_out, voice)  # a wrong voice or folder fails now, not after the answer
     samples = load_audio(audio, max_seconds=max_audio) if audio is not None else None
     if samples is not None and not force:
         from llasm_cli.audio.endpoint import require_speech
@@ -194,14 +191,13 @@ def ask(
         pieces = conv.respond(sampling, max_tokens)
         if as_json:
             answer = "".join(pieces).strip()
-            spoken = speak_into(speech_out, answer, speaker) if speech_out is not None else {}
+            spoken = speak_into(speech_out, answer, speaker)
             typer.echo(json.dumps({"answer": answer, "timings": conv.stats.to_dict(), **spoken}, ensure_ascii=False))
             return
         answer = stream_answer(pieces)
         if stats:
             console.print(stats_table(conv.stats.to_dict()))
-        if speech_out is not None:
-            speak_into(speech_out, answer, speaker)
+        speak_into(speech_out, answer, speaker)
     finally:
         bot.close()
 

@@ -61,7 +61,7 @@ class Conversation:
         """Record a user turn; its audio is encoded now, once."""
         if audio is None and not (text or after):
             raise LlasmError("an empty turn: say something or type something")
-        self._nolive_stream()
+        self._no_live_stream()
         if audio is not None:
             self.check_recording(self.bot.audio_positions(audio.size), audio.size)
         t0 = time.perf_counter()
@@ -91,10 +91,10 @@ class Conversation:
         """Start a spoken turn whose audio arrives while it is spoken (typed ``text`` before it and
         ``after`` it, as in ``add_user``): ``feed`` it the audio, then ``finish`` (and ``respond``)
         or ``cancel``. The template text before the audio is prefilled now."""
-        self._nolive_stream()
+        self._no_live_stream()
         return AudioTurnStream(self, text, after)
 
-    def _nolive_stream(self) -> None:
+    def _no_live_stream(self) -> None:
         if self.live is not None:
             raise RuntimeError("a streamed turn is still open: finish() or cancel() it first")
 
@@ -139,7 +139,7 @@ class Conversation:
             self._t_input_end = ready[3]
             return ready[0]  # a finished stream: the cache holds the whole prompt already
         self._t_input_end = self._t0 - st.encode_ms / 1e3  # the start of encoding
-        self._nolive_stream()
+        self._no_live_stream()
         try:
             segs = self.fit()
             engine = self.bot.engine

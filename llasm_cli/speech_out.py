@@ -8,17 +8,23 @@ characters, English otherwise (hibari, then Pico, flite, espeak-ng: the order be
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from llasm_cli.errors import LlasmError, VoiceError
 from llasm_cli.files import atomic_path
-from llasm_cli.voices import Voice, open_voice, voice_for
-from llasm_cli.voices.base import has_cjk
+
+if TYPE_CHECKING:
+    from llasm_cli.voices import Voice
 
 
 def voice_for_answer(text: str, spec: str | None = None) -> Voice:
-    """``spec``'s voice, else the preferred installed one for the answer's language."""
+    """``spec``'s voice, else the preferred installed one for the answer's language (the voices' registry is
+    imported here, so a question that is not to be spoken never loads it)."""
+    from llasm_cli.voices import open_voice, voice_for
+    from llasm_cli.voices.base import has_cjk
+
     if spec:
         return open_voice(spec)
     return voice_for("zh" if has_cjk(text) else "en")

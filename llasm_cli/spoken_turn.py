@@ -141,7 +141,7 @@ class AudioTurnStream:
                     self._sync()
                 self._early_ms += (time.perf_counter() - t0) * 1e3
             n = self.n + x.size  # too long for the whole context, whatever the history: refused
-            self.conv.check_recording(2 + self.tower.positions(n), n, so_far=True)
+            self.conv.check_recording(self.conv.bot.audio_positions(n), n, so_far=True)
             self.samples.append(x)
             self.n += x.size
             if self.chunks is None or not x.size:

@@ -135,9 +135,8 @@ class _Clip:
 
 @dataclass
 class _Prepared:
-    """A request's messages, measured with placeholders where clips still have to be encoded."""
+    """A request's prompt, measured with placeholders where clips still have to be encoded."""
 
-    msgs: list[Message]
     segments: list  # the prompt as measured (final when no clip needed encoding)
     clips: list[_Clip] = field(default_factory=list)
 
@@ -216,7 +215,7 @@ class Server:
             slots = [c.embd if c.embd is not None else c.placeholder for c in spoken]
             turns.append(Message.of("user", join_lines([AUDIO if p.audio is not None else (p.text or "") for p in m.parts]), slots))
         msgs = self.bot.context_messages(turns)
-        prep = _Prepared(msgs, self.bot.prompt(msgs), clips)
+        prep = _Prepared(self.bot.prompt(msgs), clips)
         if prep.positions >= self.n_ctx_seq:
             raise ContextOverflowError(
                 f"the messages need {prep.positions} positions ({prep.audio_positions} of them audio) but a "
@@ -274,7 +273,7 @@ class Server:
             prep = await asyncio.to_thread(self._prepare, req)
             if any(c.embd is None for c in prep.clips):
                 await asyncio.get_running_loop().run_in_executor(self._encoder, self._encode, prep)
-            segments = await asyncio.to_thread(prep.final_segments, self.bot) if prep.measured_only else prep.segments
+            segments = prep.final_segments(self.bot)  # the clips in their slots: no rendering, no thread
             events: asyncio.Queue = asyncio.Queue()
             loop = asyncio.get_running_loop()
             max_tokens = req.max_tokens or self.bot.bundle.manifest.max_tokens

@@ -38,6 +38,7 @@ from llasm_cli.errors import LlasmError, MicrophoneError, NoSpeechError
 from llasm_cli.inputs import clean_text, tolerant_stdin
 from llasm_cli.llm.engine import Sampling
 from llasm_cli.terminal.keys import KeyReader
+from llasm_cli.terminal.ui import note as show_note
 from llasm_cli.terminal.ui import stream_answer
 from llasm_cli.turn_taking import HandsFree, LiveTurn
 from llasm_cli.turns import TurnStats
@@ -224,7 +225,7 @@ class ChatApp:
         Text that is not valid Unicode is made valid first (inputs.clean_text), and the chat says so."""
         line, note = clean_text(line, "the line")
         if note:
-            self.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+            show_note(note, out=self.console)
         line = line.strip()
         if not line:
             return True

@@ -50,8 +50,9 @@ def error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def note(message: str) -> None:
-    """One line on stderr about something llasm repaired or chose for the user (it goes on)."""
+def note(message: str, out: Console = err_console) -> None:
+    """One line (on stderr unless ``out`` says where) about something llasm repaired or chose for the user (it
+    goes on)."""
     from rich.markup import escape
 
-    err_console.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    out.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
