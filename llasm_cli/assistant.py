@@ -79,9 +79,10 @@ class Assistant:
         self.boundary = self.bundle.boundary_rows()
         if self.pair is not None:  # the family's marker text: no token, one, or several
             self.audio_start, self.audio_end = self.pair.marker_ids(llm)
-        else:
-            self.audio_start = llm.token_id(m.audio_start) if self.boundary is None else None
-            self.audio_end = llm.token_id(m.audio_end) if self.boundary is None else None
+        elif m.boundary == "tokens":
+            self.audio_start, self.audio_end = llm.token_id(m.audio_start), llm.token_id(m.audio_end)
+        else:  # learned rows around each clip (with_boundary), or no markers at all
+            self.audio_start = self.audio_end = None
         fallback = self.pair.family.template if self.pair is not None else DEFAULT_TEMPLATE
         self.template = llm.meta(gguf.Keys.Tokenizer.CHAT_TEMPLATE) or fallback
         self.system_prompt = m.system_prompt
@@ -102,10 +103,16 @@ class Assistant:
         self.tower.encode_calls = 0
 
     def audio_positions(self, n_samples: int) -> int:
-        """Sequence positions a clip of ``n_samples`` takes (its embeddings and the two markers),
-        known from the manifest before anything is encoded (a chunked clip takes as many)."""
-        markers = len(self.audio_start) + len(self.audio_end) if self.pair is not None else 2
-        return markers + self.bundle.audio_positions(n_samples)
+        """Sequence positions a clip of ``n_samples`` takes (its embeddings and the markers), known from the
+        manifest before anything is encoded (a chunked clip takes as many; a transcript at most as many)."""
+        return self.markers + self.bundle.audio_positions(n_samples)
+
+    @property
+    def markers(self) -> int:
+        """Positions around each clip: marker tokens, learned boundary rows, or none."""
+        if self.boundary is not None:
+            return len(self.boundary)
+        return sum(0 if m is None else 1 if isinstance(m, int) else len(m) for m in (self.audio_start, self.audio_end))
 
     def prompt_positions(self, n_samples: int | None, text: str | None = None, after: str | None = None,
                          system: str | None = None) -> int:

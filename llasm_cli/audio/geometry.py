@@ -25,6 +25,11 @@ N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples in one encoder window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in one window
 N_ENCODER_FRAMES = N_FRAMES // 2  # 1500: Whisper's second conv halves the frame rate
 SAMPLES_PER_ENCODER_FRAME = HOP_LENGTH * 2  # 320
+# A transcript's length bound (audio/transcribe.max_tokens): fast English speech is ~3.5 words, ~4.5 Whisper
+# tokens a second; plus a few per window for short clips and punctuation.
+TRANSCRIPT_TOKENS_PER_SECOND = 5.0
+TRANSCRIPT_EXTRA_TOKENS = 10
+LLM_TOKENS_PER_TRANSCRIPT_TOKEN = 2  # an LLM's tokenizer splits a transcript into at most this many per Whisper token
 
 
 def split_windows(samples: np.ndarray) -> list[np.ndarray]:
@@ -108,3 +113,17 @@ def chunked_positions(n_samples: int, chunk_seconds: float, context_seconds: flo
     always as many as its unpadded windows give (chunks and 30 s windows are whole embeddings), which the
     runtime relies on to size a prompt before it knows how the clip will be encoded."""
     return sum(s.keep for s in chunk_spans(n_samples, chunk_seconds, context_seconds, stack_factor))
+
+
+def transcript_tokens(n_samples: int) -> int:
+    """The most Whisper tokens the transcript of one window of ``n_samples`` may have (the decoder on
+    unpadded frames may not stop by itself)."""
+    return TRANSCRIPT_EXTRA_TOKENS + math.ceil(TRANSCRIPT_TOKENS_PER_SECOND * n_samples / SAMPLE_RATE)
+
+
+def transcript_positions(n_samples: int) -> int:
+    """The most rows a clip of ``n_samples`` becomes in a transcript tower (towers/transcript.py): every
+    window's transcript bound, in the LLM's tokens. Known before the clip is heard; the rows are fewer."""
+    full, rest = divmod(n_samples, N_SAMPLES)
+    tokens = full * transcript_tokens(N_SAMPLES) + (transcript_tokens(rest) if rest else 0)
+    return LLM_TOKENS_PER_TRANSCRIPT_TOKEN * max(1, tokens)

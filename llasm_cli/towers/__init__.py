@@ -4,6 +4,7 @@
   chunked audio; float32, no PyTorch: what ``pip install .`` runs fast).
 - ``ggml``: llama.cpp's mtmd running the tower stored as an mmproj GGUF (stack-swiglu only).
 - ``torch``: the PyTorch module of ``llasm_cli/model.py`` (any adaptor; needs the train extra).
+- ``whisper``: Whisper's own transcript as the LLM's input rows (adaptor ``transcript``; CTranslate2).
 
 ``auto`` measures the backends that can run the bundle here and keeps the fastest (see
 ``open_tower``); the choice is cached per bundle, thread count and device.
@@ -75,6 +76,17 @@ def _open_ggml(bundle: Bundle, llm, variant, n_threads, exact, one_shot) -> Towe
     return GgmlTower(bundle, llm, variant, n_threads)
 
 
+def _open_transcript(bundle: Bundle, llm, variant, n_threads, exact, one_shot) -> TowerBackend:
+    from llasm_cli.towers.transcript import TranscriptTower
+
+    return TranscriptTower(bundle, llm, n_threads)
+
+
+def _ears_files(bundle: Bundle, variant: str | None) -> list[Path]:
+    ears = bundle.manifest.ears or ""
+    return [] if ears.startswith("packaged:") else [bundle.root / ears / "model.bin"]
+
+
 def _onnx_files(bundle: Bundle, variant: str | None) -> list[Path]:
     onnx = bundle.root / bundle.manifest.onnx_tower
     return [onnx, onnx.with_name(onnx.name + ".data")]
@@ -91,10 +103,12 @@ def _installed(*modules: str) -> Callable[[], bool]:
 REGISTRY: tuple[Backend, ...] = (  # in order of preference when nothing has been measured
     Backend("onnx", lambda b: bool(b.manifest.onnx_tower) and b.manifest.adaptor == "stack-swiglu",
             _installed("onnxruntime"), True, _onnx_files, _open_onnx),
-    Backend("torch", lambda b: bool(b.manifest.torch_tower), _installed("torch", "transformers"), True,
+    Backend("torch", lambda b: bool(b.manifest.torch_tower) and b.manifest.adaptor != "transcript", _installed("torch", "transformers"), True,
             _torch_files, _open_torch),
     Backend("ggml", lambda b: bool(b.manifest.tower_files) and "padded" in b.manifest.encoder_input,
             lambda: True, False, lambda b, variant: [b.tower_path(variant)], _open_ggml),
+    Backend("whisper", lambda b: b.manifest.adaptor == "transcript", _installed("ctranslate2"), False, _ears_files,
+            _open_transcript),
 )
 BY_NAME = {b.name: b for b in REGISTRY}
 BACKENDS = ("auto", *BY_NAME)  # what --backend accepts

