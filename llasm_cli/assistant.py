@@ -108,6 +108,12 @@ class Assistant:
         return self.markers + self.bundle.audio_positions(n_samples)
 
     @property
+    def hears_words(self) -> bool:
+        """Whether the audio tower hears a transcript (towers/transcript.py): a clip's rows are known only
+        once it is heard, at most ``audio_positions`` of them."""
+        return self.pair is None and self.bundle.manifest.adaptor == "transcript"
+
+    @property
     def markers(self) -> int:
         """Positions around each clip: marker tokens, learned boundary rows, or none."""
         if self.boundary is not None:
@@ -150,14 +156,15 @@ class Assistant:
 
     def with_clips(self, segs: list, clips: Sequence[np.ndarray]) -> list:
         """A rendered prompt whose audio slots, in order, hold ``clips`` instead of what they held (each
-        the same size): a prompt measured with stand-ins becomes the final one without rendering it again."""
+        the same size, or no larger for a transcript): a prompt measured with stand-ins becomes the final one
+        without rendering it again."""
         slots = [i for i, seg in enumerate(segs) if isinstance(seg, np.ndarray)]
         if len(slots) != len(clips):
             raise ValueError(f"the prompt has {len(slots)} audio slots for {len(clips)} clips")
         out = list(segs)
         for i, clip in zip(slots, clips):
             out[i] = self.with_boundary(clip)
-            if len(out[i]) != len(segs[i]):
+            if len(out[i]) > len(segs[i]) or (len(out[i]) != len(segs[i]) and not self.hears_words):
                 raise ValueError(f"a clip of {len(out[i])} positions in a slot of {len(segs[i])}")
         return out
 

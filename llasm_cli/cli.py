@@ -192,7 +192,8 @@ def ask(
         if as_json:
             answer = "".join(pieces).strip()
             spoken = speak_into(speech_out, answer, speaker)
-            typer.echo(json.dumps({"answer": answer, "timings": conv.stats.to_dict(), **spoken}, ensure_ascii=False))
+            heard = {"heard": conv.stats.heard} if conv.stats.heard is not None else {}
+            typer.echo(json.dumps({"answer": answer, **heard, "timings": conv.stats.to_dict(), **spoken}, ensure_ascii=False))
             return
         answer = stream_answer(pieces)
         if stats:

@@ -70,6 +70,7 @@ class Conversation:
         self.stats.encode_ms = (time.perf_counter() - t0) * 1e3
         if audio is not None:
             self.stats.backend = (self.tower or self.bot.tower).name
+            self.stats.heard = (self.tower or self.bot.tower).transcript
         turn = Turn(Message.of("user", user_content(text, audio is not None, after), clips), audio)
         self.turns.append(turn)
         return turn

@@ -233,6 +233,7 @@ class AudioTurnStream:
                 self._room(len(last))
                 logits = self._close_span(last)
             st.whole_at_pause = whole
+            st.heard = self.tower.transcript
             clip = np.ascontiguousarray(last if whole else np.concatenate([*self.rows, last]), dtype=np.float32)
             self.turn.message.clips[0] = clip
             self.turn.audio = audio

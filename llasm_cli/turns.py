@@ -37,6 +37,7 @@ class TurnStats:
     early_positions: int = 0  # positions prefilled before the end of speech (template text + audio)
     early_ms: float = 0.0  # encode + prefill time spent while the user spoke
     whole_at_pause: bool = False  # a streamed turn encoded whole, unpadded, at the pause before its end
+    heard: str | None = None  # Whisper's transcript of the turn's audio, where the model hears through one
 
     def to_dict(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from llasm_cli.errors import InvalidValueError
-from llasm_cli.formats.bundle import default_bundle_path
+from llasm_cli.formats.bundle import demo_bundle_path
 from llasm_cli.inputs import (
     MAX_TEMPERATURE,
     MAX_THREADS,
@@ -47,7 +47,7 @@ from llasm_cli.inputs import (
 )
 from tests.helpers import run_llasm
 
-DEFAULT = default_bundle_path()
+DEFAULT = demo_bundle_path()
 QUESTION_WAV = Path(__file__).resolve().parent.parent / "examples" / "what_is_the_capital_of_japan.wav"
 NORMAL = "What is two plus two?"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llasm_cli.formats.bundle import default_bundle_path
+from llasm_cli.formats.bundle import demo_bundle_path
 from tests.helpers import espeak, run_llasm
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -32,7 +32,7 @@ HELD_OUT = [
     ("calculate zero plus twelve", "en-us-nyc+Annie", 180, 40, "answer in Chinese", "十二"),
 ]
 
-pytestmark = pytest.mark.skipif(default_bundle_path() is None, reason="no packaged demo model")
+pytestmark = pytest.mark.skipif(demo_bundle_path() is None, reason="no packaged demo model")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -52,7 +52,7 @@ def test_held_out_voices(backend, way, tmp_path):
     from llasm_cli.conversation import answer, answer_streamed
     from llasm_cli.llm.engine import Sampling
 
-    bot = Assistant(default_bundle_path(), backend=backend)
+    bot = Assistant(demo_bundle_path(), backend=backend)
     ask = answer if way == "whole clip" else answer_streamed
     answers = []
     try:

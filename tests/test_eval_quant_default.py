@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from llasm_cli.formats.bundle import default_bundle_path, load_bundle
+from llasm_cli.formats.bundle import demo_bundle_path, load_bundle
 
-pytestmark = pytest.mark.skipif(default_bundle_path() is None, reason="no packaged demo model")
+pytestmark = pytest.mark.skipif(demo_bundle_path() is None, reason="no packaged demo model")
 
 
 def test_demo_variants_from_the_shipped_q8_0(tmp_path):
     from bench.eval_quant_default import FTYPES, build_bundle, same_tensors, shipped_llm, tensor_types
 
-    demo = default_bundle_path()
+    demo = demo_bundle_path()
     assert shipped_llm(load_bundle(demo))[0] == "q8_0"
     out, shipped, name = build_bundle(tmp_path, demo)
     assert (shipped, name) == ("q8_0", "q8_0-shipped")

@@ -31,12 +31,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm_cli.formats.bundle import default_bundle_path, load_bundle
+from llasm_cli.formats.bundle import demo_bundle_path, load_bundle
 from tests.near_greedy import departure, prompt_of
 
 openai = pytest.importorskip("openai")
 
-DEFAULT = default_bundle_path()
+DEFAULT = demo_bundle_path()
 MODEL = load_bundle(DEFAULT).manifest.name if DEFAULT is not None else "llasm"  # what /v1/models reports
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 JAPAN = EXAMPLES / "what_is_the_capital_of_japan.wav"

@@ -29,12 +29,12 @@ from urllib.parse import urlparse
 
 import pytest
 
-from llasm_cli.formats.bundle import default_bundle_path, load_bundle
+from llasm_cli.formats.bundle import demo_bundle_path, load_bundle
 from tests.near_greedy import departure, prompt_of
 
 openai = pytest.importorskip("openai")
 
-DEFAULT = default_bundle_path()
+DEFAULT = demo_bundle_path()
 MODEL = load_bundle(DEFAULT).manifest.name if DEFAULT is not None else "llasm"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CLIENTS = 10

@@ -33,7 +33,7 @@ import gguf
 
 from llasm_cli.audio.geometry import N_ENCODER_FRAMES
 from llasm_cli.errors import BundleError, LlasmError, ModelFileError
-from llasm_cli.formats.bundle import MANIFEST_FILE, PREFERRED_VARIANTS, Bundle, Manifest, load_bundle
+from llasm_cli.formats.bundle import MANIFEST_FILE, PREFERRED_VARIANTS, Bundle, Manifest, built_in_bundle, load_bundle
 from llasm_cli.formats.gguf_check import MMPROJ_ARCH, GGUFInfo, read_gguf, validate_audio_mmproj
 from llasm_cli.formats.gguf_keys import embedding_length, projector_type
 
@@ -255,6 +255,9 @@ def resolve_model(spec: str) -> Path:
     name = spec[len(HF_PREFIX):] if is_repo else spec
     if not is_repo and Path(spec).exists():
         return Path(spec)
+    built_in = None if is_repo else built_in_bundle(spec)
+    if built_in is not None:
+        return built_in
     from llasm_cli.hub.registry import known
 
     if not is_repo and known(name) is None:

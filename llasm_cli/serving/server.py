@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import secrets
@@ -74,6 +75,7 @@ log = logging.getLogger("llasm.serve")
 DEFAULT_MAX_AUDIO = 300.0  # seconds of audio per clip
 DEFAULT_MAX_BODY = 32 << 20  # bytes of request body
 DEFAULT_MAX_MESSAGES = 1024
+HEARD_HEADER = "X-Llasm-Heard"  # what a transcript-hearing model heard in each audio part (Prepared.heard_header)
 DISCONNECT_POLL_S = 0.25  # how often a whole (non-streamed) answer checks that its client is still there
 
 
@@ -127,10 +129,11 @@ class _Clip:
     key: str
     param: str
     n_samples: int
-    positions: int  # sequence positions: embeddings + the two markers
+    positions: int  # sequence positions: embeddings + markers (before a transcript is heard: at most this many)
     samples: np.ndarray | None = None  # until encoded
     embd: np.ndarray | None = None  # the encoded clip (from the cache, or once encoded)
     placeholder: np.ndarray | None = None  # stands in for embd while the prompt is measured
+    heard: str | None = None  # Whisper's transcript, for a model that hears through one
 
 
 @dataclass
@@ -152,6 +155,13 @@ class _Prepared:
     def measured_only(self) -> bool:
         return any(c.placeholder is not None for c in self.clips)
 
+    def heard_header(self) -> dict[str, str]:
+        """``X-Llasm-Heard``: a JSON list of what each audio part was heard as, in order (ASCII-escaped),
+        for a model that hears through a transcript; no header otherwise."""
+        if not any(c.heard is not None for c in self.clips):
+            return {}
+        return {HEARD_HEADER: json.dumps([c.heard for c in self.clips])}
+
     def final_segments(self, bot: Assistant) -> list:
         """The measured prompt with each placeholder's slot holding its clip's embeddings (not rendered again)."""
         if not self.measured_only:
@@ -172,7 +182,7 @@ class Server:
         self.scheduler = Scheduler(self.batch)
         self.n_ctx_seq = self.batch.n_ctx_seq
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="llasm-encode")
-        self._clips = _LRU(4096, settings.clip_cache_bytes, size=lambda v: v[1].nbytes)
+        self._clips = _LRU(4096, settings.clip_cache_bytes, size=lambda v: v[1].nbytes)  # key -> (n, embd, heard)
         self._answers = _LRU(settings.answer_cache)
         self._lock = threading.Lock()
         self.in_flight = 0  # admitted requests not finished yet
@@ -228,8 +238,8 @@ class Server:
         key = hashlib.sha256(p.audio.encode()).hexdigest()
         hit = self._clips.get(key)
         if hit is not None:
-            n, embd = hit
-            return _Clip(key, p.param, n, self.bot.audio_positions(n), embd=embd)
+            n, embd, heard = hit
+            return _Clip(key, p.param, n, len(embd) + self.bot.markers, embd=embd, heard=heard)
         what = f"{p.param}.input_audio"
         samples = read_audio_bytes(decode_base64(p.audio, f"{what}.data"), what, self.settings.max_audio)
         positions = self.bot.audio_positions(samples.size)
@@ -238,7 +248,7 @@ class Server:
                 f"{what} ({samples.size / SAMPLE_RATE:.3g} s) needs {positions} positions but a conversation on this "
                 f"server holds {self.n_ctx_seq}; send a shorter clip"
             )
-        placeholder = np.zeros((positions - 2, self.batch.n_embd), dtype=np.float32)
+        placeholder = np.zeros((positions - self.bot.markers, self.batch.n_embd), dtype=np.float32)
         return _Clip(key, p.param, samples.size, positions, samples=samples, placeholder=placeholder)
 
     def _encode(self, prep: _Prepared) -> None:
@@ -249,13 +259,15 @@ class Server:
             hit = self._clips.get(clip.key)  # another request may have brought the same clip meanwhile
             if hit is None:
                 embd = self.bot.tower.encode(clip.samples)
-                if embd.shape[0] != clip.positions - 2:
+                want = clip.positions - self.bot.markers
+                if embd.shape[0] > want or (embd.shape[0] != want and not self.bot.hears_words):
                     raise LlasmError(f"the audio tower made {embd.shape[0]} embeddings for {clip.param}, "
-                                     f"expected {clip.positions - 2}")
+                                     f"expected {want}")
                 embd.setflags(write=False)  # shared by the cache and every prompt that holds the clip
-                hit = (clip.n_samples, embd)
+                hit = (clip.n_samples, embd, self.bot.tower.transcript)
                 self._clips.put(clip.key, hit)
-            clip.embd, clip.samples = hit[1], None
+            clip.embd, clip.heard, clip.samples = hit[1], hit[2], None
+            clip.positions = len(clip.embd) + self.bot.markers
 
     def _sampling(self, req: ChatRequest) -> Sampling:
         seed = req.seed if req.seed is not None else secrets.randbits(63)
@@ -284,11 +296,12 @@ class Server:
             ticket.release()
             raise
         reply = _Reply(self, job, ticket, req, prep.audio_positions)
+        heard = prep.heard_header()
         if req.stream:
             return _EventStream(reply.stream(events), on_close=reply.close, media_type="text/event-stream",
-                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **heard})
         try:
-            return await reply.whole(events, request)
+            return await reply.whole(events, request, heard)
         finally:
             reply.close()
 
@@ -376,7 +389,7 @@ class _Reply:
     def _usage(self, fin: Finished) -> dict:
         return usage_body(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens, self.audio_positions)
 
-    async def whole(self, events: asyncio.Queue, request) -> object:
+    async def whole(self, events: asyncio.Queue, request, headers: dict | None = None) -> object:
         """Wait for the whole answer, asking every quarter second whether the client is still there."""
         loop = asyncio.get_running_loop()
         next_check = loop.time() + DISCONNECT_POLL_S
@@ -398,7 +411,7 @@ class _Reply:
                     self.server.remember(ev)
                     body = completion_body(self.id, self.created, self.server.name, ev.text, ev.finish_reason,
                                            self._usage(ev))
-                    return JSONResponse(body)
+                    return JSONResponse(body, headers=headers)
                 if isinstance(ev, Failed):
                     self.finished = True
                     raise as_api_error(ev.error)

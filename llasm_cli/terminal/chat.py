@@ -329,6 +329,9 @@ class ChatApp:
         except KeyboardInterrupt:
             c.print("[dim](interrupted: the turn was not sent)[/]")
             return
+        heard = self.conv.stats.heard
+        if audio is not None and heard is not None:  # what the model's ears made of it, under the user's turn
+            c.print(f"[dim]  heard: “{escape(heard)}”[/]", highlight=False)
         for notice in self.conv.notices:
             c.print(f"[yellow]{notice}[/]")
         self.conv.notices.clear()

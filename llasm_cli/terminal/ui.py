@@ -35,9 +35,13 @@ def stream_answer(pieces: Iterable[str], out: Console = console) -> str:
 
 
 def stats_table(stats: dict, title: str = "timings") -> Table:
+    from rich.markup import escape
+
     table = Table(title=title, show_header=False, box=None, pad_edge=False)
     for key, value in stats.items():
-        shown = f"{value:.1f}" if isinstance(value, float) else ("n/a" if value is None else str(value))
+        if key == "heard" and value is None:
+            continue  # a model that hears no transcript
+        shown = f"{value:.1f}" if isinstance(value, float) else ("n/a" if value is None else escape(str(value)))
         table.add_row(key.replace("_", " "), shown)
     return table
 

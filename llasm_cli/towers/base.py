@@ -31,6 +31,7 @@ class TowerBackend(ABC):
     chunked = False  # set by a backend that runs the bundle's chunked input mode (see ChunkStream)
     unpadded = False  # set by a backend that encodes only each window's real audio
     n_mels = 80
+    transcript: str | None = None  # what the last clip was heard as, for a tower that hears words (transcript.py)
     chunk_seconds = 1.0
     context_seconds = 2.0
 

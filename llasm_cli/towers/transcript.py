@@ -66,6 +66,7 @@ class TranscriptTower(TowerBackend):
         if not samples.size:
             raise AudioFileError("the audio is empty")
         self.heard = self.ears.hear(samples)
+        self.transcript = self.heard.text
         self.encode_calls += 1
         return self.rows(self.heard.text, samples.size)
 
