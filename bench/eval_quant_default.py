@@ -159,7 +159,7 @@ def demo_items(clips: Path, n_sums: int, n_repeats: int) -> list[Item]:
 
     items = []
     for name, task in DEMO_EXAMPLES.items():
-        samples = load_audio(ROOT / "examples" / name)
+        samples = load_audio(ROOT / "examples" / "demo" / name)
         if isinstance(task, str):
             items.append(Item(Prompt(name, samples=samples), task))
             continue
@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=60, help="demo: held-out spoken sums")
     parser.add_argument("--repeats", type=int, default=20, help='demo: held-out "repeat after me" clips')
     parser.add_argument("--workdir", type=Path, help="keep the GGUFs and clips here (default: a temporary folder)")
-    parser.add_argument("--audio", type=Path, default=ROOT / "examples", help="general: spoken questions")
+    parser.add_argument("--audio", type=Path, default=ROOT / "examples" / "demo", help="general: spoken questions")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--as-run", action="store_true", help="each variant as `llasm ask --variant` runs it")
     parser.add_argument("--json", type=Path, help="write the report here")

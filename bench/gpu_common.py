@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "llasm_cli" / "models" / "demo"
 
 
-EXAMPLES = ROOT / "examples"
+EXAMPLES = ROOT / "examples" / "demo"
 
 
 DEFAULT_CARRY = ROOT / "build" / "gpu-carry"

@@ -4,7 +4,7 @@
     git worktree add /tmp/llasm-before 642b103      # an older tree to compare with, then:
     python bench/journeys.py --repo /tmp/llasm-before --verbose --json before.json
     python bench/journeys.py --only ask serve       # some of the journeys
-    python bench/journeys.py --trace OUT.json -- ask examples/what_is_seven_plus_five.wav   # one traced command
+    python bench/journeys.py --trace OUT.json -- ask examples/demo/what_is_seven_plus_five.wav   # one traced command
 
 The structure issue: "the four journeys (microphone turn -> printed answer; `llasm ask FILE`;
 checkpoint -> bundle; an HTTP request -> its answer) each read downward through their rooms with
@@ -12,7 +12,7 @@ few returns to a file already left". Each journey runs ``llasm_cli.cli.main(argv
 under ``sys.setprofile`` and ``threading.setprofile`` (server and worker threads too), which writes
 the trace at exit, also on Ctrl-C and SystemExit:
 
-- ask:    ``llasm ask examples/what_is_seven_plus_five.wav`` (the built-in model);
+- ask:    ``llasm ask examples/demo/what_is_seven_plus_five.wav`` (the built-in model);
 - mic:    ``llasm chat --mic --device pulse --max-tokens 6`` on a private PulseAudio daemon whose
           default source is the monitor of a null sink; the example is played into it (paplay);
 - export: ``llasm export CKPT OUT --type f16`` of a tiny checkpoint (llasm_finetune.tiny, built first,
@@ -55,7 +55,7 @@ from pathlib import Path
 PACKAGES = ("llasm_cli", "export", "finetune")
 INSTALLED = {"llasm_cli": "llasm_cli", "llasm_export": "export", "llasm_finetune": "finetune"}
 JOURNEYS = ("mic", "ask", "export", "serve")
-EXAMPLE = "examples/what_is_seven_plus_five.wav"
+EXAMPLE = "examples/demo/what_is_seven_plus_five.wav"
 SCRIPT = Path(__file__).resolve()
 BACKEND: list = []  # ["--backend", NAME] for ask, chat and serve, from --backend
 

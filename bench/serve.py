@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-EXAMPLES = ROOT / "examples"
+EXAMPLES = ROOT / "examples" / "demo"
 QUESTIONS = [  # (recording, typed transcript)
     ("what_is_the_capital_of_japan.wav", "What is the capital of Japan?"),
     ("what_is_the_largest_ocean_on_earth.wav", "What is the largest ocean on Earth?"),

@@ -18,17 +18,20 @@ from tests.helpers import espeak
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """llasm's cache (the CPU probe's verdict) in a temp folder, decided once before any test, so
-    subprocesses find the verdict and print nothing about it."""
+    subprocesses find the verdict and print nothing about it; and the demo as the model of any command
+    run without --model (tests of the default model name it, or clear LLASM_MODEL)."""
     from llasm_cli.llm import cpu_probe
 
-    saved = os.environ.get("LLASM_CACHE_DIR")
+    saved = {k: os.environ.get(k) for k in ("LLASM_CACHE_DIR", "LLASM_MODEL")}
     os.environ["LLASM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["LLASM_MODEL"] = "demo"  # commands a test runs without --model: the arithmetic demo, small and fast
     cpu_probe.extra_buffers_verdict()
     yield
-    if saved is None:
-        os.environ.pop("LLASM_CACHE_DIR", None)
-    else:
-        os.environ["LLASM_CACHE_DIR"] = saved
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -120,3 +120,69 @@ def chunked_bundle(src, dest, boundary: str):
         m = dataclasses.replace(m, boundary="embeddings", boundary_file="audio-boundary.npy")
     (dest / MANIFEST_FILE).write_text(m.to_json(), encoding="utf-8")
     return dest
+
+
+# --- a second LLM architecture ---------------------------------------------------------------------
+
+
+def tiny_gemma3_gguf(llm_dir: Path, out: Path, n_embd: int = 64, n_layer: int = 2, seed: int = 0) -> Path:
+    """A random Gemma 3 GGUF (llama.cpp's ``gemma3`` graph: q/k norms, post-norms, and token embeddings scaled by
+    sqrt(n_embd) inside the graph) with the vocabulary of a tiny checkpoint's LLM folder: a second architecture
+    for the paths that feed embedding rows in place of tokens."""
+    import json
+
+    import gguf
+    from llasm_export.llm_gguf import read_vocab
+
+    from llasm_cli.files import write_gguf
+
+    n_vocab = json.loads((llm_dir / "config.json").read_text())["vocab_size"]
+    tokens, scores, types = read_vocab(llm_dir, n_vocab)
+    n_head, n_head_kv, head_dim, n_ff = 4, 2, 16, 2 * n_embd
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA3])
+    w.add_name("tiny gemma3")
+    w.add_context_length(512)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    w.add_sliding_window(64)
+    w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    T = gguf.MODEL_TENSOR
+
+    def add(kind, shape, bid=None, scale=0.2):
+        name = gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight"
+        w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    add(T.TOKEN_EMBD, (n_vocab, n_embd), scale=0.05)  # small: the graph multiplies them by sqrt(n_embd)
+    add(T.OUTPUT_NORM, (n_embd,))
+    for b in range(n_layer):
+        for kind in (T.ATTN_NORM, T.ATTN_POST_NORM, T.FFN_NORM, T.FFN_POST_NORM):
+            add(kind, (n_embd,), b)
+        add(T.ATTN_Q_NORM, (head_dim,), b)
+        add(T.ATTN_K_NORM, (head_dim,), b)
+        add(T.ATTN_Q, (n_head * head_dim, n_embd), b)
+        add(T.ATTN_K, (n_head_kv * head_dim, n_embd), b)
+        add(T.ATTN_V, (n_head_kv * head_dim, n_embd), b)
+        add(T.ATTN_OUT, (n_embd, n_head * head_dim), b)
+        add(T.FFN_GATE, (n_ff, n_embd), b)
+        add(T.FFN_UP, (n_ff, n_embd), b)
+        add(T.FFN_DOWN, (n_embd, n_ff), b)
+    write_gguf(w, out)
+    return out

@@ -48,7 +48,7 @@ from llasm_cli.inputs import (
 from tests.helpers import run_llasm
 
 DEFAULT = demo_bundle_path()
-QUESTION_WAV = Path(__file__).resolve().parent.parent / "examples" / "what_is_the_capital_of_japan.wav"
+QUESTION_WAV = Path(__file__).resolve().parent.parent / "examples" / "demo" / "what_is_the_capital_of_japan.wav"
 NORMAL = "What is two plus two?"
 
 pytestmark = pytest.mark.skipif(DEFAULT is None, reason="no packaged default model")
@@ -460,7 +460,7 @@ def test_the_server_still_answers_after_the_fuzzing(server_url):
 
 
 def run(*args: str | bytes, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("LLASM_MODEL", "LLASM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k != "LLASM_THREADS"} | {"LLASM_MODEL": "demo"}
     return subprocess.run([sys.executable, "-m", "llasm_cli", *args], input=stdin, capture_output=True, timeout=300,
                           env=env)
 

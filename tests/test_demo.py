@@ -11,7 +11,7 @@ import pytest
 from llasm_cli.formats.bundle import demo_bundle_path
 from tests.helpers import espeak, run_llasm
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
 EXPECTED = {
     "what_is_seven_plus_five.wav": "twelve",
     "how_much_is_twelve_times_three.wav": "thirty six",
@@ -37,8 +37,7 @@ pytestmark = pytest.mark.skipif(demo_bundle_path() is None, reason="no packaged 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_readme_examples(name, monkeypatch):
-    monkeypatch.delenv("LLASM_MODEL", raising=False)  # the packaged demo, whatever the caller's environment says
-    res = run_llasm("ask", str(EXAMPLES / name), "--temperature", "0")
+    res = run_llasm("ask", str(EXAMPLES / name), "--temperature", "0", "--model", "demo")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == EXPECTED[name]
 

@@ -58,15 +58,15 @@ def test_empty_audio(bundle, tmp_path):
     assert_clean_error(run_llasm("ask", str(empty), "-m", str(bundle)), 2, "no samples")
 
 
-def test_no_model_uses_the_demo_or_says_what_to_do(question_wav, monkeypatch):
-    from llasm_cli.formats.bundle import demo_bundle_path
+def test_no_model_uses_the_default_or_says_what_to_do(question_wav, monkeypatch):
+    from llasm_cli.formats.bundle import default_bundle_path
 
     monkeypatch.delenv("LLASM_MODEL", raising=False)
-    res = run_llasm("ask", str(question_wav), "--max-tokens", "8")
-    if demo_bundle_path() is None:
+    res = run_llasm("ask", str(question_wav), "--max-tokens", "8", "--stats")
+    if default_bundle_path() is None:
         assert_clean_error(res, 1, "--model")
     else:
-        assert res.returncode == 0 and res.stdout.strip(), res.stderr
+        assert res.returncode == 0 and "heard" in res.stdout and "whisper" in res.stdout, res.stderr
 
 
 def test_not_a_bundle(question_wav, tmp_path):

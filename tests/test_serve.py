@@ -38,7 +38,7 @@ openai = pytest.importorskip("openai")
 
 DEFAULT = demo_bundle_path()
 MODEL = load_bundle(DEFAULT).manifest.name if DEFAULT is not None else "llasm"  # what /v1/models reports
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
 JAPAN = EXAMPLES / "what_is_the_capital_of_japan.wav"
 OCEAN = EXAMPLES / "what_is_the_largest_ocean_on_earth.wav"
 HAIKU = EXAMPLES / "write_a_haiku_about_friendship.wav"

@@ -36,7 +36,7 @@ openai = pytest.importorskip("openai")
 
 DEFAULT = demo_bundle_path()
 MODEL = load_bundle(DEFAULT).manifest.name if DEFAULT is not None else "llasm"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
 CLIENTS = 10
 PARALLEL, QUEUE = 3, 3  # 6 admitted at once: with 10 clients some are turned away
 WARM_SECONDS = 3.0  # load before the first memory reading (caches, allocator pools, thread pools fill)
@@ -112,8 +112,7 @@ def _rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def server_process(tmp_path_factory):
-    env = {**os.environ, "LLASM_THREADS": "2"}
-    env.pop("LLASM_MODEL", None)  # the packaged default model
+    env = {**os.environ, "LLASM_THREADS": "2", "LLASM_MODEL": "demo"}  # the packaged demo model
     proc = subprocess.Popen(
         [sys.executable, "-m", "llasm_cli", "serve", "--port", "0", "--parallel", str(PARALLEL), "--queue",
          str(QUEUE), "--ctx", "1024"],

@@ -156,7 +156,7 @@ def test_ask_speaks_its_answer_into_a_file(recogniser, tmp_path):
     from tests.helpers import run_llasm
 
     wav = tmp_path / "answer.wav"
-    question = Path(__file__).resolve().parents[1] / "examples" / "what_is_seven_plus_five.wav"
+    question = Path(__file__).resolve().parents[1] / "examples" / "demo" / "what_is_seven_plus_five.wav"
     res = run_llasm("ask", str(question), "--speech-out", str(wav), "--json")  # the preferred installed voice
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)

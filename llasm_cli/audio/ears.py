@@ -29,7 +29,12 @@ SOT, SOT_PREV, EOT, NO_TIMESTAMPS, TRANSCRIBE = (
     "<|startoftranscript|>", "<|startofprev|>", "<|endoftext|>", "<|notimestamps|>", "<|transcribe|>")
 INPUT_MODE = "zeros"  # audio.transcribe.MODES: the unpadded clip and 1 s of silence
 COMPUTE_TYPE = "int8"  # CTranslate2 quantizes the (float16) weights as it loads them
-NOTHING_HEARD = "..."  # the transcript of a clip in which Whisper heard no words
+NOTHING_HEARD = "..."  # what the LLM reads for a clip in which Whisper heard no words
+# Whisper's own rule for a window without speech (openai/whisper transcribe(): no_speech_threshold and
+# logprob_threshold): its no-speech probability above 0.6 and the transcript's mean log-probability below -1.
+# Whisper writes something for silence ("You"), and that is not what the user said.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
 
 
 @dataclass
@@ -38,8 +43,8 @@ class Heard:
 
     text: str
     frames: np.ndarray  # (S, d) encoder frames of the last window: what an adaptor beside the transcript reads
-    stop: str  # "eot", "repeat", "length", "echo" (the prompt came back; decoded again without it)
-    no_speech: float  # Whisper's probability that the clip holds no speech
+    stop: str  # "eot", "repeat", "length", "echo" (the prompt came back; decoded again without it), "silence"
+    no_speech: float  # Whisper's probability that the clip holds no speech (the least of its windows)
     ms: dict[str, float] = field(default_factory=dict)  # mel, encoder, decode
 
 
@@ -107,7 +112,9 @@ class WhisperEars:
             t1 = time.perf_counter()
             encoded = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True)
             t2 = time.perf_counter()
-            ids, stop, p_none = self._decode(encoded, max_tokens(window.size / SAMPLE_RATE))
+            ids, stop, p_none, logprob = self._decode(encoded, max_tokens(window.size / SAMPLE_RATE))
+            if p_none > NO_SPEECH_THRESHOLD and logprob < LOGPROB_THRESHOLD:
+                ids, stop = [], "silence"
             t3 = time.perf_counter()
             for key, dt in zip(ms, (t1 - t0, t2 - t1, t3 - t2)):
                 ms[key] += 1000 * dt
@@ -118,23 +125,27 @@ class WhisperEars:
         text = " ".join(t for t in texts if t)
         return Heard(text, frames, next((s for s in stops if s != "eot"), "eot"), no_speech, ms)
 
-    def _decode(self, encoded, limit: int) -> tuple[list[int], str, float]:
-        """Greedy ids over one window's encoder output (prompted; again without the prompt if it came back)."""
-        ids, stop, p_none = self._greedy(encoded, self.prompted, limit)
+    def _decode(self, encoded, limit: int) -> tuple[list[int], str, float, float]:
+        """Greedy ids over one window's encoder output (prompted; again without the prompt if it came back),
+        why they stopped, the no-speech probability and the mean log-probability of the tokens."""
+        ids, stop, p_none, logprob = self._greedy(encoded, self.prompted, limit)
         if self._echo and self._echoes(ids):
-            ids, stop, _ = self._greedy(encoded, self.start, limit)
+            ids, stop, _, logprob = self._greedy(encoded, self.start, limit)
             stop = "echo" if stop == "eot" else stop
-        return ids, stop, p_none
+        return ids, stop, p_none, logprob
 
-    def _greedy(self, encoded, prompt: list[int], limit: int) -> tuple[list[int], str, float]:
+    def _greedy(self, encoded, prompt: list[int], limit: int) -> tuple[list[int], str, float, float]:
         result = self.model.generate(encoded, [prompt], beam_size=1, max_length=len(prompt) + limit + 1,
-                                     return_no_speech_prob=True, suppress_blank=True)[0]
+                                     return_scores=True, return_no_speech_prob=True, suppress_blank=True)[0]
         ids = [i for i in result.sequences_ids[0] if i < self.eot][:limit]
+        logprob = float(result.scores[0]) if result.scores else 0.0  # CTranslate2: the mean log-probability
+        stop = "length" if len(ids) >= limit else "eot"
         for n in range(1, len(ids) + 1):  # the first place where the output began to repeat itself
             cut = repeat_cut(ids[:n])
             if cut is not None:
-                return ids[:cut], "repeat", result.no_speech_prob
-        return ids, "length" if len(ids) >= limit else "eot", result.no_speech_prob
+                ids, stop = ids[:cut], "repeat"
+                break
+        return ids, stop, result.no_speech_prob, logprob
 
     def _echoes(self, ids: list[int]) -> bool:
         """Whether a transcript holds a sentence of the prompt (Whisper read the prompt back, not the audio)."""

@@ -24,7 +24,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PureWindowsPath
 
-from llasm_cli.audio.geometry import N_ENCODER_FRAMES, SAMPLE_RATE, positions, samples_per_embedding, transcript_positions
+from llasm_cli.audio.geometry import (
+    N_ENCODER_FRAMES,
+    SAMPLE_RATE,
+    positions,
+    samples_per_embedding,
+    transcript_positions,
+)
 from llasm_cli.errors import BundleError, show_value
 
 MANIFEST_FILE = "llasm-bundle.json"

