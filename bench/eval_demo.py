@@ -110,10 +110,11 @@ def main() -> None:
     a = p.parse_args()
     from llasm_finetune.demo import ROOT_DEFAULT
 
-    from llasm_cli.formats.bundle import MANIFEST_FILE, default_bundle_path, load_bundle
+    from llasm_cli.formats.built_in import demo_bundle_path
+    from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
 
     trained = ROOT_DEFAULT / "bundle"
-    model = a.model or (trained if (trained / MANIFEST_FILE).is_file() else default_bundle_path())
+    model = a.model or (trained if (trained / MANIFEST_FILE).is_file() else demo_bundle_path())
     if not (model / MANIFEST_FILE).is_file():
         raise SystemExit(f"no demo bundle in {model}: train one (python -m llasm_finetune.demo) or pass --model DIR")
     from llasm_cli.towers import candidates

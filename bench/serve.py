@@ -4,7 +4,7 @@
     python bench/serve.py --clients 1,4 --seconds 4 --threads 2
     python bench/serve.py --gpu-layers -1 --save serve.json   # LLM on the GPU for both; the table also as JSON
 
-Both servers run the built-in model's LLM (``load_bundle(default_bundle_path()).llm_path()``),
+Both servers run the built-in model's LLM (``load_bundle(demo_bundle_path()).llm_path()``),
 the demo bundle's GGUF or whatever llasm runs with no --model,
 the same file for both -- with the same threads, and both are asked the same four questions (the
 recordings in examples/) by N concurrent streaming clients (the official openai client, temperature
@@ -286,11 +286,12 @@ def main() -> None:
     ap.add_argument("--gpu-layers", type=int, default=0, help="LLM layers on the GPU for both servers (-1: all)")
     ap.add_argument("--save", type=Path, default=None, help="also write the table's numbers as JSON to this file")
     args = ap.parse_args()
-    from llasm_cli.formats.bundle import default_bundle_path, load_bundle
+    from llasm_cli.formats.built_in import demo_bundle_path
+    from llasm_cli.formats.bundle import load_bundle
     from llasm_cli.llm import native
 
     global MODEL
-    default = default_bundle_path()
+    default = demo_bundle_path()
     if default is None:
         sys.exit("no built-in model in llasm_cli/models/demo")
     bundle = load_bundle(default)

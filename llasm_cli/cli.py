@@ -22,6 +22,7 @@ from llasm_cli.options import (
     AskCtxOpt,
     BackendOpt,
     GpuOpt,
+    LlmOpt,
     MaxAudioOpt,
     MaxTokensOpt,
     ModelOpt,
@@ -115,19 +116,26 @@ def _root(
     native.set_verbose(verbose)
 
 
-def _need_model(model: Optional[Path]) -> Path:
+def _need_model(model: Optional[Path], llm: Optional[Path] = None):
     """The bundle to run: --model, else $LLASM_MODEL, else the default model shipped in the package.
-    A registered name or hf:owner/repo is its snapshot in the Hugging Face cache."""
+    A registered name or hf:owner/repo is its snapshot in the Hugging Face cache. ``llm`` (--llm): that
+    model's Whisper ears over another GGUF (formats.bundle.with_llm)."""
     if model is not None:
         from llasm_cli.formats.published import resolve_model
 
-        return resolve_model(str(model))
-    from llasm_cli.formats.bundle import default_bundle_path
+        path = resolve_model(str(model))
+    else:
+        from llasm_cli.formats.built_in import default_bundle_path
 
-    default = default_bundle_path()
-    if default is None:
-        raise LlasmError("no model given: pass --model BUNDLE (make one with `llasm export`) or set LLASM_MODEL")
-    return default
+        path = default_bundle_path()
+        if path is None:
+            raise LlasmError("no model given: pass --model BUNDLE (make one with `llasm export`) or set LLASM_MODEL")
+    if llm is None:
+        return path
+    from llasm_cli.formats.built_in import with_llm
+    from llasm_cli.formats.bundle import load_bundle
+
+    return with_llm(load_bundle(path), llm)
 
 
 @app.command()
@@ -136,6 +144,7 @@ def ask(
     text: Optional[str] = typer.Option(None, "--text", callback=valid_text, help="Typed text placed before the spoken part."),
     after: Optional[str] = typer.Option(None, "--after", callback=valid_text, help="Typed text placed after the spoken part."),
     model: Optional[Path] = ModelOpt,
+    llm: Optional[Path] = LlmOpt,
     backend: str = BackendOpt,
     variant: Optional[str] = VariantOpt,
     system: Optional[str] = SystemOpt,
@@ -183,7 +192,7 @@ def ask(
 
         require_speech(samples, str(audio))
     n_ctx = question_context(samples, text, after, system, max_tokens, given=ctx)
-    bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=n_ctx, n_threads=threads,
+    bot = Assistant(_need_model(model, llm), backend=backend, llm_variant=variant, n_ctx=n_ctx, n_threads=threads,
                     n_gpu_layers=gpu_layers, one_shot=True)
     try:
         sampling = bot.default_sampling(temperature, seed=seed)
@@ -206,6 +215,7 @@ def ask(
 @app.command()
 def chat(
     model: Optional[Path] = ModelOpt,
+    llm: Optional[Path] = LlmOpt,
     mic: Optional[bool] = typer.Option(
         None, "--mic/--no-mic", help="Listen on the microphone (default: on when an input device exists)."
     ),
@@ -266,7 +276,7 @@ def chat(
     if mic is None:
         mic = _has_input_device()
     mode = "ptt" if ptt and mic is not False else ("mic" if mic else "text")
-    bot = Assistant(_need_model(model), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads,
+    bot = Assistant(_need_model(model, llm), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads,
                     n_gpu_layers=gpu_layers, stream=stream)
     try:
         settings = ChatSettings(
@@ -282,6 +292,7 @@ def chat(
 @app.command()
 def serve(
     model: Optional[Path] = ModelOpt,
+    llm: Optional[Path] = LlmOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port (0: any free port)."),
     api_key: Optional[str] = typer.Option(
@@ -325,7 +336,7 @@ def serve(
     )
     sock = bind(host, port)  # a taken port fails now, before the model loads
     try:
-        server = load_server(_need_model(model), settings, backend=backend, variant=variant, n_threads=threads,
+        server = load_server(_need_model(model, llm), settings, backend=backend, variant=variant, n_threads=threads,
                              n_gpu_layers=gpu_layers)
         try:
             run(server, sock, verbose=_state["verbose"])
@@ -374,7 +385,9 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
     check_tower = validate_audio_mmproj if isinstance(bundle, PublishedPair) else validate_tower
     m = bundle.manifest
     kind = f"published {bundle.family.name} pair" if isinstance(bundle, PublishedPair) else f"adaptor {m.adaptor}"
-    console.print(f"[bold]{m.name}[/]  {kind}, LLM width {m.llm_dim}, {m.tokens_per_window} embeddings / 30 s")
+    hears = "hears Whisper's transcript as its own input rows" if m.adaptor == "transcript" else \
+        f"{m.tokens_per_window} embeddings / 30 s"
+    console.print(f"[bold]{m.name}[/]  {kind}, LLM width {m.llm_dim}, {hears}", highlight=False)
     for variant in bundle.variants():  # carried, or named in an installed package or elsewhere
         path = bundle.llm_path(variant)
         validate_llm(path)
@@ -393,6 +406,14 @@ def info(model: Optional[Path] = typer.Argument(None, envvar="LLASM_MODEL", help
         console.print(f"  tower onnx  {path.name:24} {size / 1e6:9.1f} MB  ok")
     if m.torch_tower:
         console.print(f"  tower torch {bundle.torch_tower_path().name}/")
+    if m.adaptor == "transcript":
+        from llasm_cli.audio.ears import WhisperEars
+        from llasm_cli.towers.transcript import ears_folder
+
+        folder = ears_folder(bundle)
+        WhisperEars(folder, n_threads=1)  # loads it: CTranslate2 reads every weight
+        size = (folder / "model.bin").stat().st_size
+        console.print(f"  ears  {m.ears:29} {size / 1e6:9.1f} MB  ok  ({folder})", highlight=False)
 
 
 @app.command("eval-quant")

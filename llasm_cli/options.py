@@ -67,6 +67,10 @@ ModelOpt = typer.Option(
 BackendOpt = typer.Option(
     "auto", "--backend", help="Audio tower backend: auto (the fastest here, measured once), onnx (ONNX Runtime), ggml (llama.cpp) or torch."
 )
+LlmOpt = typer.Option(
+    None, "--llm", help="Any chat GGUF (llama, qwen2, qwen3, gemma3), given the model's Whisper ears: it hears "
+    "through Whisper's transcript without training. Default: the model's own LLM.",
+)
 VariantOpt = typer.Option(None, "--variant", help="Which precision of the bundle's files to run, e.g. f16 or f32 (f32 also runs attention and the KV cache in f32).")
 ThreadsOpt = typer.Option(
     None, "--threads", "-t", envvar="LLASM_THREADS", callback=rule(check_threads),

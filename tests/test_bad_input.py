@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from llasm_cli.errors import InvalidValueError
-from llasm_cli.formats.bundle import demo_bundle_path
+from llasm_cli.formats.built_in import demo_bundle_path
 from llasm_cli.inputs import (
     MAX_TEMPERATURE,
     MAX_THREADS,

@@ -189,9 +189,9 @@ def test_info_checks_every_file_of_the_bundle(swiglu):
 
 def test_info_loads_the_built_in_models_onnx_tower():
     """The built-in model's ONNX tower (what `pip install .` encodes with) is loaded and checked."""
-    from llasm_cli.formats.bundle import default_bundle_path
+    from llasm_cli.formats.built_in import demo_bundle_path
 
-    res = invoke("info", str(default_bundle_path()))
+    res = invoke("info", str(demo_bundle_path()))
     assert res.exit_code == 0, (res.output, res.exception)
     (line,) = [ln for ln in text_of(res).splitlines() if ln.split()[:2] == ["tower", "onnx"]]
     assert line.split()[2] == "tower.onnx" and line.rstrip().endswith("ok") and float(line.split()[3]) > 40

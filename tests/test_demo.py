@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llasm_cli.formats.bundle import demo_bundle_path
+from llasm_cli.formats.built_in import demo_bundle_path
 from tests.helpers import espeak, run_llasm
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"

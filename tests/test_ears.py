@@ -20,7 +20,8 @@ from llasm_cli.audio.decode import load_audio
 from llasm_cli.audio.ears import NOTHING_HEARD
 from llasm_cli.audio.geometry import SAMPLE_RATE, transcript_positions
 from llasm_cli.errors import BundleError
-from llasm_cli.formats.bundle import MANIFEST_FILE, default_bundle_path, load_bundle
+from llasm_cli.formats.built_in import default_bundle_path
+from llasm_cli.formats.bundle import MANIFEST_FILE, load_bundle
 from llasm_cli.llm.engine import Sampler, Sampling
 from tests.helpers import assert_clean_error, run_llasm, tiny_gemma3_gguf
 
@@ -191,3 +192,30 @@ def test_a_bad_ears_entry_is_a_clear_error(change, needle, tmp_path):
         load_bundle(tmp_path)
     res = run_llasm("ask", "--text", "hi", "--model", str(tmp_path))
     assert_clean_error(res, 3, needle)
+
+
+def test_any_gguf_hears_with_llm(tiny_llms, spoken, tmp_path):
+    """--llm gives the default model's ears to another GGUF (here the tiny gemma3), with no bundle written."""
+    import soundfile as sf
+
+    wav = tmp_path / "q.wav"
+    sf.write(wav, spoken["What is the capital of Japan?"], SAMPLE_RATE)
+    res = run_llasm("ask", str(wav), "--llm", str(tiny_llms["gemma3"]), "--model", "default", "--json",
+                    "--max-tokens", "4")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert "capital of japan" in out["heard"].lower() and out["timings"]["backend"] == "whisper"
+    assert out["timings"]["prompt_tokens"] > len(out["heard"].split())
+    assert not list(tmp_path.glob("*.json"))
+    res = run_llasm("ask", str(wav), "--llm", str(tiny_llms["gemma3"]), "--model", "demo")
+    assert_clean_error(res, 3, "--llm gives Whisper's ears")
+    assert_clean_error(run_llasm("ask", str(wav), "--llm", str(tmp_path / "nope.gguf"), "--model", "default"), 3,
+                       "no such file")
+
+
+def test_info_checks_the_ears():
+    res = run_llasm("info", "default")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert "adaptor transcript" in lines[0] and "hears Whisper's transcript" in res.stdout
+    assert any(ln.split()[:2] == ["ears", "packaged:base"] and " ok" in ln for ln in lines), res.stdout

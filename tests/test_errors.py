@@ -59,7 +59,7 @@ def test_empty_audio(bundle, tmp_path):
 
 
 def test_no_model_uses_the_default_or_says_what_to_do(question_wav, monkeypatch):
-    from llasm_cli.formats.bundle import default_bundle_path
+    from llasm_cli.formats.built_in import default_bundle_path
 
     monkeypatch.delenv("LLASM_MODEL", raising=False)
     res = run_llasm("ask", str(question_wav), "--max-tokens", "8", "--stats")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from llasm_cli.formats.bundle import demo_bundle_path, load_bundle
+from llasm_cli.formats.built_in import demo_bundle_path
+from llasm_cli.formats.bundle import load_bundle
 
 pytestmark = pytest.mark.skipif(demo_bundle_path() is None, reason="no packaged demo model")
 

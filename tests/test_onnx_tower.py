@@ -126,7 +126,7 @@ def test_one_shot_process_keeps_float16_weights_and_the_same_numbers(chunked, sp
     """``llasm ask`` opens the tower for one call: no float32 copies of a streaming model's weights
     (faster to open, less memory), the same embeddings; Assistant(one_shot=True) asks for that."""
     from llasm_cli.assistant import Assistant
-    from llasm_cli.formats.bundle import demo_bundle_path
+    from llasm_cli.formats.built_in import demo_bundle_path
 
     bundle = load_bundle(chunked[1])
     kept, one = open_tower(bundle, "onnx", None, n_threads=2), open_tower(bundle, "onnx", None, n_threads=2, one_shot=True)

@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm_cli.formats.bundle import demo_bundle_path, load_bundle
+from llasm_cli.formats.built_in import demo_bundle_path
+from llasm_cli.formats.bundle import load_bundle
 from tests.near_greedy import departure, prompt_of
 
 openai = pytest.importorskip("openai")

@@ -509,7 +509,7 @@ def test_built_in_model_hears_a_hands_free_question_whole(pulse, tmp_path):
     """The built-in model (trained on whole clips and chunks) through the virtual microphone on the
     default install's onnx tower: a short question is encoded whole at the pause before its end, which
     is what that model hears best, and answered right."""
-    from llasm_cli.formats.bundle import demo_bundle_path
+    from llasm_cli.formats.built_in import demo_bundle_path
 
     clip, said, stats = _say_into_the_mic(demo_bundle_path(), pulse, tmp_path, "what is seven plus five", "--mic",
                                           "--device", "pulse", engine=("--backend", "onnx"))

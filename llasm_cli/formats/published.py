@@ -33,7 +33,8 @@ import gguf
 
 from llasm_cli.audio.geometry import N_ENCODER_FRAMES
 from llasm_cli.errors import BundleError, LlasmError, ModelFileError
-from llasm_cli.formats.bundle import MANIFEST_FILE, PREFERRED_VARIANTS, Bundle, Manifest, built_in_bundle, load_bundle
+from llasm_cli.formats.built_in import built_in_bundle
+from llasm_cli.formats.bundle import MANIFEST_FILE, PREFERRED_VARIANTS, Bundle, Manifest, load_bundle
 from llasm_cli.formats.gguf_check import MMPROJ_ARCH, GGUFInfo, read_gguf, validate_audio_mmproj
 from llasm_cli.formats.gguf_keys import embedding_length, projector_type
 

@@ -51,6 +51,7 @@ from llasm_cli.errors import (
     LlasmError,
     TemplateError,
 )
+from llasm_cli.formats.bundle import Bundle
 from llasm_cli.llm.engine import Sampling
 from llasm_cli.llm.scheduler import BatchEngine, Failed, Finished, Job, Scheduler, Text
 from llasm_cli.prompt import AUDIO, Message, join_lines, recent_exchanges
@@ -490,7 +491,7 @@ def _param_of(exc: BaseException) -> str | None:
 # --- running ----------------------------------------------------------------------------
 
 
-def load_server(model: str | Path, settings: ServeSettings, backend: str = "auto", variant: str | None = None,
+def load_server(model: str | Path | Bundle, settings: ServeSettings, backend: str = "auto", variant: str | None = None,
                 n_threads: int | None = None, n_gpu_layers: int = 0) -> Server:
     """Load a bundle and start its scheduler; the audio tower is opened and warmed up now, so the
     first spoken request does not pay for it and a tower that cannot run fails here."""
