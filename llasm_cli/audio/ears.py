@@ -79,6 +79,7 @@ class WhisperEars:
                 raise ModelFileError(f"{folder}: this Whisper has no language token {lang}")
             start += [ids[lang], ids[TRANSCRIBE]]
         self.start = start + [ids[NO_TIMESTAMPS]]
+        self.beam = 1  # greedy: beam search costs twice the time for no measured gain (bench/RESULTS.md)
         self.prompt_ids = [i for i in (prompt_ids or []) if 0 <= i < self.eot]
         self.prompted = [ids[SOT_PREV], *self.prompt_ids, *self.start] if self.prompt_ids else self.start
         self._echo = {w for w in (_words(s) for s in re.split(r"[.?!]", self.text(self.prompt_ids))) if w}
@@ -135,7 +136,7 @@ class WhisperEars:
         return ids, stop, p_none, logprob
 
     def _greedy(self, encoded, prompt: list[int], limit: int) -> tuple[list[int], str, float, float]:
-        result = self.model.generate(encoded, [prompt], beam_size=1, max_length=len(prompt) + limit + 1,
+        result = self.model.generate(encoded, [prompt], beam_size=self.beam, max_length=len(prompt) + limit + 1,
                                      return_scores=True, return_no_speech_prob=True, suppress_blank=True)[0]
         ids = [i for i in result.sequences_ids[0] if i < self.eot][:limit]
         logprob = float(result.scores[0]) if result.scores else 0.0  # CTranslate2: the mean log-probability
