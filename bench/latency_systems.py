@@ -369,11 +369,13 @@ def load_realtime_systems(bundle: Path, threads: int, want_whisper_cpp: bool, bl
     b = load_bundle(bundle)
     run = ModelRun(b.manifest.name, bundle)
     t = now()
-    a = Assistant(b, backend="onnx" if b.manifest.onnx_tower else "torch", n_threads=threads, n_gpu_layers=GPU_LAYERS)
+    hears = b.manifest.adaptor == "transcript"  # the default model: Whisper's words, heard at the pause
+    first = "whisper" if hears else "onnx" if b.manifest.onnx_tower else "torch"
+    a = Assistant(b, backend=first, n_threads=threads, n_gpu_layers=GPU_LAYERS)
     run.startup["assistant_init_s"] = now() - t
     sampling = a.default_sampling()
     towers = []
-    for backend, tower in open_towers(run, b, a, ("onnx", "torch"), threads):
+    for backend, tower in open_towers(run, b, a, ("whisper",) if hears else ("onnx", "torch"), threads):
         towers.append(tower)
         run.systems[f"llasm stream {backend}"] = LlasmStreaming(a, tower, sampling, block_s)
         run.systems[f"llasm hands-free {backend}"] = LlasmHandsFree(a, tower, sampling, block_s)

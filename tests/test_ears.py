@@ -219,3 +219,62 @@ def test_info_checks_the_ears():
     lines = res.stdout.splitlines()
     assert "adaptor transcript" in lines[0] and "hears Whisper's transcript" in res.stdout
     assert any(ln.split()[:2] == ["ears", "packaged:base"] and " ok" in ln for ln in lines), res.stdout
+
+
+def _stream(tower, audio: np.ndarray, block: int = 640) -> tuple[list[np.ndarray], np.ndarray]:
+    stream = tower.stream()
+    early = [stream.push(audio[i : i + block]) for i in range(0, audio.size, block)]
+    return early, stream.finish()
+
+
+def test_words_are_committed_while_spoken_and_join_as_the_whole_clip(default_bot, spoken):
+    """Two passes that agree commit their words at once (rows prefilled while the user speaks); at the end
+    only the last words remain, and the rows equal those of the whole clip heard at once."""
+    tower = default_bot.tower
+    audio = np.concatenate(list(spoken.values()))
+    whole = tower.encode(audio)
+    heard = tower.transcript
+    early, last = _stream(tower, audio)
+    assert tower.transcript == heard
+    committed = sum(len(r) for r in early)
+    assert committed >= len(whole) // 2 and len(last) >= 1  # most of it before the end, the last words after
+    assert np.array_equal(np.concatenate([*early, last]), whole)
+
+
+def test_a_stream_longer_than_a_window(default_bot, tmp_path):
+    """Past 30 s the first window is heard to its end and committed whole, as encode cuts a long clip."""
+    tower = default_bot.tower
+    said = ["How many legs does a spider have?", "What color are bananas?", "What do bees make?",
+            "Who wrote Romeo and Juliet?", "What is frozen water called?", "How many months are in a year?",
+            "What planet is known as the red planet?", "What is the opposite of hot?", "What do cows drink?",
+            "How many hours are in a day?", "What color is grass?", "What is the closest star to Earth?",
+            "How many days are in a week?", "What is the largest planet in our solar system?"]
+    gap = np.zeros(SAMPLE_RATE * 3 // 4, np.float32)
+    audio = np.concatenate([x for i, q in enumerate(said) for x in (load_audio(flite(q, tmp_path / f"{i}.wav")), gap)])
+    assert audio.size > 32 * SAMPLE_RATE
+    whole = tower.encode(audio)
+    heard = tower.transcript
+    early, last = _stream(tower, audio, block=SAMPLE_RATE // 2)
+    for text in (heard, tower.transcript):
+        assert sum(q.lower().rstrip("?") in text.lower() for q in said) >= len(said) - 3, text
+    assert len(np.concatenate([*early, last])) == pytest.approx(len(whole), abs=6)
+
+
+def test_a_streamed_turn_answers_as_the_whole_clip(default_bot, spoken):
+    from llasm_cli.conversation import Conversation
+
+    audio = spoken["What is the capital of Japan?"]
+    answers = []
+    for streamed in (False, True):
+        conv = Conversation(default_bot)
+        if streamed:
+            turn = conv.begin_audio()
+            for i in range(0, audio.size, 640):
+                turn.feed(audio[i : i + 640])
+            turn.finish()
+            assert conv.stats.early_positions > 0 and conv.stats.heard == "What is the capital of Japan?"
+        else:
+            conv.add_user(audio)
+        answers.append("".join(conv.respond(Sampling(temperature=0.0), 12)))
+        conv.reset()
+    assert answers[0] == answers[1] and "tokyo" in answers[0].lower()

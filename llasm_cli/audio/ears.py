@@ -38,6 +38,17 @@ LOGPROB_THRESHOLD = -1.0
 
 
 @dataclass
+class Window:
+    """One window's decode (``WhisperEars.listen``)."""
+
+    ids: list[int]  # Whisper text tokens after the prefix the caller gave
+    stop: str
+    no_speech: float
+    frames: np.ndarray  # (S, d) encoder frames
+    ms: dict[str, float]
+
+
+@dataclass
 class Heard:
     """What the ears made of one clip."""
 
@@ -104,49 +115,55 @@ class WhisperEars:
 
     def hear(self, samples: np.ndarray) -> Heard:
         """The transcript of 16 kHz mono float32 ``samples``, one 30 s window after another."""
-        texts, stops, no_speech = [], [], 1.0
-        ms = dict.fromkeys(("mel", "encoder", "decode"), 0.0)
-        frames = np.zeros((0, 0), np.float32)
-        for window in split_windows(np.asarray(samples, np.float32)):
-            t0 = time.perf_counter()
-            mel = clip_mel(window, INPUT_MODE, self.n_mels)
-            t1 = time.perf_counter()
-            encoded = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True)
-            t2 = time.perf_counter()
-            ids, stop, p_none, logprob = self._decode(encoded, max_tokens(window.size / SAMPLE_RATE))
-            if p_none > NO_SPEECH_THRESHOLD and logprob < LOGPROB_THRESHOLD:
-                ids, stop = [], "silence"
-            t3 = time.perf_counter()
-            for key, dt in zip(ms, (t1 - t0, t2 - t1, t3 - t2)):
-                ms[key] += 1000 * dt
-            texts.append(self.text(ids))
-            stops.append(stop)
-            no_speech = min(no_speech, p_none)
-            frames = np.asarray(encoded)[0]
-        text = " ".join(t for t in texts if t)
-        return Heard(text, frames, next((s for s in stops if s != "eot"), "eot"), no_speech, ms)
+        parts = [self.listen(window) for window in split_windows(np.asarray(samples, np.float32))]
+        ms = {key: sum(p.ms[key] for p in parts) for key in ("mel", "encoder", "decode")}
+        text = " ".join(t for t in (self.text(p.ids) for p in parts) if t)
+        stop = next((p.stop for p in parts if p.stop != "eot"), "eot")
+        return Heard(text, parts[-1].frames, stop, min(p.no_speech for p in parts), ms)
 
-    def _decode(self, encoded, limit: int) -> tuple[list[int], str, float, float]:
-        """Greedy ids over one window's encoder output (prompted; again without the prompt if it came back),
-        why they stopped, the no-speech probability and the mean log-probability of the tokens."""
-        ids, stop, p_none, logprob = self._greedy(encoded, self.prompted, limit)
-        if self._echo and self._echoes(ids):
-            ids, stop, _, logprob = self._greedy(encoded, self.start, limit)
+    def listen(self, window: np.ndarray, prefix: list[int] | None = None) -> Window:
+        """One window (at most 30 s) encoded once and decoded greedily after ``prefix`` (Whisper ids the caller
+        has committed: they are forced, not decoded again): the ids that follow it."""
+        prefix = list(prefix or [])
+        t0 = time.perf_counter()
+        mel = clip_mel(window, INPUT_MODE, self.n_mels)
+        t1 = time.perf_counter()
+        encoded = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True)
+        t2 = time.perf_counter()
+        limit = max(0, max_tokens(window.size / SAMPLE_RATE) - len(prefix))
+        ids, stop, p_none, logprob = self._greedy(encoded, self.prompted, prefix, limit)
+        if self._echo and self._echoes(prefix + ids):
+            ids, stop, _, logprob = self._greedy(encoded, self.start, prefix, limit)
             stop = "echo" if stop == "eot" else stop
-        return ids, stop, p_none, logprob
+        if not prefix and p_none > NO_SPEECH_THRESHOLD and logprob < LOGPROB_THRESHOLD:
+            ids, stop = [], "silence"
+        t3 = time.perf_counter()
+        ms = {"mel": 1000 * (t1 - t0), "encoder": 1000 * (t2 - t1), "decode": 1000 * (t3 - t2)}
+        return Window(ids, stop, p_none, np.asarray(encoded)[0], ms)
 
-    def _greedy(self, encoded, prompt: list[int], limit: int) -> tuple[list[int], str, float, float]:
-        result = self.model.generate(encoded, [prompt], beam_size=self.beam, max_length=len(prompt) + limit + 1,
+    def _greedy(self, encoded, prompt: list[int], prefix: list[int], limit: int) -> tuple[list[int], str, float, float]:
+        """Greedy ids after ``prompt + prefix``, at most ``limit``, cut where the transcript (prefix included)
+        began to repeat itself; why they stopped, the no-speech probability and their mean log-probability."""
+        start = prompt + prefix
+        result = self.model.generate(encoded, [start], beam_size=self.beam, max_length=len(start) + limit + 1,
                                      return_scores=True, return_no_speech_prob=True, suppress_blank=True)[0]
-        ids = [i for i in result.sequences_ids[0] if i < self.eot][:limit]
+        ids = [i for i in result.sequences_ids[0] if i < self.eot]
+        if prefix and ids[: len(prefix)] == prefix:  # CTranslate2 returns the forced prefix with what follows it
+            ids = ids[len(prefix):]
+        ids = ids[:limit]
         logprob = float(result.scores[0]) if result.scores else 0.0  # CTranslate2: the mean log-probability
         stop = "length" if len(ids) >= limit else "eot"
-        for n in range(1, len(ids) + 1):  # the first place where the output began to repeat itself
-            cut = repeat_cut(ids[:n])
+        whole = prefix + ids
+        for n in range(len(prefix) + 1, len(whole) + 1):  # the first place where the output began to repeat itself
+            cut = repeat_cut(whole[:n])
             if cut is not None:
-                ids, stop = ids[:cut], "repeat"
+                ids, stop = whole[len(prefix):max(cut, len(prefix))], "repeat"
                 break
         return ids, stop, result.no_speech_prob, logprob
+
+    def starts_word(self, token: int) -> bool:
+        """Whether a Whisper token begins a new word (its bytes start with a space)."""
+        return 0 <= token < len(self.vocab) and self.vocab[token][:1] == b" "
 
     def _echoes(self, ids: list[int]) -> bool:
         """Whether a transcript holds a sentence of the prompt (Whisper read the prompt back, not the audio)."""

@@ -9,6 +9,11 @@ synthetic voices learned no words: 0 of 27 facts, issue #14).
 
 A clip's row count is known only once it is heard: ``positions`` is an upper bound (the transcript is
 bounded by the clip's duration, audio/ears.py), and rows past it are dropped.
+
+While the user speaks (``stream``, TranscriptStream), Whisper decodes the audio so far about once a second
+and the words two passes in a row agree on are committed (whisper_streaming's LocalAgreement-2): their rows
+are prefilled at once, and later passes are forced to begin with them. At the end of speech only the last
+words are decoded.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 
 from llasm_cli.audio.decode import check_finite
 from llasm_cli.audio.ears import NOTHING_HEARD, Heard, WhisperEars
-from llasm_cli.audio.geometry import transcript_positions
+from llasm_cli.audio.geometry import N_SAMPLES, SAMPLE_RATE, transcript_positions
 from llasm_cli.errors import AudioFileError, BackendUnavailableError
 from llasm_cli.formats.bundle import Bundle
 from llasm_cli.towers.base import TowerBackend
@@ -39,6 +44,7 @@ class TranscriptTower(TowerBackend):
     adaptor = "transcript"
     stack_factor = 0
     tokens_per_window = 0
+    chunked = True  # heard while it is spoken (TranscriptStream); a whole clip is heard whole (encode)
 
     def __init__(self, bundle: Bundle, llm, n_threads: int | None = None) -> None:
         super().__init__()
@@ -76,5 +82,120 @@ class TranscriptTower(TowerBackend):
         rows = self.llm.token_rows(ids[: self.positions(n_samples)])
         return np.ascontiguousarray(rows, dtype=np.float32)
 
+    def stream(self) -> TranscriptStream:
+        return TranscriptStream(self)
+
     def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         raise BackendUnavailableError("the transcript tower hears whole clips (encode), not padded windows")
+
+
+PASS_SECONDS = 1.0  # new audio between two decodes of the audio so far
+FIRST_PASS_SECONDS = 1.0  # no decode before this much audio
+
+
+class TranscriptStream:
+    """Whisper's transcript of audio still arriving, committed where two passes agree (the ChunkStream contract:
+    ``push`` returns the rows of newly committed words, ``peek`` the rest as ``finish`` would, ``finish`` the rest).
+
+    Whisper ids are committed at word boundaries only (a token that starts with a space begins a word), less
+    the last agreed word, which the next audio may still change. The rows are the LLM's tokens of the committed
+    text: each new piece is the tail of the whole committed text's tokens where the earlier ones are a prefix
+    of them (so pieces join as the whole text would), else the piece's own tokens.
+    """
+
+    def __init__(self, tower: TranscriptTower) -> None:
+        self.tower = tower
+        self.parts: list[np.ndarray] = []
+        self.n = 0
+        self.window_start = 0  # samples before the window being heard (30 s windows, as encode cuts them)
+        self.committed: list[int] = []  # Whisper ids of this window, forced on every later pass
+        self.previous: list[int] | None = None  # the last pass's ids after the committed ones
+        self.texts: list[str] = []  # the text of each finished window
+        self.llm_ids: list[int] = []  # the LLM tokens of the rows returned so far
+        self.done_text = ""  # the text they are the tokens of
+        self.heard_at = 0  # samples when the last pass ran
+        self._tail: tuple[int, np.ndarray, str] | None = None  # (n, rows, text) of the last peek
+
+    @property
+    def samples(self) -> np.ndarray:
+        if len(self.parts) > 1:
+            self.parts = [np.concatenate(self.parts)]
+        return self.parts[0] if self.parts else np.zeros(0, np.float32)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        x = check_finite(np.asarray(samples, np.float32).reshape(-1))
+        self.parts.append(x)
+        self.n += x.size
+        out = [np.zeros((0, self.tower.n_embd), np.float32)]
+        while self.n - self.window_start > N_SAMPLES:  # a full window: heard to its end, then the next one
+            out.append(self._close_window())
+        new = self.n - self.heard_at
+        if self.n - self.window_start >= FIRST_PASS_SECONDS * SAMPLE_RATE and new >= PASS_SECONDS * SAMPLE_RATE:
+            out.append(self._pass())
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+    def _window(self) -> np.ndarray:
+        return self.samples[self.window_start : self.window_start + N_SAMPLES]
+
+    def _pass(self) -> np.ndarray:
+        """Decode the window so far after the committed ids; commit what this pass and the last agree on."""
+        self.heard_at = self.n
+        ears = self.tower.ears
+        got = ears.listen(self._window(), self.committed).ids
+        agreed = 0
+        if self.previous is not None:
+            while agreed < min(len(got), len(self.previous)) and got[agreed] == self.previous[agreed]:
+                agreed += 1
+        agreed = max((i for i in range(agreed) if ears.starts_word(got[i])), default=0)  # whole words, less the last
+        self.previous = got[agreed:]
+        if not agreed:
+            return np.zeros((0, self.tower.n_embd), np.float32)
+        self.committed += got[:agreed]
+        self.tower.encode_calls += 1
+        return self._rows_of(self._heard(self.committed))
+
+    def _close_window(self) -> np.ndarray:
+        """The window's last words, the window committed whole, and the next window started."""
+        ears = self.tower.ears
+        self.committed += ears.listen(self._window(), self.committed).ids
+        rows = self._rows_of(self._heard(self.committed))
+        self.texts.append(ears.text(self.committed))
+        self.window_start += N_SAMPLES
+        self.committed, self.previous, self.heard_at = [], None, self.window_start
+        return rows
+
+    def _heard(self, window_ids: list[int]) -> str:
+        """The text of the finished windows and of ``window_ids`` in the current one."""
+        return " ".join(t for t in [*self.texts, self.tower.ears.text(window_ids)] if t)
+
+    def _new_tokens(self, text: str) -> list[int]:
+        """The LLM tokens of ``text`` (all heard so far; it extends ``done_text``) beyond those returned already:
+        the tail of the whole text's tokens where those are a prefix of them, else the new piece's own tokens."""
+        llm = self.tower.llm
+        ids = llm.tokenize(text, special=False)
+        if ids[: len(self.llm_ids)] == self.llm_ids:
+            return ids[len(self.llm_ids):]
+        return llm.tokenize(text[len(self.done_text):], special=False)
+
+    def _rows_of(self, text: str) -> np.ndarray:
+        """Rows for the words of ``text`` not returned yet, now committed."""
+        new = self._new_tokens(text)
+        self.llm_ids += new
+        self.done_text = text
+        return self.tower.llm.token_rows(new)
+
+    def peek(self) -> np.ndarray:
+        """The rows ``finish`` would return now (the last words decoded), leaving the stream open."""
+        if self._tail is None or self._tail[0] != self.n:
+            rest = self.tower.ears.listen(self._window(), self.committed).ids if self.n > self.window_start else []
+            text = self._heard(self.committed + rest)
+            tail = self._new_tokens(text) if text else self.tower.llm.tokenize(NOTHING_HEARD, special=False)
+            tail = tail[: max(0, self.tower.positions(self.n) - len(self.llm_ids))]
+            self._tail = (self.n, self.tower.llm.token_rows(tail), text)
+        self.tower.transcript = self._tail[2]
+        return np.ascontiguousarray(self._tail[1], dtype=np.float32)
+
+    def finish(self) -> np.ndarray:
+        if self.n == 0:
+            raise AudioFileError("the audio is empty")
+        return self.peek()
