@@ -19,6 +19,10 @@ Columns: spoken answer = typed answer (the first sentence, case and punctuation 
 to hear a clip (ears or faster-whisper) and its ratio to faster-whisper's, clip by clip.
 
     python bench/ears.py [--limit N] [--llm smollm2|gemma|PATH.gguf] [--json OUT]
+    python bench/ears.py --variants      # the ears' choices: no prompt, beam 3, Whisper's padded 30 s window
+
+``--variants`` runs the bridge alone once per way of hearing (audio/ears.py's prompt, beam width and input
+mode changed on the loaded tower) against the typed answers, to show why the shipped choices are what they are.
 
 Needs the bench extra (faster-whisper; Gemma 3 270M for --llm gemma) and the voices extra where installed.
 Clips are cached in the bench folder (bench/assets.bench_root).
@@ -195,6 +199,47 @@ def measure(limit: int | None, llm: str | None) -> dict:
     return {"llm": name, "rows": rows}
 
 
+VARIANTS = {  # name -> (decoder prompt kept, beam width, input mode)
+    "shipped: quiz prompt, greedy, unpadded + 1 s of silence": (True, 1, "zeros"),
+    "no decoder prompt": (False, 1, "zeros"),
+    "beam 3": (True, 3, "zeros"),
+    "unpadded, no silence after": (True, 1, "unpadded"),
+    "Whisper's padded 30 s window": (True, 1, "padded"),
+}
+
+
+def variants(limit: int | None) -> None:
+    """The bridge under each of VARIANTS: spoken = typed per condition, facts, WER, median ms to hear."""
+    from llasm_cli.audio import ears as ears_module
+
+    items = clips(limit)
+    run = Runner(None)
+    ears = run.bot.tower.ears
+    typed = {c["text"]: run.answer(text=c["text"]) for c in items}
+    shipped = (ears.prompted, ears.prompt_ids, ears_module.INPUT_MODE)
+    print("| ears | spoken = typed: clean | phone | noise 15 dB | facts right | WER | ms to hear (median) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, (prompt, beam, mode) in VARIANTS.items():
+        ears.prompted = shipped[0] if prompt else ears.start
+        ears.prompt_ids = shipped[1] if prompt else []
+        ears.beam, ears_module.INPUT_MODE = beam, mode
+        same, facts, errs, n_words, ms = dict.fromkeys(CONDITIONS, 0), 0, 0, 0, []
+        for c in items:
+            rows, heard, t = run.hear(c["audio"])
+            answer = run.answer(clip=rows)
+            same[c["condition"]] += first_sentence(answer) == first_sentence(typed[c["text"]])
+            facts += knows(answer, c["answers"]) if c["answers"] else 0
+            errs += word_errors(words(c["text"]), words(heard))
+            n_words += len(words(c["text"]))
+            ms.append(t)
+        n = len(items) // len(CONDITIONS)
+        cells = " | ".join(f"{100 * same[cond] / n:.0f}%" for cond in CONDITIONS)
+        print(f"| {name} | {cells} | {facts} | {100 * errs / n_words:.1f}% | {statistics.median(ms):.0f} |", flush=True)
+    ears.prompted, ears.prompt_ids, ears_module.INPUT_MODE = shipped
+    ears.beam = 1
+    run.bot.close()
+
+
 def summarize(result: dict) -> dict:
     rows = result["rows"]
     out = {}
@@ -243,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N questions only")
     ap.add_argument("--llm", default="smollm2", help="smollm2 (the default model), gemma (Gemma 3 270M), or a GGUF")
     ap.add_argument("--json", type=Path, default=None, help="also write every answer here")
+    ap.add_argument("--variants", action="store_true", help="the bridge alone under each way of hearing (VARIANTS)")
     a = ap.parse_args(argv)
+    if a.variants:
+        variants(a.limit)
+        return 0
     llm = None
     if a.llm == "gemma":
         from bench.assets import gemma_gguf

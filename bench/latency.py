@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_rss:
                 log(f"{m}: peak RSS of llasm ask")
                 result["rss"] += measure_rss(m, bundles[m], wav, args.threads,
-                                             ("onnx", "torch") if args.realtime else ("ggml", "torch"))
+                                             bundle_backends(bundles[m]) if args.realtime else ("ggml", "torch"))
     result["summary"] = summary(result["latency"])
     return report(result, args, started)
 

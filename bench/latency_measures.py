@@ -224,6 +224,10 @@ def _bundle_files(bundle: Path, backend: str) -> list[Path]:
     b = load_bundle(bundle)
     if backend == "onnx":
         files = [b.llm_path(), *b.onnx_tower_files()]
+    elif backend == "whisper":  # the transcript tower's CTranslate2 Whisper, wherever it lies
+        from llasm_cli.towers.transcript import ears_folder
+
+        files = [b.llm_path(), ears_folder(b) / "model.bin"]
     else:
         files = assets.bundle_files(bundle, backend)
     if b.manifest.boundary_file:
@@ -236,6 +240,8 @@ def bundle_backends(bundle: Path) -> tuple[str, ...]:
     from llasm_cli.formats.bundle import load_bundle
 
     m = load_bundle(bundle).manifest
+    if m.adaptor == "transcript":
+        return ("whisper",)
     return tuple(name for name, has in (("onnx", m.onnx_tower), ("ggml", m.tower_files), ("torch", m.torch_tower)) if has)
 
 

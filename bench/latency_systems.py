@@ -71,7 +71,8 @@ class Llasm:
         self.started = now()
         for i in range(0, audio.size, self.block):
             block = audio[i : i + self.block]
-            wait = self.started + (i + block.size) / SAMPLE_RATE - now()
+            self.spoken_at = self.started + (i + block.size) / SAMPLE_RATE  # when a microphone would have it
+            wait = self.spoken_at - now()
             if wait > 0:
                 time.sleep(wait)
             yield block
@@ -110,8 +111,8 @@ class LlasmHandsFree(Llasm):
     """llasm's hands-free turn as ``llasm chat`` takes it: the clip and 1 s of silence played at the
     audio clock's pace through the voice-activity endpointer, streamed into the model while it is
     heard and prefilled at the pause (whole when the chunks say it fits, ``turn_taking.WHOLE_SHARE``); the
-    latency counted from the endpointer's SpeechEnd (the trailing silence confirmed), the moment a
-    hands-free cascade would get the clip."""
+    latency counted from the moment the audio that let the endpointer confirm the end (SpeechEnd, the trailing
+    silence) was spoken: when a hands-free cascade would get the clip."""
 
     def __call__(self, audio: np.ndarray) -> Timing:
         from llasm_cli.audio.endpoint import Endpointer
@@ -120,11 +121,12 @@ class LlasmHandsFree(Llasm):
         conv = self.conversation()
         hands_free = HandsFree(conv, Endpointer())  # the chat's own loop: what it feeds, when it speculates
         for block in self.paced(np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)])):
-            t_block = now()
             done = hands_free.push(block)
             if done is not None:  # the endpointer confirmed the end during this block
                 turn, _ = done
-                lag = now() - t_block
+                # from the moment the block was spoken: work that fell behind the audio clock (a speculation
+                # longer than the silence it waited in) is time the user waits too
+                lag = now() - self.spoken_at
                 if turn.error is not None:
                     raise turn.error
                 turn.stream.finish()

@@ -251,11 +251,17 @@ def chat(
     gpu_layers: int = GpuOpt,
     stats: bool = typer.Option(False, "--stats", help="Show audio length, encode time, time to first token, tokens/s."),
     max_audio: float = MaxAudioOpt,
+    speak: Optional[bool] = typer.Option(
+        None, "--speak/--no-speak", help="Speak each answer while it is generated (default: when listening "
+        "hands-free and an output device opens). Your voice over an answer cuts it."),
+    voice: Optional[str] = typer.Option(
+        None, "--voice", help="ENGINE:VOICE for spoken answers (`llasm voices` lists them; default: the best "
+        "installed voice for each answer's language)."),
 ) -> None:
     """Talk with the model, turn after turn: speech from the mic or files, typed text, or both.
 
     In the chat: [bold]/file PATH \\[text][/], [bold]/reset[/], [bold]/save FILE[/], [bold]/system TEXT[/],
-    [bold]/stats[/], [bold]/help[/], [bold]/quit[/].
+    [bold]/mute[/], [bold]/voice \\[SPEC][/], [bold]/stats[/], [bold]/help[/], [bold]/quit[/].
 
     A typed line ending with ':' waits for your next spoken turn (e.g. "Translate this to Chinese:"
     then speak). Ctrl-C stops an answer; Ctrl-C when idle, or Ctrl-D, quits.
@@ -276,13 +282,17 @@ def chat(
     if mic is None:
         mic = _has_input_device()
     mode = "ptt" if ptt and mic is not False else ("mic" if mic else "text")
+    if voice is not None:
+        from llasm_cli.voices import open_voice
+
+        open_voice(voice)  # a voice that cannot speak here fails now (VoiceError says what to install)
     bot = Assistant(_need_model(model, llm), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads,
                     n_gpu_layers=gpu_layers, stream=stream)
     try:
         settings = ChatSettings(
             mode=mode, device=_device_spec(device), trailing_silence=silence, max_turn=max_turn, stats=stats,
             sampling=bot.default_sampling(temperature, seed=seed, ignore_eos=ignore_eos), max_tokens=max_tokens,
-            max_audio=max_audio,
+            max_audio=max_audio, speak=speak if voice is None else (speak is not False), voice=voice,
         )
         ChatApp(Conversation(bot, system=system), settings, console).run(first_file=file, first_text=text)
     finally:
@@ -359,6 +369,20 @@ def devices() -> None:
     for d in found:
         mark = "*" if d.get("is_default") else " "
         console.print(f"{mark} {d['index']:3d}  {d['name']}  ({d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+
+
+@app.command()
+def voices() -> None:
+    """List the offline voices installed here (what --voice and /voice take), and what the others need."""
+    from llasm_cli.terminal.ui import console
+    from llasm_cli.voices import available
+
+    for e in available():
+        if e.reason is None:
+            shown = ", ".join(f"{e.engine}:{v}" for v in e.voices[:8]) + (f" (+{len(e.voices) - 8} more)" if len(e.voices) > 8 else "")
+            console.print(f"{e.engine:10} {shown}  [dim]{e.licence}[/]", highlight=False)
+        else:
+            console.print(f"{e.engine:10} [dim]not here: {e.reason}[/]", highlight=False)
 
 
 def _device_spec(device: Optional[str]) -> str | int | None:

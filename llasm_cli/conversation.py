@@ -30,6 +30,8 @@ from llasm_cli.spoken_turn import AudioTurnStream
 from llasm_cli.towers import TowerBackend
 from llasm_cli.turns import Turn, TurnStats, fit_prompt
 
+CUT_MARK = "…"  # ends an answer the user cut in on
+
 
 @dataclass
 class Conversation:
@@ -199,6 +201,12 @@ class Conversation:
                 ms = ((t_done or time.perf_counter()) - t_first) * 1e3 / steps
                 st.decode_ms_per_token = ms
                 st.decode_tokens_per_s = 1e3 / max(ms, 1e-9)
+
+    def cut_answer(self, heard: str) -> None:
+        """The last answer as far as the listener heard it when they cut in (barge-in), marked as cut ("…"):
+        what the next turn's prompt holds of it."""
+        if self.turns and self.turns[-1].message.role == "assistant":
+            self.turns[-1] = Turn(Message.of("assistant", [f"{heard.rstrip()} {CUT_MARK}".strip()]))
 
     # --- saving ---------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ characters, English otherwise (hibari, then Pico, flite, espeak-ng: the order be
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,3 +64,107 @@ def speak_into(path: Path | None, answer: str, voice: Voice | None) -> dict:
     voice = voice or voice_for_answer(answer)
     seconds = write_speech(answer, path, voice)
     return {"speech_out": {"path": str(path), "voice": voice.spec, "seconds": round(seconds, 3)}}
+
+
+# --- an answer spoken while it is generated (llasm chat) --------------------------------------------------
+
+CLAUSE_END = re.compile(r"[.!?;:。！？；]+[\"')\]]*(?=\s)|\n+")  # where a clause ends: the audio can start there
+FIRST_CLAUSE_COMMA_WORDS = 4  # the first clause may end at a comma once it has this many words: audio sooner
+
+
+class SpokenAnswer:
+    """Text pieces in as they are generated; each clause spoken as soon as it is complete, in order.
+
+    A worker thread synthesizes clause after clause while the LLM goes on and the device plays the ones
+    before (audio/playback.Player), so the first audio starts after the first clause, not the whole answer.
+    ``stop`` silences it at once (barge-in, Ctrl-C) and ``spoken`` is the text heard so far: whole clauses,
+    and the words of the clause that was cut, in proportion to how much of it played.
+    """
+
+    def __init__(self, voice: Voice, player) -> None:
+        import queue
+        import threading
+
+        self.voice, self.player = voice, player
+        self.pending = ""  # text not yet sent as a clause
+        self.clauses: list[str] = []  # sent for speaking, in order
+        self.first_audio: float | None = None  # perf_counter when the first clause was queued for playing
+        self.error: Exception | None = None
+        self._todo: queue.Queue[str | None] = queue.Queue()
+        self._stopped = threading.Event()
+        self._worker = threading.Thread(target=self._speak, name="llasm-speak", daemon=True)
+        self._worker.start()
+
+    def feed(self, piece: str) -> None:
+        """More of the answer; complete clauses go to the voice now."""
+        if self._stopped.is_set():
+            return
+        self.pending += piece
+        while True:
+            cut = self._clause_end(self.pending)
+            if cut is None:
+                return
+            self._send(self.pending[:cut])
+            self.pending = self.pending[cut:]
+
+    def _clause_end(self, text: str) -> int | None:
+        m = CLAUSE_END.search(text)
+        if m is not None:
+            return m.end()
+        if not self.clauses:  # the first clause: a comma will do once it holds a few words
+            comma = text.find(", ")
+            if comma > 0 and len(text[:comma].split()) >= FIRST_CLAUSE_COMMA_WORDS:
+                return comma + 1
+        return None
+
+    def _send(self, clause: str) -> None:
+        if clause.strip():
+            self.clauses.append(clause)
+            self._todo.put(clause)
+
+    def finish(self) -> None:
+        """The answer is complete: its last words go to the voice too."""
+        if not self._stopped.is_set():
+            self._send(self.pending)
+            self.pending = ""
+        self._todo.put(None)
+
+    def _speak(self) -> None:
+        import time
+
+        while True:
+            clause = self._todo.get()
+            if clause is None or self._stopped.is_set():
+                return
+            try:
+                audio = self.voice.speak_native(clause.strip())
+            except Exception as exc:  # noqa: BLE001 - a voice that fails mid-answer: the text is still on screen
+                self.error = exc
+                return
+            if self._stopped.is_set():
+                return
+            self.player.play(audio, self.voice.native_rate)
+            if self.first_audio is None:
+                self.first_audio = time.perf_counter()
+
+    @property
+    def speaking(self) -> bool:
+        return not self._stopped.is_set() and (self.player.busy or self._worker.is_alive())
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until every clause has been spoken (or ``stop``)."""
+        self._worker.join(timeout)
+        if not self._stopped.is_set():
+            self.player.wait(timeout)
+
+    def stop(self) -> str:
+        """Silence now; the text the listener heard (see the class)."""
+        done, share = self.player.progress()
+        self._stopped.set()
+        self.player.stop()
+        self._todo.put(None)
+        heard = "".join(self.clauses[:done])
+        if done < len(self.clauses) and share > 0:
+            words = self.clauses[done].split(" ")
+            heard += " ".join(words[: round(share * len(words))])
+        return heard.strip()

@@ -273,6 +273,11 @@ class AudioTurnStream:
             raise RuntimeError("this streamed turn is finished or cancelled")
 
     @property
+    def heard(self) -> str:
+        """The words heard so far, for a model that hears words while they are spoken ('' otherwise)."""
+        return self.chunks.heard if self.chunks is not None else ""
+
+    @property
     def seconds(self) -> float:
         """Audio fed so far."""
         return self.n / SAMPLE_RATE

@@ -83,3 +83,45 @@ class HandsFree:
         if self.turn is not None:
             self.turn.cancel()
             self.turn = None
+
+
+BARGE_IN_DB = 8.0  # how far above the answer's own echo (its loud blocks) the microphone must be to be the user
+BARGE_IN_BLOCKS = 3  # ... for this many blocks in a row (~100 ms of 32 ms blocks)
+ECHO_BLOCKS = 94  # the echo's level: the ECHO_PERCENTILE of the last ~3 s of blocks heard while audio played
+ECHO_PERCENTILE = 95  # speech is loud in its syllables and quiet between them: the reference is its loud part
+LEARN_BLOCKS = 16  # blocks heard while audio played before any barge-in (~0.5 s: the device's and the room's delay)
+HELD_BLOCKS = 32  # the last ~1 s held back: the first syllables of a barge-in are heard too
+
+
+class BargeIn:
+    """While an answer is spoken aloud, the microphone hears it too. Its blocks are held back from the
+    endpointer (silence goes in their place) unless they are clearly louder than the answer's own echo,
+    whose level is learnt while it plays: the user's voice over it, for BARGE_IN_BLOCKS blocks in a row,
+    cuts in. Then the held blocks go to the endpointer, so the turn starts with the user's first syllables.
+    With headphones the echo is the room's noise, and the user's voice cuts in at once."""
+
+    def __init__(self) -> None:
+        from collections import deque
+
+        self.levels: deque[float] = deque(maxlen=ECHO_BLOCKS)
+        self.held: deque[np.ndarray] = deque(maxlen=HELD_BLOCKS)
+        self.loud = 0
+
+    def hold(self, block: np.ndarray, db: float, audible: bool = True) -> list[np.ndarray] | None:
+        """None while the block is the answer's echo (or not yet clearly the user); the blocks to hear once
+        the user has cut in (those held and this one). ``audible``: the answer's audio is playing now (not
+        between two clauses still being synthesized): only then is the block's level the echo's."""
+        self.held.append(block)
+        echo = float(np.percentile(self.levels, ECHO_PERCENTILE)) if len(self.levels) >= LEARN_BLOCKS else None
+        if echo is not None and db > echo + BARGE_IN_DB:
+            self.loud += 1
+        else:
+            self.loud = 0
+            if audible:
+                self.levels.append(db)
+        if self.loud < BARGE_IN_BLOCKS:
+            return None
+        heard = list(self.held)
+        self.held.clear()
+        self.loud = 0
+        return heard

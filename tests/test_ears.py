@@ -222,8 +222,12 @@ def test_info_checks_the_ears():
 
 
 def _stream(tower, audio: np.ndarray, block: int = 640) -> tuple[list[np.ndarray], np.ndarray]:
+    """The audio pushed block by block, each pass waited for (as if the machine kept up with any pace)."""
     stream = tower.stream()
-    early = [stream.push(audio[i : i + block]) for i in range(0, audio.size, block)]
+    early = []
+    for i in range(0, audio.size, block):
+        early.append(stream.push(audio[i : i + block]))
+        stream.settle()
     return early, stream.finish()
 
 

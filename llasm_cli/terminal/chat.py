@@ -15,6 +15,11 @@ it: when the end is confirmed only the first token remains, and speech that goes
 guess back out. A turn
 that is not sent (no speech in a push-to-talk recording, a typed line, Ctrl-C) is cancelled,
 which takes it back out of the KV cache.
+
+Answers are spoken while they stream where there is an output device (terminal/voice.py): hands-free by
+default, ``--speak`` otherwise; the user's voice over an answer cuts it (turn_taking.BargeIn).
+
+(Over 400 lines: the REPL's loop, its commands and its turns, which share the console and the live meter.)
 """
 
 from __future__ import annotations
@@ -40,14 +45,15 @@ from llasm_cli.llm.engine import Sampling
 from llasm_cli.terminal.keys import KeyReader
 from llasm_cli.terminal.ui import note as show_note
 from llasm_cli.terminal.ui import stream_answer
-from llasm_cli.turn_taking import HandsFree, LiveTurn
+from llasm_cli.turn_taking import BargeIn, HandsFree, LiveTurn
 from llasm_cli.turns import TurnStats
 
 HELP = (
-    "commands: /file PATH [text]  /reset  /save FILE  /system TEXT  /stats  /help  /quit\n"
+    "commands: /file PATH [text]  /reset  /save FILE  /system TEXT  /mute  /voice [SPEC]  /stats  /help  /quit\n"
     "A typed line ending with ':' waits for your next spoken turn and is sent with it."
 )
 EOF_ = object()
+HEARD_SHOWN = 60  # characters of the words heard so far that the level meter shows (the last ones)
 
 
 @dataclass
@@ -60,6 +66,8 @@ class ChatSettings:
     sampling: Sampling | None = None
     max_tokens: int | None = None
     max_audio: float | None = None  # longest audio file accepted (seconds)
+    speak: bool | None = None  # answers aloud; None: when listening hands-free and an output device opens
+    voice: str | None = None  # ENGINE:VOICE; None: the best installed voice for each answer's language
 
 
 def stats_line(st: TurnStats) -> str:
@@ -94,6 +102,8 @@ class ChatApp:
         self.pending_text: str | None = None
         self.mic = None
         self.endpointer = None
+        self.voice = None  # terminal/voice.ChatVoice while answers are spoken
+        self.barge_in: BargeIn | None = None
 
     # --- the loop -------------------------------------------------------------------
 
@@ -106,7 +116,10 @@ class ChatApp:
         with self.console.status("loading the audio encoder…", spinner="dots"):
             self.conv.bot.warmup_tower()
         self._open_mic()
-        c.print(f"[bold]llasm[/] · {m.name} · input: {self._mode_label()} · /help for commands · Ctrl-D to quit")
+        self._open_voice()
+        spoken = f" · answers spoken ({self.voice.spec or 'voice per language'})" if self.voice is not None else ""
+        c.print(f"[bold]llasm[/] · {m.name} · input: {self._mode_label()}{escape(spoken)} · /help for commands · "
+                "Ctrl-D to quit")
         keys = KeyReader()
         try:
             if first_file is not None:
@@ -127,6 +140,8 @@ class ChatApp:
         finally:
             if self.mic is not None:
                 self.mic.close()
+            if self.voice is not None:
+                self.voice.close()
             c.print("[dim]bye[/]")
 
     def _mode_label(self) -> str:
@@ -148,6 +163,23 @@ class ChatApp:
         except (MicrophoneError, LlasmError) as exc:
             self.console.print(f"[yellow]no microphone:[/] {escape(str(exc))} — using typed input")
             self.mic, self.s.mode = None, "text"
+
+    def _open_voice(self) -> None:
+        """Speak the answers when asked to (--speak), or by default when listening hands-free."""
+        if self.s.speak is False or (self.s.speak is None and self.s.mode != "mic"):
+            return
+        from llasm_cli.terminal.voice import open_chat_voice
+
+        self.voice, why = open_chat_voice(self.s.voice)
+        if self.voice is None:
+            self.console.print(f"[yellow]answers are not spoken:[/] {escape(why or '')}")
+
+    def _cut_in(self, why: str) -> None:
+        """Stop the answer being spoken; the conversation keeps it as far as it was heard."""
+        heard = self.voice.cut() if self.voice is not None else None
+        if heard is not None:
+            self.conv.cut_answer(heard)
+            self.console.print(f"[dim](answer cut: {why})[/]")
 
     def _next_input(self, keys: KeyReader):
         if self.s.mode == "text":
@@ -181,6 +213,7 @@ class ChatApp:
                     if line is KeyReader.EOF:
                         return EOF_
                     if line is not None:
+                        self._cut_in("you typed" if line else "Enter")
                         if ptt and line == "":
                             if recording:
                                 audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
@@ -198,9 +231,10 @@ class ChatApp:
                             chunks.append(chunk)
                             turn.feed(chunk)
                         elif not ptt:
-                            done = hands_free.push(chunk)
-                            if done is not None:  # the trailing silence confirmed: the turn is sent
-                                return ("audio", done)
+                            for block in self._heard_blocks(chunk, db):
+                                done = hands_free.push(block)
+                                if done is not None:  # the trailing silence confirmed: the turn is sent
+                                    return ("audio", done)
                             speaking = hands_free.turn is not None
                     live.update(self._meter(db, time.monotonic() - t0, recording, speaking, keys.buffer))
         finally:  # a turn not handed over (a typed line, end of input, Ctrl-C, an error) is taken back
@@ -208,14 +242,32 @@ class ChatApp:
                 turn.cancel()
             hands_free.cancel()
 
+    def _heard_blocks(self, chunk: np.ndarray, db: float) -> list[np.ndarray]:
+        """What the endpointer hears of a microphone block: the block, or while an answer is spoken, silence
+        until the user's voice is clearly over its echo (turn_taking.BargeIn), then the blocks held back."""
+        if self.voice is None or not self.voice.playing:
+            self.barge_in = None
+            return [chunk]
+        if self.barge_in is None:
+            self.barge_in = BargeIn()
+        heard = self.barge_in.hold(chunk, db, self.voice.audible)
+        if heard is None:
+            return [np.zeros_like(chunk)]
+        self._cut_in("you spoke")
+        self.barge_in = None
+        return heard
+
     def _meter(self, db: float, elapsed: float, recording: bool, speaking: bool, typed: str) -> Text:
         if self.s.mode == "ptt" and not recording:
             state = "[dim]press Enter to talk[/]"
         else:
             state = "[bold red]● speaking[/]" if speaking else "[green]● listening[/]"
         pending = f"  [dim]({escape(self.pending_text)})[/]" if self.pending_text else ""
+        live = self.conv.live
+        words = live.heard[-HEARD_SHOWN:] if live is not None and live.heard else ""
+        heard = f"  [dim]“{escape(words)}…”[/]" if words else ""  # the words committed while you speak
         return Text.from_markup(
-            f"{state} {level_bar(db)} {db:5.0f} dB {elapsed:5.1f} s{pending}   [bold cyan]you›[/] {escape(typed)}█"
+            f"{state} {level_bar(db)} {db:5.0f} dB {elapsed:5.1f} s{pending}{heard}   [bold cyan]you›[/] {escape(typed)}█"
         )
 
     # --- turns ----------------------------------------------------------------------
@@ -253,6 +305,22 @@ class ChatApp:
         elif name == "/system":
             self.conv.set_system(arg)
             c.print(f"[dim]system prompt set ({len(arg)} characters); history kept[/]")
+        elif name == "/mute":
+            if self.voice is None:
+                c.print("[yellow]answers are not spoken in this chat[/] (llasm chat --speak)")
+            else:
+                c.print(f"[dim]answers {'muted' if self.voice.toggle_mute() else 'spoken again'}[/]")
+        elif name == "/voice":
+            if self.voice is None:
+                c.print("[yellow]answers are not spoken in this chat[/] (llasm chat --speak)")
+            elif not arg:
+                c.print(f"[dim]voice: {escape(self.voice.spec or 'the best installed one per language')}[/] "
+                        "(/voice ENGINE:VOICE; `llasm voices` lists them)")
+            else:
+                try:
+                    c.print(f"[dim]voice: {escape(self.voice.set_voice(arg))}[/]")
+                except LlasmError as exc:
+                    c.print(f"[red]error:[/] {escape(str(exc))}")
         elif name == "/stats":
             self.s.stats = not self.s.stats
             c.print(f"[dim]stats {'on' if self.s.stats else 'off'}[/]")
@@ -313,6 +381,7 @@ class ChatApp:
                 live.cancel()
 
     def _turn(self, audio: np.ndarray | None = None, text: str | None = None, live: LiveTurn | None = None) -> None:
+        self._cut_in("a new turn")  # before the turn goes in: the answer it cuts is the last message
         c = self.console
         try:
             with c.status("listening to you…" if audio is not None else "thinking…", spinner="dots"):
@@ -336,13 +405,27 @@ class ChatApp:
             c.print(f"[yellow]{notice}[/]")
         self.conv.notices.clear()
         c.print("[bold magenta]llasm›[/]")
+        pieces = itertools.chain([first] if first is not None else [], stream)
+        spoken = self.voice.start(first or "") if self.voice is not None else None
         try:
-            stream_answer(itertools.chain([first] if first is not None else [], stream), out=c)
+            stream_answer(_fed(pieces, spoken) if spoken is not None else pieces, out=c)
+            if spoken is not None:
+                spoken.finish()  # its last clause; it plays on while the chat listens (and may be cut)
         except KeyboardInterrupt:
             stream.close()
             c.print("[dim](interrupted)[/]")
+            self._cut_in("Ctrl-C")
+        if spoken is not None and spoken.error is not None:
+            c.print(f"[yellow]the voice failed:[/] {escape(str(spoken.error))}")
         if self.s.stats:
             c.print(f"[dim]{stats_line(self.conv.stats)}[/]", highlight=False)
+
+
+def _fed(pieces, spoken):
+    """The answer's pieces as they come, each also given to the voice."""
+    for piece in pieces:
+        spoken.feed(piece)
+        yield piece
 
 
 def _ctrl_c_interrupts() -> None:

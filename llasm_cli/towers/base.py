@@ -92,6 +92,8 @@ class ChunkStream:
     ``finish`` encodes what is left. Concatenated, they equal ``encode`` of the whole clip.
     """
 
+    heard = ""  # the words committed so far, for a stream that hears words (towers/transcript.py)
+
     def __init__(self, tower: TowerBackend) -> None:
         self.tower = tower
         self.parts: list[np.ndarray] = []

@@ -18,6 +18,7 @@ words are decoded.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ class TranscriptTower(TowerBackend):
         self.llm = llm
         self.n_embd = llm.n_embd
         self.heard: Heard | None = None  # what the last clip was heard as
+        self._worker = None  # the streams' pass thread (worker)
 
     def positions(self, n_samples: int) -> int:
         return transcript_positions(n_samples)
@@ -85,17 +87,36 @@ class TranscriptTower(TowerBackend):
     def stream(self) -> TranscriptStream:
         return TranscriptStream(self)
 
+    def worker(self):
+        """The one thread that runs the streams' passes (one at a time: they share Whisper's threads)."""
+        if self._worker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="llasm-ears")
+        return self._worker
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+
     def encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         raise BackendUnavailableError("the transcript tower hears whole clips (encode), not padded windows")
 
 
-PASS_SECONDS = 1.0  # new audio between two decodes of the audio so far
+PASS_SECONDS = 1.0  # new audio between two decodes of the audio so far, at least
+PASS_DUTY = 0.5  # ... and at most this share of the time spent decoding: passes never fall behind the speech
 FIRST_PASS_SECONDS = 1.0  # no decode before this much audio
 
 
 class TranscriptStream:
     """Whisper's transcript of audio still arriving, committed where two passes agree (the ChunkStream contract:
     ``push`` returns the rows of newly committed words, ``peek`` the rest as ``finish`` would, ``finish`` the rest).
+
+    Each pass runs in the tower's worker thread (CTranslate2 releases the GIL), so ``push`` never waits for
+    Whisper: it starts a pass when there is new audio and none is running, and commits a finished pass's
+    words. A pass costs more as the turn grows (it reads the whole window so far), so passes are spaced to
+    take at most PASS_DUTY of the time.
 
     Whisper ids are committed at word boundaries only (a token that starts with a space begins a word), less
     the last agreed word, which the next audio may still change. The rows are the LLM's tokens of the committed
@@ -113,8 +134,15 @@ class TranscriptStream:
         self.texts: list[str] = []  # the text of each finished window
         self.llm_ids: list[int] = []  # the LLM tokens of the rows returned so far
         self.done_text = ""  # the text they are the tokens of
-        self.heard_at = 0  # samples when the last pass ran
+        self.heard_at = 0  # samples when the last pass started
+        self.pass_seconds = 0.0  # how long the last pass took
+        self._running = None  # the pass in the worker thread (a Future of its ids and seconds)
         self._tail: tuple[int, np.ndarray, str] | None = None  # (n, rows, text) of the last peek
+
+    @property
+    def heard(self) -> str:
+        """The words committed so far (what the chat shows while the user speaks)."""
+        return self.done_text
 
     @property
     def samples(self) -> np.ndarray:
@@ -127,21 +155,46 @@ class TranscriptStream:
         self.parts.append(x)
         self.n += x.size
         out = [np.zeros((0, self.tower.n_embd), np.float32)]
+        if self._running is not None and self._running.done():
+            out.append(self._agree(self._collect()))
         while self.n - self.window_start > N_SAMPLES:  # a full window: heard to its end, then the next one
+            self._collect()
             out.append(self._close_window())
-        new = self.n - self.heard_at
-        if self.n - self.window_start >= FIRST_PASS_SECONDS * SAMPLE_RATE and new >= PASS_SECONDS * SAMPLE_RATE:
-            out.append(self._pass())
+        new = (self.n - self.heard_at) / SAMPLE_RATE
+        if (self._running is None and self.n - self.window_start >= FIRST_PASS_SECONDS * SAMPLE_RATE
+                and new >= max(PASS_SECONDS, self.pass_seconds / PASS_DUTY)):
+            self.heard_at = self.n
+            self._running = self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed))
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+    def settle(self) -> None:
+        """Wait for the pass running in the worker (its words are committed at the next ``push``): for callers
+        that feed audio faster than it is spoken, as a file or a test does."""
+        if self._running is not None:
+            self._running.result()
+
+    def _listen(self, window: np.ndarray, committed: list[int]) -> tuple[list[int], float]:
+        t0 = time.perf_counter()
+        ids = self.tower.ears.listen(window, committed).ids
+        return ids, time.perf_counter() - t0
+
+    def _collect(self) -> list[int] | None:
+        """The running pass's ids, waiting for it (None when none runs)."""
+        running, self._running = self._running, None
+        if running is None:
+            return None
+        ids, self.pass_seconds = running.result()
+        return ids
 
     def _window(self) -> np.ndarray:
         return self.samples[self.window_start : self.window_start + N_SAMPLES]
 
-    def _pass(self) -> np.ndarray:
-        """Decode the window so far after the committed ids; commit what this pass and the last agree on."""
-        self.heard_at = self.n
+    def _agree(self, got: list[int] | None) -> np.ndarray:
+        """Commit what this pass and the one before it agree on; the rows of the words committed."""
+        none = np.zeros((0, self.tower.n_embd), np.float32)
+        if got is None:
+            return none
         ears = self.tower.ears
-        got = ears.listen(self._window(), self.committed).ids
         agreed = 0
         if self.previous is not None:
             while agreed < min(len(got), len(self.previous)) and got[agreed] == self.previous[agreed]:
@@ -149,7 +202,7 @@ class TranscriptStream:
         agreed = max((i for i in range(agreed) if ears.starts_word(got[i])), default=0)  # whole words, less the last
         self.previous = got[agreed:]
         if not agreed:
-            return np.zeros((0, self.tower.n_embd), np.float32)
+            return none
         self.committed += got[:agreed]
         self.tower.encode_calls += 1
         return self._rows_of(self._heard(self.committed))
@@ -185,7 +238,10 @@ class TranscriptStream:
         return self.tower.llm.token_rows(new)
 
     def peek(self) -> np.ndarray:
-        """The rows ``finish`` would return now (the last words decoded), leaving the stream open."""
+        """The rows ``finish`` would return now (the last words decoded), leaving the stream open. A pass
+        still running is waited for and its words are left for the next ``push`` to commit: what ``peek``
+        returns may be taken back (AudioTurnStream.speculate), what ``push`` returns may not."""
+        self.settle()  # the worker is free, and Whisper's threads are ours
         if self._tail is None or self._tail[0] != self.n:
             rest = self.tower.ears.listen(self._window(), self.committed).ids if self.n > self.window_start else []
             text = self._heard(self.committed + rest)

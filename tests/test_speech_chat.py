@@ -1,0 +1,109 @@
+"""Hands-free `llasm chat` speaks its answers, does not answer itself, and stops when the user talks over it.
+
+Real PulseAudio virtual devices: the chat plays into a null sink "speaker" whose monitor is looped back into the
+microphone (null sink "vmic", whose monitor is the default source) 18 dB down and 60 ms late, as a laptop's
+speaker reaches its microphone; the user's questions are played into "vmic" at full level. Real voices (flite),
+the default model, and Whisper (the default model's own ears) to check what was played.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from llasm_cli.audio.decode import load_audio
+from tests.helpers import finish, spawn
+
+SPEAKER = "speaker"
+
+
+def _pactl(pulse, *args: str) -> str:
+    done = subprocess.run(["pactl", *args], env=pulse, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture()
+def laptop(pulse):
+    """A speaker whose sound reaches the microphone attenuated and late; the chat's default output."""
+    modules = [_pactl(pulse, "load-module", "module-null-sink", f"sink_name={SPEAKER}"),
+               _pactl(pulse, "load-module", "module-loopback", f"source={SPEAKER}.monitor", "sink=vmic",
+                      "latency_msec=60")]
+    _pactl(pulse, "set-sink-volume", SPEAKER, "50%")  # PulseAudio's cubic scale: 0.5^3, about -18 dB
+    _pactl(pulse, "set-default-sink", SPEAKER)
+    try:
+        yield pulse
+    finally:
+        _pactl(pulse, "set-default-sink", "vmic")
+        for m in reversed(modules):
+            _pactl(pulse, "unload-module", m)
+
+
+def _say(pulse, text: str, path) -> float:
+    """``text`` spoken by flite into the microphone (not the speaker); its seconds."""
+    subprocess.run(["flite", "-voice", "rms", "-t", text, "-o", str(path)], check=True, capture_output=True)
+    subprocess.run(["paplay", "-d", "vmic", str(path)], env=pulse, check=True, timeout=60)
+    return load_audio(path).size / 16000
+
+
+def _record(pulse, path) -> subprocess.Popen:
+    return subprocess.Popen(["parec", "-d", f"{SPEAKER}.monitor", "--file-format=wav", "--rate=16000",
+                             "--channels=1", str(path)], env=pulse)
+
+
+def test_a_spoken_chat_speaks_never_answers_itself_and_can_be_cut(laptop, tmp_path):
+    pulse = laptop
+    played = tmp_path / "played.wav"
+    rec = _record(pulse, played)
+    child = spawn("default", "--mic", "--device", "pulse", "--speak", "--voice", "flite:slt", "--temperature", "0",
+                  "--max-tokens", "40", env=pulse, timeout=120)
+    child.logfile_read = open(tmp_path / "chat.log", "w")  # noqa: SIM115 - read on failure
+    try:
+        child.expect(r"input: microphone \(pulse\) · answers spoken \(flite:slt\)")
+        time.sleep(1.0)
+        _say(pulse, "What is the capital of Japan?", tmp_path / "q1.wav")
+        child.expect("heard: “What is the capital of Japan")
+        child.expect("llasm›")
+        time.sleep(8.0)  # the answer is spoken through the speaker, and its echo reaches the microphone
+        _say(pulse, "Give me three tips for sleeping better.", tmp_path / "q2.wav")
+        child.expect("heard: “Give me three tips for sleeping better")
+        child.expect("llasm›")
+        time.sleep(3.0)  # well into the spoken answer
+        t_cut = time.monotonic()
+        _say(pulse, "What language is spoken in Brazil?", tmp_path / "q3.wav")
+        child.expect(r"\(answer cut: you spoke\)")
+        assert time.monotonic() - t_cut < 6.0
+        child.expect("heard: “What language is spoken in Brazil")
+        child.expect("llasm›")
+        time.sleep(8.0)
+        saved = tmp_path / "chat.json"
+        child.send(f"/save {saved}\r")
+        child.expect("saved")
+        child.expect("listening")
+        child.sendcontrol("d")
+        finish(child)
+    finally:
+        rec.terminate()
+        rec.wait(10)
+    turns = json.loads(saved.read_text())["turns"]
+    roles = [t["role"] for t in turns]
+    assert roles == ["user", "assistant"] * 3, [(t["role"], t["content"][:40]) for t in turns]  # no turn of its own
+    first, cut, last = (turns[i]["content"] for i in (1, 3, 5))
+    assert "tokyo" in first.lower() and "portuguese" in last.lower()
+    assert cut.endswith("…") and 0 < len(cut) < 200, cut  # kept as far as it was heard
+
+    from llasm_cli.audio.ears import WhisperEars
+    from llasm_cli.formats.built_in import default_bundle_path
+    from llasm_cli.formats.bundle import load_bundle
+    from llasm_cli.towers.transcript import ears_folder
+
+    ears = WhisperEars(ears_folder(load_bundle(default_bundle_path())), 2)
+    audio = load_audio(played)
+    assert np.abs(audio).max() > 0.05
+    heard = ears.hear(audio[: 30 * 16000]).text.lower()
+    assert "capital of japan is tokyo" in re.sub(r"[^a-z ]", "", heard), heard  # what was played is the answer
