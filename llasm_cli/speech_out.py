@@ -112,9 +112,9 @@ class SpokenAnswer:
         if m is not None:
             return m.end()
         if not self.clauses:  # the first clause: a comma will do once it holds a few words
-            comma = text.find(", ")
-            if comma > 0 and len(text[:comma].split()) >= FIRST_CLAUSE_COMMA_WORDS:
-                return comma + 1
+            for comma in re.finditer(r",(?=\s)", text):
+                if len(text[: comma.start()].split()) >= FIRST_CLAUSE_COMMA_WORDS:
+                    return comma.end()
         return None
 
     def _send(self, clause: str) -> None:

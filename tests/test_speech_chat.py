@@ -107,3 +107,57 @@ def test_a_spoken_chat_speaks_never_answers_itself_and_can_be_cut(laptop, tmp_pa
     assert np.abs(audio).max() > 0.05
     heard = ears.hear(audio[: 30 * 16000]).text.lower()
     assert "capital of japan is tokyo" in re.sub(r"[^a-z ]", "", heard), heard  # what was played is the answer
+
+
+def test_barge_in_learns_the_echo_and_hears_the_user_over_it():
+    """Speech-like echo (loud syllables, quiet gaps) never cuts in; the user 18 dB over it does, within
+    BARGE_IN_BLOCKS blocks, and the blocks held back start before the user's first loud block."""
+    from llasm_cli.turn_taking import BARGE_IN_BLOCKS, LEARN_BLOCKS, BargeIn
+
+    rng = np.random.default_rng(0)
+    gate = BargeIn()
+    echo = [-30.0 + (8.0 if (i // 5) % 2 else -10.0) + rng.normal(0, 2) for i in range(300)]  # syllables and gaps
+    for i, db in enumerate(echo):
+        assert gate.hold(np.full(512, i, np.float32), db, audible=i > 3) is None, i
+    user = [-12.0 + rng.normal(0, 1.5) for _ in range(10)]
+    got = None
+    for j, db in enumerate(user):
+        got = gate.hold(np.full(512, 1000 + j, np.float32), db)
+        if got is not None:
+            break
+    assert got is not None and j == BARGE_IN_BLOCKS - 1
+    assert got[0][0] < 1000 <= got[-1][0] and len(got) > BARGE_IN_BLOCKS  # held echo blocks, then the user's
+    fresh = BargeIn()  # before the echo is known (the first LEARN_BLOCKS blocks heard while audible): no cut
+    assert all(fresh.hold(np.zeros(512, np.float32), 0.0) is None for _ in range(LEARN_BLOCKS - 1))
+
+
+def test_answers_are_spoken_clause_by_clause_as_they_stream(pulse):
+    """Clauses go to the voice as soon as they are complete (the first one may end at a comma); the device
+    plays them in order; a stop says how much was heard."""
+    from llasm_cli.audio.playback import Player
+    from llasm_cli.speech_out import SpokenAnswer
+    from llasm_cli.voices import open_voice
+
+    player, voice = Player(), open_voice("flite:slt")
+    try:
+        answer = SpokenAnswer(voice, player)
+        for piece in ["The capital", " of Japan is Tokyo", ". It is", " a large city, with", " many people", "!"]:
+            answer.feed(piece)
+        assert answer.clauses == ["The capital of Japan is Tokyo."]
+        answer.finish()
+        answer.wait(30)
+        assert answer.clauses == ["The capital of Japan is Tokyo.", " It is a large city, with many people!"]
+        assert answer.first_audio is not None and answer.error is None and not player.busy
+        assert answer.stop() == "The capital of Japan is Tokyo. It is a large city, with many people!"
+
+        first = SpokenAnswer(voice, player)
+        first.feed("Well, sleeping better takes three things, mostly habits")
+        assert first.clauses == ["Well, sleeping better takes three things,"]
+        first.feed(", and a dark room. Second, keep a schedule. Third, avoid screens at night.")
+        first.finish()
+        time.sleep(3.5)  # into the second clause
+        heard = first.stop()
+        assert heard.startswith("Well, sleeping better takes three things,") and not heard.endswith("night.")
+        assert not player.busy
+    finally:
+        player.close()
