@@ -157,6 +157,11 @@ class SpokenAnswer:
         if not self._stopped.is_set():
             self.player.wait(timeout)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop, and wait for the worker: a voice's native library must not be mid-call when the process exits."""
+        self.stop()
+        self._worker.join(timeout)
+
     def stop(self) -> str:
         """Silence now; the text the listener heard (see the class)."""
         done, share = self.player.progress()

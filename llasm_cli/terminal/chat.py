@@ -213,7 +213,8 @@ class ChatApp:
                     if line is KeyReader.EOF:
                         return EOF_
                     if line is not None:
-                        self._cut_in("you typed" if line else "Enter")
+                        if not line.startswith("/"):  # a turn (or Enter) stops the answer; a command does not
+                            self._cut_in("you typed" if line else "Enter")
                         if ptt and line == "":
                             if recording:
                                 audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

@@ -73,7 +73,9 @@ class ChatVoice:
         return self.voice.spec
 
     def close(self) -> None:
-        self.cut()
+        if self.answer is not None:
+            self.answer.close()
+            self.answer = None
         self.player.close()
 
 
