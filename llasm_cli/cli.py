@@ -529,6 +529,12 @@ def models_command() -> None:
         typer.echo(f"  {b.name}")
     if not bundles:
         typer.echo("  (none)")
+    from llasm_cli.formats.built_in import BUILT_IN, built_in_bundle
+
+    typer.echo("built in (`llasm ask -m NAME`; no -m: default):")
+    for name, what in BUILT_IN.items():
+        if built_in_bundle(name) is not None:
+            typer.echo(f"  {name:9} {what}")
 
 
 def main(argv: list[str] | None = None) -> None:
