@@ -49,7 +49,8 @@ LONG = "Give me three tips for sleeping better."
 INTERRUPT = "What is the capital of Japan?"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 ENDPOINT_SILENCE_S = 0.6  # a hands-free turn ends after this much silence (llasm chat's default --silence)
-SILENT_DB = -45.0  # the recording is silent below this (a 20 ms frame's RMS)
+SILENT_DB = -45.0
+ANSWER_WAIT_S = 16.0  # after an answer starts: 40 tokens spoken by flite take about 12 s  # the recording is silent below this (a 20 ms frame's RMS)
 
 
 def log(msg: str) -> None:
@@ -169,13 +170,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(a, folder: Path, env: dict, pexpect) -> int:
+    import io
+
     played = folder / "played.wav"
     rec = subprocess.Popen(["parec", "-d", "speaker.monitor", "--file-format=wav", "--rate=16000", "--channels=1",
                             str(played)], env=env)
-    t_rec = time.monotonic()
+    t_rec = time.monotonic()  # wall times below are from here; the recording's own start is found at the end
     child = pexpect.spawn(sys.executable, ["-m", "llasm_cli", "chat", "--mic", "--device", "pulse", "--speak",
-                                           "--voice", a.voice, "--temperature", "0", "--max-tokens", "48"],
+                                           "--voice", a.voice, "--temperature", "0", "--max-tokens", "40"],
                           env=env, encoding="utf-8", codec_errors="replace", timeout=180, dimensions=(50, 200))
+    output = io.StringIO()
+    child.logfile_read = output
     child.expect("answers spoken")
     time.sleep(1.5)
     ends, interrupts = [], []
@@ -186,7 +191,7 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
         subprocess.run(["paplay", "-d", "vmic", str(wav)], env=env, check=True)
         ends.append(time.monotonic() - t_rec)
         child.expect("llasm›")
-        time.sleep(9.0)  # the answer is spoken; its echo must not start a turn
+        time.sleep(ANSWER_WAIT_S)  # the answer is spoken to its end; its echo must not start a turn
         log(f"  asked {i + 1}/{len(qs)}: {q}")
     for i in range(a.interrupts):
         wav = folder / "long.wav"
@@ -201,14 +206,18 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
         subprocess.run(["paplay", "-d", "vmic", str(iwav)], env=env, check=True)
         interrupts.append(t_start + onset)
         child.expect("llasm›")
-        time.sleep(9.0)
+        time.sleep(ANSWER_WAIT_S)
         log(f"  interrupted {i + 1}/{a.interrupts}")
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
-    text = ANSI.sub("", child.before or "")
+    text = ANSI.sub("", output.getvalue())
+    t_stop = time.monotonic() - t_rec
     rec.terminate()
     rec.wait(10)
     audio = load_audio(played)
+    lag = t_stop - audio.size / SAMPLE_RATE  # the recording began this long after t_rec
+    ends = [e - lag for e in ends]
+    interrupts = [t - lag for t in interrupts]
     turns_taken = len(re.findall(r"\[\d+\.\d s of speech\]", text))
     firsts = [s - e for e in ends if (s := first_sound(audio, e)) is not None]
     reactions = [s - t for t in interrupts if (s := silent_from(audio, t)) is not None]
