@@ -200,11 +200,11 @@ def measure(limit: int | None, llm: str | None) -> dict:
 
 
 VARIANTS = {  # name -> (decoder prompt kept, beam width, input mode)
-    "shipped: quiz prompt, greedy, unpadded + 1 s of silence": (True, 1, "zeros"),
-    "no decoder prompt": (False, 1, "zeros"),
-    "beam 3": (True, 3, "zeros"),
-    "unpadded, no silence after": (True, 1, "unpadded"),
-    "Whisper's padded 30 s window": (True, 1, "padded"),
+    "shipped: quiz prompt, beam 3, unpadded + 1 s of silence": (True, 3, "zeros"),
+    "greedy": (True, 1, "zeros"),
+    "greedy, no decoder prompt": (False, 1, "zeros"),
+    "greedy, unpadded, no silence after": (True, 1, "unpadded"),
+    "greedy, Whisper's padded 30 s window": (True, 1, "padded"),
 }
 
 
