@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from llasm_cli.audio.geometry import SAMPLE_RATE, split_windows
-from llasm_cli.audio.transcribe import TOKENIZER_FILE, clip_mel, max_tokens, read_vocabulary, repeat_cut
+from llasm_cli.audio.transcribe import (
+    TOKENIZER_FILE,
+    clip_mel,
+    ids_to_text,
+    max_tokens,
+    read_vocabulary,
+    repeat_cut,
+)
 from llasm_cli.errors import BackendUnavailableError, ModelFileError
 
 # the special tokens a Whisper vocabulary names (tokenizer.json's added tokens)
@@ -112,8 +119,7 @@ class WhisperEars:
         return ids
 
     def text(self, ids: list[int]) -> str:
-        raw = b"".join(self.vocab[i] for i in ids if 0 <= i < len(self.vocab))
-        return raw.decode("utf-8", errors="replace").strip()
+        return ids_to_text(self.vocab, ids)
 
     def hear(self, samples: np.ndarray) -> Heard:
         """The transcript of 16 kHz mono float32 ``samples``, one 30 s window after another."""

@@ -82,6 +82,12 @@ def read_vocabulary(path: Path) -> tuple[list[bytes], set[int]]:
     return table, set(added)
 
 
+def ids_to_text(vocab: list[bytes], ids: list[int]) -> str:
+    """Token ids -> text (ids outside ``vocab`` dropped; bytes split between tokens joined before decoding)."""
+    raw = b"".join(vocab[i] for i in ids if 0 <= i < len(vocab))
+    return raw.decode("utf-8", errors="replace").strip()
+
+
 # --- features -----------------------------------------------------------------------------------------
 
 
@@ -219,8 +225,7 @@ class WhisperOnnx:
 
     def text(self, ids: list[int]) -> str:
         """Token ids -> text (special tokens dropped; bytes split between tokens joined before decoding)."""
-        raw = b"".join(self.vocab[i] for i in ids if 0 <= i < len(self.vocab))
-        return raw.decode("utf-8", errors="replace").strip()
+        return ids_to_text(self.vocab, ids)
 
     def transcribe(self, samples: np.ndarray, mode: str = "unpadded", prompt: bool = False) -> Transcript:
         """The transcript of 16 kHz mono float32 ``samples``, one 30 s window after another."""
