@@ -26,6 +26,7 @@ from llasm_cli.options import (
     MaxAudioOpt,
     MaxTokensOpt,
     ModelOpt,
+    RateOpt,
     SeedOpt,
     SystemOpt,
     TemperatureOpt,
@@ -158,12 +159,14 @@ def ask(
     stats: bool = typer.Option(False, "--stats", help="Print timings after the answer."),
     force: bool = typer.Option(False, "--force", help="Send the audio even if no speech is detected in it."),
     max_audio: float = MaxAudioOpt,
+    speak: bool = typer.Option(False, "--speak", help="Speak the answer aloud while it is generated."),
     speech_out: Optional[Path] = typer.Option(
         None, "--speech-out", help="Also speak the answer into this wav file (offline voices: see --voice)."),
     voice: Optional[str] = typer.Option(
         None, "--voice", callback=valid_text,
-        help="The voice for --speech-out, e.g. hibari:heart, pico:en-GB, flite:slt, espeak-ng:en-us (default: the best "
-             "installed one for the answer's language; pip install 'llasm[voices]' adds hibari and Pico)."),
+        help="The voice for --speak and --speech-out, e.g. hibari:heart, pico:en-GB, flite:slt, espeak-ng:en-us "
+             "(default: the best installed one for the answer's language; `llasm voices` lists them)."),
+    rate: float = RateOpt,
 ) -> None:
     """Answer one spoken (and/or typed) question.
 
@@ -175,17 +178,24 @@ def ask(
 
       llasm ask --text "What is seven plus five?" -m my-bundle --json
 
-      llasm ask question.wav --speech-out answer.wav
+      llasm ask question.wav --speak
+
+      llasm ask question.wav --speech-out answer.wav --voice pico:en-GB --rate 1.2
     """
     from llasm_cli.assistant import Assistant, question_context
     from llasm_cli.audio.decode import load_audio
     from llasm_cli.conversation import ask as ask_once
-    from llasm_cli.speech_out import check_speech_out, speak_into
+    from llasm_cli.speech_out import check_speech_out, speak_into, spoken_aloud
     from llasm_cli.terminal.ui import console, stats_table, stream_answer
 
     if audio is None and not (text or after):
         raise LlasmError("nothing to ask: give an audio file, --text, or both")
-    speaker = check_speech_out(speech_out, voice)  # a wrong voice or folder fails now, not after the answer
+    speaker = check_speech_out(speech_out, voice, speak, rate)  # a wrong voice or folder fails now, not after
+    player = None
+    if speak:
+        from llasm_cli.audio.playback import Player
+
+        player = Player()  # no output device: said now, before the model loads
     samples = load_audio(audio, max_seconds=max_audio) if audio is not None else None
     if samples is not None and not force:
         from llasm_cli.audio.endpoint import require_speech
@@ -198,17 +208,21 @@ def ask(
         sampling = bot.default_sampling(temperature, seed=seed)
         conv = ask_once(bot, samples, text=text, after=after, system=system)
         pieces = conv.respond(sampling, max_tokens)
+        if player is not None:
+            pieces = spoken_aloud(pieces, player, speaker, rate)
         if as_json:
             answer = "".join(pieces).strip()
-            spoken = speak_into(speech_out, answer, speaker)
+            spoken = speak_into(speech_out, answer, speaker, rate)
             heard = {"heard": conv.stats.heard} if conv.stats.heard is not None else {}
             typer.echo(json.dumps({"answer": answer, **heard, "timings": conv.stats.to_dict(), **spoken}, ensure_ascii=False))
             return
         answer = stream_answer(pieces)
         if stats:
             console.print(stats_table(conv.stats.to_dict()))
-        speak_into(speech_out, answer, speaker)
+        speak_into(speech_out, answer, speaker, rate)
     finally:
+        if player is not None:
+            player.close()
         bot.close()
 
 
@@ -257,6 +271,7 @@ def chat(
     voice: Optional[str] = typer.Option(
         None, "--voice", help="ENGINE:VOICE for spoken answers (`llasm voices` lists them; default: the best "
         "installed voice for each answer's language)."),
+    rate: float = RateOpt,
 ) -> None:
     """Talk with the model, turn after turn: speech from the mic or files, typed text, or both.
 
@@ -282,17 +297,18 @@ def chat(
     if mic is None:
         mic = _has_input_device()
     mode = "ptt" if ptt and mic is not False else ("mic" if mic else "text")
+    opened = None
     if voice is not None:
         from llasm_cli.voices import open_voice
 
-        open_voice(voice)  # a voice that cannot speak here fails now (VoiceError says what to install)
+        opened = open_voice(voice)  # a voice that cannot speak here fails now (VoiceError says what to install)
     bot = Assistant(_need_model(model, llm), backend=backend, llm_variant=variant, n_ctx=ctx, n_threads=threads,
                     n_gpu_layers=gpu_layers, stream=stream)
     try:
         settings = ChatSettings(
             mode=mode, device=_device_spec(device), trailing_silence=silence, max_turn=max_turn, stats=stats,
             sampling=bot.default_sampling(temperature, seed=seed, ignore_eos=ignore_eos), max_tokens=max_tokens,
-            max_audio=max_audio, speak=speak if voice is None else (speak is not False), voice=voice,
+            max_audio=max_audio, speak=speak if voice is None else (speak is not False), voice=opened, rate=rate,
         )
         ChatApp(Conversation(bot, system=system), settings, console).run(first_file=file, first_text=text)
     finally:

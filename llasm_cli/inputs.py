@@ -136,6 +136,17 @@ def check_seconds(value: float, name: str) -> float:
     return float(value)
 
 
+SPEAKING_RATES = (0.5, 2.0)  # every engine renders these itself, intelligibly (1.0: the voice's own pace)
+
+
+def check_rate(value: float, name: str = "--rate") -> float:
+    """A speaking rate: 1.0 is the voice's pace, 2.0 twice as fast."""
+    lo, hi = SPEAKING_RATES
+    if not (_number(value) and lo <= value <= hi):
+        raise _refuse(name, f"a speaking rate from {lo:g} to {hi:g} (1 is the voice's own pace)", value)
+    return float(value)
+
+
 def check_max_audio(value: float, name: str = "--max-audio") -> float:
     """The longest audio accepted, in seconds: finite, at least ``MIN_AUDIO_LIMIT``."""
     if not (_number(value) and value >= MIN_AUDIO_LIMIT):

@@ -13,6 +13,7 @@ from llasm_cli.inputs import (
     check_gpu_layers,
     check_max_audio,
     check_max_tokens,
+    check_rate,
     check_seed,
     check_temperature,
     check_threads,
@@ -62,7 +63,7 @@ ModelOpt = typer.Option(
     None, "--model", "-m", envvar="LLASM_MODEL",
     help="Bundle directory (from `llasm export`), a folder or LLM GGUF of a published speech model (its mmproj "
     "beside it), a name from `llasm models` or hf:owner/repo (as `llasm pull` cached it). Env: LLASM_MODEL. "
-    "Default: the built-in demo model.",
+    "Default: the built-in model (SmolLM2-135M-Instruct hearing through Whisper's words).",
 )
 BackendOpt = typer.Option(
     "auto", "--backend", help="Audio tower backend: auto (the fastest here, measured once), onnx (ONNX Runtime), ggml (llama.cpp) or torch."
@@ -107,4 +108,8 @@ SeedOpt = typer.Option(0, "--seed", callback=rule(check_seed), help="Sampling se
 MaxAudioOpt = typer.Option(
     MAX_AUDIO_SECONDS, "--max-audio", callback=rule(check_max_audio),
     help="Longest audio file accepted, in seconds (at least 1; checked before decoding).",
+)
+RateOpt = typer.Option(
+    1.0, "--rate", callback=rule(check_rate),
+    help="Speaking rate of spoken answers, 0.5-2 (1: the voice's own pace; each engine renders it itself).",
 )

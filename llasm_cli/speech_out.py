@@ -8,6 +8,7 @@ characters, English otherwise (hibari, then Pico, flite, espeak-ng: the order be
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,40 +37,153 @@ def write_speech(text: str, path: str | Path, voice: Voice) -> float:
     its seconds."""
     import soundfile as sf
 
-    if not text.strip():
-        raise VoiceError("the answer is empty: nothing to speak")
-    audio = np.clip(voice.speak_native(text), -1.0, 1.0)
+    said = speakable(text)
+    if not said:
+        raise VoiceError("the answer holds no words: nothing to speak")
+    audio = np.clip(voice.speak_native(said), -1.0, 1.0)
     with atomic_path(Path(path)) as tmp:
         sf.write(tmp, audio, voice.native_rate, subtype="PCM_16", format="WAV")
     return audio.size / voice.native_rate
 
 
-def check_speech_out(path: Path | None, spec: str | None) -> Voice | None:
-    """``llasm ask --speech-out PATH [--voice SPEC]`` checked before any work: a folder that exists, and the
-    voice asked for (opened now; None: chosen for the answer's language once it is known)."""
-    if spec and path is None:
-        raise LlasmError("--voice is the voice of --speech-out: give --speech-out FILE.wav too")
-    if path is None:
-        return None
-    if not Path(path).parent.is_dir():
+def check_speech_out(path: Path | None, spec: str | None, aloud: bool = False, rate: float = 1.0) -> Voice | None:
+    """``llasm ask [--speak] [--speech-out PATH] [--voice SPEC] [--rate R]`` checked before any work: a folder
+    that exists, and the voice asked for (opened now; None: chosen for the answer's language once it is known)."""
+    if (spec or rate != 1.0) and path is None and not aloud:
+        raise LlasmError("--voice and --rate are for a spoken answer: give --speak or --speech-out FILE.wav too")
+    if path is not None and not Path(path).parent.is_dir():
         raise LlasmError(f"--speech-out {path}: the folder {Path(path).parent} does not exist")
-    return voice_for_answer("", spec) if spec else None
+    if not spec:
+        return None
+    voice = voice_for_answer("", spec)
+    voice.set_rate(rate)
+    return voice
 
 
-def speak_into(path: Path | None, answer: str, voice: Voice | None) -> dict:
+def speak_into(path: Path | None, answer: str, voice: Voice | None, rate: float = 1.0) -> dict:
     """The answer spoken into ``path`` (nothing without one) by ``voice``, else the best installed voice for its
     language; what ``--json`` adds: the file, the voice and its seconds."""
     if path is None:
         return {}
-    voice = voice or voice_for_answer(answer)
+    if voice is None:
+        voice = voice_for_answer(answer)
+        voice.set_rate(rate)
     seconds = write_speech(answer, path, voice)
     return {"speech_out": {"path": str(path), "voice": voice.spec, "seconds": round(seconds, 3)}}
+
+
+def spoken_aloud(pieces: Iterable[str], player, voice: Voice | None, rate: float = 1.0) -> Iterator[str]:
+    """``llasm ask --speak``: the answer's pieces passed on as they come while each clause is spoken on
+    ``player``; at the end it waits until the last clause has been heard. The voice is ``voice``, else the
+    best installed one for the language of the answer's first piece."""
+    answer = None
+    try:
+        for piece in pieces:
+            if answer is None:
+                if voice is None:
+                    voice = voice_for_answer(piece)
+                    voice.set_rate(rate)
+                answer = SpokenAnswer(voice, player)
+            answer.feed(piece)
+            yield piece
+        if answer is not None:
+            answer.finish()
+            answer.wait()
+            if answer.error is not None:
+                raise VoiceError(f"the voice failed: {answer.error}")
+    finally:
+        if answer is not None:
+            answer.close()
+
+
+# --- speech as bytes (llasm serve) ---------------------------------------------------------------------------
+
+SPEECH_RATE = 24000  # OpenAI's audio out: 24 kHz mono, and raw pcm16 is little-endian 16-bit at this rate
+SPEECH_FORMATS = {  # response format -> (soundfile format, subtype, media type); "pcm"/"pcm16": raw samples
+    "wav": ("WAV", "PCM_16", "audio/wav"),
+    "flac": ("FLAC", "PCM_16", "audio/flac"),
+    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
+    "opus": ("OGG", "OPUS", "audio/ogg"),
+    "pcm": (None, None, "audio/pcm"),
+    "pcm16": (None, None, "audio/pcm"),
+}
+
+
+def at_speech_rate(audio: np.ndarray, rate: int) -> np.ndarray:
+    """A voice's audio at SPEECH_RATE, clipped to [-1, 1]."""
+    import soxr
+
+    x = np.clip(np.asarray(audio, np.float32).reshape(-1), -1.0, 1.0)
+    return np.clip(soxr.resample(x, rate, SPEECH_RATE), -1.0, 1.0).astype(np.float32) if rate != SPEECH_RATE else x
+
+
+def encode_speech(audio: np.ndarray, fmt: str) -> bytes:
+    """24 kHz float32 speech as a file of ``fmt`` (SPEECH_FORMATS), in memory."""
+    import io
+
+    import soundfile as sf
+
+    container, subtype, _ = SPEECH_FORMATS[fmt]
+    if container is None:
+        return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+    buf = io.BytesIO()
+    sf.write(buf, audio, SPEECH_RATE, subtype=subtype, format=container)
+    return buf.getvalue()
 
 
 # --- an answer spoken while it is generated (llasm chat) --------------------------------------------------
 
 CLAUSE_END = re.compile(r"[.!?;:。！？；]+[\"')\]]*(?=\s)|\n+")  # where a clause ends: the audio can start there
 FIRST_CLAUSE_COMMA_WORDS = 4  # the first clause may end at a comma once it has this many words: audio sooner
+
+
+MARKDOWN_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+MARKUP = re.compile(r"[*_`#>|~]+")  # emphasis, code, headings, quotes, tables: shown, never spoken
+
+
+def speakable(text: str) -> str:
+    """What a voice should say of a piece of an answer: Markdown's marks dropped (a link says its text), and
+    nothing at all when no word is left ("**", "---")."""
+    said = " ".join(MARKUP.sub(" ", MARKDOWN_LINK.sub(r"\1", text)).split())
+    return said if re.search(r"\w", said) else ""
+
+
+class Clauses:
+    """An answer's text in as it is generated, its complete clauses out as soon as each ends: where a voice
+    can start speaking without waiting for the rest (the chat's speaker, the API's audio deltas)."""
+
+    def __init__(self) -> None:
+        self.pending = ""  # text not yet given out as a clause
+        self.count = 0  # clauses given out
+
+    def feed(self, piece: str) -> list[str]:
+        """More of the answer; the clauses it completes (possibly none)."""
+        self.pending += piece
+        done: list[str] = []
+        while (cut := self._end(self.pending)) is not None:
+            clause, self.pending = self.pending[:cut], self.pending[cut:]
+            if clause.strip():
+                done.append(clause)
+                self.count += 1
+        return done
+
+    def rest(self) -> list[str]:
+        """The answer is complete: its last words, if any."""
+        clause, self.pending = self.pending, ""
+        if clause.strip():
+            self.count += 1
+            return [clause]
+        return []
+
+    def _end(self, text: str) -> int | None:
+        m = CLAUSE_END.search(text)
+        if m is not None:
+            return m.end()
+        if not self.count:  # the first clause: a comma will do once it holds a few words
+            for comma in re.finditer(r",(?=\s)", text):
+                if len(text[: comma.start()].split()) >= FIRST_CLAUSE_COMMA_WORDS:
+                    return comma.end()
+        return None
 
 
 class SpokenAnswer:
@@ -86,7 +200,7 @@ class SpokenAnswer:
         import threading
 
         self.voice, self.player = voice, player
-        self.pending = ""  # text not yet sent as a clause
+        self._split = Clauses()
         self.clauses: list[str] = []  # sent for speaking, in order
         self.first_audio: float | None = None  # perf_counter when the first clause was queued for playing
         self.error: Exception | None = None
@@ -97,36 +211,18 @@ class SpokenAnswer:
 
     def feed(self, piece: str) -> None:
         """More of the answer; complete clauses go to the voice now."""
-        if self._stopped.is_set():
-            return
-        self.pending += piece
-        while True:
-            cut = self._clause_end(self.pending)
-            if cut is None:
-                return
-            self._send(self.pending[:cut])
-            self.pending = self.pending[cut:]
+        if not self._stopped.is_set():
+            self._send(self._split.feed(piece))
 
-    def _clause_end(self, text: str) -> int | None:
-        m = CLAUSE_END.search(text)
-        if m is not None:
-            return m.end()
-        if not self.clauses:  # the first clause: a comma will do once it holds a few words
-            for comma in re.finditer(r",(?=\s)", text):
-                if len(text[: comma.start()].split()) >= FIRST_CLAUSE_COMMA_WORDS:
-                    return comma.end()
-        return None
-
-    def _send(self, clause: str) -> None:
-        if clause.strip():
+    def _send(self, clauses: list[str]) -> None:
+        for clause in clauses:
             self.clauses.append(clause)
             self._todo.put(clause)
 
     def finish(self) -> None:
         """The answer is complete: its last words go to the voice too."""
         if not self._stopped.is_set():
-            self._send(self.pending)
-            self.pending = ""
+            self._send(self._split.rest())
         self._todo.put(None)
 
     def _speak(self) -> None:
@@ -136,8 +232,11 @@ class SpokenAnswer:
             clause = self._todo.get()
             if clause is None or self._stopped.is_set():
                 return
+            said = speakable(clause)
+            if not said:
+                continue
             try:
-                audio = self.voice.speak_native(clause.strip())
+                audio = self.voice.speak_native(said)
             except Exception as exc:  # noqa: BLE001 - a voice that fails mid-answer: the text is still on screen
                 self.error = exc
                 return
@@ -156,6 +255,12 @@ class SpokenAnswer:
         self._worker.join(timeout)
         if not self._stopped.is_set():
             self.player.wait(timeout)
+
+    def tee(self, pieces: Iterable[str]) -> Iterator[str]:
+        """The answer's pieces as they come, each also given to the voice."""
+        for piece in pieces:
+            self.feed(piece)
+            yield piece
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop, and wait for the worker: a voice's native library must not be mid-call when the process exits."""

@@ -78,7 +78,7 @@ def test_a_spoken_chat_speaks_never_answers_itself_and_can_be_cut(laptop, tmp_pa
         _say(pulse, "What language is spoken in Brazil?", tmp_path / "q3.wav")
         child.expect(r"\(answer cut: you spoke\)")
         assert time.monotonic() - t_cut < 6.0
-        child.expect(r"heard: “[^”]*in Brazil")  # its first syllables overlapped the answer's echo: no AEC yet
+        child.expect(r"heard: “What language is spoken in Brazil")  # the echo cancelled: its first syllables too
         child.expect("llasm›")
         time.sleep(8.0)
         saved = tmp_path / "chat.json"
@@ -161,3 +161,70 @@ def test_answers_are_spoken_clause_by_clause_as_they_stream(pulse):
         assert not player.busy
     finally:
         player.close()
+
+
+def test_the_echo_canceller_takes_the_answer_out_and_leaves_the_user_in(laptop, tmp_path):
+    """Through the looped-back speaker: the microphone's audio, cleaned with the exact samples played, holds the
+    answer's echo at least 20 dB lower (after AEC3's first second), and the user's question spoken over it
+    is still heard word for word."""
+    import threading
+
+    from llasm_cli.audio.echo import EchoCanceller
+    from llasm_cli.audio.mic import Microphone
+    from llasm_cli.audio.playback import Player
+    from llasm_cli.voices import open_voice
+
+    voice = open_voice("flite:slt")
+    answer = voice.speak_native("Sleeping better takes a few habits. First, keep a regular schedule, even on "
+                                "weekends. Second, keep your bedroom dark, quiet and cool. Third, avoid "
+                                "screens and caffeine in the evening, and get some daylight in the morning.")
+    player = Player()
+    echo = EchoCanceller(player)
+    raw, clean = [], []
+    try:
+        with Microphone("pulse") as mic:
+            time.sleep(0.3)
+            mic.flush()
+            echo.resync()
+            player.play(answer, voice.native_rate)
+            user = threading.Timer(6.5, _say, (laptop, "What is the capital of Japan?", tmp_path / "q.wav"))
+            user.start()
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 11.0:
+                block = mic.read(0.1)
+                raw.append(block)
+                clean.append(echo.clean(block))
+            user.join()
+    finally:
+        player.close()
+    raw_a, clean_a = np.concatenate(raw), np.concatenate(clean)
+    assert echo.frames > 800 and echo.unpaired == 0, (echo.frames, echo.unpaired)
+
+    def db(x: np.ndarray) -> float:
+        return float(10 * np.log10(np.mean(x.astype(np.float64) ** 2) + 1e-12))
+
+    echo_only = slice(1 * 16000, round(3.5 * 16000))  # the user speaks 6.5 s after the start (a device starts late)
+    assert db(raw_a[echo_only]) > -50, "the loopback carried no echo"
+    assert db(raw_a[echo_only]) - db(clean_a[echo_only]) >= 20.0, (db(raw_a[echo_only]), db(clean_a[echo_only]))
+
+    from llasm_cli.audio.ears import WhisperEars
+    from llasm_cli.formats.built_in import default_bundle_path
+    from llasm_cli.formats.bundle import load_bundle
+    from llasm_cli.towers.transcript import ears_folder
+
+    ears = WhisperEars(ears_folder(load_bundle(default_bundle_path())), 2)
+    heard = re.sub(r"[^a-z ]", "", ears.hear(clean_a[round(3.5 * 16000) :]).text.lower())
+    assert "capital of japan" in heard, heard
+
+
+def test_what_is_spoken_of_an_answer():
+    """Clauses end at sentence marks (the first also at a comma after 4 words); Markdown's marks are never
+    spoken and a clause of marks alone is not spoken at all."""
+    from llasm_cli.speech_out import Clauses, speakable
+
+    split = Clauses()
+    got = [c for piece in ["Sure, here", " are three tips, in order:", "\n\n1. **Keep", " a schedule**.", " Done"]
+           for c in split.feed(piece)] + split.rest()
+    assert [speakable(c) for c in got if speakable(c)] == ["Sure, here are three tips,", "in order:", "1.",
+                                                           "Keep a schedule .", "Done"]
+    assert speakable("**") == "" and speakable("see [the docs](http://x.y)") == "see the docs"

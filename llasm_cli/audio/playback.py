@@ -17,6 +17,7 @@ from llasm_cli.audio.mic import _sounddevice
 from llasm_cli.errors import MicrophoneError
 
 BLOCK_SECONDS = 0.02  # one callback: how soon a stop is heard
+PLAYED_SECONDS = 2.0  # the samples played kept for the echo canceller (audio/echo.py) between its reads
 
 
 class Player:
@@ -35,6 +36,7 @@ class Player:
         self._taken = 0  # device samples played
         self._marks: deque[tuple[int, int]] = deque()  # (device sample where a queued clip starts, where it ends)
         self.clips_played = 0  # clips heard to their end
+        self._played: deque[np.ndarray] = deque(maxlen=max(1, round(PLAYED_SECONDS / BLOCK_SECONDS)))
         self._idle = threading.Event()
         self._idle.set()
         try:
@@ -77,6 +79,7 @@ class Player:
                 self.clips_played += 1
             if not self._queue:
                 self._idle.set()
+            self._played.append(out[:, 0].copy())  # silence included: the echo canceller pairs it sample by sample
 
     def progress(self) -> tuple[int, float]:
         """Clips heard to their end, and the share heard of the one playing (0 when none is)."""
@@ -85,6 +88,14 @@ class Player:
                 return self.clips_played, 0.0
             start, end = self._marks[0]
             return self.clips_played, min(1.0, max(0.0, (self._taken - start) / (end - start)))
+
+    def take_played(self) -> np.ndarray:
+        """Every sample sent to the device since the last call (at its rate, at most PLAYED_SECONDS): the echo
+        canceller's reference."""
+        with self._lock:
+            blocks = list(self._played)
+            self._played.clear()
+        return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
     @property
     def busy(self) -> bool:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llasm_cli import __version__
-from llasm_cli.errors import LlasmError, ServeError
+from llasm_cli.errors import ServeError
 from llasm_cli.serving.openai_api import APIError, error_body
 from llasm_cli.serving.server import Server, as_api_error
 
@@ -40,15 +40,20 @@ def create_app(server: Server):
         return JSONResponse(error_body(message, "invalid_request_error", None, f"http_{exc.status_code}"),
                             exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def answered(handler, request: Request):
         server.check_key(request)
         try:
-            return await server.chat(request)
-        except (APIError, LlasmError) as exc:
+            return await handler(request)
+        except Exception as exc:  # APIError, LlasmError as they are; a bug: a 500 with a JSON body, and the server goes on
             raise as_api_error(exc) from None
-        except Exception as exc:  # a bug: a 500 with a JSON body, and the server goes on
-            raise as_api_error(exc) from None
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await answered(server.chat, request)
+
+    @app.post("/v1/audio/speech")
+    async def audio_speech(request: Request):
+        return await answered(server.speech, request)
 
     @app.get("/v1/models")
     async def models(request: Request):

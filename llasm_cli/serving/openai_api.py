@@ -21,12 +21,19 @@ import numpy as np
 
 from llasm_cli.audio.decode import decode_audio
 from llasm_cli.errors import AudioFileError, AudioTooLongError, InvalidValueError
-from llasm_cli.inputs import check_max_tokens, check_seed, check_temperature, check_top_p, clean_text
+from llasm_cli.inputs import check_max_tokens, check_rate, check_seed, check_temperature, check_top_p, clean_text
 
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
 MAX_STOP_CHARS = 256
+# OpenAI's voice names: each is llasm's default voice (the best installed one for the answer's language)
+OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
+                 "shimmer", "verse")
+CHAT_AUDIO_FORMATS = ("wav", "mp3", "flac", "opus", "pcm16")  # OpenAI's audio.format values we can write
+STREAM_AUDIO_FORMAT = "pcm16"  # streamed audio deltas are raw 24 kHz 16-bit samples, as OpenAI's
+SPEECH_RESPONSE_FORMATS = ("mp3", "opus", "flac", "wav", "pcm")  # /v1/audio/speech (OpenAI's, less aac)
+MAX_SPEECH_INPUT = 4096  # characters of /v1/audio/speech input, as OpenAI allows
 
 
 class APIError(Exception):
@@ -78,8 +85,27 @@ class ChatMessage:
 
 
 @dataclass
+class AudioOut:
+    """The spoken answer asked for: ``modalities: ["text", "audio"]`` with ``audio: {voice, format}``."""
+
+    voice: str  # an OpenAI voice name (llasm's default voice) or ENGINE:VOICE (`llasm voices`)
+    format: str  # one of CHAT_AUDIO_FORMATS
+
+
+@dataclass
+class SpeechRequest:
+    """POST /v1/audio/speech: text to speech alone."""
+
+    input: str
+    voice: str
+    format: str = "mp3"
+    speed: float = 1.0
+
+
+@dataclass
 class ChatRequest:
     messages: list[ChatMessage]
+    audio_out: AudioOut | None = None
     model: str | None = None
     stream: bool = False
     include_usage: bool = False
@@ -184,10 +210,8 @@ def parse_chat_request(obj: Any, max_messages: int) -> ChatRequest:
         raise bad("logprobs are not supported", "logprobs", "unsupported_parameter")
     if _want(obj, "tools", "array", "tools"):
         raise bad("tools are not supported", "tools", "unsupported_parameter")
-    modalities = _want(obj, "modalities", "array", "modalities", [])
-    if any(m != "text" for m in modalities):
-        raise bad("this server answers in text only: modalities must be [\"text\"]", "modalities",
-                  "unsupported_value")
+    stream = _want(obj, "stream", "boolean", "stream", False)
+    audio_out = _audio_out(obj, stream)
 
     temperature = _checked(check_temperature, _want(obj, "temperature", "number", "temperature"), "temperature")
     top_p = _checked(check_top_p, _want(obj, "top_p", "number", "top_p"), "top_p")
@@ -212,14 +236,83 @@ def parse_chat_request(obj: Any, max_messages: int) -> ChatRequest:
     if any(len(s) > MAX_STOP_CHARS for s in stops):
         raise bad(f"a stop string may be at most {MAX_STOP_CHARS} characters", "stop", "invalid_value")
 
-    stream = _want(obj, "stream", "boolean", "stream", False)
     options = _want(obj, "stream_options", "object", "stream_options", {})
     include_usage = _want(options, "include_usage", "boolean", "stream_options.include_usage", False)
     return ChatRequest(
-        messages=messages, model=_want(obj, "model", "string", "model"), stream=stream,
+        messages=messages, audio_out=audio_out, model=_want(obj, "model", "string", "model"), stream=stream,
         include_usage=include_usage, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
         stop=stops, seed=seed, ignore_eos=_want(obj, "ignore_eos", "boolean", "ignore_eos", False), notes=notes,
     )
+
+
+def _audio_out(obj: dict, stream: bool) -> AudioOut | None:
+    """``modalities`` and ``audio``: the spoken answer asked for, if any."""
+    modalities = _want(obj, "modalities", "array", "modalities", [])
+    for i, m in enumerate(modalities):
+        if m not in ("text", "audio"):
+            raise bad(f"modalities[{i}] must be \"text\" or \"audio\", not {json.dumps(m)}", "modalities",
+                      "unsupported_value")
+    audio = _want(obj, "audio", "object", "audio")
+    if "audio" not in modalities:
+        if audio is not None:
+            raise bad("audio sets the spoken answer's voice and format: ask for it with modalities "
+                      "[\"text\", \"audio\"]", "audio", "invalid_value")
+        return None
+    if audio is None:
+        raise bad("modalities [\"text\", \"audio\"] needs audio: {\"voice\": \"alloy\", \"format\": \"wav\"}",
+                  "audio", "missing_required_parameter")
+    voice = _voice(audio, "audio.voice")
+    fmt = _want(audio, "format", "string", "audio.format")
+    if fmt is None:
+        raise bad(f"audio.format is required: one of {', '.join(CHAT_AUDIO_FORMATS)}", "audio.format",
+                  "missing_required_parameter")
+    if fmt not in CHAT_AUDIO_FORMATS:
+        raise bad(f"audio.format {fmt!r} is not supported: use one of {', '.join(CHAT_AUDIO_FORMATS)}",
+                  "audio.format", "unsupported_value")
+    if stream and fmt != STREAM_AUDIO_FORMAT:
+        raise bad(f"a streamed spoken answer comes as {STREAM_AUDIO_FORMAT} deltas (as OpenAI's): set audio.format "
+                  f"to \"{STREAM_AUDIO_FORMAT}\"", "audio.format", "unsupported_value")
+    return AudioOut(voice, fmt)
+
+
+def _voice(obj: dict, param: str) -> str:
+    """A voice: one of OpenAI's names (llasm's default voice) or ENGINE:VOICE; checked where it is opened."""
+    voice = _want(obj, param.rsplit(".", 1)[-1], "string", param)
+    if not voice:
+        raise bad(f"{param} is required: one of OpenAI's voices ({', '.join(OPENAI_VOICES[:3])}, ...: llasm's "
+                  "default voice) or ENGINE:VOICE from `llasm voices`", param, "missing_required_parameter")
+    if voice not in OPENAI_VOICES and ":" not in voice:
+        raise bad(f"{param} {voice!r} is not a voice here: use one of OpenAI's names ({', '.join(OPENAI_VOICES)}: "
+                  "llasm's default voice) or ENGINE:VOICE from `llasm voices`", param, "invalid_value")
+    return voice
+
+
+def parse_speech_request(obj: Any) -> SpeechRequest:
+    """A /v1/audio/speech request, every field checked as OpenAI's are."""
+    if not isinstance(obj, dict):
+        raise bad(f"the request body must be a JSON object, not {_type_name(obj)}", code="invalid_type")
+    text = _want(obj, "input", "string", "input")
+    if text is None:
+        raise bad("input is required: the text to speak", "input", "missing_required_parameter")
+    text, _ = clean_text(text, "input")
+    if not text.strip():
+        raise bad("input is empty: nothing to speak", "input", "invalid_value")
+    if len(text) > MAX_SPEECH_INPUT:
+        raise bad(f"input holds {len(text)} characters; at most {MAX_SPEECH_INPUT}", "input", "invalid_value")
+    _want(obj, "model", "string", "model")
+    _want(obj, "instructions", "string", "instructions")  # read and not followed: these voices take no direction
+    voice = _voice(obj, "voice")
+    fmt = _want(obj, "response_format", "string", "response_format", "mp3")
+    if fmt not in SPEECH_RESPONSE_FORMATS:
+        raise bad(f"response_format {fmt!r} is not supported: use one of {', '.join(SPEECH_RESPONSE_FORMATS)}",
+                  "response_format", "unsupported_value")
+    stream_format = _want(obj, "stream_format", "string", "stream_format", "audio")
+    if stream_format != "audio":
+        raise bad("stream_format must be \"audio\": the speech comes whole, as one file", "stream_format",
+                  "unsupported_value")
+    speed = _want(obj, "speed", "number", "speed", 1.0)
+    speed = _checked(check_rate, speed, "speed")
+    return SpeechRequest(text, voice, fmt, speed)
 
 
 def _message(m: Any, param: str, notes: list[str]) -> ChatMessage:
@@ -319,15 +412,23 @@ def usage_body(prompt: int, completion: int, cached: int, audio: int) -> dict:
     }
 
 
-def completion_body(cid: str, created: int, model: str, text: str, finish: str, usage: dict) -> dict:
+def completion_body(cid: str, created: int, model: str, text: str, finish: str, usage: dict,
+                    audio: dict | None = None) -> dict:
+    """A whole answer; with ``audio`` (audio_body) it is spoken, and its text is the audio's transcript
+    (``content`` is null, as OpenAI's)."""
+    message = {"role": "assistant", "content": text, "refusal": None}
+    if audio is not None:
+        message.update(content=None, audio=audio)
     return {
         "id": cid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None, "finish_reason": finish,
-        }],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": usage,
     }
+
+
+def audio_body(aid: str, data: bytes, transcript: str, expires_at: int) -> dict:
+    return {"id": aid, "data": base64.b64encode(data).decode("ascii"), "expires_at": expires_at,
+            "transcript": transcript}
 
 
 def chunk_body(cid: str, created: int, model: str, delta: dict, finish: str | None = None) -> dict:

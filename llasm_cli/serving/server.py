@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from llasm_cli.assistant import Assistant
 from llasm_cli.audio.geometry import SAMPLE_RATE
@@ -65,11 +65,13 @@ from llasm_cli.serving.openai_api import (
     error_body,
     parse_chat_request,
     parse_json,
+    parse_speech_request,
     read_audio_bytes,
     sse,
     usage_body,
     usage_chunk,
 )
+from llasm_cli.serving.speech import AudioDeltas, Speaker
 
 log = logging.getLogger("llasm.serve")
 
@@ -183,6 +185,7 @@ class Server:
         self.scheduler = Scheduler(self.batch)
         self.n_ctx_seq = self.batch.n_ctx_seq
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="llasm-encode")
+        self.speaker = Speaker()  # spoken answers and /v1/audio/speech (serving/speech.py)
         self._clips = _LRU(4096, settings.clip_cache_bytes, size=lambda v: v[1].nbytes)  # key -> (n, embd, heard)
         self._answers = _LRU(settings.answer_cache)
         self._lock = threading.Lock()
@@ -281,6 +284,8 @@ class Server:
         req = parse_chat_request(parse_json(body), self.settings.max_messages)
         for note in req.notes:  # text made valid (U+FFFD): the request is answered, and the log says so
             log.warning("note: %s", note)
+        if req.audio_out is not None:  # a voice that is not installed: refused before any work
+            await self.speaker.check(req.audio_out.voice, "audio.voice")
         ticket = self._admit()
         try:
             prep = await asyncio.to_thread(self._prepare, req)
@@ -305,6 +310,12 @@ class Server:
             return await reply.whole(events, request, heard)
         finally:
             reply.close()
+
+    async def speech(self, request) -> object:
+        """POST /v1/audio/speech."""
+        req = parse_speech_request(parse_json(await self._read_body(request)))
+        data, media = await self.speaker.file(req)
+        return Response(data, media_type=media)
 
     async def _read_body(self, request) -> bytes:
         limit = self.settings.max_body
@@ -356,6 +367,7 @@ class Server:
     def close(self) -> None:
         self.scheduler.close()
         self._encoder.shutdown(wait=True)
+        self.speaker.close()
         self.batch.close()
 
 
@@ -410,8 +422,11 @@ class _Reply:
                 if isinstance(ev, Finished):
                     self.finished = True
                     self.server.remember(ev)
+                    audio = None
+                    if self.req.audio_out is not None:
+                        audio = await self.server.speaker.answer_audio(ev.text, self.req.audio_out)
                     body = completion_body(self.id, self.created, self.server.name, ev.text, ev.finish_reason,
-                                           self._usage(ev))
+                                           self._usage(ev), audio)
                     return JSONResponse(body, headers=headers)
                 if isinstance(ev, Failed):
                     self.finished = True
@@ -422,24 +437,54 @@ class _Reply:
 
     async def stream(self, events: asyncio.Queue):
         name = self.server.name
-        yield sse(chunk_body(self.id, self.created, name, {"role": "assistant", "content": ""}))
-        while True:
-            ev = await events.get()
-            if isinstance(ev, Text):
-                yield sse(chunk_body(self.id, self.created, name, {"content": ev.text}))
-            elif isinstance(ev, Finished):
-                self.finished = True
-                self.server.remember(ev)
-                yield sse(chunk_body(self.id, self.created, name, {}, ev.finish_reason))
-                if self.req.include_usage:
-                    yield sse(usage_chunk(self.id, self.created, name, self._usage(ev)))
-                yield b"data: [DONE]\n\n"
-                return
-            else:
-                self.finished = True
-                err = as_api_error(ev.error)
-                yield sse(err.body())
-                return
+        out = self.req.audio_out
+        spoken = AudioDeltas(self.server.speaker, out) if out is not None else None
+        yield sse(chunk_body(self.id, self.created, name, {"role": "assistant", "content": "" if spoken is None else None}))
+        try:
+            while True:
+                ev = None
+                async for delta in self._next(events, spoken):  # audio deltas ready while waiting for text
+                    if isinstance(delta, dict):
+                        yield sse(chunk_body(self.id, self.created, name, delta))
+                    else:
+                        ev = delta
+                if isinstance(ev, Text):
+                    delta = {"content": ev.text} if spoken is None else spoken.text(ev.text)
+                    yield sse(chunk_body(self.id, self.created, name, delta))
+                elif isinstance(ev, Finished):
+                    self.finished = True
+                    self.server.remember(ev)
+                    if spoken is not None:
+                        spoken.finish()
+                        async for delta in spoken.rest():
+                            yield sse(chunk_body(self.id, self.created, name, delta))
+                    yield sse(chunk_body(self.id, self.created, name, {}, ev.finish_reason))
+                    if self.req.include_usage:
+                        yield sse(usage_chunk(self.id, self.created, name, self._usage(ev)))
+                    yield b"data: [DONE]\n\n"
+                    return
+                else:
+                    self.finished = True
+                    yield sse(as_api_error(ev.error).body())
+                    return
+        except APIError as exc:  # the voice failed mid-answer
+            yield sse(exc.body())
+        finally:
+            if spoken is not None:
+                spoken.cancel()
+
+    @staticmethod
+    async def _next(events: asyncio.Queue, spoken: AudioDeltas | None):
+        """The audio deltas that become ready while the next scheduler event is awaited, then that event."""
+        getter = asyncio.ensure_future(events.get())
+        try:
+            while spoken is not None and spoken.next_spoken is not None and not getter.done():
+                await asyncio.wait({getter, spoken.next_spoken}, return_when=asyncio.FIRST_COMPLETED)
+                for delta in spoken.ready():
+                    yield delta
+            yield await getter
+        finally:
+            getter.cancel()
 
     def close(self) -> None:
         if not self.finished:

@@ -29,6 +29,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -47,6 +48,9 @@ from llasm_cli.terminal.ui import note as show_note
 from llasm_cli.terminal.ui import stream_answer
 from llasm_cli.turn_taking import BargeIn, HandsFree, LiveTurn
 from llasm_cli.turns import TurnStats
+
+if TYPE_CHECKING:
+    from llasm_cli.voices import Voice
 
 HELP = (
     "commands: /file PATH [text]  /reset  /save FILE  /system TEXT  /mute  /voice [SPEC]  /stats  /help  /quit\n"
@@ -67,7 +71,8 @@ class ChatSettings:
     max_tokens: int | None = None
     max_audio: float | None = None  # longest audio file accepted (seconds)
     speak: bool | None = None  # answers aloud; None: when listening hands-free and an output device opens
-    voice: str | None = None  # ENGINE:VOICE; None: the best installed voice for each answer's language
+    voice: Voice | None = None  # opened from --voice; None: the best installed voice for each answer's language
+    rate: float = 1.0  # speaking rate (--rate)
 
 
 def stats_line(st: TurnStats) -> str:
@@ -170,9 +175,11 @@ class ChatApp:
             return
         from llasm_cli.terminal.voice import open_chat_voice
 
-        self.voice, why = open_chat_voice(self.s.voice)
+        self.voice, why = open_chat_voice(self.s.voice, self.s.rate)
         if self.voice is None:
             self.console.print(f"[yellow]answers are not spoken:[/] {escape(why or '')}")
+        elif self.voice.echo_note:  # it still speaks: barge-in then relies on the level alone (use headphones)
+            self.console.print(f"[yellow]{escape(self.voice.echo_note)}[/]")
 
     def _cut_in(self, why: str) -> None:
         """Stop the answer being spoken; the conversation keeps it as far as it was heard."""
@@ -202,6 +209,8 @@ class ChatApp:
         recording = not ptt
         self.endpointer.reset()
         self.mic.flush()
+        if self.voice is not None:
+            self.voice.resync()
         chunks: list[np.ndarray] = []
         turn: LiveTurn | None = None  # push-to-talk's
         hands_free = HandsFree(self.conv, self.endpointer, self.pending_text)
@@ -222,10 +231,14 @@ class ChatApp:
                                 return item
                             recording, chunks, t0 = True, [], time.monotonic()
                             self.mic.flush()
+                            if self.voice is not None:
+                                self.voice.resync()
                             turn = LiveTurn(self.conv, self.pending_text)
                             continue
                         return ("text", line)
                     chunk = self.mic.read(timeout=0.03)
+                    if self.voice is not None:  # the answer's echo taken out
+                        chunk = self.voice.clean(chunk)
                     if chunk.size:
                         db = self.endpointer.level(chunk)
                         if ptt and recording:
@@ -409,7 +422,7 @@ class ChatApp:
         pieces = itertools.chain([first] if first is not None else [], stream)
         spoken = self.voice.start(first or "") if self.voice is not None else None
         try:
-            stream_answer(_fed(pieces, spoken) if spoken is not None else pieces, out=c)
+            stream_answer(spoken.tee(pieces) if spoken is not None else pieces, out=c)
             if spoken is not None:
                 spoken.finish()  # its last clause; it plays on while the chat listens (and may be cut)
         except KeyboardInterrupt:
@@ -420,13 +433,6 @@ class ChatApp:
             c.print(f"[yellow]the voice failed:[/] {escape(str(spoken.error))}")
         if self.s.stats:
             c.print(f"[dim]{stats_line(self.conv.stats)}[/]", highlight=False)
-
-
-def _fed(pieces, spoken):
-    """The answer's pieces as they come, each also given to the voice."""
-    for piece in pieces:
-        spoken.feed(piece)
-        yield piece
 
 
 def _ctrl_c_interrupts() -> None:

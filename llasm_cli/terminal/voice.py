@@ -1,31 +1,64 @@
 """The chat's spoken answers: the output device, the voice, the answer playing now, ``/mute`` and ``/voice``.
 
 Each answer is spoken while it is generated (speech_out.SpokenAnswer: clause by clause, the first audio after
-the first clause). The microphone stays open meanwhile: the chat holds its blocks back from the endpointer
-until the user's voice is clearly over the answer's echo (turn_taking.BargeIn), then stops the answer and
-keeps it in the conversation as far as it was heard, marked as cut.
+the first clause). The microphone stays open meanwhile: its audio goes through an echo canceller fed with the
+exact samples played (audio/echo.py), and the chat holds it back from the endpointer until the user's voice
+is clearly over what is left of the answer's echo (turn_taking.BargeIn), then stops the answer and keeps it
+in the conversation as far as it was heard, marked as cut.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from llasm_cli.audio.echo import EchoCanceller, echo_canceller_available
 from llasm_cli.errors import LlasmError, MicrophoneError, VoiceError
 from llasm_cli.speech_out import SpokenAnswer, voice_for_answer
+
+if TYPE_CHECKING:
+    from llasm_cli.voices import Voice
 
 
 class ChatVoice:
     """Speech out for one chat; ``start`` an answer, ``cut`` it when the user cuts in."""
 
-    def __init__(self, spec: str | None = None, device: int | str | None = None) -> None:
+    def __init__(self, voice: Voice | None = None, rate: float = 1.0, device: int | str | None = None) -> None:
         from llasm_cli.audio.playback import Player
 
-        self.spec = spec
-        self.voice = voice_for_answer("", spec) if spec else None  # a bad --voice fails before the chat starts
+        self.voice = voice  # None: the best installed voice for each answer's language
+        self.rate = rate
+        if voice is not None:
+            voice.set_rate(rate)
         self.player = Player(device)
+        self.echo = None  # audio/echo.EchoCanceller; None where pywebrtc-audio is missing
+        self.echo_note = echo_canceller_available()
+        if self.echo_note is None:
+            self.echo = EchoCanceller(self.player)
         self.muted = False
         self.answer: SpokenAnswer | None = None
         self._by_language: dict[bool, object] = {}  # has Han characters -> the voice opened for such answers
         if self.voice is None:  # English opened now: the first answer does not wait for a voice to load
-            self._by_language[False] = voice_for_answer("")
+            self._open_for(False)
+
+    @property
+    def spec(self) -> str | None:
+        return self.voice.spec if self.voice is not None else None
+
+    def _open_for(self, chinese: bool):
+        voice = self._by_language[chinese] = voice_for_answer("中" if chinese else "")
+        voice.set_rate(self.rate)
+        return voice
+
+    def resync(self) -> None:
+        """The microphone's backlog was just dropped: pair played and heard audio from now on."""
+        if self.echo is not None:
+            self.echo.resync()
+
+    def clean(self, heard: np.ndarray) -> np.ndarray:
+        """The microphone's audio without the answer's echo (as it comes when there is no canceller)."""
+        return heard if self.echo is None else self.echo.clean(heard)
 
     @property
     def playing(self) -> bool:
@@ -47,9 +80,7 @@ class ChatVoice:
         voice = self.voice
         if voice is None:
             chinese = has_cjk(first)
-            if chinese not in self._by_language:
-                self._by_language[chinese] = voice_for_answer(first)
-            voice = self._by_language[chinese]
+            voice = self._by_language.get(chinese) or self._open_for(chinese)
         self.answer = SpokenAnswer(voice, self.player)
         return self.answer
 
@@ -68,9 +99,10 @@ class ChatVoice:
 
     def set_voice(self, spec: str) -> str:
         """``/voice SPEC``: the voice from the next answer on; its spec."""
-        self.voice = voice_for_answer("", spec)
-        self.spec = spec
-        return self.voice.spec
+        voice = voice_for_answer("", spec)
+        voice.set_rate(self.rate)
+        self.voice = voice
+        return voice.spec
 
     def close(self) -> None:
         if self.answer is not None:
@@ -79,9 +111,10 @@ class ChatVoice:
         self.player.close()
 
 
-def open_chat_voice(spec: str | None, device: int | str | None = None) -> tuple[ChatVoice | None, str | None]:
+def open_chat_voice(voice: Voice | None, rate: float = 1.0,
+                    device: int | str | None = None) -> tuple[ChatVoice | None, str | None]:
     """The chat's voice, or None and the one-line reason it cannot speak here (no output device, no voice)."""
     try:
-        return ChatVoice(spec, device), None
+        return ChatVoice(voice, rate, device), None
     except (MicrophoneError, VoiceError, LlasmError) as exc:
         return None, str(exc)

@@ -33,7 +33,12 @@ def has_cjk(text: str) -> bool:
 
 
 class Voice(ABC):
-    """One speaker of one engine, loaded once. ``speak(text)`` is float32 mono at 16 kHz."""
+    """One speaker of one engine, loaded once. ``speak(text)`` is float32 mono at 16 kHz.
+
+    ``rate`` is the speaking rate each engine renders itself (its own speed or duration control, never a
+    resampling that would shift the pitch): 1.0 is the voice's pace, 1.5 half as fast again."""
+
+    rate: float = 1.0
 
     def __init__(self, engine: str, name: str, languages: tuple[str, ...], licence: str, native_rate: int) -> None:
         self.engine = engine  # the registry's name, the part of a spec before ':'
@@ -41,6 +46,11 @@ class Voice(ABC):
         self.languages = languages  # lower-case tags, most specific first: ("cmn", "zh-cmn", "zh")
         self.licence = licence  # of the engine and the voice's data, as their distributions state them
         self.native_rate = native_rate
+
+    def set_rate(self, rate: float, what: str = "--rate") -> None:
+        from llasm_cli.inputs import check_rate
+
+        self.rate = check_rate(rate, what)
 
     @property
     def spec(self) -> str:

@@ -55,8 +55,12 @@ class EspeakVoice(Voice):
         super().__init__("espeak-ng", name, languages, LICENCE, NATIVE_RATE)
 
     def _synthesize(self, text: str) -> np.ndarray:
-        wav = run_tts(["espeak-ng", "-v", self.name, "--stdout", "--stdin"], text.encode("utf-8"))
+        wav = run_tts(["espeak-ng", "-v", self.name, "-s", str(round(ESPEAK_WPM * self.rate)), "--stdout", "--stdin"],
+                      text.encode("utf-8"))
         return self.native(*read_wav(wav, "espeak-ng"), "espeak-ng")
+
+
+ESPEAK_WPM = 175  # espeak-ng's own default pace, words per minute
 
 
 class EspeakEngine(Engine):

@@ -42,7 +42,7 @@ class FliteVoice(Voice):
         with tempfile.TemporaryDirectory(prefix="llasm-flite-") as tmp:
             out = Path(tmp) / "out.wav"
             # -t takes the next argument as text whatever it starts with ("-5 degrees")
-            run_tts(["flite", "-voice", self.name, "-t", " ".join(text.split()), "-o", str(out)])
+            run_tts(["flite", "-voice", self.name, "--setf", f"duration_stretch={1 / self.rate:.3f}", "-t", " ".join(text.split()), "-o", str(out)])
             audio, rate = read_wav(out, "flite")
         return self.native(audio, rate, f"flite {self.name}")
 

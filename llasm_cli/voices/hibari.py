@@ -31,7 +31,7 @@ class HibariVoice(Voice):
         self._tts = hibari.Hibari(voice=name, model=model, threads=threads)
 
     def _synthesize(self, text: str) -> np.ndarray:
-        return self._tts(text, seed=0)  # seeded: the same text gives the same audio
+        return self._tts(text, speed=self.rate, seed=0)  # seeded: the same text gives the same audio
 
 
 class HibariEngine(Engine):

@@ -105,7 +105,8 @@ class KokoroVoice(Voice):
 
     def _synthesize(self, text: str) -> np.ndarray:
         try:
-            audio, rate = self._tts.create(" ".join(text.split()), voice=self._style, lang=LANGUAGE)
+            audio, rate = self._tts.create(" ".join(text.split()), voice=self._style, lang=LANGUAGE,
+                                          speed=self.rate)
         except ValueError as exc:  # kokoro-onnx's error for text that gives no phonemes
             raise VoiceError(f"kokoro {self.name} failed on {text[:40]!r}: {exc}") from None
         return self.native(audio, rate, "kokoro-onnx")

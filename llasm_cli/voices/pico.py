@@ -26,7 +26,7 @@ class PicoVoice(Voice):
 
     def _synthesize(self, text: str) -> np.ndarray:
         try:
-            pcm = self._tts.speak(text, voice=self.name)
+            pcm = self._tts.speak(text, voice=self.name, speed=self.rate)
         except (ValueError, RuntimeError) as exc:
             raise VoiceError(f"pico {self.name} failed on {text[:40]!r}: {exc}") from None
         return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0

@@ -41,7 +41,9 @@ class PiperTtsVoice(Voice):
         self._tts = piper.PiperVoice(config=piper.PiperConfig.from_dict(config), session=session)
 
     def _synthesize(self, text: str) -> np.ndarray:
-        chunks = list(self._tts.synthesize(text))
+        from piper import SynthesisConfig
+
+        chunks = list(self._tts.synthesize(text, SynthesisConfig(length_scale=1 / self.rate)))
         if any(c.sample_rate != self.native_rate for c in chunks):
             raise VoiceError(f"piper {self.name} spoke at another rate than {self.native_rate} Hz")
         return np.concatenate([c.audio_float_array for c in chunks]) if chunks else np.zeros(0, np.float32)

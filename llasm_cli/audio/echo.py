@@ -1,0 +1,103 @@
+"""Acoustic echo cancellation: the microphone with the assistant's own voice taken out.
+
+Without headphones the microphone hears every spoken answer. WebRTC's AEC3 (the canceller in Chrome and
+every WebRTC call; ``pywebrtc-audio``, Apache-2.0) subtracts it, given the exact samples the speaker played
+(audio/playback.Player.take_played). Its adaptive filter finds the delay from speaker to microphone itself;
+what it needs from us is the two streams in step and the reference never *later* than its echo.
+
+Both devices run on their own clocks from the moment they start, so the two streams are paired sample for
+sample from a common start (``resync``: the played audio so far and the microphone's backlog dropped) and
+microphone audio waits for its reference rather than being paired with invented silence. The echo's path
+then stays a fixed delay (the output and input latencies plus the room's), which AEC3 tracks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+FRAME = SAMPLE_RATE // 100  # AEC3 works on 10 ms frames
+MAX_WAIT_SECONDS = 0.5  # microphone audio held for its reference at most this long (a stalled player: pass it on)
+
+
+def echo_canceller_available() -> str | None:
+    """None when AEC can run here, else the one-line reason it cannot."""
+    try:
+        import pywebrtc_audio  # noqa: F401
+    except ImportError as exc:
+        return f"no echo cancellation (pip install pywebrtc-audio): {exc}"
+    return None
+
+
+class EchoCanceller:
+    """The microphone's 16 kHz blocks in, the same audio with the player's echo removed out (10 ms later
+    at most: a block is cut into whole frames, the rest waits for the next)."""
+
+    def __init__(self, player) -> None:
+        import soxr
+        from pywebrtc_audio import EchoCanceller as Aec3
+
+        self.player = player
+        self._aec = Aec3(sample_rate=SAMPLE_RATE, num_channels=1)
+        self._soxr = soxr
+        self._resampler = None
+        self._far: deque[np.ndarray] = deque()  # played audio at 16 kHz, not yet paired
+        self._far_n = 0
+        self._near = np.zeros(0, np.float32)  # microphone audio not yet paired
+        self.frames = 0  # frames cancelled
+        self.unpaired = 0  # frames passed on without a reference (the player stalled)
+        self.resync()
+
+    def resync(self) -> None:
+        """Pair the two streams from now: call when the microphone's backlog has just been flushed."""
+        self.player.take_played()
+        rate = self.player.rate
+        self._resampler = (None if rate == SAMPLE_RATE
+                           else self._soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"))
+        self._far.clear()
+        self._far_n = 0
+        self._near = np.zeros(0, np.float32)
+
+    def _pull_far(self) -> None:
+        played = self.player.take_played()
+        if played.size:
+            y = played if self._resampler is None else self._resampler.resample_chunk(played)
+            if y.size:
+                self._far.append(np.asarray(y, np.float32))
+                self._far_n += y.size
+
+    def _take_far(self, n: int) -> np.ndarray:
+        out = np.empty(n, np.float32)
+        got = 0
+        while got < n:
+            head = self._far[0]
+            k = min(n - got, head.size)
+            out[got : got + k] = head[:k]
+            got += k
+            if k == head.size:
+                self._far.popleft()
+            else:
+                self._far[0] = head[k:]
+        self._far_n -= n
+        return out
+
+    def clean(self, near: np.ndarray) -> np.ndarray:
+        """The echo-free audio of the microphone so far (possibly empty: it waits for its reference)."""
+        self._near = np.concatenate([self._near, np.asarray(near, np.float32).reshape(-1)])
+        self._pull_far()
+        frames = self._near.size // FRAME
+        paired = min(frames, self._far_n // FRAME)
+        out: list[np.ndarray] = []
+        if paired:
+            n = paired * FRAME
+            out.append(self._aec.process(self._near[:n], self._take_far(n)))
+            self._near = self._near[n:]
+            self.frames += paired
+        if self._near.size > MAX_WAIT_SECONDS * SAMPLE_RATE:  # no reference comes: the player is not running
+            n = (self._near.size // FRAME) * FRAME
+            out.append(self._near[:n])
+            self._near = self._near[n:]
+            self.unpaired += n // FRAME
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
