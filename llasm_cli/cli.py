@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
 
 from llasm_cli import __version__
 from llasm_cli.errors import LlasmError
@@ -36,53 +35,10 @@ from llasm_cli.options import (
     rule,
     valid_text,
 )
-
-COMMANDS_GROUP = "llasm.commands"  # entry points: functions that add commands (``register(app)``)
-
-
-def plugin_commands() -> typer.Typer:
-    """The commands that packages above the runtime add (``llasm export``, from the exporter): every
-    function named under the ``llasm.commands`` entry-point group is called with a Typer app of its own."""
-    from importlib.metadata import entry_points
-
-    extra = typer.Typer()
-    for ep in entry_points(group=COMMANDS_GROUP):
-        try:
-            ep.load()(extra)
-        except ImportError:  # a plugin whose package is gone: the runtime's own commands still run
-            continue
-    return extra
-
-
-class _Commands(TyperGroup):
-    """llasm's commands, and the plugins' looked up only when a name is not llasm's own or the list is
-    shown: scanning the installed packages' entry points costs ~0.1 s, on every ``llasm ask`` otherwise."""
-
-    _plugins_loaded = False
-
-    def _load_plugins(self) -> None:
-        if self._plugins_loaded:
-            return
-        self._plugins_loaded = True
-        extra = plugin_commands()
-        if extra.registered_commands:
-            for name, command in typer.main.get_group(extra).commands.items():
-                self.commands.setdefault(name, command)
-
-    def get_command(self, ctx, cmd_name: str):
-        found = super().get_command(ctx, cmd_name)
-        if found is None:
-            self._load_plugins()
-            found = super().get_command(ctx, cmd_name)
-        return found
-
-    def list_commands(self, ctx) -> list[str]:
-        self._load_plugins()
-        return super().list_commands(ctx)
-
+from llasm_cli.plugins import CommandsWithPlugins
 
 app = typer.Typer(
-    cls=_Commands,
+    cls=CommandsWithPlugins,
     name="llasm",
     help="Talk to a local speech-and-language model (LLaSM-style) run by llama.cpp.\n\n"
     "Quick start:\n\n  llasm ask question.wav --model BUNDLE\n\n"

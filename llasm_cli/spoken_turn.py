@@ -18,6 +18,7 @@ from llasm_cli.audio.geometry import SAMPLE_RATE, samples_per_embedding
 from llasm_cli.errors import AudioFileError, ContextOverflowError, LlasmError
 from llasm_cli.prompt import Message, user_content
 from llasm_cli.towers import ChunkStream
+from llasm_cli.turn_end import end_ids, end_probability, marks_after_words
 from llasm_cli.turns import Turn, TurnStats, fit_prompt
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ class AudioTurnStream:
         # speculate(): (position to roll back to, its audio rows, logits, whether they replace the chunks)
         self._spec: tuple[int, np.ndarray, np.ndarray, bool] | None = None
         self._chunk_ms = [0.0, 0.0]  # encode, prefill of the chunks so far (speculate's whole-clip estimate)
+        # P(the template's text after the turn comes next) when speculate() last ran: the LLM's own judgement of
+        # whether the words so far end the turn (a transcript-hearing model with nothing typed after the audio)
+        self.end_probability: float | None = None
+        self._scores_end = bool(conv.bot.hears_words) and not after
         self._turns_before = list(conv.turns)
         self._notices_before = len(conv.notices)
         stand_in = np.full((1, engine.n_embd), np.nan, dtype=np.float32)
@@ -136,7 +141,7 @@ class AudioTurnStream:
                 t0 = time.perf_counter()
                 mark, _, _, whole = self._spec
                 self.conv.bot.engine.truncate(mark)
-                self._spec = None
+                self._spec, self.end_probability = None, None
                 if whole:  # the chunks' rows went out with it: back in, for the chunks still to come
                     self._sync()
                 self._early_ms += (time.perf_counter() - t0) * 1e3
@@ -183,7 +188,8 @@ class AudioTurnStream:
             else:
                 last = self.chunks.peek() if self.chunks is not None else self.tower.encode(np.concatenate(self.samples))
                 self._room(len(last))
-            self._spec = (engine.n_past, last, self._close_span(last), whole)
+            mark = engine.n_past
+            self._spec = (mark, last, self._close_span(last, probe=self._scores_end), whole)
         except BaseException:
             self.cancel()
             raise
@@ -202,10 +208,26 @@ class AudioTurnStream:
         encode, prefill = self._chunk_ms
         return encode / overlap + prefill <= budget_ms
 
-    def _close_span(self, last: np.ndarray) -> np.ndarray:
+    def _close_span(self, last: np.ndarray, probe: bool = False) -> np.ndarray:
         """The last audio rows, the end of the audio span and the template text after it, in one
-        llama_decode; the next-token logits."""
-        return self.conv.bot.engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
+        llama_decode; the next-token logits. ``probe``: in two, split after the last word heard, whose logits
+        give ``end_probability`` (turn_end.py: that the user's turn ends there)."""
+        engine = self.conv.bot.engine
+        marks = self._marks_after_words() if probe and self.suffix else None
+        cut = len(last) - marks if marks is not None else 0
+        if cut < 1:
+            return engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
+        after_words = engine.eval([last[:cut]])
+        self.end_probability = end_probability(after_words, end_ids(self._tokenize, self.suffix[0]))
+        return engine.eval_joined(np.concatenate([last[cut:], self.tail_rows]), self.suffix)
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.conv.bot.engine.tokenize(text, special=False)
+
+    def _marks_after_words(self) -> int | None:
+        """The transcript's rows after its last word (Whisper's punctuation), if the tower heard words."""
+        heard = getattr(self.tower, "transcript", None)
+        return marks_after_words(self._tokenize, heard) if heard else None
 
     def finish(self) -> np.ndarray:
         """The end of speech: the last chunk, the end of the audio span and the template text after it

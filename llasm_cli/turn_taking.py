@@ -10,11 +10,17 @@ from __future__ import annotations
 import numpy as np
 
 from llasm_cli.audio.endpoint import Endpointer, SpeechEnd
+from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.conversation import Conversation
 from llasm_cli.errors import LlasmError
 from llasm_cli.spoken_turn import AudioTurnStream
 
 WHOLE_SHARE = 0.75  # of the silence left at a pause that a whole-clip encode may take (its cost is estimated)
+# The turn detector: at a pause, the LLM's probability that the user's turn ends after the words heard so far
+# (turn_end.py, measured there)
+END_LIKELY = 0.3  # at or above: the turn ends at this pause, without waiting for the trailing silence
+END_UNLIKELY = 0.03  # below: a pause in the middle of a sentence, waited through ...
+MID_SENTENCE_WAIT = 2.0  # ... for this many times the trailing silence
 
 
 class LiveTurn:
@@ -38,14 +44,17 @@ class LiveTurn:
                 self.error, self.stream = exc, None
         self.fed += samples.size
 
-    def speculate(self, budget_s: float) -> None:
+    def speculate(self, budget_s: float) -> float | None:
         """The speaker has paused: prefill the turn as it stands (AudioTurnStream.speculate), encoded
-        whole if that likely takes at most WHOLE_SHARE of the ``budget_s`` left before the end."""
+        whole if that likely takes at most WHOLE_SHARE of the ``budget_s`` left before the end. The probability
+        that the turn ends here, when this ran and the model scores it (None otherwise)."""
         if self.stream is not None:
             try:
-                self.stream.speculate(budget_ms=WHOLE_SHARE * budget_s * 1e3)
+                if self.stream.speculate(budget_ms=WHOLE_SHARE * budget_s * 1e3):
+                    return self.stream.end_probability
             except LlasmError as exc:
                 self.error, self.stream = exc, None
+        return None
 
     def cancel(self) -> None:
         if self.stream is not None:
@@ -57,7 +66,10 @@ class HandsFree:
     """The hands-free loop: each microphone block goes through the voice-activity endpointer; from the
     start of speech (with the pre-roll it keeps) the turn streams into the conversation, at a pause it
     is prefilled as it stands (``LiveTurn.speculate``), and ``push`` returns it once the trailing
-    silence confirms the end. ``cancel`` takes back a turn that was never returned."""
+    silence confirms the end. ``cancel`` takes back a turn that was never returned.
+
+    Where the model hears words, the pause is also judged by what was said (END_LIKELY, END_UNLIKELY): a
+    finished question ends the turn at once, a sentence broken off waits MID_SENTENCE_WAIT times longer."""
 
     def __init__(self, conv: Conversation, endpointer: Endpointer, text: str | None = None) -> None:
         self.conv, self.endpointer, self.text = conv, endpointer, text
@@ -76,7 +88,13 @@ class HandsFree:
         if self.turn is not None:
             self.turn.feed(ep.committed(self.turn.fed))
             if ep.settled():  # a pause: the end of the turn is likely
-                self.turn.speculate(ep.confirm_seconds)
+                ends = self.turn.speculate(ep.confirm_seconds)
+                if ends is not None and ends >= END_LIKELY and (end := ep.end_now()) is not None:
+                    turn, self.turn = self.turn, None
+                    turn.feed(end.audio[turn.fed :])
+                    return turn, end.audio
+                if ends is not None and ends < END_UNLIKELY:
+                    ep.wait_for(MID_SENTENCE_WAIT * ep.trailing / SAMPLE_RATE)
         return None
 
     def cancel(self) -> None:
@@ -86,6 +104,7 @@ class HandsFree:
 
 
 BARGE_IN_DB = 8.0  # how far above the answer's own echo (its loud blocks) the microphone must be to be the user
+BARGE_IN_FLOOR_DB = -55.0  # ... and above this: what AEC3 leaves of the echo (~-80 dBFS, bursts while it adapts) is not a voice
 BARGE_IN_BLOCKS = 3  # ... for this many blocks in a row (~100 ms of 32 ms blocks)
 ECHO_BLOCKS = 94  # the echo's level: the ECHO_PERCENTILE of the last ~3 s of blocks heard while audio played
 ECHO_PERCENTILE = 95  # speech is loud in its syllables and quiet between them: the reference is its loud part
@@ -113,7 +132,7 @@ class BargeIn:
         between two clauses still being synthesized): only then is the block's level the echo's."""
         self.held.append(block)
         echo = float(np.percentile(self.levels, ECHO_PERCENTILE)) if len(self.levels) >= LEARN_BLOCKS else None
-        if echo is not None and db > echo + BARGE_IN_DB:
+        if echo is not None and db > max(echo + BARGE_IN_DB, BARGE_IN_FLOOR_DB):
             self.loud += 1
         else:
             self.loud = 0

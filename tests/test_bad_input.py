@@ -154,7 +154,8 @@ def test_each_rule_accepts_exactly_what_it_documents(check, value):
 
 
 def test_the_server_applies_the_same_rules_as_the_command_line():
-    from llasm_cli.serving.openai_api import APIError, parse_chat_request
+    from llasm_cli.serving.json_fields import APIError
+    from llasm_cli.serving.openai_api import parse_chat_request
 
     fields = {"temperature": check_temperature, "top_p": check_top_p, "max_tokens": check_max_tokens,
               "max_completion_tokens": check_max_tokens, "seed": check_seed}

@@ -37,10 +37,10 @@ def served():
 
 @pytest.fixture(scope="module")
 def hear():
+    from llasm_cli.audio.decode import resample
     from llasm_cli.audio.ears import WhisperEars
     from llasm_cli.formats.bundle import load_bundle
     from llasm_cli.towers.transcript import ears_folder
-    from llasm_cli.audio.decode import resample
 
     ears = WhisperEars(ears_folder(load_bundle(default_bundle_path())), 2)
     return lambda audio, rate: re.sub(r"[^a-z ]", "", ears.hear(resample(audio, rate)).text.lower())

@@ -9,10 +9,18 @@ Both devices run on their own clocks from the moment they start, so the two stre
 sample from a common start (``resync``: the played audio so far and the microphone's backlog dropped) and
 microphone audio waits for its reference rather than being paired with invented silence. The echo's path
 then stays a fixed delay (the output and input latencies plus the room's), which AEC3 tracks.
+
+That pairing is made once, when the chat opens its microphone (EchoCancelledMicrophone), and kept by a
+thread that cleans the microphone's audio as it comes, also while the chat is busy generating an answer:
+pairing anew at each turn shifted the delay by a few milliseconds each time, AEC3 had to find it again,
+and the echo it let through meanwhile sounded like the user cutting in.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections import deque
 
 import numpy as np
@@ -20,6 +28,8 @@ import numpy as np
 SAMPLE_RATE = 16000
 FRAME = SAMPLE_RATE // 100  # AEC3 works on 10 ms frames
 MAX_WAIT_SECONDS = 0.5  # microphone audio held for its reference at most this long (a stalled player: pass it on)
+START_WAIT_SECONDS = 2.0  # how long a pairing waits for the player's first block (a device that starts slowly)
+CLEANED_SECONDS = 10.0  # cleaned audio kept for a reader that is busy (the chat while it answers)
 
 
 def echo_canceller_available() -> str | None:
@@ -51,8 +61,12 @@ class EchoCanceller:
         self.resync()
 
     def resync(self) -> None:
-        """Pair the two streams from now: call when the microphone's backlog has just been flushed."""
-        self.player.take_played()
+        """Pair the two streams from now: call when the microphone's backlog has just been flushed. Waits for
+        the player's device to have asked for its first block (up to START_WAIT_SECONDS), so that a slow start
+        is not mistaken for a fixed delay."""
+        deadline = time.monotonic() + START_WAIT_SECONDS
+        while not self.player.take_played().size and time.monotonic() < deadline:
+            time.sleep(0.005)
         rate = self.player.rate
         self._resampler = (None if rate == SAMPLE_RATE
                            else self._soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"))
@@ -101,3 +115,66 @@ class EchoCanceller:
             self._near = self._near[n:]
             self.unpaired += n // FRAME
         return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+class EchoCancelledMicrophone:
+    """A microphone (audio/mic.Microphone) read through an EchoCanceller on a thread of its own: ``read``
+    and ``flush`` as the microphone's, the audio without the player's echo. Closing it closes the microphone."""
+
+    def __init__(self, mic, player) -> None:
+        self.mic = mic
+        self.name = mic.name
+        self.canceller = EchoCanceller(player)
+        self._out: queue.Queue[np.ndarray] = queue.Queue()
+        self._kept = 0  # samples in _out
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        mic.flush()
+        self.canceller.resync()
+        mic.flush()  # what came while the player started
+        self._thread = threading.Thread(target=self._run, name="llasm-echo", daemon=True)
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set() or self.mic.closed
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                clean = self.canceller.clean(self.mic.read(timeout=0.05))
+                if clean.size:
+                    with self._lock:
+                        self._out.put(clean)
+                        self._kept += clean.size
+                        while self._kept > CLEANED_SECONDS * SAMPLE_RATE:  # nobody reads: the oldest goes
+                            self._kept -= self._out.get_nowait().size
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, who reports it
+            self._error = exc
+
+    def read(self, timeout: float = 1.0) -> np.ndarray:
+        """The next cleaned chunk (any length); empty when none came within ``timeout``."""
+        if self._error is not None:
+            raise self._error
+        try:
+            chunk = self._out.get(timeout=timeout)
+        except queue.Empty:
+            return np.zeros(0, np.float32)
+        with self._lock:
+            self._kept -= chunk.size
+        return chunk
+
+    def flush(self) -> None:
+        """Drop what was heard and not read; the pairing of the two streams is kept."""
+        with self._lock:
+            while True:
+                try:
+                    self._kept -= self._out.get_nowait().size
+                except queue.Empty:
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self.mic.close()

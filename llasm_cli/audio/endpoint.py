@@ -160,6 +160,7 @@ class Endpointer:
         self._start: int | None = None  # first voiced sample of a candidate or running turn
         self._speaking = False  # SpeechStart has been emitted for _start
         self._last_voiced = 0  # absolute end of the last voiced frame
+        self._turn_trailing: int | None = None  # this pause's own trailing silence (wait_for), until speech resumes
 
     def push(self, samples: np.ndarray) -> list[Event]:
         """Feed the next chunk; returns the events it completed, in stream order."""
@@ -185,7 +186,8 @@ class Endpointer:
             assert self._start is not None
             if p >= self.neg_threshold:
                 self._last_voiced = end
-            if end - self._last_voiced >= self.trailing:
+                self._turn_trailing = None
+            if end - self._last_voiced >= (self._turn_trailing or self.trailing):
                 self._finish(events, self._last_voiced, truncated=False)
             elif end - self._start >= self.max_turn:
                 self._finish(events, end, truncated=True)
@@ -224,6 +226,21 @@ class Endpointer:
         while the rest of the trailing silence is confirmed)."""
         return self._speaking and self._pos - self._last_voiced >= self.post_roll
 
+    def wait_for(self, seconds: float) -> None:
+        """This pause ends the turn after ``seconds`` of silence instead of the trailing silence (no less than
+        the post-roll): what was said sounds finished, or not (the chat's turn detector). Speech that resumes
+        brings the usual trailing silence back."""
+        if self._speaking:
+            self._turn_trailing = max(self.post_roll, _samples(seconds))
+
+    def end_now(self) -> SpeechEnd | None:
+        """The running turn ends here if it has settled (its silence covers the post-roll): its SpeechEnd."""
+        if not self.settled():
+            return None
+        events: list[Event] = []
+        self._finish(events, self._last_voiced, truncated=False)
+        return events[0]
+
     @property
     def confirm_seconds(self) -> float:
         """The silence still to be heard after ``settled()`` before a turn ends: the time the chat
@@ -238,7 +255,7 @@ class Endpointer:
         hi = min(self._pos, t_end + (0 if truncated else self.post_roll))
         audio = kept[lo - self._kept_from : hi - self._kept_from].copy()
         events.append(SpeechEnd(t_end / SAMPLE_RATE, audio, truncated))
-        self._start, self._speaking = None, False
+        self._start, self._speaking, self._turn_trailing = None, False, None
         # After a cut, speech that goes on starts the next turn exactly at the cut, without
         # pre-roll that would repeat the tail of the turn just sent.
         self._trim(self._pos if truncated else self._pos - self.pre_roll)

@@ -1,7 +1,7 @@
 """The HTTP side of ``llasm serve``: the FastAPI routes over a ``Server``, the socket, uvicorn.
 
 Routes: ``POST /v1/chat/completions`` (the server's ``chat``), ``GET /v1/models``, ``GET /v1/models/ID``
-and ``GET /health``; every error is an OpenAI-style JSON body (``openai_api.APIError``).
+and ``GET /health``; every error is an OpenAI-style JSON body (``json_fields.APIError``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llasm_cli import __version__
 from llasm_cli.errors import ServeError
-from llasm_cli.serving.openai_api import APIError, error_body
+from llasm_cli.serving.json_fields import APIError, error_body
 from llasm_cli.serving.server import Server, as_api_error
 
 # --- the ASGI app -----------------------------------------------------------------------

@@ -55,22 +55,20 @@ from llasm_cli.formats.bundle import Bundle
 from llasm_cli.llm.engine import Sampling
 from llasm_cli.llm.scheduler import BatchEngine, Failed, Finished, Job, Scheduler, Text
 from llasm_cli.prompt import AUDIO, Message, join_lines, recent_exchanges
+from llasm_cli.serving.json_fields import APIError, error_body, parse_json
 from llasm_cli.serving.openai_api import (
-    APIError,
     ChatRequest,
     Part,
     chunk_body,
     completion_body,
     decode_base64,
-    error_body,
     parse_chat_request,
-    parse_json,
-    parse_speech_request,
     read_audio_bytes,
     sse,
     usage_body,
     usage_chunk,
 )
+from llasm_cli.serving.openai_audio import parse_speech_request
 from llasm_cli.serving.speech import AudioDeltas, Speaker
 
 log = logging.getLogger("llasm.serve")

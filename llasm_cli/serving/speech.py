@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from llasm_cli.errors import LlasmError, VoiceError
-from llasm_cli.serving.openai_api import OPENAI_VOICES, APIError, AudioOut, SpeechRequest, audio_body
+from llasm_cli.serving.json_fields import APIError
+from llasm_cli.serving.openai_audio import OPENAI_VOICES, AudioOut, SpeechRequest, audio_body
 from llasm_cli.speech_out import SPEECH_FORMATS, Clauses, at_speech_rate, encode_speech, speakable, voice_for_answer
 from llasm_cli.voices.base import has_cjk
 

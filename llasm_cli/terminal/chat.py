@@ -180,6 +180,8 @@ class ChatApp:
             self.console.print(f"[yellow]answers are not spoken:[/] {escape(why or '')}")
         elif self.voice.echo_note:  # it still speaks: barge-in then relies on the level alone (use headphones)
             self.console.print(f"[yellow]{escape(self.voice.echo_note)}[/]")
+        elif self.mic is not None:
+            self.mic = self.voice.hear_through(self.mic)
 
     def _cut_in(self, why: str) -> None:
         """Stop the answer being spoken; the conversation keeps it as far as it was heard."""
@@ -209,8 +211,6 @@ class ChatApp:
         recording = not ptt
         self.endpointer.reset()
         self.mic.flush()
-        if self.voice is not None:
-            self.voice.resync()
         chunks: list[np.ndarray] = []
         turn: LiveTurn | None = None  # push-to-talk's
         hands_free = HandsFree(self.conv, self.endpointer, self.pending_text)
@@ -231,14 +231,10 @@ class ChatApp:
                                 return item
                             recording, chunks, t0 = True, [], time.monotonic()
                             self.mic.flush()
-                            if self.voice is not None:
-                                self.voice.resync()
                             turn = LiveTurn(self.conv, self.pending_text)
                             continue
                         return ("text", line)
-                    chunk = self.mic.read(timeout=0.03)
-                    if self.voice is not None:  # the answer's echo taken out
-                        chunk = self.voice.clean(chunk)
+                    chunk = self.mic.read(timeout=0.03)  # without the answer's echo (ChatVoice.hear_through)
                     if chunk.size:
                         db = self.endpointer.level(chunk)
                         if ptt and recording:

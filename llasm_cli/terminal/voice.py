@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from llasm_cli.audio.echo import EchoCanceller, echo_canceller_available
+from llasm_cli.audio.echo import EchoCancelledMicrophone, echo_canceller_available
 from llasm_cli.errors import LlasmError, MicrophoneError, VoiceError
 from llasm_cli.speech_out import SpokenAnswer, voice_for_answer
 
@@ -32,10 +30,7 @@ class ChatVoice:
         if voice is not None:
             voice.set_rate(rate)
         self.player = Player(device)
-        self.echo = None  # audio/echo.EchoCanceller; None where pywebrtc-audio is missing
-        self.echo_note = echo_canceller_available()
-        if self.echo_note is None:
-            self.echo = EchoCanceller(self.player)
+        self.echo_note = echo_canceller_available()  # None: the microphone is heard without the answers' echo
         self.muted = False
         self.answer: SpokenAnswer | None = None
         self._by_language: dict[bool, object] = {}  # has Han characters -> the voice opened for such answers
@@ -51,14 +46,10 @@ class ChatVoice:
         voice.set_rate(self.rate)
         return voice
 
-    def resync(self) -> None:
-        """The microphone's backlog was just dropped: pair played and heard audio from now on."""
-        if self.echo is not None:
-            self.echo.resync()
-
-    def clean(self, heard: np.ndarray) -> np.ndarray:
-        """The microphone's audio without the answer's echo (as it comes when there is no canceller)."""
-        return heard if self.echo is None else self.echo.clean(heard)
+    def hear_through(self, mic):
+        """The microphone as the chat should read it: through the echo canceller, fed with what this voice
+        plays (the microphone itself where the canceller is missing)."""
+        return mic if self.echo_note is not None else EchoCancelledMicrophone(mic, self.player)
 
     @property
     def playing(self) -> bool:
