@@ -1,19 +1,25 @@
-"""A spoken chat as a user has it: end of speech -> first audio of the answer, barge-in, false turns.
+"""A spoken chat as a user has it: end of speech -> first answer character and first audio, barge-in,
+questions with a pause in the middle, false turns.
 
 A private PulseAudio daemon stands in for a laptop: `llasm chat --mic --speak` plays into a null sink
 "speaker", whose sound is looped back into the microphone (null sink "vmic"; its monitor is the default
-source) 18 dB down and 60 ms late; questions are played into "vmic" at full level (flite's rms voice). The
-speaker's monitor is recorded all along, so what was played is measured where it was played.
+source) 18 dB down and 60 ms late; questions are played into "vmic" at full level (flite's rms voice). Both
+monitors are recorded all along, so each moment is measured where it happened: a question's end and a
+barge-in's start where the microphone heard them (the clip found by cross-correlation in the microphone's
+recording, under the answer's echo), the answer's first sample where the speaker played it.
 
-- first audio: from the end of a question's playback to the first sample of the answer in the recording;
-  beside it, in the same run, the cascade a user would otherwise run on the same clip: the same 0.6 s of
-  silence to know the turn has ended, then faster-whisper (int8, the packaged whisper-base) -> the same LLM
-  (llama-cpp-python, its chat template) -> its first clause -> the same voice, timed to the first sample;
+- first answer character: from the end of a question's speech to the first character of the answer on the
+  terminal; first audio: to the first sample of the answer played. Beside them, in the same run, the cascade a
+  user would otherwise run on the same clip: the same 0.6 s of silence to know the turn has ended, then
+  faster-whisper (int8, the packaged whisper-base) -> the same LLM (llama-cpp-python, its chat template) ->
+  its first character, and its first clause -> the same voice, timed to the first sample;
 - barge-in: a question played while a long answer is spoken: from the question's first voiced sample to the
   moment the speaker fell silent;
+- pauses: the ten questions of bench/turn_pauses.py, each with a 0.5-0.8 s pause mid-sentence: heard as one
+  turn holding its last words;
 - false turns: turns the chat took that nobody spoke (its own voice heard back).
 
-    python bench/speech_chat.py [--questions N] [--voice flite:slt]
+    python bench/speech_chat.py [--questions N] [--interrupts N] [--pauses N] [--voice flite:slt]
 
 Needs pulseaudio, pactl, paplay, parec and flite (apt-get install pulseaudio pulseaudio-utils flite), and the
 bench extra (faster-whisper). Prints a table; ratios are per question, medians.
@@ -38,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.turn_pauses import PAUSED, paused  # noqa: E402
 from llasm_cli.audio.decode import load_audio  # noqa: E402
 from llasm_cli.audio.geometry import SAMPLE_RATE  # noqa: E402
 
@@ -49,8 +56,8 @@ LONG = "Give me three tips for sleeping better."
 INTERRUPT = "What is the capital of Japan?"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 ENDPOINT_SILENCE_S = 0.6  # a hands-free turn ends after this much silence (llasm chat's default --silence)
-SILENT_DB = -45.0
-ANSWER_WAIT_S = 16.0  # after an answer starts: 40 tokens spoken by flite take about 12 s  # the recording is silent below this (a 20 ms frame's RMS)
+SILENT_DB = -45.0  # the recording is silent below this (a 20 ms frame's RMS)
+ANSWER_WAIT_S = 16.0  # after an answer starts: 40 tokens spoken by flite take about 12 s
 
 
 def log(msg: str) -> None:
@@ -134,6 +141,8 @@ class Cascade:
         self.llm = llama_cpp.Llama(str(load_bundle(default_bundle_path()).llm_path()), n_ctx=1024, n_threads=2,
                                    verbose=False)
         self.voice = open_voice(voice_spec)
+        self.asked = 0
+        self.first_char: list[float] = []  # end of speech -> the first answer character, per question
 
     def first_audio_s(self, audio: np.ndarray) -> float:
         from llasm_cli.speech_out import CLAUSE_END
@@ -146,10 +155,68 @@ class Cascade:
         for chunk in self.llm.create_chat_completion([{"role": "user", "content": text}], temperature=0, max_tokens=40,
                                                      stream=True):
             said += chunk["choices"][0]["delta"].get("content") or ""
+            if said.strip() and len(self.first_char) < self.asked + 1:
+                self.first_char.append(ENDPOINT_SILENCE_S + time.perf_counter() - t0)
             if CLAUSE_END.search(said):
                 break
         self.voice.speak_native(said.strip())
+        self.asked += 1
         return ENDPOINT_SILENCE_S + time.perf_counter() - t0
+
+
+class Stamped:
+    """pexpect's log of what the chat printed, each piece with the moment it came (time.monotonic)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[tuple[float, str]] = []
+        self.answers = 0  # "llasm›" printed so far
+        self._tail = ""
+
+    def write(self, text: str) -> None:
+        self.pieces.append((time.monotonic(), text))
+        joined = self._tail + text
+        self.answers += joined.count("llasm›") - self._tail.count("llasm›")
+        self._tail = joined[-8:]
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def text(self) -> str:
+        return "".join(t for _, t in self.pieces)
+
+    def answer_starts(self) -> list[float]:
+        """When the first character of each answer was printed (the first visible one after "llasm›")."""
+        times, starts, at = [], [], 0
+        for t, piece in self.pieces:
+            times.extend([t] * len(piece))
+        text = self.text
+        for m in re.finditer("llasm›", text):
+            rest = ANSI.sub(lambda e: "\0" * len(e.group()), text[m.end() :])  # escapes kept as placeholders
+            first = re.search(r"[^\s\0]", rest)
+            if first is not None and m.end() + first.start() >= at:
+                at = m.end() + first.start()
+                starts.append(times[at])
+        return starts
+
+
+def locate(recording: np.ndarray, clip: np.ndarray, near_s: float, span_s: float = 4.0) -> float | None:
+    """Seconds into ``recording`` where ``clip`` begins, searched from ``near_s`` on: the peak of their
+    cross-correlation (the clip arrives mixed with the answer's echo)."""
+    from scipy.signal import fftconvolve
+
+    lo = max(0, round((near_s - 0.5) * SAMPLE_RATE))
+    seg = recording[lo : lo + round(span_s * SAMPLE_RATE) + clip.size]
+    if seg.size < clip.size:
+        return None
+    corr = fftconvolve(seg, clip[::-1], mode="valid")
+    return (lo + int(np.argmax(corr))) / SAMPLE_RATE
+
+
+def speech_edges(x: np.ndarray) -> tuple[float, float]:
+    """The first and last audible 20 ms frames of a clip, in seconds."""
+    loud = np.flatnonzero(frames_db(x) > SILENT_DB)
+    return loud[0] / 50, (loud[-1] + 1) / 50
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--questions", type=int, default=10, help="questions asked (first audio, false turns)")
     ap.add_argument("--interrupts", type=int, default=10, help="barge-ins measured")
+    ap.add_argument("--pauses", type=int, default=len(PAUSED), help="questions with a pause in the middle played")
     ap.add_argument("--voice", default="flite:slt", help="the chat's voice (and the cascade's)")
+    ap.add_argument("--log", type=Path, help="write what the chat printed here (with --stats), each piece timed")
     a = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="llasm-speech-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llasm-speech-", ignore_cleanup_errors=True) as tmp:
         folder = Path(tmp)
         env = start_pulse(folder)
         try:
@@ -169,68 +238,145 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["pulseaudio", "--kill"], env=env, capture_output=True)
 
 
-def measure(a, folder: Path, env: dict, pexpect) -> int:
-    import io
+def expect_answers(child, out: Stamped, n: int, timeout: float = 60.0) -> None:
+    """Read until the ``n``-th answer has begun ("llasm›" printed ``n`` times)."""
+    deadline = time.monotonic() + timeout
+    while out.answers < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError("no answer came")
+        pump(child, 0.05)
 
-    played = folder / "played.wav"
-    rec = subprocess.Popen(["parec", "-d", "speaker.monitor", "--file-format=wav", "--rate=16000", "--channels=1",
-                            str(played)], env=env)
-    t_rec = time.monotonic()  # wall times below are from here; the recording's own start is found at the end
+
+def pump(child, seconds: float) -> None:
+    """Let ``seconds`` pass while reading what the chat prints, so that each piece is stamped as it comes
+    (pexpect reads only when asked)."""
+    import pexpect
+
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            child.read_nonblocking(65536, timeout=min(0.01, left))
+        except pexpect.TIMEOUT:
+            pass
+
+
+def play(child, path: Path, env: dict, t_rec: float) -> float:
+    """``path`` played into the microphone, the chat's output read meanwhile; when paplay started, on the
+    bench's clock."""
+    t = time.monotonic() - t_rec
+    player = subprocess.Popen(["paplay", "-d", "vmic", str(path)], env=env)
+    while player.poll() is None:
+        pump(child, 0.02)
+    if player.returncode != 0:
+        raise RuntimeError(f"paplay failed on {path} (exit {player.returncode})")
+    return t
+
+
+def measure(a, folder: Path, env: dict, pexpect) -> int:
+    import soundfile as sf
+
+    recs = {name: (folder / f"{name}.wav", subprocess.Popen(
+        ["parec", "-d", f"{name}.monitor", "--file-format=wav", "--rate=16000", "--channels=1",
+         str(folder / f"{name}.wav")], env=env)) for name in ("speaker", "vmic")}
+    t_rec = time.monotonic()  # times below are from here; each recording's own start is found at the end
     child = pexpect.spawn(sys.executable, ["-m", "llasm_cli", "chat", "--mic", "--device", "pulse", "--speak",
+                                           *(["--stats"] if a.log else []),
                                            "--voice", a.voice, "--temperature", "0", "--max-tokens", "40"],
                           env=env, encoding="utf-8", codec_errors="replace", timeout=180, dimensions=(50, 200))
-    output = io.StringIO()
-    child.logfile_read = output
-    child.expect("answers spoken")
-    time.sleep(1.5)
-    ends, interrupts = [], []
-    qs = (QUESTIONS * (1 + a.questions // len(QUESTIONS)))[: a.questions]
-    for i, q in enumerate(qs):
-        wav = folder / f"q{i}.wav"
-        speak(q, wav)
-        subprocess.run(["paplay", "-d", "vmic", str(wav)], env=env, check=True)
-        ends.append(time.monotonic() - t_rec)
-        child.expect("llasm›")
-        time.sleep(ANSWER_WAIT_S)  # the answer is spoken to its end; its echo must not start a turn
-        log(f"  asked {i + 1}/{len(qs)}: {q}")
-    for i in range(a.interrupts):
-        wav = folder / "long.wav"
-        speak(LONG, wav)
-        subprocess.run(["paplay", "-d", "vmic", str(wav)], env=env, check=True)
-        child.expect("llasm›")
-        time.sleep(2.5)
-        iwav = folder / "interrupt.wav"
-        x = speak(INTERRUPT, iwav)
-        onset = (first_sound(x, 0.0) or 0.0)
-        t_start = time.monotonic() - t_rec
-        subprocess.run(["paplay", "-d", "vmic", str(iwav)], env=env, check=True)
-        interrupts.append(t_start + onset)
-        child.expect("llasm›")
-        time.sleep(ANSWER_WAIT_S)
-        log(f"  interrupted {i + 1}/{a.interrupts}")
-    child.sendcontrol("d")
-    child.expect(pexpect.EOF)
-    text = ANSI.sub("", output.getvalue())
-    t_stop = time.monotonic() - t_rec
-    rec.terminate()
-    rec.wait(10)
-    audio = load_audio(played)
-    lag = t_stop - audio.size / SAMPLE_RATE  # the recording began this long after t_rec
-    ends = [e - lag for e in ends]
-    interrupts = [t - lag for t in interrupts]
+    out = Stamped()
+    child.logfile_read = out
+    asked, cuts = [], []  # (the clip, when it began playing)
+    pauses = []  # (turns taken before it, the words after its pause)
+    try:
+        child.expect("answers spoken")
+        time.sleep(1.5)
+        qs = (QUESTIONS * (1 + a.questions // len(QUESTIONS)))[: a.questions]
+        for i, q in enumerate(qs):
+            wav = folder / f"q{i}.wav"
+            x = speak(q, wav)
+            n = out.answers + 1
+            asked.append((x, play(child, wav, env, t_rec)))
+            expect_answers(child, out, n)
+            pump(child, ANSWER_WAIT_S)  # the answer is spoken to its end; its echo must not start a turn
+            log(f"  asked {i + 1}/{len(qs)}: {q}")
+        for i in range(a.interrupts):
+            wav = folder / "long.wav"
+            speak(LONG, wav)
+            n = out.answers + 1
+            play(child, wav, env, t_rec)
+            expect_answers(child, out, n)
+            pump(child, 2.5)
+            iwav = folder / "interrupt.wav"
+            x = speak(INTERRUPT, iwav)
+            cuts.append((x, play(child, iwav, env, t_rec)))
+            expect_answers(child, out, n + 1)
+            pump(child, ANSWER_WAIT_S)
+            log(f"  interrupted {i + 1}/{a.interrupts}")
+        for i, (spec, first, rest, gap) in enumerate(PAUSED[: a.pauses]):
+            wav = folder / f"p{i}.wav"
+            sf.write(wav, paused(spec, first, rest, gap, lead=0.2, tail=0.2), SAMPLE_RATE)
+            before = len(re.findall(r"\[\d+\.\d s of speech\]", ANSI.sub("", out.text)))
+            n = out.answers + 1
+            play(child, wav, env, t_rec)
+            expect_answers(child, out, n)
+            pump(child, ANSWER_WAIT_S)
+            pauses.append((before, rest))
+            log(f"  paused {i + 1}/{a.pauses}: {first} … {rest}")
+        child.sendcontrol("d")
+        child.expect(pexpect.EOF)
+    finally:
+        t_stop = time.monotonic() - t_rec
+        for _, rec in recs.values():
+            rec.terminate()
+            rec.wait(10)
+        child.close(force=True)
+    if a.log:
+        a.log.write_text("".join(f"[{t - t_rec:9.3f}] {piece!r}\n" for t, piece in out.pieces), encoding="utf-8")
+    played, heard = (load_audio(recs[k][0]) for k in ("speaker", "vmic"))
+    # each recording began this long after t_rec (it ran until t_stop)
+    lag_out, lag_in = (t_stop - x.size / SAMPLE_RATE for x in (played, heard))
+    text = ANSI.sub("", out.text)
     turns_taken = len(re.findall(r"\[\d+\.\d s of speech\]", text))
-    firsts = [s - e for e in ends if (s := first_sound(audio, e)) is not None]
-    reactions = [s - t for t in interrupts if (s := silent_from(audio, t)) is not None]
+    ends = []  # the end of each question's speech, as the microphone heard it, on the bench's clock
+    for x, t in asked:
+        at = locate(heard, x, t - lag_in)
+        ends.append(None if at is None else at + speech_edges(x)[1] + lag_in)
+    firsts = [s + lag_out - e for e in ends if e is not None and (s := first_sound(played, e - lag_out)) is not None]
+    starts = out.answer_starts()[: len(asked)]
+    chars = [c - t_rec - e for c, e in zip(starts, ends, strict=False) if e is not None]
+    reactions = []
+    for x, t in cuts:
+        at = locate(heard, x, t - lag_in)
+        if at is not None:
+            onset = at + speech_edges(x)[0] + lag_in
+            if (s := silent_from(played, onset - lag_out)) is not None:
+                reactions.append(s + lag_out - onset)
+    whole = 0
+    for i, (before, rest) in enumerate(pauses):
+        after = pauses[i + 1][0] if i + 1 < len(pauses) else turns_taken
+        segments = text.split("llasm›")
+        k = len(asked) + 2 * len(cuts) + i  # the segment that ends with this turn's "heard:" line
+        said = re.findall(r"heard: “([^”]*)”", segments[k]) if k < len(segments) else []
+        whole += after - before == 1 and bool(said) and rest.rstrip("?.").split()[-1].lower() in said[-1].lower()
+    log("speech ends (s): " + " ".join(f"{e:.2f}" for e in ends if e is not None))
+    log("per question, ms: first character " + " ".join(f"{1e3 * c:.0f}" for c in chars)
+        + "; first audio " + " ".join(f"{1e3 * f:.0f}" for f in firsts)
+        + "; barge-in " + " ".join(f"{1e3 * r:.0f}" for r in reactions))
     cascade = Cascade(a.voice)
-    cas = [cascade.first_audio_s(speak(q, folder / "c.wav")) for q in qs]
+    cas = [cascade.first_audio_s(x) for x, _ in asked]
+    cas_char = cascade.first_char
     ratios = [f / c for f, c in zip(firsts, cas, strict=False)]
-    spoken_turns = len(qs) + 2 * a.interrupts
+    spoken_turns = len(asked) + 2 * len(cuts) + len(pauses)
     print("| measure | llasm chat | cascade (faster-whisper -> LLM -> voice) | ratio (median per question) |")
     print("|---|---:|---:|---:|")
+    print(f"| end of speech -> first answer character, median of {len(chars)} | "
+          f"{1e3 * statistics.median(chars):.0f} ms | {1e3 * statistics.median(cas_char):.0f} ms | "
+          f"{statistics.median([c / k for c, k in zip(chars, cas_char, strict=False)]):.2f} |")
     print(f"| end of speech -> first audio sample, median of {len(firsts)} | {1e3 * statistics.median(firsts):.0f} ms "
           f"| {1e3 * statistics.median(cas):.0f} ms | {statistics.median(ratios):.2f} |")
     print(f"| barge-in: speech start -> playback stopped, median of {len(reactions)} | "
           f"{1e3 * statistics.median(reactions):.0f} ms | | |" if reactions else "| barge-in | not measured | | |")
+    print(f"| questions with a pause in the middle heard as one turn | {whole} / {len(pauses)} | | |")
     print(f"| turns taken / spoken (false turns) | {turns_taken} / {spoken_turns} "
           f"({max(0, turns_taken - spoken_turns)}) | | |")
     return 0

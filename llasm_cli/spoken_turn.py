@@ -196,6 +196,12 @@ class AudioTurnStream:
         self._early_ms += (time.perf_counter() - t0) * 1e3
         return True
 
+    def prefetch(self) -> None:
+        """The speaker has just gone quiet: a tower that hears words starts decoding the rest now, for the
+        ``speculate`` that follows if the pause lasts (towers/transcript.py's prefetch)."""
+        if self.chunks is not None and hasattr(self.chunks, "prefetch") and self._spec is None:
+            self.chunks.prefetch()
+
     def _whole_fits(self, budget_ms: float) -> bool:
         """Whether the whole clip, encoded unpadded and prefilled, is likely done within ``budget_ms``:
         each chunk's window also holds its context, so the chunks' encoder time over that overlap,

@@ -56,6 +56,14 @@ class LiveTurn:
                 self.error, self.stream = exc, None
         return None
 
+    def prefetch(self) -> None:
+        """The speaker has just gone quiet (AudioTurnStream.prefetch)."""
+        if self.stream is not None:
+            try:
+                self.stream.prefetch()
+            except LlasmError as exc:
+                self.error, self.stream = exc, None
+
     def cancel(self) -> None:
         if self.stream is not None:
             self.stream.cancel()
@@ -73,6 +81,7 @@ class HandsFree:
 
     def __init__(self, conv: Conversation, endpointer: Endpointer, text: str | None = None) -> None:
         self.conv, self.endpointer, self.text = conv, endpointer, text
+        self._quiet: int | None = None  # the pause whose last words are being decoded (Endpointer.quiet_since)
         self.turn: LiveTurn | None = None  # the turn being heard
 
     def push(self, block: np.ndarray) -> tuple[LiveTurn, np.ndarray] | None:
@@ -87,7 +96,11 @@ class HandsFree:
             self.turn = LiveTurn(self.conv, self.text)  # speech started: the pre-roll and speech so far
         if self.turn is not None:
             self.turn.feed(ep.committed(self.turn.fed))
-            if ep.settled():  # a pause: the end of the turn is likely
+            quiet = ep.quiet_since()
+            if quiet is not None and quiet != self._quiet:  # a pause begins: the last words decoded meanwhile
+                self._quiet = quiet
+                self.turn.prefetch()
+            if ep.settled():  # a pause long enough to act on: the end of the turn is likely
                 ends = self.turn.speculate(ep.confirm_seconds)
                 if ends is not None and ends >= END_LIKELY and (end := ep.end_now()) is not None:
                     turn, self.turn = self.turn, None

@@ -1,8 +1,8 @@
 """The turn detector (turn_end.py, turn_taking.HandsFree): a pause in the middle of a question is waited
 through, a finished question ends its turn before the fixed trailing silence would.
 
-Real voices (hibari, SVOX Pico, flite), the default model (SmolLM2 hearing through Whisper), and the chat's own
-hands-free loop fed 32 ms blocks. The endpointer counts samples, not seconds, so what is checked is where in
+The ten paused questions of bench/turn_pauses.py in real voices (hibari, SVOX Pico, flite), the default model
+(SmolLM2 hearing through Whisper), and the chat's own hands-free loop fed 32 ms blocks. The endpointer counts samples, not seconds, so what is checked is where in
 the audio each turn ends, the same on any machine.
 """
 
@@ -11,29 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.turn_pauses import PAUSED, paused, said, silence
 from llasm_cli.assistant import Assistant
 from llasm_cli.audio.endpoint import Endpointer
 from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.conversation import Conversation
 from llasm_cli.formats.built_in import default_bundle_path
 from llasm_cli.turn_taking import HandsFree
-from llasm_cli.voices import open_voice
 
 BLOCK = 512
 LEAD_S, TAIL_S = 0.4, 2.5
-# (voice, the words before the pause, after it, the pause in seconds): each first half is a sentence broken off
-PAUSED = [
-    ("hibari:heart", "What language is spoken", "in Brazil?", 0.7),
-    ("pico:en-US", "What is the capital", "of Australia?", 0.6),
-    ("flite:slt", "How many days are there", "in a week?", 0.8),
-    ("pico:en-GB", "Who wrote the play", "Romeo and Juliet?", 0.5),
-    ("flite:awb", "What is the largest", "ocean on Earth?", 0.7),
-    ("hibari:heart", "Can you tell me how to make", "a cup of tea?", 0.6),
-    ("flite:kal", "What is the boiling point of", "water?", 0.8),
-    ("pico:en-US", "Give me three tips for", "sleeping better.", 0.7),
-    ("flite:rms", "Which planet is closest", "to the sun?", 0.5),
-    ("hibari:heart", "What is the tallest mountain", "in the world?", 0.8),
-]
 WHOLE = [("pico:en-US", "What is the capital of Japan?"), ("flite:slt", "Which planet is closest to the sun?"),
          ("hibari:heart", "What is the tallest mountain in the world?")]
 
@@ -43,21 +30,6 @@ def bot():
     bot = Assistant(default_bundle_path(), n_ctx=1024)
     yield bot
     bot.close()
-
-
-_voices: dict[str, object] = {}
-
-
-def _said(spec: str, text: str) -> np.ndarray:
-    """``text`` in voice ``spec`` at 16 kHz, its silent edges cut (the pauses below are then exact)."""
-    voice = _voices.get(spec) or _voices.setdefault(spec, open_voice(spec))
-    x = voice.speak(text)
-    loud = np.nonzero(np.abs(x) > 0.01)[0]
-    return x[loud[0] : loud[-1] + 1]
-
-
-def _silence(seconds: float) -> np.ndarray:
-    return np.zeros(round(seconds * SAMPLE_RATE), np.float32)
 
 
 def _turns(bot: Assistant, audio: np.ndarray) -> list[tuple[float, float]]:
@@ -82,9 +54,8 @@ def test_a_pause_in_the_middle_of_a_question_does_not_cut_it(bot):
     trailing silence that ends a turn otherwise): each is one turn, and it holds both halves."""
     cut = []
     for spec, first, rest, pause in PAUSED:
-        a, b = _said(spec, first), _said(spec, rest)
-        audio = np.concatenate([_silence(LEAD_S), a, _silence(pause), b, _silence(TAIL_S)])
-        spoken = (a.size + b.size) / SAMPLE_RATE + pause
+        audio = paused(spec, first, rest, pause, LEAD_S, TAIL_S)
+        spoken = audio.size / SAMPLE_RATE - LEAD_S - TAIL_S
         turns = _turns(bot, audio)
         if len(turns) != 1 or turns[0][1] < spoken:
             cut.append((f"{first} / {rest} ({spec}, {pause} s)", turns))
@@ -96,8 +67,8 @@ def test_a_finished_question_ends_its_turn_before_the_trailing_silence(bot):
     that settles (0.2 s), not after the 0.6 s of silence a turn otherwise needs."""
     trailing = Endpointer().trailing / SAMPLE_RATE
     for spec, question in WHOLE:
-        said = _said(spec, question)
-        turns = _turns(bot, np.concatenate([_silence(LEAD_S), said, _silence(TAIL_S)]))
+        speech = said(spec, question)
+        turns = _turns(bot, np.concatenate([silence(LEAD_S), speech, silence(TAIL_S)]))
         assert len(turns) == 1, (question, turns)
-        after_speech = turns[0][0] - LEAD_S - said.size / SAMPLE_RATE
+        after_speech = turns[0][0] - LEAD_S - speech.size / SAMPLE_RATE
         assert after_speech < trailing - 0.2, (question, after_speech)

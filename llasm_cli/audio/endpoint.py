@@ -226,6 +226,13 @@ class Endpointer:
         while the rest of the trailing silence is confirmed)."""
         return self._speaking and self._pos - self._last_voiced >= self.post_roll
 
+    def quiet_since(self) -> int | None:
+        """Where the running turn's last voiced frame ended, once a frame after it was heard unvoiced: the
+        start of a pause (None while speech goes on, or no turn runs)."""
+        if self._speaking and self._pos - self._last_voiced >= FRAME:
+            return self._last_voiced
+        return None
+
     def wait_for(self, seconds: float) -> None:
         """This pause ends the turn after ``seconds`` of silence instead of the trailing silence (no less than
         the post-roll): what was said sounds finished, or not (the chat's turn detector). Speech that resumes

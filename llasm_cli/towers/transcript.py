@@ -138,6 +138,7 @@ class TranscriptStream:
         self.pass_seconds = 0.0  # how long the last pass took
         self._running = None  # the pass in the worker thread (a Future of its ids and seconds)
         self._tail: tuple[int, np.ndarray, str] | None = None  # (n, rows, text) of the last peek
+        self._ahead = None  # prefetch(): (the window's start, the ids committed then, the Future of the rest's ids)
 
     @property
     def heard(self) -> str:
@@ -237,13 +238,36 @@ class TranscriptStream:
         self.done_text = text
         return self.tower.llm.token_rows(new)
 
+    def prefetch(self) -> None:
+        """The speaker has just gone quiet: decode the rest of the window now, in the worker, for the ``peek``
+        that comes when the pause has lasted long enough to act on. The caller vouches that what it pushes
+        until then is silence (audio/endpoint.py's voice-activity decision), so that decode stands for it:
+        a pause's speculation then waits only for what is left of it (~0.4 s of Whisper's beam search here
+        runs during the post-roll, not after it)."""
+        if self.n > self.window_start:
+            self._ahead = (self.window_start, list(self.committed),
+                           self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed)))
+
+    def _rest(self) -> list[int]:
+        """Whisper's ids after the committed ones, for the window as heard now: the prefetched decode where
+        it was made since the last voiced audio with the same words committed, else decoded here."""
+        if self.n <= self.window_start:
+            return []
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == self.window_start:
+            start, then = ahead[1], ahead[2].result()[0]
+            since = self.committed[len(start) :]  # committed since (a pass that ended meanwhile)
+            if self.committed[: len(start)] == start and then[: len(since)] == since:
+                return then[len(since) :]
+        return self.tower.ears.listen(self._window(), self.committed).ids
+
     def peek(self) -> np.ndarray:
         """The rows ``finish`` would return now (the last words decoded), leaving the stream open. A pass
         still running is waited for and its words are left for the next ``push`` to commit: what ``peek``
         returns may be taken back (AudioTurnStream.speculate), what ``push`` returns may not."""
         self.settle()  # the worker is free, and Whisper's threads are ours
         if self._tail is None or self._tail[0] != self.n:
-            rest = self.tower.ears.listen(self._window(), self.committed).ids if self.n > self.window_start else []
+            rest = self._rest()
             text = self._heard(self.committed + rest)
             tail = self._new_tokens(text) if text else self.tower.llm.tokenize(NOTHING_HEARD, special=False)
             tail = tail[: max(0, self.tower.positions(self.n) - len(self.llm_ids))]
