@@ -349,7 +349,7 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
         at = locate(heard, x, t - lag_in)
         if at is not None:
             onset = at + speech_edges(x)[0] + lag_in
-            if (s := silent_from(played, onset - lag_out)) is not None:
+            if (s := silent_from(played, onset - lag_out, hold_s=1.0)) is not None:  # not a gap between clauses
                 reactions.append(s + lag_out - onset)
     whole = 0
     for i, (before, rest) in enumerate(pauses):

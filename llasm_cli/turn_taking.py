@@ -7,6 +7,8 @@ very same one, so what the bench times is what the chat does.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from llasm_cli.audio.endpoint import Endpointer, SpeechEnd
@@ -19,8 +21,18 @@ WHOLE_SHARE = 0.75  # of the silence left at a pause that a whole-clip encode ma
 # The turn detector: at a pause, the LLM's probability that the user's turn ends after the words heard so far
 # (turn_end.py, measured there)
 END_LIKELY = 0.3  # at or above: the turn ends at this pause, without waiting for the trailing silence
-END_UNLIKELY = 0.03  # below: a pause in the middle of a sentence, waited through ...
-MID_SENTENCE_WAIT = 2.0  # ... for this many times the trailing silence
+END_UNLIKELY = 0.003  # at or below: a sentence broken off, waited through ...
+MID_SENTENCE_WAIT = 2.0  # ... for this many times the trailing silence; in between, a wait graded on log(p)
+
+
+def pause_wait(p_end: float) -> float:
+    """How many times the trailing silence a pause is waited through, given the LLM's probability that the
+    turn ends there: 1 at END_LIKELY, MID_SENTENCE_WAIT at END_UNLIKELY and below, log-linear between. A
+    question that could stop where the pause is ("What is the tallest mountain" ... "in the world?") scores in
+    between, and is given a little longer than a plain silence."""
+    lo, hi = math.log(END_UNLIKELY), math.log(END_LIKELY)
+    share = (hi - math.log(max(p_end, 1e-12))) / (hi - lo)
+    return 1.0 + (MID_SENTENCE_WAIT - 1.0) * min(1.0, max(0.0, share))
 
 
 class LiveTurn:
@@ -77,7 +89,7 @@ class HandsFree:
     silence confirms the end. ``cancel`` takes back a turn that was never returned.
 
     Where the model hears words, the pause is also judged by what was said (END_LIKELY, END_UNLIKELY): a
-    finished question ends the turn at once, a sentence broken off waits MID_SENTENCE_WAIT times longer."""
+    finished question ends the turn at once, a sentence broken off waits up to MID_SENTENCE_WAIT times longer."""
 
     def __init__(self, conv: Conversation, endpointer: Endpointer, text: str | None = None) -> None:
         self.conv, self.endpointer, self.text = conv, endpointer, text
@@ -106,8 +118,8 @@ class HandsFree:
                     turn, self.turn = self.turn, None
                     turn.feed(end.audio[turn.fed :])
                     return turn, end.audio
-                if ends is not None and ends < END_UNLIKELY:
-                    ep.wait_for(MID_SENTENCE_WAIT * ep.trailing / SAMPLE_RATE)
+                if ends is not None:
+                    ep.wait_for(pause_wait(ends) * ep.trailing / SAMPLE_RATE)
         return None
 
     def cancel(self) -> None:
@@ -119,22 +131,28 @@ class HandsFree:
 BARGE_IN_DB = 8.0  # how far above the answer's own echo (its loud blocks) the microphone must be to be the user
 BARGE_IN_FLOOR_DB = -55.0  # ... and above this: what AEC3 leaves of the echo (~-80 dBFS, bursts while it adapts) is not a voice
 BARGE_IN_BLOCKS = 3  # ... for this many blocks in a row (~100 ms of 32 ms blocks)
+CANCELLED_BLOCKS = 2  # ... or this many where an echo canceller took the answer out (its residue is ~60 dB down)
 ECHO_BLOCKS = 94  # the echo's level: the ECHO_PERCENTILE of the last ~3 s of blocks heard while audio played
 ECHO_PERCENTILE = 95  # speech is loud in its syllables and quiet between them: the reference is its loud part
 LEARN_BLOCKS = 16  # blocks heard while audio played before any barge-in (~0.5 s: the device's and the room's delay)
+UNLEARNT_CANCELLED_DB = -45.0  # ... except where a canceller runs: meanwhile a voice this loud cuts in
 HELD_BLOCKS = 32  # the last ~1 s held back: the first syllables of a barge-in are heard too
 
 
 class BargeIn:
     """While an answer is spoken aloud, the microphone hears it too. Its blocks are held back from the
     endpointer (silence goes in their place) unless they are clearly louder than the answer's own echo,
-    whose level is learnt while it plays: the user's voice over it, for BARGE_IN_BLOCKS blocks in a row,
+    whose level is learnt while it plays: the user's voice over it, for ``blocks`` blocks in a row,
     cuts in. Then the held blocks go to the endpointer, so the turn starts with the user's first syllables.
-    With headphones the echo is the room's noise, and the user's voice cuts in at once."""
+    With headphones the echo is the room's noise, and the user's voice cuts in at once. Behind an echo
+    canceller, a loud voice also cuts in while the echo's level is still being learnt: a question asked as
+    the answer begins is not lost."""
 
-    def __init__(self) -> None:
+    def __init__(self, cancelled: bool = False) -> None:
         from collections import deque
 
+        self.cancelled = cancelled  # an echo canceller took the answer out of what is heard (audio/echo.py)
+        self.blocks = CANCELLED_BLOCKS if cancelled else BARGE_IN_BLOCKS  # loud blocks in a row that cut in
         self.levels: deque[float] = deque(maxlen=ECHO_BLOCKS)
         self.held: deque[np.ndarray] = deque(maxlen=HELD_BLOCKS)
         self.loud = 0
@@ -144,14 +162,17 @@ class BargeIn:
         the user has cut in (those held and this one). ``audible``: the answer's audio is playing now (not
         between two clauses still being synthesized): only then is the block's level the echo's."""
         self.held.append(block)
-        echo = float(np.percentile(self.levels, ECHO_PERCENTILE)) if len(self.levels) >= LEARN_BLOCKS else None
-        if echo is not None and db > max(echo + BARGE_IN_DB, BARGE_IN_FLOOR_DB):
+        if len(self.levels) >= LEARN_BLOCKS:
+            over = max(float(np.percentile(self.levels, ECHO_PERCENTILE)) + BARGE_IN_DB, BARGE_IN_FLOOR_DB)
+        else:  # the echo is not known yet: only a voice that no echo left by the canceller reaches cuts in
+            over = UNLEARNT_CANCELLED_DB if self.cancelled else None
+        if over is not None and db > over:
             self.loud += 1
         else:
             self.loud = 0
             if audible:
                 self.levels.append(db)
-        if self.loud < BARGE_IN_BLOCKS:
+        if self.loud < self.blocks:
             return None
         heard = list(self.held)
         self.held.clear()

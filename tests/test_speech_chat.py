@@ -131,6 +131,19 @@ def test_barge_in_learns_the_echo_and_hears_the_user_over_it():
     assert got[0][0] < 1000 <= got[-1][0] and len(got) > BARGE_IN_BLOCKS  # held echo blocks, then the user's
     fresh = BargeIn()  # before the echo is known (the first LEARN_BLOCKS blocks heard while audible): no cut
     assert all(fresh.hold(np.zeros(512, np.float32), 0.0) is None for _ in range(LEARN_BLOCKS - 1))
+    # behind an echo canceller: what it leaves of the echo never cuts in, a voice does at once, learnt or not
+    cancelled = BargeIn(cancelled=True)
+    assert all(cancelled.hold(np.zeros(512, np.float32), -60.0 + rng.normal(0, 3)) is None for _ in range(200))
+    early = BargeIn(cancelled=True)
+    assert early.hold(np.zeros(512, np.float32), -25.0) is None and early.hold(np.zeros(512, np.float32), -25.0)
+
+
+def test_a_pause_is_waited_through_as_long_as_the_words_so_far_say():
+    from llasm_cli.turn_taking import END_LIKELY, END_UNLIKELY, MID_SENTENCE_WAIT, pause_wait
+
+    assert pause_wait(0.9) == pause_wait(END_LIKELY) == 1.0
+    assert pause_wait(1e-6) == pause_wait(END_UNLIKELY) == MID_SENTENCE_WAIT
+    assert 1.0 < pause_wait(0.1) < pause_wait(0.03) < pause_wait(0.01) < MID_SENTENCE_WAIT
 
 
 def test_answers_are_spoken_clause_by_clause_as_they_stream(pulse):
@@ -236,3 +249,32 @@ def test_what_is_spoken_of_an_answer():
     assert [speakable(c) for c in got if speakable(c)] == ["Sure, here are three tips,", "in order:", "1.",
                                                            "Keep a schedule .", "Done"]
     assert speakable("**") == "" and speakable("see [the docs](http://x.y)") == "see the docs"
+
+
+def test_ask_speaks_its_answer_through_the_speaker(laptop, tmp_path):
+    """`llasm ask --speak` plays the answer on the default output device as it streams: recorded where the
+    speaker plays it, Whisper hears the text answer."""
+    from tests.helpers import run_llasm
+
+    played = tmp_path / "played.wav"
+    rec = _record(laptop, played)
+    try:
+        time.sleep(0.5)
+        res = run_llasm("ask", "-m", "default", "--text", "What is the capital of Japan?", "--speak", "--voice",
+                        "flite:slt", "--temperature", "0", "--max-tokens", "16", env=laptop)
+        time.sleep(0.5)
+    finally:
+        rec.terminate()
+        rec.wait(10)
+    assert res.returncode == 0, res.stderr
+    assert "tokyo" in res.stdout.lower()
+
+    from llasm_cli.audio.ears import WhisperEars
+    from llasm_cli.formats.built_in import default_bundle_path
+    from llasm_cli.formats.bundle import load_bundle
+    from llasm_cli.towers.transcript import ears_folder
+
+    audio = load_audio(played)
+    assert np.abs(audio).max() > 0.05, "nothing was played"
+    heard = WhisperEars(ears_folder(load_bundle(default_bundle_path())), 2).hear(audio).text.lower()
+    assert "tokyo" in heard, heard

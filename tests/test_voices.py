@@ -168,3 +168,25 @@ def test_ask_speaks_its_answer_into_a_file(recogniser, tmp_path):
     assert "twelve" in heard or "12" in heard, heard
     refused = run_llasm("ask", str(question), "--voice", "pico:en-GB")  # a voice without a file to speak into
     assert refused.returncode == 1 and "--speech-out" in refused.stderr and not refused.stdout
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_every_engine_speaks_at_the_rate_asked(name):
+    """--rate is rendered by the engine itself (no time-stretching afterwards): 1.5 is clearly shorter than the
+    voice's own pace, 0.75 clearly longer; outside 0.5-2.0 it is one clear error."""
+    _engine_or_skip(name)
+    voice = open_voice(name)
+    seconds = {}
+    for rate in (1.0, 1.5, 0.75):
+        voice.set_rate(rate)
+        seconds[rate] = voice.speak_native(SENTENCE).size / voice.native_rate
+    assert seconds[1.5] < 0.85 * seconds[1.0] < 0.85 * 0.85 * seconds[0.75], seconds
+    with pytest.raises(LlasmError, match="speaking rate"):
+        voice.set_rate(3.0)
+
+
+def test_a_rate_out_of_range_is_a_usage_error():
+    from tests.helpers import assert_clean_error, run_llasm
+
+    assert_clean_error(run_llasm("ask", "--text", "hi", "--speak", "--rate", "3"), 2, "--rate")
+    assert_clean_error(run_llasm("ask", "--text", "hi", "--rate", "1.5"), 1, "--speak")

@@ -259,7 +259,7 @@ class ChatApp:
             self.barge_in = None
             return [chunk]
         if self.barge_in is None:
-            self.barge_in = BargeIn()
+            self.barge_in = BargeIn(cancelled=self.voice.echo_note is None)
         heard = self.barge_in.hold(chunk, db, self.voice.audible)
         if heard is None:
             return [np.zeros_like(chunk)]

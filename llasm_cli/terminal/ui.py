@@ -28,8 +28,9 @@ def stream_answer(pieces: Iterable[str], out: Console = console) -> str:
         return answer
     with Live(Text(""), console=out, refresh_per_second=20, transient=False, vertical_overflow="visible") as live:
         for piece in pieces:
+            first = not answer
             answer = (answer + piece).lstrip()
-            live.update(Text(answer))
+            live.update(Text(answer), refresh=first and bool(answer))  # the first words at once, not at the next tick
         live.update(Markdown(answer) if answer.strip() else Text("(no answer)", style="dim"))
     return answer
 

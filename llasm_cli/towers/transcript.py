@@ -242,8 +242,10 @@ class TranscriptStream:
         """The speaker has just gone quiet: decode the rest of the window now, in the worker, for the ``peek``
         that comes when the pause has lasted long enough to act on. The caller vouches that what it pushes
         until then is silence (audio/endpoint.py's voice-activity decision), so that decode stands for it:
-        a pause's speculation then waits only for what is left of it (~0.4 s of Whisper's beam search here
-        runs during the post-roll, not after it)."""
+        a pause's speculation then waits only for what is left of it (Whisper's beam search runs during the
+        post-roll, not after it). A pass still running is not reused: forcing its words as a prefix makes
+        CTranslate2's decode slower, not faster (whisper-base, 2 threads: 220 ms with none forced, 400 ms
+        with 6 of 8 forced)."""
         if self.n > self.window_start:
             self._ahead = (self.window_start, list(self.committed),
                            self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed)))
