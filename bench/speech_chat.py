@@ -344,11 +344,15 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
     firsts = [s + lag_out - e for e in ends if e is not None and (s := first_sound(played, e - lag_out)) is not None]
     starts = out.answer_starts()[: len(asked)]
     chars = [c - t_rec - e for c, e in zip(starts, ends, strict=False) if e is not None]
-    reactions = []
+    reactions = []  # only where the answer was sounding when the user began (not between two of its clauses)
+    out_db = frames_db(played)
     for x, t in cuts:
         at = locate(heard, x, t - lag_in)
         if at is not None:
             onset = at + speech_edges(x)[0] + lag_in
+            frame = int((onset - lag_out) * 50)
+            if out_db[max(0, frame - 10) : frame + 1].max() <= SILENT_DB:
+                continue
             if (s := silent_from(played, onset - lag_out, hold_s=1.0)) is not None:  # not a gap between clauses
                 reactions.append(s + lag_out - onset)
     whole = 0

@@ -134,8 +134,8 @@ BARGE_IN_BLOCKS = 3  # ... for this many blocks in a row (~100 ms of 32 ms block
 CANCELLED_BLOCKS = 2  # ... or this many where an echo canceller took the answer out (its residue is ~60 dB down)
 ECHO_BLOCKS = 94  # the echo's level: the ECHO_PERCENTILE of the last ~3 s of blocks heard while audio played
 ECHO_PERCENTILE = 95  # speech is loud in its syllables and quiet between them: the reference is its loud part
-LEARN_BLOCKS = 16  # blocks heard while audio played before any barge-in (~0.5 s: the device's and the room's delay)
-UNLEARNT_CANCELLED_DB = -45.0  # ... except where a canceller runs: meanwhile a voice this loud cuts in
+LEARN_BLOCKS = 16  # blocks heard while audio played before any barge-in (~0.5 s: the device's and the room's delay;
+# behind the canceller too: at an answer's first syllables what AEC3 let through reached -48 dBFS, over a floor)
 HELD_BLOCKS = 32  # the last ~1 s held back: the first syllables of a barge-in are heard too
 
 
@@ -145,8 +145,7 @@ class BargeIn:
     whose level is learnt while it plays: the user's voice over it, for ``blocks`` blocks in a row,
     cuts in. Then the held blocks go to the endpointer, so the turn starts with the user's first syllables.
     With headphones the echo is the room's noise, and the user's voice cuts in at once. Behind an echo
-    canceller, a loud voice also cuts in while the echo's level is still being learnt: a question asked as
-    the answer begins is not lost."""
+    canceller (``cancelled``) fewer loud blocks in a row cut in."""
 
     def __init__(self, cancelled: bool = False) -> None:
         from collections import deque
@@ -164,8 +163,8 @@ class BargeIn:
         self.held.append(block)
         if len(self.levels) >= LEARN_BLOCKS:
             over = max(float(np.percentile(self.levels, ECHO_PERCENTILE)) + BARGE_IN_DB, BARGE_IN_FLOOR_DB)
-        else:  # the echo is not known yet: only a voice that no echo left by the canceller reaches cuts in
-            over = UNLEARNT_CANCELLED_DB if self.cancelled else None
+        else:  # the echo is not known yet
+            over = None
         if over is not None and db > over:
             self.loud += 1
         else:
