@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pauses", type=int, default=len(PAUSED), help="questions with a pause in the middle played")
     ap.add_argument("--voice", default="flite:slt", help="the chat's voice (and the cascade's)")
     ap.add_argument("--log", type=Path, help="write what the chat printed here (with --stats), each piece timed")
+    ap.add_argument("--keep", type=Path, help="copy both recordings here (speaker.wav, vmic.wav)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="llasm-speech-", ignore_cleanup_errors=True) as tmp:
         folder = Path(tmp)
@@ -305,7 +306,7 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
             n = out.answers + 1
             play(child, wav, env, t_rec)
             expect_answers(child, out, n)
-            pump(child, 2.5)
+            pump(child, 2.0 + 0.25 * (i % 8))  # into the answer: its sound, or a pause between clauses (not timed)
             iwav = folder / "interrupt.wav"
             x = speak(INTERRUPT, iwav)
             cuts.append((x, play(child, iwav, env, t_rec)))
@@ -332,6 +333,10 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
         child.close(force=True)
     if a.log:
         a.log.write_text("".join(f"[{t - t_rec:9.3f}] {piece!r}\n" for t, piece in out.pieces), encoding="utf-8")
+    if a.keep:
+        a.keep.mkdir(parents=True, exist_ok=True)
+        for path, _ in recs.values():
+            shutil.copy(path, a.keep / path.name)
     played, heard = (load_audio(recs[k][0]) for k in ("speaker", "vmic"))
     # each recording began this long after t_rec (it ran until t_stop)
     lag_out, lag_in = (t_stop - x.size / SAMPLE_RATE for x in (played, heard))
@@ -346,10 +351,12 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
     chars = [c - t_rec - e for c, e in zip(starts, ends, strict=False) if e is not None]
     reactions = []  # only where the answer was sounding when the user began (not between two of its clauses)
     out_db = frames_db(played)
+    onsets = []
     for x, t in cuts:
         at = locate(heard, x, t - lag_in)
         if at is not None:
             onset = at + speech_edges(x)[0] + lag_in
+            onsets.append(onset)
             frame = int((onset - lag_out) * 50)
             if out_db[max(0, frame - 10) : frame + 1].max() <= SILENT_DB:
                 continue
@@ -362,6 +369,7 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
         k = len(asked) + 2 * len(cuts) + i  # the segment that ends with this turn's "heard:" line
         said = re.findall(r"heard: “([^”]*)”", segments[k]) if k < len(segments) else []
         whole += after - before == 1 and bool(said) and rest.rstrip("?.").split()[-1].lower() in said[-1].lower()
+    log("barge-in onsets (s, speaker's clock): " + " ".join(f"{t - lag_out:.2f}" for t in onsets))
     log("speech ends (s): " + " ".join(f"{e:.2f}" for e in ends if e is not None))
     log("per question, ms: first character " + " ".join(f"{1e3 * c:.0f}" for c in chars)
         + "; first audio " + " ".join(f"{1e3 * f:.0f}" for f in firsts)
