@@ -363,9 +363,9 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
             if (s := silent_from(played, onset - lag_out, hold_s=1.0)) is not None:  # not a gap between clauses
                 reactions.append(s + lag_out - onset)
     whole = 0
+    segments = text.split("llasm›")
     for i, (before, rest) in enumerate(pauses):
         after = pauses[i + 1][0] if i + 1 < len(pauses) else turns_taken
-        segments = text.split("llasm›")
         k = len(asked) + 2 * len(cuts) + i  # the segment that ends with this turn's "heard:" line
         said = re.findall(r"heard: “([^”]*)”", segments[k]) if k < len(segments) else []
         whole += after - before == 1 and bool(said) and rest.rstrip("?.").split()[-1].lower() in said[-1].lower()

@@ -188,8 +188,7 @@ class AudioTurnStream:
             else:
                 last = self.chunks.peek() if self.chunks is not None else self.tower.encode(np.concatenate(self.samples))
                 self._room(len(last))
-            mark = engine.n_past
-            self._spec = (mark, last, self._close_span(last, probe=self._scores_end), whole)
+            self._spec = (engine.n_past, last, self._close_span(last, probe=self._scores_end), whole)
         except BaseException:
             self.cancel()
             raise
@@ -199,7 +198,7 @@ class AudioTurnStream:
     def prefetch(self) -> None:
         """The speaker has just gone quiet: a tower that hears words starts decoding the rest now, for the
         ``speculate`` that follows if the pause lasts (towers/transcript.py's prefetch)."""
-        if self.chunks is not None and hasattr(self.chunks, "prefetch") and self._spec is None:
+        if self.chunks is not None and self._spec is None:
             self.chunks.prefetch()
 
     def _whole_fits(self, budget_ms: float) -> bool:

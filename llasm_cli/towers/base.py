@@ -120,6 +120,10 @@ class ChunkStream:
         """What ``finish`` would return now, leaving the stream open for more audio."""
         return self._encode(final=True, advance=False)
 
+    def prefetch(self) -> None:
+        """The speaker has just gone quiet: work for the coming ``peek`` may start (a stream that hears words
+        decodes its last words then, towers/transcript.py); chunks are encoded as their audio comes in."""
+
     def _encode(self, final: bool, advance: bool = True) -> np.ndarray:
         t = self.tower
         spans = chunk_spans(self.n, t.chunk_seconds, t.context_seconds, t.stack_factor, final=final)[self.done:]
