@@ -246,6 +246,23 @@ def test_words_are_committed_while_spoken_and_join_as_the_whole_clip(default_bot
     assert np.array_equal(np.concatenate([*early, last]), whole)
 
 
+def test_the_prompts_own_question_is_heard_and_a_prompt_read_back_is_not(default_bot, tmp_path):
+    """Whisper reads its prompt back over sound without words; a user may also ask the prompt's own question.
+    Only the first is decoded again without the prompt (the second used to lose words that way)."""
+    ears = default_bot.tower.ears
+    question = "How many days are in a week?"
+    assert question.lower().rstrip("?") in ears.text(ears.prompt_ids).lower()
+    for voice in ("slt", "kal"):
+        heard = ears.hear(load_audio(flite(question, tmp_path / f"{voice}.wav", voice)))
+        assert question.lower().rstrip("?") in heard.text.lower() and heard.stop != "echo", (voice, heard)
+    t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+    hum = (0.1 * np.sin(2 * np.pi * 120 * t)).astype(np.float32)
+    noise = (0.05 * np.random.default_rng(0).standard_normal(SAMPLE_RATE)).astype(np.float32)
+    for clip in (hum, noise):
+        heard = ears.hear(clip)
+        assert heard.stop in ("echo", "silence") and "week" not in heard.text.lower(), heard
+
+
 def test_a_stream_longer_than_a_window(default_bot, tmp_path):
     """Past 30 s the first window is heard to its end and committed whole, as encode cuts a long clip."""
     tower = default_bot.tower
