@@ -21,7 +21,15 @@ from llasm_cli.formats.published import PublishedPair, open_model
 from llasm_cli.inputs import check_ctx
 from llasm_cli.llm.engine import Engine, Sampler, Sampling
 from llasm_cli.llm.weights import LlamaModel
-from llasm_cli.prompt import DEFAULT_TEMPLATE, Message, prompt_pieces, recent_exchanges, segments, user_content
+from llasm_cli.prompt import (
+    DEFAULT_TEMPLATE,
+    Message,
+    prompt_pieces,
+    recent_exchanges,
+    segments,
+    slot_lead,
+    user_content,
+)
 from llasm_cli.towers import TowerBackend, open_tower
 
 ANSWER_RESERVE = 256  # positions a conversation keeps free for the answer
@@ -86,6 +94,14 @@ class Assistant:
         fallback = self.pair.family.template if self.pair is not None else DEFAULT_TEMPLATE
         self.template = llm.meta(gguf.Keys.Tokenizer.CHAT_TEMPLATE) or fallback
         self.system_prompt = m.system_prompt
+        # a transcript's words after the template's space carry that space (prompt.slot_lead)
+        self.audio_lead = slot_lead(self.template, llm.eos_text, llm.tokenize) if self.hears_words else None
+        if self._tower is not None:
+            self._lead_tower(self._tower)
+
+    def _lead_tower(self, tower: TowerBackend) -> None:
+        if self.hears_words:
+            tower.lead = self.audio_lead or ""
 
     @property
     def tower(self) -> TowerBackend:
@@ -93,6 +109,7 @@ class Assistant:
         if self._tower is None:
             backend, variant, threads, exact, one_shot = self._tower_args
             self._tower = open_tower(self.bundle, backend, self.llm, variant, threads, exact=exact, one_shot=one_shot)
+            self._lead_tower(self._tower)
             if not self._stream and self._tower.unpadded:
                 self._tower.chunked = False  # whole turns, encoded unpadded when they end
         return self._tower
@@ -152,7 +169,8 @@ class Assistant:
         """Token/embedding segments of a whole conversation, BOS included."""
         pieces = prompt_pieces(self.template, msgs, self.llm.eos_text, add_generation_prompt)
         clips = [self.with_boundary(c) for m in msgs for c in m.clips]
-        return segments(self.llm, pieces, clips, self.audio_start, self.audio_end, self.llm.add_bos)
+        return segments(self.llm, pieces, clips, self.audio_start, self.audio_end, self.llm.add_bos,
+                        space_into_audio=self.audio_lead is not None)
 
     def with_clips(self, segs: list, clips: Sequence[np.ndarray]) -> list:
         """A rendered prompt whose audio slots, in order, hold ``clips`` instead of what they held (each

@@ -244,16 +244,19 @@ def tokenize_run(run: Sequence[Piece], tokenize: Tokenize) -> list[int]:
     return ids
 
 
-def tokenized(pieces: Sequence[Piece], tokenize: Tokenize) -> list[Piece]:
+def tokenized(pieces: Sequence[Piece], tokenize: Tokenize, space_into_audio: bool = False) -> list[Piece]:
     """The pieces with their ids, as the runtime and training both read them: each run of
     ``text``/``content`` becomes one ``tokens`` piece (see ``tokenize_run``), an ``answer`` gets
-    its literal ids, ``audio``, ``eos`` and ``tokens`` pass through."""
+    its literal ids, ``audio``, ``eos`` and ``tokens`` pass through. ``space_into_audio``: a space that
+    ends the text before an audio slot is left out, as the slot's words carry it (``slot_lead``)."""
     out: list[Piece] = []
     run: list[Piece] = []
     for p in [*pieces, Piece("end")]:
         if p.kind in ("text", "content"):
             run.append(p)
             continue
+        if run and space_into_audio and p.kind == "audio" and run[-1].text.endswith(" "):
+            run[-1] = Piece(run[-1].kind, run[-1].text[:-1], run[-1].index)
         if run:
             out.append(Piece("tokens", ids=tokenize_run(run, tokenize)))
             run = []
@@ -268,15 +271,15 @@ Marker = int | Sequence[int] | None  # an audio span's start/end: a token, sever
 
 
 def segments(engine, pieces: Sequence[Piece], clips: Sequence[np.ndarray], audio_start: Marker,
-             audio_end: Marker, bos: bool) -> list:
+             audio_end: Marker, bos: bool, space_into_audio: bool = False) -> list:
     """Token lists and embedding arrays for prompt pieces (clip i for audio piece i)."""
     return pieces_to_segments(pieces, engine.tokenize, clips, engine.bos if bos else None, engine.eos,
-                              audio_start, audio_end)
+                              audio_start, audio_end, space_into_audio)
 
 
 def pieces_to_segments(
     pieces: Sequence[Piece], tokenize: Tokenize, clips: Sequence, bos: int | None, eos: int,
-    audio_start: Marker, audio_end: Marker,
+    audio_start: Marker, audio_end: Marker, space_into_audio: bool = False,
 ) -> list:
     """Turn pieces into token lists and clips; consecutive tokens are merged into one list.
 
@@ -284,7 +287,7 @@ def pieces_to_segments(
     start, end = _marker(audio_start), _marker(audio_end)
     out: list = []
     tokens: list[int] = [bos] if bos is not None else []
-    for p in tokenized(pieces, tokenize):
+    for p in tokenized(pieces, tokenize, space_into_audio):
         if p.kind == "eos":
             tokens.append(eos)
         elif p.kind == "audio":
@@ -300,3 +303,27 @@ def pieces_to_segments(
 
 def _marker(m: Marker) -> list[int]:
     return [] if m is None else [m] if isinstance(m, int) else list(m)
+
+
+PROBE_WORDS = "What is"  # words that stand for a transcript in slot_lead's measurement
+
+
+def slot_lead(template: str, eos_text: str, tokenize: Tokenize) -> str | None:
+    """How a transcript's words must be tokenized where this template puts a user's content after a space
+    ("USER: " in the fallback template), so that the prompt's tokens are those of the words typed there:
+    the space leaves the template text and the words carry it (" What": a SentencePiece or BPE vocabulary
+    spells a word after a space as one token, "▁What"; tokenized apart, the template would end in a lone
+    "▁"). None where the content follows no space (ChatML's newline) or no split matches the typed tokens.
+    Measured on this LLM's tokenizer, not guessed from its type: a vocabulary that adds a space prefix
+    itself needs none ("")."""
+    text = render_stand_ins(template, [Message.of("user", ["x"])], eos_text, True)
+    before = text[: text.find(_OPEN)].rsplit(_CLOSE, 1)[-1]
+    if not before.endswith(" ") or not before.strip():
+        return None
+    whole, head = tokenize(before + PROBE_WORDS, True), tokenize(before[:-1], True)
+    if whole[: len(head)] != head:
+        return None
+    for lead in (" ", ""):
+        if tokenize(lead + PROBE_WORDS, False) == whole[len(head):]:
+            return lead
+    return None

@@ -64,6 +64,7 @@ class TranscriptTower(TowerBackend):
         self.llm = llm
         self.n_embd = llm.n_embd
         self.heard: Heard | None = None  # what the last clip was heard as
+        self.lead = ""  # what the words are tokenized after: " " where the prompt's space moves into the slot
         self._worker = None  # the streams' pass thread (worker)
 
     def positions(self, n_samples: int) -> int:
@@ -80,9 +81,12 @@ class TranscriptTower(TowerBackend):
 
     def rows(self, text: str, n_samples: int) -> np.ndarray:
         """The LLM's input rows for ``text`` heard in a clip of ``n_samples`` (at most ``positions`` of them)."""
-        ids = self.llm.tokenize(text or NOTHING_HEARD, special=False)
-        rows = self.llm.token_rows(ids[: self.positions(n_samples)])
+        rows = self.llm.token_rows(self.words(text or NOTHING_HEARD)[: self.positions(n_samples)])
         return np.ascontiguousarray(rows, dtype=np.float32)
+
+    def words(self, text: str) -> list[int]:
+        """The LLM's tokens of a transcript, as the prompt around its slot would tokenize it typed (``lead``)."""
+        return self.llm.tokenize(self.lead + text, special=False)
 
     def stream(self) -> TranscriptStream:
         return TranscriptStream(self)
@@ -230,7 +234,7 @@ class TranscriptStream:
         """The LLM tokens of ``text`` (all heard so far; it extends ``done_text``) beyond those returned already:
         the tail of the whole text's tokens where those are a prefix of them, else the new piece's own tokens."""
         llm = self.tower.llm
-        ids = llm.tokenize(text, special=False)
+        ids = self.tower.words(text)
         if ids[: len(self.llm_ids)] == self.llm_ids:
             return ids[len(self.llm_ids):]
         return llm.tokenize(text[len(self.done_text):], special=False)
@@ -275,7 +279,7 @@ class TranscriptStream:
         if self._tail is None or self._tail[0] != self.n:
             rest = self._rest()
             text = self._heard(self.committed + rest)
-            tail = self._new_tokens(text) if text else self.tower.llm.tokenize(NOTHING_HEARD, special=False)
+            tail = self._new_tokens(text) if text else self.tower.words(NOTHING_HEARD)
             tail = tail[: max(0, self.tower.positions(self.n) - len(self.llm_ids))]
             self._tail = (self.n, self.tower.llm.token_rows(tail), text)
         self.tower.transcript = self._tail[2]
