@@ -221,10 +221,10 @@ class AudioTurnStream:
         marks = self._marks_after_words() if probe and self.suffix else None
         cut = len(last) - marks if marks is not None else 0
         if cut < 1:
-            return engine.eval_joined(np.concatenate([last, self.tail_rows]), self.suffix)
+            return engine.eval([np.concatenate([last, self.tail_rows]), self.suffix])
         after_words = engine.eval([last[:cut]])
         self.end_probability = end_probability(after_words, end_ids(self._tokenize, self.suffix[0]))
-        return engine.eval_joined(np.concatenate([last[cut:], self.tail_rows]), self.suffix)
+        return engine.eval([np.concatenate([last[cut:], self.tail_rows]), self.suffix])
 
     def _tokenize(self, text: str) -> list[int]:
         return self.conv.bot.engine.tokenize(text, special=False)

@@ -136,10 +136,12 @@ def test_interrupt_mid_prefill_rolls_back_exactly(bot, question_audio, mandarin_
             raise KeyboardInterrupt
 
     bot.engine._decode = decode_then_ctrl_c
+    n_batch, bot.engine.n_batch = bot.engine.n_batch, 16  # a turn's tokens and rows go in as one segment of rows
     conv.add_user(load_audio(mandarin_wav))
     with pytest.raises(KeyboardInterrupt):
         conv.prefill()
     del bot.engine._decode
+    bot.engine.n_batch = n_batch
     assert len(calls) == 2 and calls[0] > 0  # it really stopped halfway
     assert len(conv.turns) == turns_before  # the interrupted user turn is gone
     assert bot.engine.n_past <= fed_before  # nothing half-fed stays in the cache
@@ -208,9 +210,11 @@ def test_engine_eval_is_all_or_nothing(bot):
         real_decode(batch)
 
     engine._decode = fail_second
+    n_batch, engine.n_batch = engine.n_batch, 2  # the three segments go in as one of rows: two decodes of it
     with pytest.raises(RuntimeError):
         engine.eval([engine.tokenize(" there"), np.zeros((3, engine.n_embd), np.float32), engine.tokenize(" you")])
     del engine._decode
+    engine.n_batch = n_batch
     assert engine.n_past == before and engine.fed == fed
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -118,6 +119,18 @@ def test_a_spoken_prompt_is_the_typed_prompts_tokens(arch, tiny_llms, spoken, tm
         read = [t for seg in segs[:slot] for t in seg] + bot.tower.words(heard)  # up to the slot's end: after it a
         typed = [t for seg in bot.prompt(bot.messages(None, heard, None, "")) for t in seg]  # vocabulary may join "?\n"
         assert read == typed[: len(read)] and len(segs[slot]) == len(bot.tower.words(heard))
+        # and it goes in as one decode, as the typed prompt does: llama.cpp's logits depend on where a prompt is
+        # cut into decodes (Gemma 3 270M Q4_K_M: 0.61 apart for the same tokens fed as 5 + the rest)
+        real, calls = bot.engine._decode, []
+        bot.engine._decode = lambda batch: (calls.append(batch.n_tokens), real(batch))
+        try:
+            spoken_logits = _logits(bot, segs)
+        finally:
+            del bot.engine._decode
+        assert calls == [sum(len(seg) for seg in segs)]
+        rows = np.concatenate([bot.llm.token_rows(read), segs[-1] if isinstance(segs[-1], np.ndarray)
+                               else bot.llm.token_rows(list(segs[-1]))])
+        assert np.array_equal(spoken_logits, _logits(bot, [rows]))
     finally:
         bot.close()
 
@@ -254,19 +267,22 @@ def _stream(tower, audio: np.ndarray, block: int = 640) -> tuple[list[np.ndarray
     return early, stream.finish()
 
 
-def test_words_are_committed_while_spoken_and_join_as_the_whole_clip(default_bot, spoken):
+def test_words_are_committed_while_spoken_and_join_as_the_whole_clip(default_bot, spoken, tmp_path):
     """Two passes that agree commit their words at once (rows prefilled while the user speaks); at the end
     only the last words remain, and the rows equal those of the whole clip heard at once. (A question shorter
-    than FIRST_PASS_SECONDS is decoded once, at its end: six questions in a row here.)"""
+    than FIRST_PASS_SECONDS is decoded once, at its end: six questions in a row here, all different: the
+    same three twice are cut by the repeat guard in a whole clip, not in a stream trimmed between them.)"""
     tower = default_bot.tower
-    audio = np.concatenate(list(spoken.values()) * 2)
+    more = ["How many legs does a spider have?", "What do bees make?", "Who wrote Romeo and Juliet?"]
+    audio = np.concatenate([*spoken.values(), *(load_audio(flite(q, tmp_path / f"{i}.wav", "kal")) for i, q in enumerate(more))])
     whole = tower.encode(audio)
     heard = tower.transcript
     early, last = _stream(tower, audio)
-    assert tower.transcript == heard
+    # the same words (a stream is trimmed between sentences and may punctuate a join another way)
+    assert re.findall(r"[a-z']+", tower.transcript.lower()) == re.findall(r"[a-z']+", heard.lower()), tower.transcript
     committed = sum(len(r) for r in early)
     assert committed >= len(whole) // 2 and len(last) >= 1  # most of it before the end, the last words after
-    assert np.array_equal(np.concatenate([*early, last]), whole)
+    assert len(np.concatenate([*early, last])) == pytest.approx(len(whole), abs=4)
 
 
 def test_the_prompts_own_question_is_heard_and_a_prompt_read_back_is_not(default_bot, tmp_path):
@@ -287,7 +303,9 @@ def test_the_prompts_own_question_is_heard_and_a_prompt_read_back_is_not(default
 
 
 def test_a_stream_longer_than_a_window(default_bot, tmp_path):
-    """Past 30 s the first window is heard to its end and committed whole, as encode cuts a long clip."""
+    """A stream is trimmed at the ends of committed sentences (the window read again is the audio since, not the
+    turn), so 32 s of questions never fill Whisper's 30 s window, and no question is cut in two where encode
+    cuts the whole clip at 30 s."""
     tower = default_bot.tower
     said = ["How many legs does a spider have?", "What color are bananas?", "What do bees make?",
             "Who wrote Romeo and Juliet?", "What is frozen water called?", "How many months are in a year?",
@@ -299,10 +317,16 @@ def test_a_stream_longer_than_a_window(default_bot, tmp_path):
     assert audio.size > 32 * SAMPLE_RATE
     whole = tower.encode(audio)
     heard = tower.transcript
-    early, last = _stream(tower, audio, block=SAMPLE_RATE // 2)
-    for text in (heard, tower.transcript):
-        assert sum(q.lower().rstrip("?") in text.lower() for q in said) >= len(said) - 3, text
-    assert len(np.concatenate([*early, last])) == pytest.approx(len(whole), abs=6)
+    stream, block, starts = tower.stream(), SAMPLE_RATE // 2, set()
+    for i in range(0, audio.size, block):
+        stream.push(audio[i : i + block])
+        stream.settle()
+        starts.add(stream.window_start)
+    rows = stream.finish()
+    counts = [sum(q.lower().rstrip("?") in text.lower() for q in said) for text in (heard, tower.transcript)]
+    assert counts[0] >= len(said) - 3 and counts[1] >= counts[0], (heard, tower.transcript)
+    assert len(starts) >= 5 and max(starts) > 20 * SAMPLE_RATE and len(stream.texts) == len(starts) - 1
+    assert all(t.rstrip().endswith(("?", ".", "!")) for t in stream.texts) and 0 < len(rows) < len(whole) // 2
 
 
 def test_a_streamed_turn_answers_as_the_whole_clip(default_bot, spoken):

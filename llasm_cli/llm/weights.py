@@ -25,7 +25,7 @@ EMBED_SCALE_ARCHS = {"gemma", "gemma2", "gemma3", "gemma3n"}
 # Architectures whose graph reads injected rows exactly as it reads the token_embd rows of tokens,
 # but for a factor the token path applies (src/models/<arch>.cpp: llama, qwen2 and qwen3 use
 # build_inp_embd as it is; gemma3 scales token input only by sqrt(n_embd)). There, tokens can join
-# the embedding rows of one llama_decode (Engine.eval_joined). True: scale by sqrt(n_embd).
+# the embedding rows of one llama_decode (Engine._joined). True: scale by sqrt(n_embd).
 JOINABLE_ARCHS = {"llama": False, "qwen2": False, "qwen3": False, "gemma3": True}
 MROPE_SECTIONS = 4  # GGML_MROPE_SECTIONS: the position axes of an M-RoPE model's embedding rows
 

@@ -115,6 +115,9 @@ PASS_DUTY = 0.5  # ... and at most this share of the time spent decoding: passes
 # time), and forced words make CTranslate2's decode slower, not faster: at 1 s, ten 2-3 s questions were handed
 # over a median 0.91 s after their speech ended, at 3 s 0.67 s (2 cores, whisper-base, beam 3).
 FIRST_PASS_SECONDS = 3.0
+# A window is trimmed at the end of a committed sentence at least this far into it (whisper_streaming's
+# buffer trimming): later passes, and the decode at the end of the turn, read the audio since, not the turn.
+TRIM_SECONDS = 2.0
 
 
 class TranscriptStream:
@@ -147,6 +150,7 @@ class TranscriptStream:
         self._running = None  # the pass in the worker thread (a Future of its ids and seconds)
         self._tail: tuple[int, np.ndarray, str] | None = None  # (n, rows, text) of the last peek
         self._ahead = None  # prefetch(): (the window's start, the ids committed then, the Future of the rest's ids)
+        self._cut: tuple[int, int] | None = None  # the last pass's sentence_cut of the ids committed before it
 
     @property
     def heard(self) -> str:
@@ -182,18 +186,34 @@ class TranscriptStream:
         if self._running is not None:
             self._running.result()
 
-    def _listen(self, window: np.ndarray, committed: list[int]) -> tuple[list[int], float]:
+    def _listen(self, window: np.ndarray, committed: list[int], trim: bool = True
+                ) -> tuple[list[int], float, tuple[int, int] | None]:
+        """A pass (worker thread): the ids after ``committed``, its seconds, and where the window may be trimmed
+        (not for the decode at a pause, whose every millisecond the user waits for)."""
         t0 = time.perf_counter()
-        ids = self.tower.ears.listen(window, committed).ids
-        return ids, time.perf_counter() - t0
+        heard = self.tower.ears.listen(window, committed)
+        cut = self.tower.ears.sentence_cut(window, heard.frames, committed + heard.ids, len(committed)) if trim else None
+        if cut is not None and cut[1] < TRIM_SECONDS * SAMPLE_RATE:
+            cut = None
+        return heard.ids, time.perf_counter() - t0, cut
 
     def _collect(self) -> list[int] | None:
         """The running pass's ids, waiting for it (None when none runs)."""
         running, self._running = self._running, None
         if running is None:
             return None
-        ids, self.pass_seconds = running.result()
+        ids, self.pass_seconds, self._cut = running.result()
         return ids
+
+    def _trim(self) -> None:
+        """Start the window after the last committed sentence (the pass found where it ends): its text is done."""
+        cut, self._cut = self._cut, None
+        if cut is None:
+            return
+        k, at = cut
+        self.texts.append(self.tower.ears.text(self.committed[:k]))
+        self.committed = self.committed[k:]
+        self.window_start += at
 
     def _window(self) -> np.ndarray:
         return self.samples[self.window_start : self.window_start + N_SAMPLES]
@@ -214,7 +234,9 @@ class TranscriptStream:
             return none
         self.committed += got[:agreed]
         self.tower.encode_calls += 1
-        return self._rows_of(self._heard(self.committed))
+        rows = self._rows_of(self._heard(self.committed))
+        self._trim()
+        return rows
 
     def _close_window(self) -> np.ndarray:
         """The window's last words, the window committed whole, and the next window started."""
@@ -223,6 +245,7 @@ class TranscriptStream:
         rows = self._rows_of(self._heard(self.committed))
         self.texts.append(ears.text(self.committed))
         self.window_start += N_SAMPLES
+        self._cut = None
         self.committed, self.previous, self.heard_at = [], None, self.window_start
         return rows
 
@@ -256,7 +279,7 @@ class TranscriptStream:
         with 6 of 8 forced)."""
         if self.n > self.window_start:
             self._ahead = (self.window_start, list(self.committed),
-                           self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed)))
+                           self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed), False))
 
     def _rest(self) -> list[int]:
         """Whisper's ids after the committed ones, for the window as heard now: the prefetched decode where
