@@ -190,13 +190,15 @@ class WhisperEars:
                 break
         return ids, stop, result.no_speech_prob, logprob
 
-    def sentence_cut(self, window: np.ndarray, frames: np.ndarray, ids: list[int], committed: int) -> tuple[int, int] | None:
+    def sentence_cut(self, window: np.ndarray, frames: np.ndarray, ids: list[int], committed: int,
+                     after: int = 0) -> tuple[int, int] | None:
         """Where the window may be trimmed after its last sentence that ends within the first ``committed`` of
         ``ids`` (its transcript, as far as heard) and is followed by a committed word: (that sentence's token
         count, the sample to start from). Whisper's cross-attention alignment of ``ids`` (CTranslate2's ``align``,
         what faster-whisper's word timestamps read) brackets the gap between the sentence's mark and the next word;
-        the cut is the quietest 20 ms there, and none where that is not a pause (PAUSE_DB under the speech)."""
-        ends = [k for k in range(1, committed) if self.starts_word(ids[k])
+        the cut is the quietest 20 ms there, and none where that is not a pause (PAUSE_DB under the speech).
+        Only sentences that end past the first ``after`` ids are looked at (those before were, and gave none)."""
+        ends = [k for k in range(max(1, after), committed) if self.starts_word(ids[k])
                 and self.vocab[ids[k - 1]].rstrip()[-1:] in SENTENCE_MARKS]
         if not ends:
             return None

@@ -151,6 +151,7 @@ class TranscriptStream:
         self._tail: tuple[int, np.ndarray, str] | None = None  # (n, rows, text) of the last peek
         self._ahead = None  # prefetch(): (the window's start, the ids committed then, the Future of the rest's ids)
         self._cut: tuple[int, int] | None = None  # the last pass's sentence_cut of the ids committed before it
+        self._checked = 0  # committed ids whose sentence ends were looked at for a cut (and gave none)
 
     @property
     def heard(self) -> str:
@@ -177,7 +178,9 @@ class TranscriptStream:
         if (self._running is None and self.n - self.window_start >= FIRST_PASS_SECONDS * SAMPLE_RATE
                 and new >= max(PASS_SECONDS, self.pass_seconds / PASS_DUTY)):
             self.heard_at = self.n
-            self._running = self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed))
+            self._running = self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed),
+                                                       self._checked)
+            self._running.checked = len(self.committed)  # what its sentence_cut looks at
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
     def settle(self) -> None:
@@ -186,13 +189,16 @@ class TranscriptStream:
         if self._running is not None:
             self._running.result()
 
-    def _listen(self, window: np.ndarray, committed: list[int], trim: bool = True
+    def _listen(self, window: np.ndarray, committed: list[int], after: int | None = 0
                 ) -> tuple[list[int], float, tuple[int, int] | None]:
         """A pass (worker thread): the ids after ``committed``, its seconds, and where the window may be trimmed
-        (not for the decode at a pause, whose every millisecond the user waits for)."""
+        after a sentence that ends past ``after`` ids (None: not looked for, as at a pause, where the user waits
+        for every millisecond)."""
         t0 = time.perf_counter()
         heard = self.tower.ears.listen(window, committed)
-        cut = self.tower.ears.sentence_cut(window, heard.frames, committed + heard.ids, len(committed)) if trim else None
+        cut = None
+        if after is not None and len(committed) > after:
+            cut = self.tower.ears.sentence_cut(window, heard.frames, committed + heard.ids, len(committed), after)
         if cut is not None and cut[1] < TRIM_SECONDS * SAMPLE_RATE:
             cut = None
         return heard.ids, time.perf_counter() - t0, cut
@@ -203,6 +209,7 @@ class TranscriptStream:
         if running is None:
             return None
         ids, self.pass_seconds, self._cut = running.result()
+        self._checked = max(self._checked, running.checked)
         return ids
 
     def _trim(self) -> None:
@@ -214,6 +221,7 @@ class TranscriptStream:
         self.texts.append(self.tower.ears.text(self.committed[:k]))
         self.committed = self.committed[k:]
         self.window_start += at
+        self._checked = 0
 
     def _window(self) -> np.ndarray:
         return self.samples[self.window_start : self.window_start + N_SAMPLES]
@@ -245,7 +253,7 @@ class TranscriptStream:
         rows = self._rows_of(self._heard(self.committed))
         self.texts.append(ears.text(self.committed))
         self.window_start += N_SAMPLES
-        self._cut = None
+        self._cut, self._checked = None, 0
         self.committed, self.previous, self.heard_at = [], None, self.window_start
         return rows
 
@@ -279,7 +287,7 @@ class TranscriptStream:
         with 6 of 8 forced)."""
         if self.n > self.window_start:
             self._ahead = (self.window_start, list(self.committed),
-                           self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed), False))
+                           self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed), None))
 
     def _rest(self) -> list[int]:
         """Whisper's ids after the committed ones, for the window as heard now: the prefetched decode where
