@@ -324,7 +324,7 @@ def test_a_stream_longer_than_a_window(default_bot, tmp_path):
         starts.add(stream.window_start)
     rows = stream.finish()
     counts = [sum(q.lower().rstrip("?") in text.lower() for q in said) for text in (heard, tower.transcript)]
-    assert counts[0] >= len(said) - 3 and counts[1] >= counts[0], (heard, tower.transcript)
+    assert min(counts) >= len(said) - 3, (heard, tower.transcript)
     assert len(starts) >= 5 and max(starts) > 20 * SAMPLE_RATE and len(stream.texts) == len(starts) - 1
     assert all(t.rstrip().endswith(("?", ".", "!")) for t in stream.texts) and 0 < len(rows) < len(whole) // 2
 
