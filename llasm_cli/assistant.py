@@ -23,6 +23,7 @@ from llasm_cli.llm.engine import Engine, Sampler, Sampling
 from llasm_cli.llm.weights import LlamaModel
 from llasm_cli.prompt import (
     DEFAULT_TEMPLATE,
+    DEFAULT_TEMPLATE_STOPS,
     Message,
     prompt_pieces,
     recent_exchanges,
@@ -93,6 +94,7 @@ class Assistant:
             self.audio_start = self.audio_end = None
         fallback = self.pair.family.template if self.pair is not None else DEFAULT_TEMPLATE
         self.template = llm.meta(gguf.Keys.Tokenizer.CHAT_TEMPLATE) or fallback
+        self.stop_texts = DEFAULT_TEMPLATE_STOPS if self.template == DEFAULT_TEMPLATE else ()  # an answer's end
         self.system_prompt = m.system_prompt
         # a transcript's words after the template's space carry that space (prompt.slot_lead)
         self.audio_lead = slot_lead(self.template, llm.eos_text, llm.tokenize) if self.hears_words else None

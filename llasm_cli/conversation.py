@@ -25,6 +25,7 @@ from llasm_cli.assistant import ANSWER_RESERVE, Assistant
 from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.errors import ContextOverflowError, LlasmError
 from llasm_cli.llm.engine import Sampler, Sampling, TextStream
+from llasm_cli.llm.scheduler import StopStrings
 from llasm_cli.prompt import Message, user_content
 from llasm_cli.spoken_turn import AudioTurnStream
 from llasm_cli.towers import TowerBackend
@@ -166,16 +167,22 @@ class Conversation:
         max_tokens = max_tokens or self.bot.bundle.manifest.max_tokens
         logits = self.prefill()
         answer: list[int] = []
+        said: list[str] = []  # what was yielded; None last when a stop text ended the answer
         try:  # the first token is timed from the end of speech (streamed turn) or the start of encoding
-            yield from self._stream(logits, Sampler(sampling), max_tokens, self._t_input_end, answer)
+            yield from self._stream(logits, Sampler(sampling), max_tokens, self._t_input_end, answer, said)
         finally:
-            text = self.bot.engine.detokenize(answer).strip()
-            self.turns.append(Turn(Message.of("assistant", [text], tokens=list(answer))))
+            if said and said[-1] is None:  # cut at a stop text: the history holds the words, not all the ids
+                self.turns.append(Turn(Message.of("assistant", ["".join(said[:-1]).strip()])))
+            else:
+                text = self.bot.engine.detokenize(answer).strip()
+                self.turns.append(Turn(Message.of("assistant", [text], tokens=list(answer))))
 
-    def _stream(self, logits: np.ndarray, sampler: Sampler, max_tokens: int, t0: float, tokens: list[int]) -> Iterator[str]:
-        """Generate and yield text pieces, timed against ``t0``; the ids go to ``tokens``."""
+    def _stream(self, logits: np.ndarray, sampler: Sampler, max_tokens: int, t0: float, tokens: list[int],
+                said: list) -> Iterator[str]:
+        """Generate and yield text pieces, timed against ``t0``; the ids go to ``tokens``, the pieces to ``said``
+        (and None after them when one of the bot's stop texts ended the answer)."""
         engine, st = self.bot.engine, self.stats
-        text = TextStream()
+        text, stops = TextStream(), StopStrings(self.bot.stop_texts)
         t_first = t_done = None
         try:
             for tok in engine.generate(logits, sampler, max_tokens):
@@ -183,13 +190,19 @@ class Conversation:
                     t_first = time.perf_counter()
                     st.first_token_ms = (t_first - t0) * 1e3
                 tokens.append(tok)
-                piece = text.push(engine.piece(tok))
+                piece, stopped = stops.push(text.push(engine.piece(tok)))
                 if piece:
+                    said.append(piece)
                     yield piece
+                if stopped:
+                    said.append(None)
+                    break
             t_done = time.perf_counter()
-            tail = text.flush()
-            if tail:
-                yield tail
+            if not (said and said[-1] is None):
+                tail = stops.push(text.flush())[0] + stops.flush()
+                if tail:
+                    said.append(tail)
+                    yield tail
         finally:
             st.answer_tokens = len(tokens)
             # Every token generate() yields is decoded before the next is sampled; a generation that

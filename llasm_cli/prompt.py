@@ -33,6 +33,9 @@ DEFAULT_TEMPLATE = (
     "{% else %}ASSISTANT:{{ message['content'] }}{{ eos_token }}\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+# Where an LLM that was not trained on DEFAULT_TEMPLATE (a base GGUF with no chat template of its own) starts
+# writing the user's next turn instead of ending its answer: the answer ends there.
+DEFAULT_TEMPLATE_STOPS = ("\nUSER:",)
 # Stands in for message i's content while the template is rendered. Private-use characters: Python
 # counts "\x1e" as whitespace, and a template's ``content | trim`` (Llama 3's) would strip it away.
 _OPEN, _CLOSE = "\ue000", "\ue001"

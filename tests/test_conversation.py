@@ -247,3 +247,24 @@ def test_history_turns_limits_what_the_prompt_holds(swiglu, question_audio, mand
             assert rel_err(fresh.eval(bot.prompt(shown)), logits) <= 1e-4
     finally:
         bot.close()
+
+
+def test_a_stop_text_ends_the_answer_and_the_history_holds_what_was_said(bot, question_audio):
+    """A GGUF on llasm's fallback template (no chat template of its own) may go on to write the user's next
+    turn ("\\nUSER: ..."): the answer ends where a stop text begins, and the history holds the words said."""
+    from llasm_cli.prompt import DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_STOPS
+
+    assert bot.template == DEFAULT_TEMPLATE and bot.stop_texts == DEFAULT_TEMPLATE_STOPS
+    bot.stop_texts = ()
+    conv = Conversation(bot)
+    conv.add_user(question_audio)
+    whole = "".join(conv.respond(GREEDY, max_tokens=12))
+    stop = whole.strip()[len(whole.strip()) // 2 :][:3]
+    assert len(whole.strip()) >= 6 and stop
+    bot.stop_texts = (stop,)
+    conv = Conversation(bot)
+    conv.add_user(question_audio)
+    pieces = list(conv.respond(GREEDY, max_tokens=12))
+    said = "".join(pieces)
+    assert said == whole[: whole.find(stop)] and stop not in said
+    assert conv.turns[-1].message.content == said.strip() and conv.turns[-1].message.tokens is None

@@ -294,7 +294,8 @@ class Server:
             loop = asyncio.get_running_loop()
             max_tokens = req.max_tokens or self.bot.bundle.manifest.max_tokens
             job = Job(segments, self._sampling(req), max_tokens,
-                      emit=partial(loop.call_soon_threadsafe, events.put_nowait), stop=req.stop)
+                      emit=partial(loop.call_soon_threadsafe, events.put_nowait),
+                      stop=[*req.stop, *self.bot.stop_texts])
             self.scheduler.submit(job)
         except BaseException:
             ticket.release()
