@@ -35,6 +35,15 @@ CUT_MARK = "…"  # ends an answer the user cut in on
 
 
 @dataclass
+class _Answer:
+    """An answer as it streams: its ids, the text pieces yielded, and whether one of the bot's stop texts ended it."""
+
+    tokens: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    stopped: bool = False
+
+
+@dataclass
 class Conversation:
     """The history of one chat, and the answers to it."""
 
@@ -166,22 +175,20 @@ class Conversation:
         sampling = sampling or self.bot.default_sampling()
         max_tokens = max_tokens or self.bot.bundle.manifest.max_tokens
         logits = self.prefill()
-        answer: list[int] = []
-        said: list[str] = []  # what was yielded; None last when a stop text ended the answer
+        answer = _Answer()
         try:  # the first token is timed from the end of speech (streamed turn) or the start of encoding
-            yield from self._stream(logits, Sampler(sampling), max_tokens, self._t_input_end, answer, said)
+            yield from self._stream(logits, Sampler(sampling), max_tokens, self._t_input_end, answer)
         finally:
-            if said and said[-1] is None:  # cut at a stop text: the history holds the words, not all the ids
-                self.turns.append(Turn(Message.of("assistant", ["".join(said[:-1]).strip()])))
+            if answer.stopped:  # cut at a stop text: the history holds the words said, not all the ids
+                self.turns.append(Turn(Message.of("assistant", ["".join(answer.pieces).strip()])))
             else:
-                text = self.bot.engine.detokenize(answer).strip()
-                self.turns.append(Turn(Message.of("assistant", [text], tokens=list(answer))))
+                text = self.bot.engine.detokenize(answer.tokens).strip()
+                self.turns.append(Turn(Message.of("assistant", [text], tokens=list(answer.tokens))))
 
-    def _stream(self, logits: np.ndarray, sampler: Sampler, max_tokens: int, t0: float, tokens: list[int],
-                said: list) -> Iterator[str]:
-        """Generate and yield text pieces, timed against ``t0``; the ids go to ``tokens``, the pieces to ``said``
-        (and None after them when one of the bot's stop texts ended the answer)."""
+    def _stream(self, logits: np.ndarray, sampler: Sampler, max_tokens: int, t0: float, answer: _Answer) -> Iterator[str]:
+        """Generate and yield text pieces, timed against ``t0``, recorded in ``answer``."""
         engine, st = self.bot.engine, self.stats
+        tokens, said = answer.tokens, answer.pieces
         text, stops = TextStream(), StopStrings(self.bot.stop_texts)
         t_first = t_done = None
         try:
@@ -195,10 +202,10 @@ class Conversation:
                     said.append(piece)
                     yield piece
                 if stopped:
-                    said.append(None)
+                    answer.stopped = True
                     break
             t_done = time.perf_counter()
-            if not (said and said[-1] is None):
+            if not answer.stopped:
                 tail = stops.push(text.flush())[0] + stops.flush()
                 if tail:
                     said.append(tail)

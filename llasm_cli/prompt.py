@@ -320,7 +320,7 @@ def slot_lead(template: str, eos_text: str, tokenize: Tokenize) -> str | None:
     Measured on this LLM's tokenizer, not guessed from its type: a vocabulary that adds a space prefix
     itself needs none ("")."""
     text = render_stand_ins(template, [Message.of("user", ["x"])], eos_text, True)
-    before = text[: text.find(_OPEN)].rsplit(_CLOSE, 1)[-1]
+    before = text.split(_OPEN, 1)[0]
     if not before.endswith(" ") or not before.strip():
         return None
     whole, head = tokenize(before + PROBE_WORDS, True), tokenize(before[:-1], True)

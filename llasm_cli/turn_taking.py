@@ -150,8 +150,8 @@ class BargeIn:
     def __init__(self, cancelled: bool = False) -> None:
         from collections import deque
 
-        self.cancelled = cancelled  # an echo canceller took the answer out of what is heard (audio/echo.py)
-        self.blocks = CANCELLED_BLOCKS if cancelled else BARGE_IN_BLOCKS  # loud blocks in a row that cut in
+        # loud blocks in a row that cut in (``cancelled``: an echo canceller took the answer out, audio/echo.py)
+        self.blocks = CANCELLED_BLOCKS if cancelled else BARGE_IN_BLOCKS
         self.levels: deque[float] = deque(maxlen=ECHO_BLOCKS)
         self.held: deque[np.ndarray] = deque(maxlen=HELD_BLOCKS)
         self.loud = 0

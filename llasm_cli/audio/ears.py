@@ -228,8 +228,9 @@ class WhisperEars:
     def _said(self, encoded, n_frames: int, prompted: list[int], plain: list[int], echoed: list[str]) -> bool:
         """Whether the prompt's sentences in ``prompted`` were said: the decode without the prompt (``plain``) holds
         them near enough, or Whisper without the prompt finds the words ``prompted`` has beyond ``plain`` likely.
-        Measured on whisper-base: a prompt read back over noise, hum or another question scores -2.7 to -4.2 a token;
-        "Who wrote Hamlet?" said by flite slt, which the plain decode hears as "Furo Tamlet.", -1.9."""
+        Measured on whisper-base: a prompt read back over noise, hum or another question scores -2.7 to -4.2 a token.
+        A limit: "Who wrote Hamlet?" said by flite slt, which the plain decode hears as "Furo Tamlet.", scores -2.9
+        and is replaced too."""
         heard = _words(self.text(plain))
         if all(_close_in(sentence, heard) for sentence in echoed):
             return True

@@ -180,7 +180,6 @@ class TranscriptStream:
             self.heard_at = self.n
             self._running = self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed),
                                                        self._checked)
-            self._running.checked = len(self.committed)  # what its sentence_cut looks at
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
     def settle(self) -> None:
@@ -190,10 +189,10 @@ class TranscriptStream:
             self._running.result()
 
     def _listen(self, window: np.ndarray, committed: list[int], after: int | None = 0
-                ) -> tuple[list[int], float, tuple[int, int] | None]:
-        """A pass (worker thread): the ids after ``committed``, its seconds, and where the window may be trimmed
+                ) -> tuple[list[int], float, tuple[int, int] | None, int]:
+        """A pass (worker thread): the ids after ``committed``, its seconds, where the window may be trimmed
         after a sentence that ends past ``after`` ids (None: not looked for, as at a pause, where the user waits
-        for every millisecond)."""
+        for every millisecond), and how many committed ids that looked through."""
         t0 = time.perf_counter()
         heard = self.tower.ears.listen(window, committed)
         cut = None
@@ -201,15 +200,15 @@ class TranscriptStream:
             cut = self.tower.ears.sentence_cut(window, heard.frames, committed + heard.ids, len(committed), after)
         if cut is not None and cut[1] < TRIM_SECONDS * SAMPLE_RATE:
             cut = None
-        return heard.ids, time.perf_counter() - t0, cut
+        return heard.ids, time.perf_counter() - t0, cut, len(committed)
 
     def _collect(self) -> list[int] | None:
         """The running pass's ids, waiting for it (None when none runs)."""
         running, self._running = self._running, None
         if running is None:
             return None
-        ids, self.pass_seconds, self._cut = running.result()
-        self._checked = max(self._checked, running.checked)
+        ids, self.pass_seconds, self._cut, checked = running.result()
+        self._checked = max(self._checked, checked)
         return ids
 
     def _trim(self) -> None:
