@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import subprocess
 from pathlib import Path
 
@@ -267,22 +266,19 @@ def _stream(tower, audio: np.ndarray, block: int = 640) -> tuple[list[np.ndarray
     return early, stream.finish()
 
 
-def test_words_are_committed_while_spoken_and_join_as_the_whole_clip(default_bot, spoken, tmp_path):
+def test_words_are_committed_while_spoken_and_join_as_the_whole_clip(default_bot, spoken):
     """Two passes that agree commit their words at once (rows prefilled while the user speaks); at the end
     only the last words remain, and the rows equal those of the whole clip heard at once. (A question shorter
-    than FIRST_PASS_SECONDS is decoded once, at its end: six questions in a row here, all different: the
-    same three twice are cut by the repeat guard in a whole clip, not in a stream trimmed between them.)"""
+    than FIRST_PASS_SECONDS is decoded once, at its end: six questions in a row here.)"""
     tower = default_bot.tower
-    more = ["How many legs does a spider have?", "What do bees make?", "Who wrote Romeo and Juliet?"]
-    audio = np.concatenate([*spoken.values(), *(load_audio(flite(q, tmp_path / f"{i}.wav", "kal")) for i, q in enumerate(more))])
+    audio = np.concatenate(list(spoken.values()) * 2)
     whole = tower.encode(audio)
     heard = tower.transcript
     early, last = _stream(tower, audio)
-    # the same words (a stream is trimmed between sentences and may punctuate a join another way)
-    assert re.findall(r"[a-z']+", tower.transcript.lower()) == re.findall(r"[a-z']+", heard.lower()), tower.transcript
+    assert tower.transcript == heard
     committed = sum(len(r) for r in early)
     assert committed >= len(whole) // 2 and len(last) >= 1  # most of it before the end, the last words after
-    assert len(np.concatenate([*early, last])) == pytest.approx(len(whole), abs=4)
+    assert np.array_equal(np.concatenate([*early, last]), whole)
 
 
 def test_the_prompts_own_question_is_heard_and_a_prompt_read_back_is_not(default_bot, tmp_path):
@@ -303,9 +299,7 @@ def test_the_prompts_own_question_is_heard_and_a_prompt_read_back_is_not(default
 
 
 def test_a_stream_longer_than_a_window(default_bot, tmp_path):
-    """A stream is trimmed at the ends of committed sentences (the window read again is the audio since, not the
-    turn), so 32 s of questions never fill Whisper's 30 s window, and no question is cut in two where encode
-    cuts the whole clip at 30 s."""
+    """Past 30 s the first window is heard to its end and committed whole, as encode cuts a long clip."""
     tower = default_bot.tower
     said = ["How many legs does a spider have?", "What color are bananas?", "What do bees make?",
             "Who wrote Romeo and Juliet?", "What is frozen water called?", "How many months are in a year?",
@@ -317,16 +311,10 @@ def test_a_stream_longer_than_a_window(default_bot, tmp_path):
     assert audio.size > 32 * SAMPLE_RATE
     whole = tower.encode(audio)
     heard = tower.transcript
-    stream, block, starts = tower.stream(), SAMPLE_RATE // 2, set()
-    for i in range(0, audio.size, block):
-        stream.push(audio[i : i + block])
-        stream.settle()
-        starts.add(stream.window_start)
-    rows = stream.finish()
-    counts = [sum(q.lower().rstrip("?") in text.lower() for q in said) for text in (heard, tower.transcript)]
-    assert min(counts) >= len(said) - 3, (heard, tower.transcript)
-    assert len(starts) >= 5 and max(starts) > 20 * SAMPLE_RATE and len(stream.texts) == len(starts) - 1
-    assert all(t.rstrip().endswith(("?", ".", "!")) for t in stream.texts) and 0 < len(rows) < len(whole) // 2
+    early, last = _stream(tower, audio, block=SAMPLE_RATE // 2)
+    for text in (heard, tower.transcript):
+        assert sum(q.lower().rstrip("?") in text.lower() for q in said) >= len(said) - 3, text
+    assert len(np.concatenate([*early, last])) == pytest.approx(len(whole), abs=6)
 
 
 def test_a_streamed_turn_answers_as_the_whole_clip(default_bot, spoken):

@@ -47,9 +47,6 @@ NOTHING_HEARD = "..."  # what the LLM reads for a clip in which Whisper heard no
 # Whisper writes something for silence ("You"), and that is not what the user said.
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
-SENTENCE_MARKS = (b".", b"?", b"!")
-ENCODER_HOP = 2 * SAMPLE_RATE // 100  # samples per encoder frame (two 10 ms mel frames)
-PAUSE_DB = -30.0  # a cut between sentences lies in a pause: that far under the window's loud speech
 # How close (difflib's ratio over words) the decode without the prompt must come to a prompt sentence that the
 # prompted decode holds for that sentence to count as said: "how many days we are in a week" is 0.92.
 ECHO_MATCH = 0.75
@@ -189,37 +186,6 @@ class WhisperEars:
                 ids, stop = whole[len(prefix):max(cut, len(prefix))], "repeat"
                 break
         return ids, stop, result.no_speech_prob, logprob
-
-    def sentence_cut(self, window: np.ndarray, frames: np.ndarray, ids: list[int], committed: int,
-                     after: int = 0) -> tuple[int, int] | None:
-        """Where the window may be trimmed after its last sentence that ends within the first ``committed`` of
-        ``ids`` (its transcript, as far as heard) and is followed by a committed word: (that sentence's token
-        count, the sample to start from). Whisper's cross-attention alignment of ``ids`` (CTranslate2's ``align``,
-        what faster-whisper's word timestamps read) brackets the gap between the sentence's mark and the next word;
-        the cut is the quietest 20 ms there, and none where that is not a pause (PAUSE_DB under the speech).
-        Only sentences that end past the first ``after`` ids are looked at (those before were, and gave none)."""
-        ends = [k for k in range(max(1, after), committed) if self.starts_word(ids[k])
-                and self.vocab[ids[k - 1]].rstrip()[-1:] in SENTENCE_MARKS]
-        if not ends:
-            return None
-        k = ends[-1]
-        features = self._ct2.StorageView.from_array(np.ascontiguousarray(frames[None], dtype=np.float32))
-        pairs = np.asarray(self.model.align(features, self.start, [ids], 2 * frames.shape[0])[0].alignments)
-        if pairs.ndim != 2 or not len(pairs):
-            return None
-        jumps = np.concatenate([[True], np.diff(pairs[:, 0]) > 0])
-        starts = pairs[jumps, 1] * ENCODER_HOP  # the sample where each token (then the end of text) begins
-        if starts.size <= k:
-            return None
-        n = window.size // ENCODER_HOP
-        level = np.sqrt(np.mean(window[: n * ENCODER_HOP].reshape(n, ENCODER_HOP).astype(np.float64) ** 2, axis=1))
-        lo, hi = int(starts[k - 1]) // ENCODER_HOP, min(n, int(starts[k]) // ENCODER_HOP + 1)
-        if hi <= lo or not level.size:
-            return None
-        quiet = lo + int(np.argmin(level[lo:hi]))
-        if level[quiet] > np.percentile(level, 90) * 10 ** (PAUSE_DB / 20):
-            return None
-        return k, quiet * ENCODER_HOP
 
     def starts_word(self, token: int) -> bool:
         """Whether a Whisper token begins a new word (its bytes start with a space)."""

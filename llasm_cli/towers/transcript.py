@@ -115,9 +115,6 @@ PASS_DUTY = 0.5  # ... and at most this share of the time spent decoding: passes
 # time), and forced words make CTranslate2's decode slower, not faster: at 1 s, ten 2-3 s questions were handed
 # over a median 0.91 s after their speech ended, at 3 s 0.67 s (2 cores, whisper-base, beam 3).
 FIRST_PASS_SECONDS = 3.0
-# A window is trimmed at the end of a committed sentence at least this far into it (whisper_streaming's
-# buffer trimming): later passes, and the decode at the end of the turn, read the audio since, not the turn.
-TRIM_SECONDS = 2.0
 
 
 class TranscriptStream:
@@ -150,8 +147,6 @@ class TranscriptStream:
         self._running = None  # the pass in the worker thread (a Future of its ids and seconds)
         self._tail: tuple[int, np.ndarray, str] | None = None  # (n, rows, text) of the last peek
         self._ahead = None  # prefetch(): (the window's start, the ids committed then, the Future of the rest's ids)
-        self._cut: tuple[int, int] | None = None  # the last pass's sentence_cut of the ids committed before it
-        self._checked = 0  # committed ids whose sentence ends were looked at for a cut (and gave none)
 
     @property
     def heard(self) -> str:
@@ -178,8 +173,7 @@ class TranscriptStream:
         if (self._running is None and self.n - self.window_start >= FIRST_PASS_SECONDS * SAMPLE_RATE
                 and new >= max(PASS_SECONDS, self.pass_seconds / PASS_DUTY)):
             self.heard_at = self.n
-            self._running = self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed),
-                                                       self._checked)
+            self._running = self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed))
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
     def settle(self) -> None:
@@ -188,39 +182,18 @@ class TranscriptStream:
         if self._running is not None:
             self._running.result()
 
-    def _listen(self, window: np.ndarray, committed: list[int], after: int | None = 0
-                ) -> tuple[list[int], float, tuple[int, int] | None, int]:
-        """A pass (worker thread): the ids after ``committed``, its seconds, where the window may be trimmed
-        after a sentence that ends past ``after`` ids (None: not looked for, as at a pause, where the user waits
-        for every millisecond), and how many committed ids that looked through."""
+    def _listen(self, window: np.ndarray, committed: list[int]) -> tuple[list[int], float]:
         t0 = time.perf_counter()
-        heard = self.tower.ears.listen(window, committed)
-        cut = None
-        if after is not None and len(committed) > after:
-            cut = self.tower.ears.sentence_cut(window, heard.frames, committed + heard.ids, len(committed), after)
-        if cut is not None and cut[1] < TRIM_SECONDS * SAMPLE_RATE:
-            cut = None
-        return heard.ids, time.perf_counter() - t0, cut, len(committed)
+        ids = self.tower.ears.listen(window, committed).ids
+        return ids, time.perf_counter() - t0
 
     def _collect(self) -> list[int] | None:
         """The running pass's ids, waiting for it (None when none runs)."""
         running, self._running = self._running, None
         if running is None:
             return None
-        ids, self.pass_seconds, self._cut, checked = running.result()
-        self._checked = max(self._checked, checked)
+        ids, self.pass_seconds = running.result()
         return ids
-
-    def _trim(self) -> None:
-        """Start the window after the last committed sentence (the pass found where it ends): its text is done."""
-        cut, self._cut = self._cut, None
-        if cut is None:
-            return
-        k, at = cut
-        self.texts.append(self.tower.ears.text(self.committed[:k]))
-        self.committed = self.committed[k:]
-        self.window_start += at
-        self._checked = 0
 
     def _window(self) -> np.ndarray:
         return self.samples[self.window_start : self.window_start + N_SAMPLES]
@@ -241,9 +214,7 @@ class TranscriptStream:
             return none
         self.committed += got[:agreed]
         self.tower.encode_calls += 1
-        rows = self._rows_of(self._heard(self.committed))
-        self._trim()
-        return rows
+        return self._rows_of(self._heard(self.committed))
 
     def _close_window(self) -> np.ndarray:
         """The window's last words, the window committed whole, and the next window started."""
@@ -252,7 +223,6 @@ class TranscriptStream:
         rows = self._rows_of(self._heard(self.committed))
         self.texts.append(ears.text(self.committed))
         self.window_start += N_SAMPLES
-        self._cut, self._checked = None, 0
         self.committed, self.previous, self.heard_at = [], None, self.window_start
         return rows
 
@@ -286,7 +256,7 @@ class TranscriptStream:
         with 6 of 8 forced)."""
         if self.n > self.window_start:
             self._ahead = (self.window_start, list(self.committed),
-                           self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed), None))
+                           self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed)))
 
     def _rest(self) -> list[int]:
         """Whisper's ids after the committed ones, for the window as heard now: the prefetched decode where
