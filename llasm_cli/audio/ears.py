@@ -51,6 +51,13 @@ LOGPROB_THRESHOLD = -1.0
 # prompted decode holds for that sentence to count as said: "how many days we are in a week" is 0.92.
 ECHO_MATCH = 0.75
 ECHO_LOGPROB = -2.0  # else: the mean log-probability, without the prompt, of the words only the prompted decode has
+# Whisper's decoder steps are small matrix products that a second thread slows down: on 2 cores (AMD EPYC) a
+# 3 s question's beam search took 207 ms on two threads and 119 ms on one (OpenMP's wait policy changes
+# nothing). The encoder gains from threads (53 against 71 ms at 3 s, 547 against 808 ms at 21 s), so given more
+# than one it runs on its own copy of the model (~120 MB more). One shared copy on one thread made hands-free
+# turns faster but push-to-talk turns of 10 and 25 s 1.7x and 2.1x slower (bench/latency.py --realtime).
+DECODER_THREADS = 1
+SHARED_THREADS = 1
 
 
 @dataclass
@@ -98,11 +105,8 @@ class WhisperEars:
             raise BackendUnavailableError("this model hears through CTranslate2's Whisper: pip install ctranslate2") from None
         self._ct2 = ctranslate2
         folder = Path(folder)
-        try:
-            self.model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type=COMPUTE_TYPE,
-                                                    intra_threads=max(1, n_threads))
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise ModelFileError(f"{folder}: not a CTranslate2 Whisper model ({str(exc).splitlines()[0]})") from None
+        self.model = self._load(folder, DECODER_THREADS)  # decodes (and encodes, unless given more threads)
+        self.encoder = self._load(folder, n_threads) if n_threads > SHARED_THREADS else self.model
         self.vocab, _ = read_vocabulary(folder / TOKENIZER_FILE)
         ids = self._special_ids(folder / TOKENIZER_FILE)
         self.eot = ids[EOT]
@@ -118,6 +122,13 @@ class WhisperEars:
         self.prompt_ids = [i for i in (prompt_ids or []) if 0 <= i < self.eot]
         self.prompted = [ids[SOT_PREV], *self.prompt_ids, *self.start] if self.prompt_ids else self.start
         self._echo = {w for w in (_words(s) for s in re.split(r"[.?!]", self.text(self.prompt_ids))) if w}
+
+    def _load(self, folder: Path, n_threads: int):
+        try:
+            return self._ct2.models.Whisper(str(folder), device="cpu", compute_type=COMPUTE_TYPE,
+                                            intra_threads=max(1, n_threads))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelFileError(f"{folder}: not a CTranslate2 Whisper model ({str(exc).splitlines()[0]})") from None
 
     @staticmethod
     def _special_ids(path: Path) -> dict[str, int]:
@@ -151,7 +162,7 @@ class WhisperEars:
         t0 = time.perf_counter()
         mel = clip_mel(window, INPUT_MODE, self.n_mels)
         t1 = time.perf_counter()
-        encoded = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True)
+        encoded = self.encoder.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True)
         t2 = time.perf_counter()
         limit = max(0, max_tokens(window.size / SAMPLE_RATE) - len(prefix))
         ids, stop, p_none, logprob = self._search(encoded, self.prompted, prefix, limit)
