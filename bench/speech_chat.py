@@ -17,7 +17,7 @@ recording, under the answer's echo), the answer's first sample where the speaker
   moment the speaker fell silent;
 - pauses: the ten questions of bench/turn_pauses.py, each with a 0.5-0.8 s pause mid-sentence: heard as one
   turn holding its last words;
-- false turns: turns the chat took that nobody spoke (its own voice heard back).
+- false turns: turns the chat took that nobody spoke (its own voice heard back); answers cut with no barge-in.
 
     python bench/speech_chat.py [--questions N] [--interrupts N] [--pauses N] [--voice flite:slt]
 
@@ -391,6 +391,8 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
     print(f"| questions with a pause in the middle heard as one turn | {whole} / {len(pauses)} | | |")
     print(f"| turns taken / spoken (false turns) | {turns_taken} / {spoken_turns} "
           f"({max(0, turns_taken - spoken_turns)}) | | |")
+    print(f"| answers cut / barge-ins played (cut by its own echo) | {text.count('(answer cut')} / {len(cuts)} "
+          f"({max(0, text.count('(answer cut') - len(cuts))}) | | |")
     return 0
 
 

@@ -130,48 +130,59 @@ class HandsFree:
 
 BARGE_IN_DB = 8.0  # how far above the answer's own echo (its loud blocks) the microphone must be to be the user
 BARGE_IN_FLOOR_DB = -55.0  # ... and above this: what AEC3 leaves of the echo (~-80 dBFS, bursts while it adapts) is not a voice
-BARGE_IN_BLOCKS = 3  # ... for this many blocks in a row (~100 ms of 32 ms blocks)
-CANCELLED_BLOCKS = 2  # ... or this many where an echo canceller took the answer out (its residue is ~60 dB down)
-ECHO_BLOCKS = 94  # the echo's level: the ECHO_PERCENTILE of the last ~3 s of blocks heard while audio played
+BARGE_IN_SECONDS = 0.096  # ... for this long in a row (3 microphone blocks of 32 ms, 6 of 16 ms)
+CANCELLED_SECONDS = 0.064  # ... or this long where an echo canceller took the answer out (its residue is ~60 dB down)
+ECHO_SECONDS = 3.0  # the echo's level: the ECHO_PERCENTILE of the blocks heard in the last ~3 s while audio played
 ECHO_PERCENTILE = 95  # speech is loud in its syllables and quiet between them: the reference is its loud part
-LEARN_BLOCKS = 16  # blocks heard while audio played before any barge-in (~0.5 s: the device's and the room's delay;
-# behind the canceller too: at an answer's first syllables what AEC3 let through reached -48 dBFS, over a floor)
-HELD_BLOCKS = 32  # the last ~1 s held back: the first syllables of a barge-in are heard too
+LEARN_SECONDS = 0.5  # heard while audio played before any barge-in (the device's and the room's delay; behind the
+# canceller too: at an answer's first syllables what AEC3 let through reached -48 dBFS, over a floor)
+HELD_SECONDS = 1.0  # the last second held back: the first syllables of a barge-in are heard too
 
 
 class BargeIn:
     """While an answer is spoken aloud, the microphone hears it too. Its blocks are held back from the
     endpointer (silence goes in their place) unless they are clearly louder than the answer's own echo,
-    whose level is learnt while it plays: the user's voice over it, for ``blocks`` blocks in a row,
-    cuts in. Then the held blocks go to the endpointer, so the turn starts with the user's first syllables.
+    whose level is learnt while it plays: the user's voice over it, for BARGE_IN_SECONDS in a row, cuts
+    in. Then the held blocks go to the endpointer, so the turn starts with the user's first syllables.
     With headphones the echo is the room's noise, and the user's voice cuts in at once. Behind an echo
-    canceller (``cancelled``) fewer loud blocks in a row cut in."""
+    canceller (``cancelled``) a shorter run of loud blocks (CANCELLED_SECONDS) cuts in. Blocks of any size."""
 
     def __init__(self, cancelled: bool = False) -> None:
         from collections import deque
 
-        # loud blocks in a row that cut in (``cancelled``: an echo canceller took the answer out, audio/echo.py)
-        self.blocks = CANCELLED_BLOCKS if cancelled else BARGE_IN_BLOCKS
-        self.levels: deque[float] = deque(maxlen=ECHO_BLOCKS)
-        self.held: deque[np.ndarray] = deque(maxlen=HELD_BLOCKS)
-        self.loud = 0
+        # loud audio in a row that cuts in (``cancelled``: an echo canceller took the answer out, audio/echo.py)
+        self.loud_needed = round((CANCELLED_SECONDS if cancelled else BARGE_IN_SECONDS) * SAMPLE_RATE)
+        self.levels: deque[tuple[float, int]] = deque()  # (dB, samples) of the echo's blocks, ECHO_SECONDS of them
+        self.learnt = 0  # samples heard while audible
+        self.held: deque[np.ndarray] = deque()  # the last HELD_SECONDS of blocks
+        self.loud = 0  # samples loud in a row
+
+    @staticmethod
+    def _keep(blocks: deque, size, seconds: float) -> None:
+        """Drop the oldest blocks while the rest still cover ``seconds``."""
+        total = sum(size(b) for b in blocks)
+        while blocks and total - size(blocks[0]) >= seconds * SAMPLE_RATE:
+            total -= size(blocks.popleft())
 
     def hold(self, block: np.ndarray, db: float, audible: bool = True) -> list[np.ndarray] | None:
         """None while the block is the answer's echo (or not yet clearly the user); the blocks to hear once
         the user has cut in (those held and this one). ``audible``: the answer's audio is playing now (not
         between two clauses still being synthesized): only then is the block's level the echo's."""
         self.held.append(block)
-        if len(self.levels) >= LEARN_BLOCKS:
-            over = max(float(np.percentile(self.levels, ECHO_PERCENTILE)) + BARGE_IN_DB, BARGE_IN_FLOOR_DB)
-        else:  # the echo is not known yet
-            over = None
+        self._keep(self.held, len, HELD_SECONDS)
+        over = None  # the echo is not known yet
+        if self.learnt >= LEARN_SECONDS * SAMPLE_RATE:
+            echo = float(np.percentile([level for level, _ in self.levels], ECHO_PERCENTILE))
+            over = max(echo + BARGE_IN_DB, BARGE_IN_FLOOR_DB)
         if over is not None and db > over:
-            self.loud += 1
+            self.loud += block.size
         else:
             self.loud = 0
             if audible:
-                self.levels.append(db)
-        if self.loud < self.blocks:
+                self.levels.append((db, block.size))
+                self.learnt += block.size
+                self._keep(self.levels, lambda level: level[1], ECHO_SECONDS)
+        if self.loud < self.loud_needed:
             return None
         heard = list(self.held)
         self.held.clear()

@@ -9,6 +9,7 @@ the default model, and Whisper (the default model's own ears) to check what was 
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import time
@@ -113,8 +114,14 @@ def test_a_spoken_chat_speaks_never_answers_itself_and_can_be_cut(laptop, tmp_pa
 
 def test_barge_in_learns_the_echo_and_hears_the_user_over_it():
     """Speech-like echo (loud syllables, quiet gaps) never cuts in; the user 18 dB over it does, within
-    BARGE_IN_BLOCKS blocks, and the blocks held back start before the user's first loud block."""
-    from llasm_cli.turn_taking import BARGE_IN_BLOCKS, CANCELLED_BLOCKS, LEARN_BLOCKS, BargeIn
+    BARGE_IN_SECONDS, and the blocks held back start before the user's first loud block."""
+    from llasm_cli.turn_taking import BARGE_IN_SECONDS, CANCELLED_SECONDS, LEARN_SECONDS, BargeIn
+
+    def blocks(seconds: float, size: int = 512) -> int:
+        return math.ceil(seconds * 16000 / size)
+
+    BARGE_IN_BLOCKS, CANCELLED_BLOCKS, LEARN_BLOCKS = (blocks(s) for s in (BARGE_IN_SECONDS, CANCELLED_SECONDS,
+                                                                           LEARN_SECONDS))
 
     rng = np.random.default_rng(0)
     gate = BargeIn()
@@ -135,6 +142,11 @@ def test_barge_in_learns_the_echo_and_hears_the_user_over_it():
     cancelled = BargeIn(cancelled=True)
     assert all(cancelled.hold(np.zeros(512, np.float32), -60.0 + rng.normal(0, 3)) is None for _ in range(200))
     got = [cancelled.hold(np.zeros(512, np.float32), -25.0) for _ in range(CANCELLED_BLOCKS)]
+    assert got[-1] is not None and all(g is None for g in got[:-1])
+    # blocks of another size (the echo canceller's 10 ms frames): the same time in a row, not the same count
+    small = BargeIn(cancelled=True)
+    assert all(small.hold(np.zeros(160, np.float32), -60.0) is None for _ in range(blocks(LEARN_SECONDS, 160)))
+    got = [small.hold(np.zeros(160, np.float32), -25.0) for _ in range(blocks(CANCELLED_SECONDS, 160))]
     assert got[-1] is not None and all(g is None for g in got[:-1])
 
 

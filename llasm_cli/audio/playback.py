@@ -16,8 +16,9 @@ import numpy as np
 from llasm_cli.audio.mic import _sounddevice
 from llasm_cli.errors import MicrophoneError
 
-BLOCK_SECONDS = 0.02  # one callback: how soon a stop is heard
+BLOCK_SECONDS = 0.01  # one callback: how soon a stop is heard
 PLAYED_SECONDS = 2.0  # the samples played kept for the echo canceller (audio/echo.py) between its reads
+OUTPUT_LATENCY = 0.02
 
 
 class Player:
@@ -36,12 +37,14 @@ class Player:
         self._taken = 0  # device samples played
         self._marks: deque[tuple[int, int]] = deque()  # (device sample where a queued clip starts, where it ends)
         self.clips_played = 0  # clips heard to their end
+        self.underflows = 0  # callbacks too late: the device ran dry (a gap heard in the answer)
         self._played: deque[np.ndarray] = deque(maxlen=max(1, round(PLAYED_SECONDS / BLOCK_SECONDS)))
         self._idle = threading.Event()
         self._idle.set()
         try:
             self._stream = sd.OutputStream(samplerate=self.rate, channels=1, dtype="float32", device=device,
-                                           blocksize=round(BLOCK_SECONDS * self.rate), callback=self._callback)
+                                           blocksize=round(BLOCK_SECONDS * self.rate), callback=self._callback,
+                                           latency=OUTPUT_LATENCY)
             self._stream.start()
         except sd.PortAudioError as exc:
             raise MicrophoneError(f"cannot open the audio output: {exc}") from None
@@ -64,6 +67,8 @@ class Player:
         out.fill(0.0)
         n = 0
         with self._lock:
+            if status.output_underflow and self._queue:  # a gap in an answer (one in silence is not heard)
+                self.underflows += 1
             while n < frames and self._queue:
                 head = self._queue[0]
                 k = min(frames - n, head.size - self._offset)
