@@ -8,6 +8,7 @@ very same one, so what the bench times is what the chat does.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
@@ -148,8 +149,6 @@ class BargeIn:
     canceller (``cancelled``) a shorter run of loud blocks (CANCELLED_SECONDS) cuts in. Blocks of any size."""
 
     def __init__(self, cancelled: bool = False) -> None:
-        from collections import deque
-
         # loud audio in a row that cuts in (``cancelled``: an echo canceller took the answer out, audio/echo.py)
         self.loud_needed = round((CANCELLED_SECONDS if cancelled else BARGE_IN_SECONDS) * SAMPLE_RATE)
         self.levels: deque[tuple[float, int]] = deque()  # (dB, samples) of the echo's blocks, ECHO_SECONDS of them
