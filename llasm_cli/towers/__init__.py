@@ -77,9 +77,12 @@ def _open_ggml(bundle: Bundle, llm, variant, n_threads, exact, one_shot) -> Towe
 
 
 def _open_transcript(bundle: Bundle, llm, variant, n_threads, exact, one_shot) -> TowerBackend:
+    from llasm_cli.audio.ears import DECODER_THREADS
     from llasm_cli.towers.transcript import TranscriptTower
 
-    return TranscriptTower(bundle, llm, n_threads)
+    # one clip and exit: one copy of Whisper, on the decoder's thread (a second copy for the encoder takes ~0.3 s
+    # to load, more than its encoder saves on a question: 18 ms at 3 s)
+    return TranscriptTower(bundle, llm, DECODER_THREADS if one_shot else n_threads)
 
 
 def _ears_files(bundle: Bundle, variant: str | None) -> list[Path]:
