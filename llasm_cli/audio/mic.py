@@ -24,7 +24,7 @@ import numpy as np
 from llasm_cli.audio.geometry import SAMPLE_RATE
 from llasm_cli.errors import MicrophoneError
 
-BLOCK_SECONDS = 0.016  # one callback: PortAudio hands a block over two blocks after its first sample (32 ms)
+BLOCK_SECONDS = 0.032  # one callback's worth of audio: one Silero frame (PortAudio hands it over 64 ms after its first sample)
 QUEUE_SECONDS = 10.0  # audio kept while nobody reads before the oldest is dropped
 INSTALL_PORTAUDIO = (
     "install PortAudio (Debian/Ubuntu: apt-get install libportaudio2; Fedora: dnf install "

@@ -16,9 +16,12 @@ import numpy as np
 from llasm_cli.audio.mic import _sounddevice
 from llasm_cli.errors import MicrophoneError
 
-BLOCK_SECONDS = 0.01  # one callback: how soon a stop is heard
+BLOCK_SECONDS = 0.02  # one callback: how soon a stop is heard
 PLAYED_SECONDS = 2.0  # the samples played kept for the echo canceller (audio/echo.py) between its reads
-OUTPUT_LATENCY = 0.02
+# PortAudio's output latency: its default, 40 ms here. 10 ms blocks with 20 ms of latency silenced a stop in 20-25
+# ms instead of 55-70, but under load the device ran dry now and then, which shifts what was played against the
+# echo canceller's reference: in CI the user's words came out of the canceller garbled.
+OUTPUT_LATENCY = "high"
 
 
 class Player:
