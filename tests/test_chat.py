@@ -92,6 +92,9 @@ def test_mic_turn_through_pulseaudio(pulse, swiglu, workdir, tmp_path):
     transcript = tmp_path / "mic.json"
     child.send(f"/save {transcript}\r")
     child.expect("saved")
+    # listening again (keys read one by one): a Ctrl-D sent while the command still ran is the line editor's
+    # end of input, which a read in key-by-key mode never sees (a CI run timed out waiting for "bye")
+    child.expect("listening")
     child.sendcontrol("d")
     finish(child)
 
@@ -122,3 +125,29 @@ def test_file_without_speech_is_not_sent(swiglu, tmp_path):
     child.expect(ANSWER_DONE)
     child.sendeof()
     finish(child)
+
+
+def test_a_ctrl_d_typed_while_a_command_ran_ends_the_chat():
+    """Between two listens the terminal edits lines, and a Ctrl-D typed then is its end of input; once keys are
+    read one by one it arrives as a NUL and must still end the chat. A NUL typed later (Ctrl-Space) does not."""
+    import os
+    import pty
+
+    from llasm_cli.terminal.keys import KeyReader
+
+    master, slave = pty.openpty()
+    try:
+        keys = KeyReader()
+        keys.fd = slave
+        os.write(master, b"\x04")  # typed while the line editor had the terminal
+        time.sleep(0.1)
+        with keys:
+            assert keys.poll(1.0) is KeyReader.EOF
+        with keys:
+            os.write(master, b"hi\r")
+            assert keys.poll(1.0) == "hi"
+            os.write(master, b"\x00")
+            assert keys.poll(1.0) is None and keys.buffer == ""
+    finally:
+        os.close(master)
+        os.close(slave)

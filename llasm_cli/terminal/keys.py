@@ -14,6 +14,9 @@ import sys
 BACKSPACE = ("\x7f", "\b")
 ENTER = ("\r", "\n")
 CTRL_D = "\x04"
+# A Ctrl-D typed while the terminal edited lines (a command running between two listens) is its end of input;
+# read once keys are read one by one, it arrives as a NUL (Linux's n_tty): the first byte read then is taken as it.
+PENDING_EOF = "\x00"
 CTRL_U = "\x15"
 
 
@@ -29,6 +32,7 @@ class KeyReader:
         self._saved = None
         # bytes that are not UTF-8 become U+FFFD, and a character split across two reads stays whole
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._first = False  # nothing read yet since the terminal went key by key
 
     def __enter__(self) -> KeyReader:
         if self.fd is not None:
@@ -36,7 +40,8 @@ class KeyReader:
             import tty
 
             self._saved = termios.tcgetattr(self.fd)
-            tty.setcbreak(self.fd, termios.TCSANOW)  # TCSAFLUSH (the default) would drop keys typed a moment ago
+            tty.setcbreak(self.fd, termios.TCSANOW)
+            self._first = True  # TCSAFLUSH (the default) would drop keys typed a moment ago
         return self
 
     def __exit__(self, *exc) -> None:
@@ -58,8 +63,9 @@ class KeyReader:
             return None
         raw = os.read(fd, 1024)
         data = self._decoder.decode(raw, final=not raw)
-        if not raw:
+        if not raw or (self._first and data.startswith(PENDING_EOF) and not self.buffer):
             self.lines.append(self.EOF)
+        self._first = False
         for ch in data:
             if ch in ENTER:
                 self.lines.append(self.buffer)
