@@ -391,8 +391,9 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
     print(f"| questions with a pause in the middle heard as one turn | {whole} / {len(pauses)} | | |")
     print(f"| turns taken / spoken (false turns) | {turns_taken} / {spoken_turns} "
           f"({max(0, turns_taken - spoken_turns)}) | | |")
-    print(f"| answers cut / barge-ins played (cut by its own echo) | {text.count('(answer cut')} / {len(cuts)} "
-          f"({max(0, text.count('(answer cut') - len(cuts))}) | | |")
+    answers_cut = text.count("(answer cut")
+    print(f"| answers cut / barge-ins played (cut by its own echo) | {answers_cut} / {len(cuts)} "
+          f"({max(0, answers_cut - len(cuts))}) | | |")
     return 0
 
 

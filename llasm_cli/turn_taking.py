@@ -131,7 +131,7 @@ class HandsFree:
 
 BARGE_IN_DB = 8.0  # how far above the answer's own echo (its loud blocks) the microphone must be to be the user
 BARGE_IN_FLOOR_DB = -55.0  # ... and above this: what AEC3 leaves of the echo (~-80 dBFS, bursts while it adapts) is not a voice
-BARGE_IN_SECONDS = 0.096  # ... for this long in a row (3 microphone blocks of 32 ms, 6 of 16 ms)
+BARGE_IN_SECONDS = 0.096  # ... for this long in a row (3 microphone blocks of 32 ms)
 CANCELLED_SECONDS = 0.064  # ... or this long where an echo canceller took the answer out (its residue is ~60 dB down)
 ECHO_SECONDS = 3.0  # the echo's level: the ECHO_PERCENTILE of the blocks heard in the last ~3 s while audio played
 ECHO_PERCENTILE = 95  # speech is loud in its syllables and quiet between them: the reference is its loud part

@@ -54,10 +54,9 @@ ECHO_LOGPROB = -2.0  # else: the mean log-probability, without the prompt, of th
 # Whisper's decoder steps are small matrix products that a second thread slows down: on 2 cores (AMD EPYC) a
 # 3 s question's beam search took 207 ms on two threads and 119 ms on one (OpenMP's wait policy changes
 # nothing). The encoder gains from threads (53 against 71 ms at 3 s, 547 against 808 ms at 21 s), so given more
-# than one it runs on its own copy of the model (~120 MB more). One shared copy on one thread made hands-free
-# turns faster but push-to-talk turns of 10 and 25 s 1.7x and 2.1x slower (bench/latency.py --realtime).
+# than DECODER_THREADS it runs on its own copy of the model (~120 MB more). One shared copy on one thread made
+# hands-free turns faster but push-to-talk turns of 10 and 25 s 1.7x and 2.1x slower (bench/latency.py --realtime).
 DECODER_THREADS = 1
-SHARED_THREADS = 1
 
 
 @dataclass
@@ -106,7 +105,7 @@ class WhisperEars:
         self._ct2 = ctranslate2
         folder = Path(folder)
         self.model = self._load(folder, DECODER_THREADS)  # decodes (and encodes, unless given more threads)
-        self.encoder = self._load(folder, n_threads) if n_threads > SHARED_THREADS else self.model
+        self.encoder = self._load(folder, n_threads) if n_threads > DECODER_THREADS else self.model
         self.vocab, _ = read_vocabulary(folder / TOKENIZER_FILE)
         ids = self._special_ids(folder / TOKENIZER_FILE)
         self.eot = ids[EOT]

@@ -40,7 +40,6 @@ class Player:
         self._taken = 0  # device samples played
         self._marks: deque[tuple[int, int]] = deque()  # (device sample where a queued clip starts, where it ends)
         self.clips_played = 0  # clips heard to their end
-        self.underflows = 0  # callbacks too late: the device ran dry (a gap heard in the answer)
         self._played: deque[np.ndarray] = deque(maxlen=max(1, round(PLAYED_SECONDS / BLOCK_SECONDS)))
         self._idle = threading.Event()
         self._idle.set()
@@ -70,8 +69,6 @@ class Player:
         out.fill(0.0)
         n = 0
         with self._lock:
-            if status.output_underflow and self._queue:  # a gap in an answer (one in silence is not heard)
-                self.underflows += 1
             while n < frames and self._queue:
                 head = self._queue[0]
                 k = min(frames - n, head.size - self._offset)

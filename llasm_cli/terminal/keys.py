@@ -40,8 +40,8 @@ class KeyReader:
             import tty
 
             self._saved = termios.tcgetattr(self.fd)
-            tty.setcbreak(self.fd, termios.TCSANOW)
-            self._first = True  # TCSAFLUSH (the default) would drop keys typed a moment ago
+            tty.setcbreak(self.fd, termios.TCSANOW)  # TCSAFLUSH (the default) would drop keys typed a moment ago
+            self._first = True
         return self
 
     def __exit__(self, *exc) -> None:
