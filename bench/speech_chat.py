@@ -378,7 +378,7 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
     cas = [cascade.first_audio_s(x) for x, _ in asked]
     cas_char = cascade.first_char
     ratios = [f / c for f, c in zip(firsts, cas, strict=False)]
-    spoken_turns = len(asked) + 2 * len(cuts) + len(pauses)
+    spoken_turns, answers_cut = len(asked) + 2 * len(cuts) + len(pauses), text.count("(answer cut")
     print("| measure | llasm chat | cascade (faster-whisper -> LLM -> voice) | ratio (median per question) |")
     print("|---|---:|---:|---:|")
     print(f"| end of speech -> first answer character, median of {len(chars)} | "
@@ -391,7 +391,6 @@ def measure(a, folder: Path, env: dict, pexpect) -> int:
     print(f"| questions with a pause in the middle heard as one turn | {whole} / {len(pauses)} | | |")
     print(f"| turns taken / spoken (false turns) | {turns_taken} / {spoken_turns} "
           f"({max(0, turns_taken - spoken_turns)}) | | |")
-    answers_cut = text.count("(answer cut")
     print(f"| answers cut / barge-ins played (cut by its own echo) | {answers_cut} / {len(cuts)} "
           f"({max(0, answers_cut - len(cuts))}) | | |")
     return 0
