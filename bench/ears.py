@@ -199,12 +199,13 @@ def measure(limit: int | None, llm: str | None) -> dict:
     return {"llm": name, "rows": rows}
 
 
-VARIANTS = {  # name -> (decoder prompt kept, beam width, input mode)
-    "shipped: quiz prompt, beam 3, unpadded + 1 s of silence": (True, 3, "zeros"),
-    "greedy": (True, 1, "zeros"),
-    "greedy, no decoder prompt": (False, 1, "zeros"),
-    "greedy, unpadded, no silence after": (True, 1, "unpadded"),
-    "greedy, Whisper's padded 30 s window": (True, 1, "padded"),
+VARIANTS = {  # name -> (decoder prompt kept, beam width, input mode, the LLM chooses among Whisper's n-best)
+    "shipped: quiz prompt, unpadded + 1 s of silence, 5-best chosen by the LLM": (True, 3, "zeros", True),
+    "the same, Whisper's best of beam 3": (True, 3, "zeros", False),
+    "greedy": (True, 1, "zeros", False),
+    "greedy, no decoder prompt": (False, 1, "zeros", False),
+    "greedy, unpadded, no silence after": (True, 1, "unpadded", False),
+    "greedy, Whisper's padded 30 s window": (True, 1, "padded", False),
 }
 
 
@@ -216,13 +217,13 @@ def variants(limit: int | None) -> None:
     run = Runner(None)
     ears = run.bot.tower.ears
     typed = {c["text"]: run.answer(text=c["text"]) for c in items}
-    shipped = (ears.prompted, ears.prompt_ids, ears_module.INPUT_MODE)
+    shipped = (ears.prompted, ears.prompt_ids, ears_module.INPUT_MODE, ears.rescore)
     print("| ears | spoken = typed: clean | phone | noise 15 dB | facts right | WER | ms to hear (median) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, (prompt, beam, mode) in VARIANTS.items():
+    for name, (prompt, beam, mode, llm) in VARIANTS.items():
         ears.prompted = shipped[0] if prompt else ears.start
         ears.prompt_ids = shipped[1] if prompt else []
-        ears.beam, ears_module.INPUT_MODE = beam, mode
+        ears.beam, ears_module.INPUT_MODE, ears.rescore = beam, mode, shipped[3] if llm else None
         same, facts, errs, n_words, ms = dict.fromkeys(CONDITIONS, 0), 0, 0, 0, []
         for c in items:
             rows, heard, t = run.hear(c["audio"])
@@ -235,8 +236,8 @@ def variants(limit: int | None) -> None:
         n = len(items) // len(CONDITIONS)
         cells = " | ".join(f"{100 * same[cond] / n:.0f}%" for cond in CONDITIONS)
         print(f"| {name} | {cells} | {facts} | {100 * errs / n_words:.1f}% | {statistics.median(ms):.0f} |", flush=True)
-    ears.prompted, ears.prompt_ids, ears_module.INPUT_MODE = shipped
-    ears.beam = 1
+    ears.prompted, ears.prompt_ids, ears_module.INPUT_MODE, ears.rescore = shipped
+    ears.beam = ears_module.BEAM
     run.bot.close()
 
 

@@ -27,6 +27,7 @@ from llasm_cli.prompt import (
     Message,
     prompt_pieces,
     recent_exchanges,
+    render,
     segments,
     slot_lead,
     user_content,
@@ -34,6 +35,7 @@ from llasm_cli.prompt import (
 from llasm_cli.towers import TowerBackend, open_tower
 
 ANSWER_RESERVE = 256  # positions a conversation keeps free for the answer
+TURN_MARK = "\ue002"  # stands for a user's words in turn_edges (a private-use character: never in a template)
 DEFAULT_CTX = 4096  # positions: a chat's context, and the most a one-shot question is given unless --ctx says more
 
 
@@ -104,6 +106,18 @@ class Assistant:
     def _lead_tower(self, tower: TowerBackend) -> None:
         if self.hears_words:
             tower.lead = self.audio_lead or ""
+            if hasattr(tower, "judge_with"):
+                tower.judge_with(*self.turn_edges())
+
+    def turn_edges(self) -> tuple[list[int], list[int]]:
+        """The tokens before a user's first turn (BOS, template, system prompt) and the one that ends it: where the
+        LLM reads Whisper's hypotheses of what was said (towers/transcript.py judge_with)."""
+        msgs = self.context_messages([Message.of("user", [TURN_MARK])])
+        before, _, after = render(self.template, msgs, "", self.llm.eos_text, True).partition(TURN_MARK)
+        if self.audio_lead is not None and before.endswith(" "):
+            before = before[:-1]  # the words carry the space (prompt.slot_lead)
+        opening = ([self.llm.bos] if self.llm.add_bos else []) + self.llm.tokenize(before, special=True)
+        return opening, self.llm.tokenize(after, special=True)[:1]
 
     @property
     def tower(self) -> TowerBackend:
