@@ -168,9 +168,10 @@ class WhisperEars:
         stop = next((p.stop for p in parts if p.stop != "eot"), "eot")
         return Heard(text, parts[-1].frames, stop, min(p.no_speech for p in parts), ms)
 
-    def listen(self, window: np.ndarray, prefix: list[int] | None = None) -> Window:
+    def listen(self, window: np.ndarray, prefix: list[int] | None = None, choose: bool = True) -> Window:
         """One window (at most 30 s) encoded once and decoded (beam search) after ``prefix`` (Whisper ids the caller
-        has committed: they are forced, not decoded again): the ids that follow it."""
+        has committed: they are forced, not decoded again): the ids that follow it. ``choose``: the LLM chooses among
+        the n-best (where ``rescore`` is set); a stream's passes, whose words two in a row must agree on, skip it."""
         prefix = list(prefix or [])
         t0 = time.perf_counter()
         mel = clip_mel(window, INPUT_MODE, self.n_mels)
@@ -178,10 +179,10 @@ class WhisperEars:
         encoded = self.encoder.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True)
         t2 = time.perf_counter()
         limit = max(0, max_tokens(window.size / SAMPLE_RATE) - len(prefix))
-        ids, stop, p_none, logprob = self._search(encoded, self.prompted, prefix, limit)
+        ids, stop, p_none, logprob = self._search(encoded, self.prompted, prefix, limit, choose)
         echoed = self._echoed(prefix + ids)
         if echoed:
-            plain = self._search(encoded, self.start, prefix, limit)
+            plain = self._search(encoded, self.start, prefix, limit, choose)
             if not self._said(encoded, mel.shape[-1], prefix + ids, prefix + plain[0], echoed):
                 ids, stop, _, logprob = plain  # Whisper read the prompt back: the decode without it is what was said
                 stop = "echo" if stop == "eot" else stop
@@ -191,12 +192,13 @@ class WhisperEars:
         ms = {"mel": 1000 * (t1 - t0), "encoder": 1000 * (t2 - t1), "decode": 1000 * (t3 - t2)}
         return Window(ids, stop, p_none, np.asarray(encoded)[0], ms)
 
-    def _search(self, encoded, prompt: list[int], prefix: list[int], limit: int) -> tuple[list[int], str, float, float]:
+    def _search(self, encoded, prompt: list[int], prefix: list[int], limit: int,
+                choose: bool = True) -> tuple[list[int], str, float, float]:
         """The best ids after ``prompt + prefix`` (beam ``self.beam``, or NBEST told apart by ``rescore``), at most
         ``limit``, cut where the transcript (prefix included) began to repeat itself; why they stopped, the
         no-speech probability and their mean log-probability."""
         start = prompt + prefix
-        n = NBEST if self.rescore is not None else 1
+        n = NBEST if self.rescore is not None and choose else 1
         result = self.model.generate(encoded, [start], beam_size=max(self.beam, n), num_hypotheses=n,
                                      max_length=len(start) + limit + 1, return_scores=True,
                                      return_no_speech_prob=True, suppress_blank=True)[0]
@@ -223,14 +225,14 @@ class WhisperEars:
 
     def _choose(self, prefix: list[int], hyps: list[tuple[list[int], str, float]]) -> int:
         """Which hypothesis the user said: Whisper's best, unless the LLM, reading them as the user's turn, finds
-        another so much likelier that it outweighs Whisper's preference. Hypotheses with the same words (case and
-        punctuation aside) are one; those more than MAX_WORDS_APART words longer or shorter than the best are none."""
+        another so much likelier that it outweighs Whisper's preference. Punctuation counts (a question mark makes
+        a question); those more than MAX_WORDS_APART words longer or shorter than the best are no candidates."""
         texts = [self.text(prefix + ids) for ids, _, _ in hyps]
+        n_best = len(re.findall(r"\w+", texts[0]))
         keep: dict[str, int] = {}
         for i, t in enumerate(texts):
-            said = re.findall(r"\w+", t.lower())
-            if abs(len(said) - len(re.findall(r"\w+", texts[0]))) <= MAX_WORDS_APART:
-                keep.setdefault(" ".join(said), i)
+            if abs(len(re.findall(r"\w+", t)) - n_best) <= MAX_WORDS_APART:
+                keep.setdefault(t, i)
         if self.rescore is None or len(keep) < 2:
             return 0
         pick = list(keep.values())

@@ -142,6 +142,9 @@ class TranscriptStream:
     words. A pass costs more as the turn grows (it reads the whole window so far), so passes are spaced to
     take at most PASS_DUTY of the time.
 
+    Passes take Whisper's best of its plain beam (what two passes agree on is what Whisper hears); the last words
+    (``prefetch``, ``finish``, a window's end) are the LLM's choice among its n-best (audio/ears.py ``_choose``).
+
     Whisper ids are committed at word boundaries only (a token that starts with a space begins a word), less
     the last agreed word, which the next audio may still change. The rows are the LLM's tokens of the committed
     text: each new piece is the tail of the whole committed text's tokens where the earlier ones are a prefix
@@ -189,7 +192,7 @@ class TranscriptStream:
         if (self._running is None and self.n - self.window_start >= FIRST_PASS_SECONDS * SAMPLE_RATE
                 and new >= max(PASS_SECONDS, self.pass_seconds / PASS_DUTY)):
             self.heard_at = self.n
-            self._running = self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed))
+            self._running = self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed), False)
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
     def settle(self) -> None:
@@ -198,9 +201,11 @@ class TranscriptStream:
         if self._running is not None:
             self._running.result()
 
-    def _listen(self, window: np.ndarray, committed: list[int]) -> tuple[list[int], float]:
+    def _listen(self, window: np.ndarray, committed: list[int], choose: bool = True) -> tuple[list[int], float]:
+        """Whisper's ids after ``committed``: a pass (``choose`` False: Whisper's best of the plain beam, cheaper, and
+        what agreement needs) or the last words (the LLM chooses among the n-best, audio/ears.py)."""
         t0 = time.perf_counter()
-        ids = self.tower.ears.listen(window, committed).ids
+        ids = self.tower.ears.listen(window, committed, choose).ids
         return ids, time.perf_counter() - t0
 
     def _collect(self) -> list[int] | None:
