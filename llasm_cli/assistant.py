@@ -20,6 +20,7 @@ from llasm_cli.formats.gguf_keys import embedding_length
 from llasm_cli.formats.published import PublishedPair, open_model
 from llasm_cli.inputs import check_ctx
 from llasm_cli.llm.engine import Engine, Sampler, Sampling
+from llasm_cli.llm.scorer import TextScorer
 from llasm_cli.llm.weights import LlamaModel
 from llasm_cli.prompt import (
     DEFAULT_TEMPLATE,
@@ -103,11 +104,17 @@ class Assistant:
         if self._tower is not None:
             self._lead_tower(self._tower)
 
-    def _lead_tower(self, tower: TowerBackend) -> None:
+    def _lead_tower(self, tower: TowerBackend, scorer: TextScorer | None = None) -> None:
         if self.hears_words:
             tower.lead = self.audio_lead or ""
             if hasattr(tower, "judge_with"):
-                tower.judge_with(*self.turn_edges())
+                tower.judge_with(scorer or self._scorer())
+        elif scorer is not None:
+            scorer.close()
+
+    def _scorer(self) -> TextScorer:
+        """The LLM's judge of what Whisper heard (llm/scorer.py), reading the turn's opening as soon as it is made."""
+        return TextScorer(self.llm, *self.turn_edges(), n_threads=self._tower_args[2])
 
     def turn_edges(self) -> tuple[list[int], list[int]]:
         """The tokens before a user's first turn (BOS, template, system prompt) and the one that ends it: where the
@@ -124,8 +131,14 @@ class Assistant:
         """Opened on first use, so text-only questions never load the audio encoder."""
         if self._tower is None:
             backend, variant, threads, exact, one_shot = self._tower_args
-            self._tower = open_tower(self.bundle, backend, self.llm, variant, threads, exact=exact, one_shot=one_shot)
-            self._lead_tower(self._tower)
+            scorer = self._scorer() if self.hears_words else None  # reads its opening while Whisper loads
+            try:
+                self._tower = open_tower(self.bundle, backend, self.llm, variant, threads, exact=exact, one_shot=one_shot)
+            except BaseException:
+                if scorer is not None:
+                    scorer.close()
+                raise
+            self._lead_tower(self._tower, scorer)
             if not self._stream and self._tower.unpadded:
                 self._tower.chunked = False  # whole turns, encoded unpadded when they end
         return self._tower

@@ -13,6 +13,7 @@ it is copied to one sequence per candidate, whose own tokens are evaluated in on
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Sequence
 
 import llama_cpp
@@ -49,6 +50,22 @@ class TextScorer:
         self._row = ctypes.c_float * llm.n_vocab
         self.held: list[int] = []  # what sequence 0 holds: the opening and the last call's shared tokens
         self._last: np.ndarray | None = None  # the logits after them
+        self._lock = threading.Lock()  # a stream's worker and its caller may both ask (towers/transcript.py)
+        self._threads = cparams.n_threads
+        # The opening is read at once, on one thread, while Whisper (on one thread in `llasm ask`) hears the clip:
+        # on 2 cores the first call would otherwise pay ~130 ms for it.
+        self._lock.acquire()
+        threading.Thread(target=self._read_opening, name="llasm-scorer", daemon=True).start()
+
+    def _read_opening(self) -> None:
+        try:
+            llama_cpp.llama_set_n_threads(self.ctx, 1, 1)
+            self._hold(self.opening)
+        except Exception:  # noqa: BLE001 - the first call reads it again, and raises there
+            self.held, self._last = [], None
+        finally:
+            llama_cpp.llama_set_n_threads(self.ctx, self._threads, self._threads)
+            self._lock.release()
 
     def _decode(self, items: list[tuple[int, int, list[int], bool]]) -> None:
         """One llama_decode of (token, position, sequences, wants logits) items."""
@@ -74,7 +91,12 @@ class TextScorer:
         The common first tokens are kept in sequence 0 after the opening, so a transcript that grows while the user
         speaks is read once. The rest is fed as a tree: a token is evaluated once for every candidate that has the
         same tokens up to it (one batch item in all their sequences)."""
-        cands = [list(c) for c in candidates][:MAX_CANDIDATES]
+        with self._lock:
+            if not self.ctx:  # closed: no opinion
+                return [0.0] * min(len(candidates), MAX_CANDIDATES)
+            return self._score([list(c) for c in candidates][:MAX_CANDIDATES])
+
+    def _score(self, cands: list[list[int]]) -> list[float]:
         filled = [c for c in cands if c]
         if not filled:
             return [float("-inf")] * len(cands)
@@ -127,6 +149,10 @@ class TextScorer:
         return self._last
 
     def close(self) -> None:
+        with self._lock:
+            self._free()
+
+    def _free(self) -> None:
         if self.ctx:
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self.ctx)

@@ -66,18 +66,15 @@ class TranscriptTower(TowerBackend):
         self.heard: Heard | None = None  # what the last clip was heard as
         self.lead = ""  # what the words are tokenized after: " " where the prompt's space moves into the slot
         self._worker = None  # the streams' pass thread (worker)
-        self.n_threads = n_threads
         self.scorer = None  # the LLM's say in what was heard (judge_with)
 
-    def judge_with(self, opening: list[int], closing: list[int]) -> None:
-        """Let the LLM choose among Whisper's n-best (audio/ears.py NBEST), each read as the user's words between
-        ``opening`` (the prompt up to a user's turn) and ``closing`` (the token that ends it)."""
-        from llasm_cli.llm.scorer import TextScorer
-
+    def judge_with(self, scorer) -> None:
+        """Let the LLM choose among Whisper's n-best (audio/ears.py NBEST): ``scorer`` (llm/scorer.py TextScorer,
+        closed with this tower) reads each as the user's words."""
         if self.scorer is not None:
             self.scorer.close()
-        self.scorer = TextScorer(self.llm, opening, closing, self.n_threads)
-        self.ears.rescore = lambda texts: self.scorer.score([self.words(t) for t in texts])
+        self.scorer = scorer
+        self.ears.rescore = lambda texts: scorer.score([self.words(t) for t in texts])
 
     def positions(self, n_samples: int) -> int:
         return transcript_positions(n_samples)
