@@ -5,8 +5,9 @@ that differ in voices: bench/ears.py's 150 (eleven offline voices, the default m
 bench/transcribe.py's 180 (mostly espeak-ng), each clean, through a telephone band and with noise at 15 dB SNR.
 Each clip is heard once as the default model hears it (the packaged whisper-base in CTranslate2, the quiz prompt,
 the unpadded clip + 1 s of silence), Whisper's NBEST hypotheses kept with their log-probabilities (repeats cut);
-SmolLM2-135M-Instruct scores each as the user's turn (llm/scorer.py). Rows: Whisper's best; the oracle (the
-best of the n-best, what no rule can beat); the LLM's choice at several weights, with and without the length guard.
+SmolLM2-135M-Instruct scores each as the user's turn (llm/scorer.py). Rows: Whisper's best; the ears' own choice
+(its weight, no hypothesis far longer or shorter than the best, nor the best cut short); the oracle (the best of
+the n-best, what no rule can beat); the LLM's choice at several weights, with and without the length guard.
 
     python bench/nbest.py [--limit N]        # N clips of each set (default: all)
 """
@@ -55,7 +56,18 @@ def hypotheses(bot, audio: np.ndarray) -> list[dict]:
             for seq, mean in zip(got.sequences_ids, got.scores)]
     texts = [ears.text(ids) for ids, _, _ in hyps]
     llm = bot.tower.scorer.score([bot.tower.words(t) for t in texts])
-    return [{"text": t, "whisper": w, "llm": q} for t, (_, _, w), q in zip(texts, hyps, llm)]
+    return [{"ids": ids, "text": t, "whisper": w, "llm": q} for t, (ids, _, w), q in zip(texts, hyps, llm)]
+
+
+def shipped(bot, hyps: list[dict]) -> dict:
+    """The hypothesis audio/ears.py chooses (its rule, its weight), from the scores already computed."""
+    ears = bot.tower.ears
+    table = {h["text"]: h["llm"] for h in hyps}
+    saved, ears.rescore = ears.rescore, lambda texts: [table[t] for t in texts]
+    try:
+        return hyps[ears._choose([], [(h["ids"], "eot", h["whisper"]) for h in hyps])]
+    finally:
+        ears.rescore = saved
 
 
 def choose(hyps: list[dict], weight: float, apart: int | None) -> dict:
@@ -74,7 +86,7 @@ def measure(limit: int | None) -> dict:
     try:
         for name, items in clip_sets(limit).items():
             heard = [(said, hypotheses(bot, audio)) for said, audio in items]
-            rules = {"Whisper's best": lambda h: h[0],
+            rules = {"Whisper's best": lambda h: h[0], "as shipped (audio/ears.py)": lambda h: shipped(bot, h),
                      "oracle (the best of the n-best)": lambda h: min(h, key=lambda x: x["err"])}
             for w in WEIGHTS:
                 rules[f"LLM chooses, weight {w}"] = lambda h, w=w: choose(h, w, None)

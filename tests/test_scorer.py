@@ -100,7 +100,8 @@ def test_empty_and_too_many_candidates(bot, scorer):
 def test_whispers_hypotheses_are_told_apart_by_the_llm(bot):
     """The ears' choice: Whisper's best unless the LLM finds another hypothesis likelier by more than Whisper's
     margin over LLM_WEIGHT; hypotheses with the same text are one, one left needs no LLM, and one more than
-    MAX_WORDS_APART words shorter or longer than Whisper's best (sums favour stopping early) is no candidate."""
+    MAX_WORDS_APART words shorter or longer than Whisper's best (sums favour stopping early), or its words cut
+    short, is no candidate."""
     ears = bot.tower.ears
     calls = []
 
@@ -130,6 +131,9 @@ def test_whispers_hypotheses_are_told_apart_by_the_llm(bot):
         long = " ".join([NORWAY, "How many legs does a spider have?", "What do bees make?", "What color is grass?"])
         assert ears._choose([], [hyp(long, -30.0), hyp("How many legs does a spider have?", -5.0)]) == 0
         assert not calls  # the short one is no candidate, so one is left and the LLM is not asked
+        calls.clear()  # the best cut short is no candidate: the LLM would end a sentence paused in the middle
+        paused = [hyp("What is the boiling point of?", -4.5), hyp("What is the boiling point?", -4.0)]
+        assert ears._choose([], paused) == 0 and not calls
         ears.rescore = None
         assert ears._choose([], close) == 0  # no LLM: Whisper's best
     finally:

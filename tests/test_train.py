@@ -228,7 +228,9 @@ def test_encoder_input_share_trains_a_mode_on_a_stable_subset(base, asr_data, tm
     asr = [asr_sample(f"a{i}", c, "hello world", "Transcribe:") for i, c in enumerate(clips)]
     data = DialogueDataset(asr, tok, DEFAULT_TEMPLATE, ids, stores, shares=[0.5, 1.0])
     padded = {data.samples[j].audio[0] for k, j in data.items if k == 0}
-    assert 10 < len(padded) < 30 and len(data) == 40 + len(padded)
+    # half of 40 clips, by a hash of their paths (pytest's folder among them): 5..35 fails once in ~10^6 runs
+    # (10..30 failed a CI run: 10)
+    assert 5 < len(padded) < 35 and len(data) == 40 + len(padded)
     assert {j for k, j in data.items if k == 1} == set(range(40))
     answers = [asr_sample(f"b{i}", c, "twelve", "What is it?") for i, c in enumerate(reversed(clips))]
     again = DialogueDataset(answers, tok, DEFAULT_TEMPLATE, ids, stores, shares=[0.5, 1.0])

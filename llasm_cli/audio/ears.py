@@ -226,12 +226,16 @@ class WhisperEars:
     def _choose(self, prefix: list[int], hyps: list[tuple[list[int], str, float]]) -> int:
         """Which hypothesis the user said: Whisper's best, unless the LLM, reading them as the user's turn, finds
         another so much likelier that it outweighs Whisper's preference. Punctuation counts (a question mark makes
-        a question); those more than MAX_WORDS_APART words longer or shorter than the best are no candidates."""
+        a question). No candidates: those more than MAX_WORDS_APART words longer or shorter than the best, and
+        those whose words are the best's cut short. The LLM prefers a sentence that ends, and at a pause in the
+        middle of one ("What is the boiling point of / water?") that ended the turn there (tests/test_turn_end.py)."""
         texts = [self.text(prefix + ids) for ids, _, _ in hyps]
-        n_best = len(re.findall(r"\w+", texts[0]))
+        best = re.findall(r"\w+", texts[0].lower())
         keep: dict[str, int] = {}
         for i, t in enumerate(texts):
-            if abs(len(re.findall(r"\w+", t)) - n_best) <= MAX_WORDS_APART:
+            said = re.findall(r"\w+", t.lower())
+            cut_short = len(said) < len(best) and said == best[: len(said)]
+            if abs(len(said) - len(best)) <= MAX_WORDS_APART and not cut_short:
                 keep.setdefault(t, i)
         if self.rescore is None or len(keep) < 2:
             return 0
