@@ -206,8 +206,8 @@ class WhisperEars:
         hyps = [self._trimmed(seq, prefix, limit) + (float(mean) * (len(seq) + 1),)
                 for seq, mean in zip(result.sequences_ids, scores)]
         best = self._choose(prefix, hyps)
-        ids, stop, total = hyps[best]
-        return ids, stop, result.no_speech_prob, float(scores[best]) if result.scores else 0.0
+        ids, stop, _ = hyps[best]
+        return ids, stop, result.no_speech_prob, float(scores[best])
 
     def _trimmed(self, seq: list[int], prefix: list[int], limit: int) -> tuple[list[int], str]:
         """One hypothesis's ids after ``prefix``, at most ``limit``, cut where it began to repeat itself; why it stopped."""
