@@ -7,6 +7,7 @@ is, the endpointer's turns, and a chunked copy of a tiny bundle.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,21 @@ def finish(child: pexpect.spawn) -> None:
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before
+
+
+def screen(log: Path, chars: int = 4000) -> str:
+    """The end of what a chat printed (a pexpect log): colours dropped, each run of meter refreshes as its last
+    line. What a timed-out test shows, so that a failure in CI says what the chat did."""
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", Path(log).read_text(errors="replace"))
+    lines: list[str] = []
+    for line in (line.strip() for line in re.split(r"[\r\n]+", text)):
+        if not line:
+            continue
+        if lines and line[:1] == lines[-1][:1] == "●":
+            lines[-1] = line
+        else:
+            lines.append(line)
+    return "\n".join(lines)[-chars:]
 
 
 # --- speech --------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ import subprocess
 import time
 
 import numpy as np
+import pexpect
 import pytest
 
 from llasm_cli.audio.decode import load_audio
-from tests.helpers import finish, spawn
+from tests.helpers import finish, screen, spawn
 
 SPEAKER = "speaker"
 
@@ -45,11 +46,17 @@ def laptop(pulse):
             _pactl(pulse, "unload-module", m)
 
 
-def _say(pulse, text: str, path) -> float:
-    """``text`` spoken by flite into the microphone (not the speaker); its seconds."""
+def _speak(pulse, text: str, path) -> tuple[subprocess.Popen, float]:
+    """``text`` spoken by flite into the microphone (not the speaker), started: the player and the seconds."""
     subprocess.run(["flite", "-voice", "rms", "-t", text, "-o", str(path)], check=True, capture_output=True)
-    subprocess.run(["paplay", "-d", "vmic", str(path)], env=pulse, check=True, timeout=60)
-    return load_audio(path).size / 16000
+    return subprocess.Popen(["paplay", "-d", "vmic", str(path)], env=pulse), load_audio(path).size / 16000
+
+
+def _say(pulse, text: str, path) -> float:
+    """``text`` spoken into the microphone, to its end; its seconds."""
+    player, seconds = _speak(pulse, text, path)
+    assert player.wait(60) == 0
+    return seconds
 
 
 def _record(pulse, path) -> subprocess.Popen:
@@ -76,9 +83,11 @@ def test_a_spoken_chat_speaks_never_answers_itself_and_can_be_cut(laptop, tmp_pa
         child.expect("llasm›")
         time.sleep(3.0)  # well into the spoken answer
         t_cut = time.monotonic()
-        _say(pulse, "What is the capital of France?", tmp_path / "q3.wav")
+        player, seconds = _speak(pulse, "What is the capital of France?", tmp_path / "q3.wav")
         child.expect(r"\(answer cut: you spoke\)")
-        assert time.monotonic() - t_cut < 6.0
+        cut_after = time.monotonic() - t_cut
+        assert player.wait(60) == 0
+        assert cut_after < seconds, (cut_after, seconds)  # cut while the user still speaks
         child.expect(r"heard: “What is the capital of France")  # the echo cancelled: its first syllables too
         child.expect("llasm›")
         time.sleep(8.0)
@@ -88,6 +97,8 @@ def test_a_spoken_chat_speaks_never_answers_itself_and_can_be_cut(laptop, tmp_pa
         child.expect("listening")
         child.sendcontrol("d")
         finish(child)
+    except pexpect.TIMEOUT:
+        pytest.fail(f"the chat did not go on as expected; its screen:\n{screen(tmp_path / 'chat.log')}")
     finally:
         rec.terminate()
         rec.wait(10)
