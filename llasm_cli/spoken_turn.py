@@ -195,6 +195,19 @@ class AudioTurnStream:
         self._early_ms += (time.perf_counter() - t0) * 1e3
         return True
 
+    def reconsider(self) -> bool:
+        """The turn waits out the rest of a pause after ``speculate``: a tower that hears words has the LLM choose
+        among Whisper's n-best meanwhile (towers/transcript.py ``second_opinion``). Once the choice is made, if its
+        words differ from those speculated on, the speculation is made again with them. Whether it was."""
+        ask = getattr(self.chunks, "second_opinion", None)
+        if self._spec is None or self._spec[3] or ask is None or not ask():
+            return False
+        t0 = time.perf_counter()
+        self.conv.bot.engine.truncate(self._spec[0])
+        self._spec, self.end_probability = None, None
+        self._early_ms += (time.perf_counter() - t0) * 1e3
+        return self.speculate()
+
     def prefetch(self) -> None:
         """The speaker has just gone quiet: a tower that hears words starts decoding the rest now, for the
         ``speculate`` that follows if the pause lasts (towers/transcript.py's prefetch)."""

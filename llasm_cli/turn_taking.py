@@ -69,6 +69,18 @@ class LiveTurn:
                 self.error, self.stream = exc, None
         return None
 
+    def reconsider(self) -> float | None:
+        """The pause goes on after ``speculate``: where the LLM's choice among Whisper's n-best changed the words,
+        the turn is prefilled again with them (AudioTurnStream.reconsider); the new probability that the turn
+        ends here, else None."""
+        if self.stream is not None:
+            try:
+                if self.stream.reconsider():
+                    return self.stream.end_probability
+            except LlasmError as exc:
+                self.error, self.stream = exc, None
+        return None
+
     def prefetch(self) -> None:
         """The speaker has just gone quiet (AudioTurnStream.prefetch)."""
         if self.stream is not None:
@@ -90,7 +102,9 @@ class HandsFree:
     silence confirms the end. ``cancel`` takes back a turn that was never returned.
 
     Where the model hears words, the pause is also judged by what was said (END_LIKELY, END_UNLIKELY): a
-    finished question ends the turn at once, a sentence broken off waits up to MID_SENTENCE_WAIT times longer."""
+    finished question ends the turn at once, a sentence broken off waits up to MID_SENTENCE_WAIT times longer.
+    While it waits, the LLM chooses among Whisper's n-best of the same words (``LiveTurn.reconsider``): off the way
+    to the answer's first word, which a finished question never waits for."""
 
     def __init__(self, conv: Conversation, endpointer: Endpointer, text: str | None = None) -> None:
         self.conv, self.endpointer, self.text = conv, endpointer, text
@@ -115,6 +129,8 @@ class HandsFree:
                 self.turn.prefetch()
             if ep.settled():  # a pause long enough to act on: the end of the turn is likely
                 ends = self.turn.speculate(ep.confirm_seconds)
+                if ends is None:  # speculated already: the words may be chosen anew while the pause lasts
+                    ends = self.turn.reconsider()
                 if ends is not None and ends >= END_LIKELY and (end := ep.end_now()) is not None:
                     turn, self.turn = self.turn, None
                     turn.feed(end.audio[turn.fed :])

@@ -72,3 +72,40 @@ def test_a_finished_question_ends_its_turn_before_the_trailing_silence(bot):
         assert len(turns) == 1, (question, turns)
         after_speech = turns[0][0] - LEAD_S - speech.size / SAMPLE_RATE
         assert after_speech < trailing - 0.2, (question, after_speech)
+
+
+def _heard(bot: Assistant, audio: np.ndarray) -> tuple[str, float]:
+    """What the one hands-free turn in ``audio`` was heard as, and where it ended (seconds into the audio), with
+    Whisper keeping up with the speaker: after each block, the tower's worker (its one thread) has done what
+    was asked of it."""
+    conv = Conversation(bot)
+    loop = HandsFree(conv, Endpointer())
+    idle = bot.tower.worker()
+    try:
+        for i in range(0, audio.size, BLOCK):
+            done = loop.push(audio[i : i + BLOCK])
+            idle.submit(int).result()
+            if done is not None:
+                turn, _ = done
+                turn.stream.finish()
+                return conv.stats.heard, (i + BLOCK) / SAMPLE_RATE
+    finally:
+        loop.cancel()
+    raise AssertionError("no turn")
+
+
+def test_while_a_pause_is_waited_out_the_llm_chooses_among_whispers_nbest(bot):
+    """Whisper's best of its plain beam (which the first word of an answer to a finished question waits for) hears
+    espeak-ng's en-us as "What is the capital on Peru?", which the LLM does not expect to end the turn; choosing
+    among the n-best while the turn waits for the rest of its silence, the LLM makes it "of Peru", which it does,
+    and the turn goes in at once with those words. Without the LLM's say: "on", and the whole trailing silence."""
+    audio = np.concatenate([silence(LEAD_S), said("espeak-ng:en-us", "What is the capital of Peru?"), silence(TAIL_S)])
+    heard, ended = _heard(bot, audio)
+    ears = bot.tower.ears
+    saved, ears.rescore = ears.rescore, None
+    try:
+        plain, waited = _heard(bot, audio)
+    finally:
+        ears.rescore = saved
+    assert (heard, plain) == ("What is the capital of Peru?", "What is the capital on Peru?")
+    assert ended < waited

@@ -171,7 +171,8 @@ class WhisperEars:
     def listen(self, window: np.ndarray, prefix: list[int] | None = None, choose: bool = True) -> Window:
         """One window (at most 30 s) encoded once and decoded (beam search) after ``prefix`` (Whisper ids the caller
         has committed: they are forced, not decoded again): the ids that follow it. ``choose``: the LLM chooses among
-        the n-best (where ``rescore`` is set); a stream's passes, whose words two in a row must agree on, skip it."""
+        the n-best (where ``rescore`` is set); a stream's passes (whose words two in a row must agree on) and a live pause's
+        first decode (which the answer's first word waits for) skip it."""
         prefix = list(prefix or [])
         t0 = time.perf_counter()
         mel = clip_mel(window, INPUT_MODE, self.n_mels)

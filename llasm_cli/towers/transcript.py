@@ -139,8 +139,12 @@ class TranscriptStream:
     words. A pass costs more as the turn grows (it reads the whole window so far), so passes are spaced to
     take at most PASS_DUTY of the time.
 
-    Passes take Whisper's best of its plain beam (what two passes agree on is what Whisper hears); the last words
-    (``prefetch``, ``finish``, a window's end) are the LLM's choice among its n-best (audio/ears.py ``_choose``).
+    Passes take Whisper's best of its plain beam (what two passes agree on is what Whisper hears), and so does a
+    pause's ``prefetch``, which the end of a live turn waits for; ``finish`` without one (a file) and a window's
+    end take the LLM's choice among Whisper's n-best (audio/ears.py ``_choose``), which a live turn gets while it
+    waits out the rest of its pause (``second_opinion``). The n-best and the LLM's reading of it cost twice the
+    plain decode (whisper-base: ~450 against ~200 ms on 2 cores): on the way to a live answer's first word they
+    cost the whole difference (the spoken chat's first character 968 against 668 ms).
 
     Whisper ids are committed at word boundaries only (a token that starts with a space begins a word), less
     the last agreed word, which the next audio may still change. The rows are the LLM's tokens of the committed
@@ -163,6 +167,8 @@ class TranscriptStream:
         self._running = None  # the pass in the worker thread (a Future of its ids and seconds)
         self._tail: tuple[int, np.ndarray, str] | None = None  # (n, rows, text) of the last peek
         self._ahead = None  # prefetch(): (the window's start, the ids committed then, the Future of the rest's ids)
+        self._second = None  # second_opinion(): (the samples heard then, the ids committed then, the window's start,
+        # the Future of the rest's ids as the LLM chose them), until its answer is taken
 
     @property
     def heard(self) -> str:
@@ -273,8 +279,32 @@ class TranscriptStream:
         CTranslate2's decode slower, not faster (whisper-base, 2 threads: 220 ms with none forced, 400 ms
         with 6 of 8 forced)."""
         if self.n > self.window_start:
+            self._second = None
             self._ahead = (self.window_start, list(self.committed),
-                           self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed)))
+                           self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed), False))
+
+    def second_opinion(self) -> bool:
+        """A live turn waits out the rest of a pause after its speculation (``peek``): the LLM chooses among
+        Whisper's n-best of the same audio meanwhile, in the worker (started at the first call). True once, when
+        the choice is made and its words differ from the last ``peek``'s: the next ``peek`` returns them. The
+        caller vouches that no audio is pushed meanwhile (the pause); audio that comes makes the choice stale."""
+        if self.tower.ears.rescore is None or self.n <= self.window_start or self._tail is None:
+            return False
+        if self._second is None:
+            self._second = (self.n, list(self.committed), self.window_start,
+                            self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed)))
+            return False
+        n, committed, start, future = self._second
+        if future is None or not future.done():
+            return False
+        self._second = (n, committed, start, None)  # taken: asked again, the answer is the same
+        if (n, committed, start) != (self.n, self.committed, self.window_start):
+            return False
+        tail = self._tail_of(future.result()[0])
+        if tail[2] == self._tail[2]:
+            return False
+        self._tail = tail
+        return True
 
     def _rest(self) -> list[int]:
         """Whisper's ids after the committed ones, for the window as heard now: the prefetched decode where
@@ -295,13 +325,16 @@ class TranscriptStream:
         returns may be taken back (AudioTurnStream.speculate), what ``push`` returns may not."""
         self.settle()  # the worker is free, and Whisper's threads are ours
         if self._tail is None or self._tail[0] != self.n:
-            rest = self._rest()
-            text = self._heard(self.committed + rest)
-            tail = self._new_tokens(text) if text else self.tower.words(NOTHING_HEARD)
-            tail = tail[: max(0, self.tower.positions(self.n) - len(self.llm_ids))]
-            self._tail = (self.n, self.tower.llm.token_rows(tail), text)
+            self._tail = self._tail_of(self._rest())
         self.tower.transcript = self._tail[2]
         return np.ascontiguousarray(self._tail[1], dtype=np.float32)
+
+    def _tail_of(self, rest: list[int]) -> tuple[int, np.ndarray, str]:
+        """(samples heard, the rows, the text heard) with Whisper's ids ``rest`` after the committed ones."""
+        text = self._heard(self.committed + rest)
+        tail = self._new_tokens(text) if text else self.tower.words(NOTHING_HEARD)
+        tail = tail[: max(0, self.tower.positions(self.n) - len(self.llm_ids))]
+        return self.n, self.tower.llm.token_rows(tail), text
 
     def finish(self) -> np.ndarray:
         if self.n == 0:
