@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from llasm_cli.errors import AudioFileError, BundleError
+from llasm_cli.llm.logits import log_softmax
 
 # Most precise first: the first of these a bundle has is the reference when it has no f32.
 PRECISION_ORDER = ("f32", "bf16", "f16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s",
@@ -211,20 +212,14 @@ def _teacher_force(engine, segs: list, target: tuple[list[int], bool]) -> tuple[
     answer's tokens one by one, and how many were decoded."""
     tokens, _ = target
     engine.reset()
-    rows = [_log_softmax(engine.eval(segs))]
+    rows = [log_softmax(engine.eval(segs)).astype(np.float32)]
     seconds = 0.0
     for tok in tokens[:-1]:  # the last token (the end of the answer, or where it was cut) is compared, not fed
         start = time.perf_counter()
         logits = engine.eval([[tok]])
         seconds += time.perf_counter() - start
-        rows.append(_log_softmax(logits))
+        rows.append(log_softmax(logits).astype(np.float32))
     return np.stack(rows), seconds, len(rows) - 1
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x = x - x.max()
-    return (x - np.log(np.exp(x).sum())).astype(np.float32)
 
 
 def _score(variant: str, path: Path, is_ref: bool, targets, ref_lp, var_lp, rate: float) -> VariantScore:

@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from llasm_cli.llm.logits import log_softmax
+
 END_MARKS = (".", "?", "!", "。", "？", "！")  # the marks that end a sentence, as the LLM would write them next
 TRAILING_MARKS = re.compile(r"[\s.?!,;:…。？！，；：]+$")
 
@@ -38,6 +40,4 @@ def end_ids(tokenize, template_next: int) -> list[int]:
 
 def end_probability(logits: np.ndarray, ids: list[int]) -> float:
     """The probability, under ``logits``, of any of ``ids`` next."""
-    z = logits.astype(np.float64) - float(logits.max())
-    p = np.exp(z)
-    return float(p[ids].sum() / p.sum())
+    return float(np.exp(log_softmax(logits)[ids]).sum())

@@ -21,6 +21,7 @@ import numpy as np
 
 from llasm_cli.errors import ContextOverflowError, ModelFileError
 from llasm_cli.llm import native
+from llasm_cli.llm.logits import log_softmax
 from llasm_cli.llm.weights import LlamaModel
 
 MAX_CANDIDATES = 5  # sequences besides the opening's: Whisper's n-best (audio/ears.py NBEST)
@@ -129,7 +130,7 @@ class TextScorer:
                     continue
                 targets = cand[len(shared):] + self.closing
                 rows = [first] + [self._logits(node[tuple(targets[:j])]) for j in range(1, len(targets))]
-                scores.append(sum(_log_softmax_at(r, t) for r, t in zip(rows, targets)))
+                scores.append(sum(float(log_softmax(r)[t]) for r, t in zip(rows, targets)))
             return scores
         finally:
             for k in range(1, len(cands) + 1):
@@ -165,8 +166,3 @@ def _common_prefix(lists: Sequence[Sequence[int]]) -> list[int]:
     for other in lists[1:]:
         n = next((i for i, (a, b) in enumerate(zip(first[:n], other)) if a != b), min(n, len(other)))
     return first[:n]
-
-
-def _log_softmax_at(logits: np.ndarray, token: int) -> float:
-    top = float(logits.max())
-    return float(logits[token]) - top - float(np.log(np.exp(logits - top).sum()))
