@@ -144,7 +144,7 @@ class TranscriptStream:
     end take the LLM's choice among Whisper's n-best (audio/ears.py ``_choose``), which a live turn gets while it
     waits out the rest of its pause (``second_opinion``). The n-best and the LLM's reading of it cost twice the
     plain decode (whisper-base: ~450 against ~200 ms on 2 cores): on the way to a live answer's first word they
-    cost the whole difference (the spoken chat's first character 968 against 668 ms).
+    cost the whole difference (bench/speech_chat.py: the first character 937 ms with them, 695 ms without).
 
     Whisper ids are committed at word boundaries only (a token that starts with a space begins a word), less
     the last agreed word, which the next audio may still change. The rows are the LLM's tokens of the committed
