@@ -138,13 +138,7 @@ class AudioTurnStream:
         try:
             x = np.array(samples, dtype=np.float32).reshape(-1)  # our copy: the caller may reuse its buffer
             if x.size and self._spec is not None:  # the user went on speaking: take the guess back out
-                t0 = time.perf_counter()
-                mark, _, _, whole = self._spec
-                self.conv.bot.engine.truncate(mark)
-                self._spec, self.end_probability = None, None
-                if whole:  # the chunks' rows went out with it: back in, for the chunks still to come
-                    self._sync()
-                self._early_ms += (time.perf_counter() - t0) * 1e3
+                self._take_back()
             n = self.n + x.size  # too long for the whole context, whatever the history: refused
             self.conv.check_recording(self.conv.bot.audio_positions(n), n, so_far=True)
             self.samples.append(x)
@@ -202,11 +196,18 @@ class AudioTurnStream:
         ask = getattr(self.chunks, "second_opinion", None)
         if self._spec is None or self._spec[3] or ask is None or not ask():
             return False
-        t0 = time.perf_counter()
-        self.conv.bot.engine.truncate(self._spec[0])
-        self._spec, self.end_probability = None, None
-        self._early_ms += (time.perf_counter() - t0) * 1e3
+        self._take_back()
         return self.speculate()
+
+    def _take_back(self) -> None:
+        """Take the speculation back out of the cache (and the end-of-turn probability with it)."""
+        t0 = time.perf_counter()
+        mark, _, _, whole = self._spec
+        self.conv.bot.engine.truncate(mark)
+        self._spec, self.end_probability = None, None
+        if whole:  # the chunks' rows went out with it: back in, for the chunks still to come
+            self._sync()
+        self._early_ms += (time.perf_counter() - t0) * 1e3
 
     def prefetch(self) -> None:
         """The speaker has just gone quiet: a tower that hears words starts decoding the rest now, for the

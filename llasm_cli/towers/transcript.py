@@ -167,8 +167,8 @@ class TranscriptStream:
         self._running = None  # the pass in the worker thread (a Future of its ids and seconds)
         self._tail: tuple[int, np.ndarray, str] | None = None  # (n, rows, text) of the last peek
         self._ahead = None  # prefetch(): (the window's start, the ids committed then, the Future of the rest's ids)
-        self._second = None  # second_opinion(): (the samples heard then, the ids committed then, the window's start,
-        # the Future of the rest's ids as the LLM chose them), until its answer is taken
+        self._second = None  # second_opinion(): (the samples heard then, the Future of the rest's ids as the LLM chose
+        # them, None once taken); words are committed and windows closed only as samples come, so ``n`` dates it
 
     @property
     def heard(self) -> str:
@@ -291,14 +291,14 @@ class TranscriptStream:
         if self.tower.ears.rescore is None or self.n <= self.window_start or self._tail is None:
             return False
         if self._second is None:
-            self._second = (self.n, list(self.committed), self.window_start,
-                            self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed)))
+            choice = self.tower.worker().submit(self._listen, self._window().copy(), list(self.committed))
+            self._second = (self.n, choice)
             return False
-        n, committed, start, future = self._second
+        n, future = self._second
         if future is None or not future.done():
             return False
-        self._second = (n, committed, start, None)  # taken: asked again, the answer is the same
-        if (n, committed, start) != (self.n, self.committed, self.window_start):
+        self._second = (n, None)  # taken: asked again, the answer is the same
+        if n != self.n:
             return False
         tail = self._tail_of(future.result()[0])
         if tail[2] == self._tail[2]:
